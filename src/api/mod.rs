@@ -1,0 +1,73 @@
+//! HTTP API (axum): the routes of interfaces.md, the event stream, Prometheus
+//! metrics, the OpenAPI document and the board page. Handlers read the
+//! pipeline's shard views and the store; changes go to the pipeline as
+//! commands, never to alarm state directly.
+
+mod auth;
+mod error;
+pub mod openapi;
+mod routes;
+mod sse;
+
+pub use auth::{Caller, Sessions, COOKIE};
+pub use error::ApiError;
+
+use crate::config::Config;
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub cfg: Arc<Config>,
+    pub pipeline: Pipeline,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<Sessions>,
+    pub started: chrono::DateTime<chrono::Utc>,
+    /// Names of collectors that must be connected for the service to be healthy.
+    pub collectors: Vec<&'static str>,
+}
+
+/// Request bodies are small JSON documents; anything bigger is refused (413).
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(routes::board))
+        .route("/metrics", get(routes::metrics))
+        .route("/api/v1/health", get(routes::health))
+        .route("/api/v1/openapi.json", get(routes::openapi))
+        .route("/api/v1/login", post(routes::login))
+        .route("/api/v1/logout", post(routes::logout))
+        .route("/api/v1/session", get(routes::session))
+        .route("/api/v1/sites", get(routes::sites))
+        .route("/api/v1/sites/{id}", get(routes::site))
+        .route("/api/v1/alarms", get(routes::alarms))
+        .route("/api/v1/alarms/{id}", get(routes::alarm))
+        .route("/api/v1/alarms/{id}/journal", get(routes::alarm_journal))
+        .route("/api/v1/alarms/{id}/ack", post(routes::ack))
+        .route("/api/v1/alarms/{id}/shelve", post(routes::shelve))
+        .route("/api/v1/alarms/{id}/unshelve", post(routes::unshelve))
+        .route("/api/v1/alarms/{id}/out_of_service", post(routes::out_of_service))
+        .route("/api/v1/alarms/{id}/return_to_service", post(routes::return_to_service))
+        .route("/api/v1/points/{id}/readings", get(routes::readings))
+        .route("/api/v1/journal", get(routes::journal))
+        .route("/api/v1/quarantine", get(routes::quarantine))
+        .route("/api/v1/events", get(sse::events))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+pub use auth::random_token as random_hex;
+
+/// A password for generated accounts: 16 characters, no look-alikes.
+pub fn random_password() -> String {
+    const A: &[u8] = b"abcdefghjkmnpqrstuvwxyzACDEFGHJKLMNPQRSTUVWXYZ23456789";
+    (0..16).map(|_| A[rand::random::<u32>() as usize % A.len()] as char).collect()
+}

@@ -1,0 +1,167 @@
+//! The OpenAPI 3.1 document of the HTTP API, served at `/api/v1/openapi.json`.
+//! A test checks that every route the router serves is documented here and
+//! every documented route is served.
+
+use serde_json::{json, Value};
+
+/// `(method, path)` of every documented operation.
+pub fn operations() -> Vec<(String, String)> {
+    let doc = document();
+    let mut v = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths object") {
+        for method in item.as_object().expect("path item").keys() {
+            v.push((method.to_uppercase(), path.clone()));
+        }
+    }
+    v.sort();
+    v
+}
+
+fn err(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn op(summary: &str, role: Option<&str>, params: Value, body: Option<Value>, ok: Value, errors: &[(&str, &str)]) -> Value {
+    let mut responses = serde_json::Map::new();
+    responses.insert("200".into(), ok);
+    if role.is_some() {
+        responses.insert("401".into(), err("not authenticated"));
+        responses.insert("403".into(), err("role too low (or missing CSRF token on a cookie session)"));
+    }
+    for (code, d) in errors {
+        responses.insert((*code).into(), err(d));
+    }
+    let mut o = json!({
+        "summary": summary,
+        "parameters": params,
+        "responses": responses,
+    });
+    if let Some(r) = role {
+        o["security"] = json!([{"bearer": []}, {"session": []}]);
+        o["x-required-role"] = json!(r);
+    }
+    if let Some(b) = body {
+        o["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": b}}});
+    }
+    o
+}
+
+fn ok_json(desc: &str, schema: Value) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": schema}}})
+}
+
+fn path_id(desc: &str) -> Value {
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": desc}])
+}
+
+pub fn document() -> Value {
+    let alarm = json!({"$ref": "#/components/schemas/Alarm"});
+    let alarm_cmd_errors: &[(&str, &str)] =
+        &[("400", "body is not JSON"), ("404", "no open alarm with that id"), ("409", "not possible in the alarm's state"), ("413", "body too large"), ("422", "body fields invalid")];
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mizuban HTTP API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Alarm board, sites, history and journal of the mizuban master station. Times are RFC 3339 UTC. Errors are {\"error\": \"...\"}."
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "Tokens from configuration, each with a role"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "mizuban_session", "description": "From POST /api/v1/login; state-changing requests must send X-CSRF-Token"}
+            },
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "Alarm": {
+                    "type": "object",
+                    "required": ["id", "site", "source", "condition", "priority", "state", "raised_at", "detected_at", "cleared_at", "acked_at", "acked_by", "value", "message"],
+                    "properties": {
+                        "id": {"type": "string", "description": "stable for the life of this occurrence"},
+                        "site": {"type": "string"}, "device": {"type": "string"},
+                        "source": {"type": "string", "description": "point (B17.p) or device id"},
+                        "condition": {"type": "string"},
+                        "origin": {"enum": ["rule", "device", "comm"]},
+                        "priority": {"enum": ["critical", "high", "medium", "low"]},
+                        "state": {"enum": ["normal", "unack_active", "ack_active", "unack_rtn", "shelved", "suppressed", "out_of_service"]},
+                        "active": {"type": "boolean"}, "acked": {"type": "boolean"},
+                        "raised_at": {"type": "string", "format": "date-time", "description": "event time of the reading that raised it"},
+                        "detected_at": {"type": "string", "format": "date-time", "description": "when mizuban processed it"},
+                        "cleared_at": {"type": ["string", "null"], "format": "date-time"},
+                        "acked_at": {"type": ["string", "null"], "format": "date-time"},
+                        "acked_by": {"type": ["string", "null"]},
+                        "ack_comment": {"type": ["string", "null"]},
+                        "shelved_until": {"type": ["string", "null"], "format": "date-time"},
+                        "shelve_reason": {"type": ["string", "null"]},
+                        "suppressed_by": {"type": ["string", "null"]},
+                        "value": {"type": ["number", "null"]}, "limit": {"type": ["number", "null"]},
+                        "message": {"type": "string"}, "message_ja": {"type": "string"},
+                        "late": {"type": "boolean", "description": "raised and cleared in data that arrived after the fact; for review, not paged"}
+                    }
+                },
+                "Site": {
+                    "type": "object", "required": ["id", "kind", "name", "status", "last_seen"],
+                    "properties": {
+                        "id": {"type": "string"}, "kind": {"enum": ["dma", "pump_station"]}, "name": {"type": "string"},
+                        "status": {"enum": ["ok", "alarm", "comm_loss", "out_of_service"]},
+                        "last_seen": {"type": ["string", "null"], "format": "date-time"},
+                        "values": {"type": "object"}
+                    }
+                },
+                "Reading": {"type": "object", "required": ["t", "value", "quality"], "properties": {
+                    "t": {"type": "string", "format": "date-time"}, "value": {"type": ["number", "null"]},
+                    "quality": {"enum": ["good", "uncertain", "bad"]}, "arrived": {"type": "string", "format": "date-time"}}}
+            }
+        },
+        "paths": {
+            "/": {"get": op("The alarm board (HTML)", None, json!([]), None, json!({"description": "HTML page"}), &[])},
+            "/metrics": {"get": op("Prometheus metrics", None, json!([]), None, json!({"description": "Prometheus text format", "content": {"text/plain": {}}}), &[])},
+            "/api/v1/health": {"get": op("Service health", None, json!([]), None,
+                ok_json("running", json!({"type": "object", "properties": {"status": {"type": "string"}, "reasons": {"type": "array"}}})),
+                &[("503", "a collector or the store is down; reasons says which")])},
+            "/api/v1/openapi.json": {"get": op("This document", None, json!([]), None, ok_json("OpenAPI", json!({"type": "object"})), &[])},
+            "/api/v1/login": {"post": op("Log in (sets the session cookie)", None, json!([]),
+                Some(json!({"type": "object", "required": ["user", "password"], "properties": {"user": {"type": "string"}, "password": {"type": "string"}}})),
+                ok_json("logged in; csrf is the token to echo in X-CSRF-Token", json!({"type": "object"})),
+                &[("400", "body is not JSON"), ("401", "wrong user or password"), ("422", "fields missing"), ("429", "too many failed logins")])},
+            "/api/v1/logout": {"post": op("Log out", None, json!([]), None, ok_json("logged out", json!({"type": "object"})), &[])},
+            "/api/v1/session": {"get": op("Who am I", Some("viewer"), json!([]), None, ok_json("caller", json!({"type": "object"})), &[])},
+            "/api/v1/sites": {"get": op("All sites with status", Some("viewer"), json!([]), None, ok_json("sites", json!({"type": "array", "items": {"$ref": "#/components/schemas/Site"}})), &[])},
+            "/api/v1/sites/{id}": {"get": op("One site: configuration, status, open alarms, points, latest raw message", Some("viewer"), path_id("site id"), None, ok_json("site", json!({"type": "object"})), &[("404", "no such site")])},
+            "/api/v1/alarms": {"get": op("Alarms operators must see, highest priority first, then newest", Some("viewer"), json!([
+                    {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated states"},
+                    {"name": "site", "in": "query", "schema": {"type": "string"}},
+                    {"name": "all", "in": "query", "schema": {"type": "boolean"}, "description": "add the rest, including recently closed occurrences"}]),
+                None, ok_json("alarms", json!({"type": "array", "items": alarm})), &[("400", "unknown state")])},
+            "/api/v1/alarms/{id}": {"get": op("One alarm occurrence", Some("viewer"), path_id("alarm id"), None, ok_json("alarm", alarm.clone()), &[("404", "unknown id")])},
+            "/api/v1/alarms/{id}/journal": {"get": op("Every transition of one occurrence: when, who, why", Some("viewer"), path_id("alarm id"), None, ok_json("journal rows, newest first", json!({"type": "array"})), &[("404", "unknown id")])},
+            "/api/v1/alarms/{id}/ack": {"post": op("Acknowledge", Some("operator"), path_id("alarm id"),
+                Some(json!({"type": "object", "properties": {"comment": {"type": "string", "maxLength": 1000}}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
+            "/api/v1/alarms/{id}/shelve": {"post": op("Shelve for a time; expires by itself", Some("operator"), path_id("alarm id"),
+                Some(json!({"type": "object", "required": ["minutes", "reason"], "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 10080}, "reason": {"type": "string"}}})),
+                ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
+            "/api/v1/alarms/{id}/unshelve": {"post": op("End a shelve now", Some("operator"), path_id("alarm id"), None, ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
+            "/api/v1/alarms/{id}/out_of_service": {"post": op("Take out of service", Some("engineer"), path_id("alarm id"),
+                Some(json!({"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
+            "/api/v1/alarms/{id}/return_to_service": {"post": op("Return to service", Some("engineer"), path_id("alarm id"),
+                Some(json!({"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})), ok_json("updated alarm", alarm), alarm_cmd_errors)},
+            "/api/v1/points/{id}/readings": {"get": op("History of one point (`{site}.{point}`)", Some("viewer"), json!([
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "example": "B17.p"},
+                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: 24 h before to"},
+                    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: now"},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 100000}}]),
+                None, ok_json("readings in event-time order", json!({"type": "array", "items": {"$ref": "#/components/schemas/Reading"}})), &[("400", "bad point id or time"), ("404", "no such site or point")])},
+            "/api/v1/journal": {"get": op("Alarm journal, newest first", Some("viewer"), json!([
+                    {"name": "site", "in": "query", "schema": {"type": "string"}},
+                    {"name": "condition", "in": "query", "schema": {"type": "string"}},
+                    {"name": "alarm", "in": "query", "schema": {"type": "string"}},
+                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}}]),
+                None, ok_json("journal rows", json!({"type": "array"})), &[("400", "bad time")])},
+            "/api/v1/quarantine": {"get": op("Rejected messages, newest first (bounded)", Some("viewer"), json!([{"name": "limit", "in": "query", "schema": {"type": "integer"}}]),
+                None, ok_json("entries", json!({"type": "array"})), &[])},
+            "/api/v1/events": {"get": op("Server-sent events: `snapshot` of open alarms, then one `alarm` event per transition; `resync` if the client fell behind. Browsers may pass ?token=", Some("viewer"),
+                json!([{"name": "token", "in": "query", "schema": {"type": "string"}}]), None, json!({"description": "text/event-stream", "content": {"text/event-stream": {}}}), &[])}
+        }
+    })
+}

@@ -1,0 +1,36 @@
+//! `GET /api/v1/events`: server-sent events. The stream opens with a `snapshot`
+//! of the open alarms, then one `alarm` event per transition. A client that
+//! falls behind the broadcast buffer gets a `resync` event (and should fetch
+//! `/api/v1/alarms` again) instead of silently missing transitions.
+
+use super::{AppState, Caller};
+use crate::config::Role;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::stream::{self, Stream, StreamExt};
+use std::convert::Infallible;
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+
+pub async fn events(State(st): State<AppState>, caller: Caller) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, super::ApiError> {
+    caller.require(Role::Viewer)?;
+    let rx = st.pipeline.events.subscribe();
+    let snapshot = super::routes::sorted(st.pipeline.open_alarms());
+    let first = Event::default().event("snapshot").json_data(&snapshot).unwrap_or_else(|_| Event::default().event("resync"));
+    let metrics = st.metrics.clone();
+    let live = BroadcastStream::new(rx).map(move |r| {
+        Ok(match r {
+            Ok(t) => Event::default()
+                .event("alarm")
+                .json_data(serde_json::json!({
+                    "action": t.action, "from": t.from, "to": t.to, "at": t.at, "who": t.who, "why": t.why,
+                    "notify": t.notify, "alarm": t.alarm,
+                }))
+                .unwrap_or_else(|_| Event::default().event("resync")),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                metrics.sse_lagged.inc();
+                Event::default().event("resync").data(n.to_string())
+            }
+        })
+    });
+    Ok(Sse::new(stream::once(async move { Ok(first) }).chain(live)).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,135 @@
+//! Wiring: configuration -> store -> pipeline -> collectors -> HTTP, and the
+//! ordered shutdown back down: collectors stop taking messages, the pipeline
+//! drains its queues, the store commits the rest, then HTTP closes.
+
+use crate::api::{self, AppState, Sessions};
+use crate::collect::mqtt::MqttCollector;
+use crate::config::Config;
+use crate::model::{Clock, SystemClock};
+use crate::pipeline::{Pipeline, PipelineDeps};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub struct Options {
+    /// Overrides `[http] listen`.
+    pub http: Option<SocketAddr>,
+    pub clock: Arc<dyn Clock>,
+    /// How often shards check comm loss and shelve expiry.
+    pub tick: Duration,
+    /// Start the MQTT collector (tests of the pipeline alone turn it off).
+    pub mqtt: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { http: None, clock: Arc::new(SystemClock), tick: Duration::from_secs(1), mqtt: true }
+    }
+}
+
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub pipeline: Pipeline,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub config: Arc<Config>,
+    collectors: (CancellationToken, Vec<JoinHandle<()>>),
+    shards: (CancellationToken, Vec<JoinHandle<()>>),
+    http: (CancellationToken, JoinHandle<()>),
+}
+
+pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
+    let cfg = Arc::new(cfg);
+    let metrics = Arc::new(Metrics::new());
+    let (store, restored) = Store::open(&cfg.store_path, 64, metrics.clone())
+        .with_context(|| format!("opening the store at {}", cfg.store_path.display()))?;
+    tracing::info!(
+        store = %cfg.store_path.display(),
+        open_alarms = restored.open_alarms.len(),
+        rule_states = restored.rule_states.len(),
+        "store opened"
+    );
+    let shard_cancel = CancellationToken::new();
+    let (pipeline, shard_tasks) = Pipeline::start(PipelineDeps {
+        config: cfg.clone(),
+        clock: opts.clock.clone(),
+        metrics: metrics.clone(),
+        store: store.clone(),
+        restored,
+        cancel: shard_cancel.clone(),
+        tick: opts.tick,
+    });
+
+    let coll_cancel = CancellationToken::new();
+    let mut coll_tasks = Vec::new();
+    let mut collectors = Vec::new();
+    if opts.mqtt {
+        let c = MqttCollector::new(cfg.clone(), pipeline.clone(), opts.clock.clone(), metrics.clone());
+        coll_tasks.push(tokio::spawn(c.run(coll_cancel.clone())));
+        collectors.push("mqtt");
+    }
+
+    let addr = opts.http.unwrap_or(cfg.http_listen);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP on {addr}"))?;
+    let http_addr = listener.local_addr()?;
+    let state = AppState {
+        cfg: cfg.clone(),
+        pipeline: pipeline.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        sessions: Arc::new(Sessions::default()),
+        started: chrono::Utc::now(),
+        collectors,
+    };
+    let http_cancel = CancellationToken::new();
+    let hc = http_cancel.clone();
+    let http_task = tokio::spawn(async move {
+        let app = api::router(state);
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { hc.cancelled().await }).await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(http = %http_addr, sites = cfg.sites.len(), shards = cfg.service.shards, "mizuban running");
+    Ok(Running {
+        http_addr,
+        pipeline,
+        store,
+        metrics,
+        config: cfg,
+        collectors: (coll_cancel, coll_tasks),
+        shards: (shard_cancel, shard_tasks),
+        http: (http_cancel, http_task),
+    })
+}
+
+impl Running {
+    /// Stops in order; everything accepted before the call is stored.
+    pub async fn shutdown(self) {
+        self.collectors.0.cancel();
+        for t in self.collectors.1 {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "collector task ended abnormally");
+            }
+        }
+        self.shards.0.cancel();
+        for t in self.shards.1 {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "pipeline task ended abnormally");
+            }
+        }
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "final store flush failed");
+        }
+        self.http.0.cancel();
+        // SSE streams keep connections open; don't wait for clients for ever.
+        if tokio::time::timeout(Duration::from_secs(5), self.http.1).await.is_err() {
+            tracing::warn!("HTTP connections still open at shutdown; closing anyway");
+        }
+        tracing::info!("mizuban stopped");
+    }
+}

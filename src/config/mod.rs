@@ -1,0 +1,531 @@
+//! Deployment configuration: `config/*.toml` (service, sites, rules, access) plus
+//! the device profiles in `devices/`. Raw serde structs deny unknown fields; the
+//! validated `Config` is what the service runs on. Every problem is reported at
+//! load with file, line and field, all at once, never at 3 a.m.
+
+mod error;
+mod rules;
+
+pub use error::SourceError;
+pub use rules::{LimitSet, RuleKind, RuleSpec, SiteSelector};
+
+use crate::device::{Priority, Profile};
+use crate::model::{DeviceId, SiteId, SiteKind};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use toml::Spanned;
+
+/// Roles, each including the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Engineer,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Engineer => "engineer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// Shown on the board and in logs.
+    pub name: String,
+    /// Local time for hour-of-day rules ("night"): Asia/Tokyo is +9, no DST.
+    #[serde(default = "default_tz")]
+    pub utc_offset_hours: i32,
+    /// Default board language: `ja` or `en`.
+    #[serde(default = "default_lang")]
+    pub language: String,
+    /// Directory of device profiles, relative to this file.
+    pub devices_dir: String,
+    /// Site list, relative to this file.
+    pub sites_file: String,
+    /// Rule list, relative to this file.
+    pub rules_file: String,
+    /// Added to a device's expected silence before comm loss is raised.
+    #[serde(default = "default_grace")]
+    pub comm_grace_s: u32,
+    /// Number of pipeline workers; sites are hashed onto them.
+    #[serde(default = "default_shards")]
+    pub shards: usize,
+    /// Capacity of each pipeline worker's queue (messages).
+    #[serde(default = "default_queue")]
+    pub shard_queue: usize,
+    /// Messages kept in the quarantine for engineers to inspect.
+    #[serde(default = "default_quarantine")]
+    pub quarantine_capacity: usize,
+}
+
+fn default_tz() -> i32 {
+    9
+}
+fn default_lang() -> String {
+    "ja".into()
+}
+fn default_grace() -> u32 {
+    600
+}
+fn default_shards() -> usize {
+    4
+}
+fn default_queue() -> usize {
+    1024
+}
+fn default_quarantine() -> usize {
+    500
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_s: u16,
+    /// A persistent session lets the broker keep QoS 1 messages for us while we
+    /// are down; turn off only for throw-away test brokers.
+    #[serde(default = "yes")]
+    pub persistent_session: bool,
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Reconnect backoff bounds.
+    #[serde(default = "default_backoff_min")]
+    pub backoff_min_ms: u64,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_keep_alive() -> u16 {
+    30
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_payload() -> usize {
+    256 * 1024
+}
+fn default_backoff_min() -> u64 {
+    200
+}
+fn default_backoff_max() -> u64 {
+    30_000
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// SQLite file, relative to this file unless absolute.
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub name: String,
+    pub token: String,
+    pub role: Role,
+}
+
+/// A board user. Passwords are stored only as argon2 PHC strings
+/// (`mizuban hash-password` makes one).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub name: String,
+    pub password_hash: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawMain {
+    service: ServiceSection,
+    mqtt: MqttSection,
+    store: StoreSection,
+    http: HttpSection,
+    #[serde(default, rename = "token")]
+    tokens: Vec<Spanned<TokenSpec>>,
+    #[serde(default, rename = "user")]
+    users: Vec<Spanned<UserSpec>>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub id: Spanned<String>,
+    pub kind: SiteKind,
+    pub name: String,
+    #[serde(default)]
+    pub name_en: String,
+    pub area: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub device: Spanned<String>,
+    pub profile: Spanned<String>,
+    /// Numbers rules can scale by (e.g. `mean_flow` for hourly flow limits).
+    #[serde(default)]
+    pub attrs: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSites {
+    #[serde(rename = "site")]
+    sites: Vec<RawSite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRules {
+    #[serde(default, rename = "rule")]
+    rules: Vec<Spanned<rules::RawRule>>,
+}
+
+/// One monitored site with its device.
+#[derive(Debug, Clone, Serialize)]
+pub struct Site {
+    pub id: SiteId,
+    pub kind: SiteKind,
+    pub name: String,
+    pub name_en: String,
+    pub area: String,
+    pub lat: f64,
+    pub lon: f64,
+    pub device: DeviceId,
+    pub profile: String,
+    pub attrs: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub service: ServiceSection,
+    pub mqtt: MqttSection,
+    pub store_path: PathBuf,
+    pub http_listen: SocketAddr,
+    pub tokens: Vec<TokenSpec>,
+    pub users: Vec<UserSpec>,
+    pub profiles: HashMap<String, Arc<Profile>>,
+    pub sites: Vec<Arc<Site>>,
+    pub rules: Vec<Arc<RuleSpec>>,
+}
+
+/// Where configuration text comes from: the file system, or the copy built into
+/// the binary for `mizuban demo`.
+pub trait Source {
+    fn read(&self, path: &Path) -> Result<String, SourceError>;
+    fn list_toml(&self, dir: &Path) -> Result<Vec<PathBuf>, SourceError>;
+}
+
+pub struct FileSource;
+
+impl Source for FileSource {
+    fn read(&self, path: &Path) -> Result<String, SourceError> {
+        std::fs::read_to_string(path).map_err(|e| SourceError::io(path, &e))
+    }
+    fn list_toml(&self, dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+        let rd = std::fs::read_dir(dir).map_err(|e| SourceError::io(dir, &e))?;
+        let mut v: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+}
+
+/// The Akita configuration and device profiles compiled into the binary.
+pub struct EmbeddedSource;
+
+pub const EMBEDDED: &[(&str, &str)] = &[
+    ("config/akita.toml", include_str!("../../config/akita.toml")),
+    ("config/akita-sites.toml", include_str!("../../config/akita-sites.toml")),
+    ("config/akita-rules.toml", include_str!("../../config/akita-rules.toml")),
+    ("devices/akita-dma-logger.toml", include_str!("../../devices/akita-dma-logger.toml")),
+    ("devices/akita-mps-notifier.toml", include_str!("../../devices/akita-mps-notifier.toml")),
+];
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+impl Source for EmbeddedSource {
+    fn read(&self, path: &Path) -> Result<String, SourceError> {
+        let p = normalize(path);
+        EMBEDDED
+            .iter()
+            .find(|(n, _)| Path::new(n) == p)
+            .map(|(_, t)| t.to_string())
+            .ok_or_else(|| SourceError { file: p, line: None, field: "(file)".into(), message: "not embedded".into() })
+    }
+    fn list_toml(&self, dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+        let d = normalize(dir);
+        Ok(EMBEDDED.iter().map(|(n, _)| PathBuf::from(n)).filter(|p| p.parent() == Some(d.as_path())).collect())
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, Vec<SourceError>> {
+        Self::load_from(&FileSource, path)
+    }
+
+    pub fn load_embedded() -> Result<Self, Vec<SourceError>> {
+        Self::load_from(&EmbeddedSource, Path::new("config/akita.toml"))
+    }
+
+    pub fn load_from(src: &dyn Source, path: &Path) -> Result<Self, Vec<SourceError>> {
+        let text = src.read(path).map_err(|e| vec![e])?;
+        let raw: RawMain = toml::from_str(&text).map_err(|e| vec![SourceError::toml(path, &text, &e)])?;
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let mut errors = Vec::new();
+        let fe = |needle: &str, msg: String| SourceError::field(path, &text, needle, msg);
+
+        let http_listen = match raw.http.listen.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(fe("listen", format!("{:?} is not an address:port: {e}", raw.http.listen)));
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }
+        };
+        if raw.service.shards == 0 || raw.service.shards > 256 {
+            errors.push(fe("shards", "shards must be 1..=256".into()));
+        }
+        if raw.service.shard_queue == 0 {
+            errors.push(fe("shard_queue", "shard_queue must be above 0".into()));
+        }
+        if !matches!(raw.service.language.as_str(), "ja" | "en") {
+            errors.push(fe("language", format!("language {:?} is not `ja` or `en`", raw.service.language)));
+        }
+        if raw.mqtt.backoff_min_ms == 0 || raw.mqtt.backoff_min_ms > raw.mqtt.backoff_max_ms {
+            errors.push(fe("backoff_min_ms", "need 0 < backoff_min_ms <= backoff_max_ms".into()));
+        }
+        let mut seen_tokens = HashSet::new();
+        for t in &raw.tokens {
+            let tk = t.get_ref();
+            if tk.token.len() < 16 {
+                errors.push(SourceError::spanned(path, &text, t.span(), "token", format!("token {:?} is shorter than 16 characters", tk.name)));
+            }
+            if !seen_tokens.insert(tk.token.clone()) {
+                errors.push(SourceError::spanned(path, &text, t.span(), "token", format!("token of {:?} is used twice", tk.name)));
+            }
+        }
+
+        for u in &raw.users {
+            if argon2::password_hash::PasswordHash::new(&u.get_ref().password_hash).is_err() {
+                errors.push(SourceError::spanned(path, &text, u.span(), "password_hash", format!("user {:?}: password_hash is not an argon2 PHC string", u.get_ref().name)));
+            }
+        }
+
+        // Device profiles.
+        let mut profiles = HashMap::new();
+        let dev_dir = base.join(&raw.service.devices_dir);
+        match src.list_toml(&dev_dir) {
+            Ok(files) => {
+                if files.is_empty() {
+                    errors.push(fe("devices_dir", format!("no profiles (*.toml) in {}", dev_dir.display())));
+                }
+                for f in files {
+                    match src.read(&f) {
+                        Ok(t) => match Profile::parse(&f, &t) {
+                            Ok(p) => {
+                                if profiles.contains_key(&p.device.model) {
+                                    errors.push(SourceError::field(&f, &t, "model", format!("profile {:?} defined twice", p.device.model)));
+                                }
+                                profiles.insert(p.device.model.clone(), Arc::new(p));
+                            }
+                            Err(es) => errors.extend(es),
+                        },
+                        Err(e) => errors.push(e),
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+
+        // Sites.
+        let sites_path = base.join(&raw.service.sites_file);
+        let mut sites = Vec::new();
+        match src.read(&sites_path) {
+            Ok(st) => match toml::from_str::<RawSites>(&st) {
+                Ok(rs) => {
+                    let mut ids = HashSet::new();
+                    let mut devs = HashSet::new();
+                    for s in rs.sites {
+                        let se = |sp: std::ops::Range<usize>, field: &str, msg: String| {
+                            SourceError::spanned(&sites_path, &st, sp, field, msg)
+                        };
+                        let id = match SiteId::new(s.id.get_ref()) {
+                            Ok(i) => i,
+                            Err(e) => {
+                                errors.push(se(s.id.span(), "id", e.to_string()));
+                                continue;
+                            }
+                        };
+                        if !ids.insert(id.clone()) {
+                            errors.push(se(s.id.span(), "id", format!("site {id} defined twice")));
+                        }
+                        let device = match DeviceId::new(s.device.get_ref()) {
+                            Ok(d) => d,
+                            Err(e) => {
+                                errors.push(se(s.device.span(), "device", e.to_string()));
+                                continue;
+                            }
+                        };
+                        if !devs.insert(device.clone()) {
+                            errors.push(se(s.device.span(), "device", format!("device {device} is used by two sites")));
+                        }
+                        match profiles.get(s.profile.get_ref()) {
+                            None => errors.push(se(
+                                s.profile.span(),
+                                "profile",
+                                format!("site {id}: unknown device profile {:?} (known: {})", s.profile.get_ref(), {
+                                    let mut k: Vec<_> = profiles.keys().cloned().collect();
+                                    k.sort();
+                                    k.join(", ")
+                                }),
+                            )),
+                            Some(p) if p.device.kind != s.kind => errors.push(se(
+                                s.profile.span(),
+                                "profile",
+                                format!("site {id} is {:?} but profile {:?} is for {:?}", s.kind, s.profile.get_ref(), p.device.kind),
+                            )),
+                            _ => {}
+                        }
+                        if !(-90.0..=90.0).contains(&s.lat) || !(-180.0..=180.0).contains(&s.lon) {
+                            errors.push(se(s.id.span(), "lat/lon", format!("site {id}: lat/lon out of range")));
+                        }
+                        sites.push(Arc::new(Site {
+                            id,
+                            kind: s.kind,
+                            name: s.name,
+                            name_en: s.name_en,
+                            area: s.area,
+                            lat: s.lat,
+                            lon: s.lon,
+                            device,
+                            profile: s.profile.into_inner(),
+                            attrs: s.attrs,
+                        }));
+                    }
+                }
+                Err(e) => errors.push(SourceError::toml(&sites_path, &st, &e)),
+            },
+            Err(e) => errors.push(e),
+        }
+
+        // Rules.
+        let rules_path = base.join(&raw.service.rules_file);
+        let mut rules = Vec::new();
+        match src.read(&rules_path) {
+            Ok(rt) => match toml::from_str::<RawRules>(&rt) {
+                Ok(rr) => {
+                    let mut ids = HashSet::new();
+                    for r in rr.rules {
+                        let span = r.span();
+                        match rules::validate(r.into_inner(), &profiles, &sites) {
+                            Ok(spec) => {
+                                if !ids.insert(spec.id.clone()) {
+                                    errors.push(SourceError::spanned(&rules_path, &rt, span, "id", format!("rule {:?} defined twice", spec.id)));
+                                }
+                                rules.push(Arc::new(spec));
+                            }
+                            Err(problems) => {
+                                for (field, msg) in problems {
+                                    errors.push(SourceError::spanned(&rules_path, &rt, span.clone(), &field, msg));
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => errors.push(SourceError::toml(&rules_path, &rt, &e)),
+            },
+            Err(e) => errors.push(e),
+        }
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let store_path = {
+            let p = PathBuf::from(&raw.store.path);
+            if p.is_absolute() {
+                p
+            } else {
+                base.join(p)
+            }
+        };
+        Ok(Config {
+            file: path.to_path_buf(),
+            service: raw.service,
+            mqtt: raw.mqtt,
+            store_path,
+            http_listen,
+            tokens: raw.tokens.into_iter().map(Spanned::into_inner).collect(),
+            users: raw.users.into_iter().map(Spanned::into_inner).collect(),
+            profiles,
+            sites,
+            rules,
+        })
+    }
+
+    pub fn site(&self, id: &str) -> Option<&Arc<Site>> {
+        self.sites.iter().find(|s| s.id.as_str() == id)
+    }
+
+    /// Priority of a device condition per its profile, `medium` when unknown.
+    pub fn condition_priority(&self, profile: &str, code: &str) -> Priority {
+        self.profiles
+            .get(profile)
+            .and_then(|p| p.condition(code))
+            .map(|c| c.priority)
+            .unwrap_or(Priority::Medium)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_config_is_valid() {
+        let c = Config::load_embedded().unwrap_or_else(|e| panic!("{e:#?}"));
+        assert_eq!(c.sites.iter().filter(|s| s.kind == SiteKind::Dma).count(), 41);
+        assert_eq!(c.sites.iter().filter(|s| s.kind == SiteKind::PumpStation).count(), 200);
+        assert!(c.profiles.contains_key("akita-dma-logger"));
+        assert!(!c.rules.is_empty());
+    }
+}

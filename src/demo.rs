@@ -1,0 +1,83 @@
+//! `mizuban demo`: embedded broker + simulated Akita fleet + the service, on
+//! the configuration built into the binary. Nothing to install.
+
+use mizuban::collect::broker::EmbeddedBroker;
+use mizuban::config::{Config, Role, TokenSpec, UserSpec};
+use mizuban_sim::fleet::{Fleet, FleetOptions};
+use mizuban_sim::Mode;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub fn hash_password(pw: &str) -> anyhow::Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    argon2::Argon2::default()
+        .hash_password(pw.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("cannot hash password: {e}"))
+}
+
+pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: u64) -> anyhow::Result<()> {
+    let broker = EmbeddedBroker::start(Some(1883))?;
+    let mut cfg = Config::load_embedded().map_err(|errs| {
+        anyhow::anyhow!("embedded configuration is invalid:\n{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+    })?;
+    cfg.mqtt.host = broker.addr.ip().to_string();
+    cfg.mqtt.port = broker.addr.port();
+    // A throw-away broker: no session to keep.
+    cfg.mqtt.persistent_session = false;
+    let tmp;
+    let dir = match data_dir {
+        Some(d) => d,
+        None => {
+            tmp = std::env::temp_dir().join(format!("mizuban-demo-{}", std::process::id()));
+            tmp
+        }
+    };
+    cfg.store_path = dir.join("mizuban.db");
+    // The demo's credentials are made fresh each run, never the shipped ones.
+    let password = mizuban::api::random_password();
+    let token = format!("demo-op-{}", mizuban::api::random_hex(16));
+    cfg.tokens = vec![TokenSpec { name: "demo-operator-token".into(), token: token.clone(), role: Role::Operator }];
+    cfg.users = vec![UserSpec { name: "operator".into(), password_hash: hash_password(&password)?, role: Role::Engineer }];
+
+    let running = mizuban::app::start(cfg, mizuban::app::Options { http: Some(http), ..Default::default() }).await?;
+    let fleet = Fleet::spawn(FleetOptions {
+        host: broker.addr.ip().to_string(),
+        port: broker.addr.port(),
+        blocks: 41,
+        stations: 200,
+        // Demo cadence: samples every minute, uploads every two, so the board
+        // moves within a minute of starting (field default: 300 s / 3600 s).
+        log_interval_s: 60,
+        upload_interval_s: 120,
+        mode: Mode::Realtime { step: Duration::from_secs(2) },
+    })
+    .await?;
+    println!("Board: http://{}/", running.http_addr);
+    println!("Login: operator / {password}");
+    println!("Token: {token}");
+    println!("MQTT broker: {} (embedded)   data: {}", broker.addr, dir.display());
+    println!("Fleet: {} distribution-block loggers, {} pump-station notifiers. Ctrl-C to stop.", fleet.loggers.len(), fleet.stations.len());
+    let mut every = tokio::time::interval(Duration::from_secs(incident_every_s.max(10)));
+    every.tick().await;
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = every.tick() => {
+                n += 1;
+                // Every fourth round the field crews repair what broke.
+                let r = if n % 4 == 0 { fleet.repair_all().await.map(|_| "field crews repaired all devices".to_string()) } else { fleet.random_incident().await };
+                match r {
+                    Ok(what) => tracing::info!(incident = %what, "demo"),
+                    Err(e) => tracing::warn!(error = %e, "demo incident failed"),
+                }
+            }
+        }
+    }
+    fleet.stop().await;
+    running.shutdown().await;
+    Ok(())
+}

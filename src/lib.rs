@@ -1,0 +1,16 @@
+//! mizuban (水番, "water watchman"): telemetry monitoring master station for
+//! water utilities. Data flows one way: `collect` -> `pipeline` (`rules`,
+//! `alarm`) -> (`store`, `api`); operator commands flow back into `alarm` only
+//! through the pipeline's command channel.
+
+pub mod alarm;
+pub mod api;
+pub mod app;
+pub mod collect;
+pub mod config;
+pub mod device;
+pub mod model;
+pub mod pipeline;
+pub mod rules;
+pub mod store;
+pub mod telemetry;

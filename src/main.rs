@@ -1,0 +1,150 @@
+//! The `mizuban` command line. See `mizuban --help` and README.md.
+
+use clap::{Parser, Subcommand};
+use mizuban::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+mod demo;
+
+#[derive(Parser)]
+#[command(name = "mizuban", version, about = "水番 — telemetry monitoring master station for water utilities")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Embedded MQTT broker + the simulated Akita fleet + the service. Needs nothing installed.
+    Demo {
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: SocketAddr,
+        /// Where the demo keeps its database (default: a fresh temporary directory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Seconds between simulated incidents.
+        #[arg(long, default_value_t = 90)]
+        incident_every_s: u64,
+    },
+    /// The service, as deployed.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate everything the service would load; exit 0, or 2 with every error.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print the argon2 hash of a password read from standard input, for `[[user]]`.
+    HashPassword,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
+    mizuban::telemetry::init_tracing();
+    match cli.cmd {
+        Cmd::CheckConfig { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} sites, {} rules, {} device profiles)",
+                    config.display(),
+                    c.sites.len(),
+                    c.rules.len(),
+                    c.profiles.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{e}");
+                }
+                eprintln!("{} error(s)", errors.len());
+                ExitCode::from(2)
+            }
+        },
+        Cmd::HashPassword => {
+            let mut pw = String::new();
+            if let Err(e) = std::io::stdin().read_line(&mut pw) {
+                eprintln!("cannot read password: {e}");
+                return ExitCode::from(1);
+            }
+            match demo::hash_password(pw.trim_end_matches(['\n', '\r'])) {
+                Ok(h) => {
+                    println!("{h}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Cmd::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::from(2);
+                }
+            };
+            runtime(async move {
+                let running = mizuban::app::start(cfg, Default::default()).await?;
+                wait_for_signal().await;
+                running.shutdown().await;
+                Ok(())
+            })
+        }
+        Cmd::Demo { http, data_dir, incident_every_s } => runtime(demo::run(http, data_dir, incident_every_s)),
+    }
+}
+
+fn runtime(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

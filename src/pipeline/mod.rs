@@ -1,0 +1,193 @@
+//! The pipeline between collectors and the alarm/store/API side. Sites are
+//! hashed onto `shards`; each shard is one task that owns all per-site state of
+//! its sites (dedup windows, rule state, device comm state, open alarms), so
+//! nothing on the hot path is shared or locked, and a larger deployment can
+//! split sites across nodes with the same hash.
+//!
+//! In: `Incoming` messages (decoded by a collector), operator `Command`s, and a
+//! ticker. Out: `store::Batch`es (the store acks the messages once durable),
+//! alarm `Transition`s on a broadcast channel, and a per-shard `ShardView` that
+//! the API reads.
+
+mod dedup;
+mod quarantine;
+mod shard;
+mod view;
+
+pub use quarantine::{preview, Quarantine, QuarantineEntry};
+pub use view::{ShardView, SiteStatus};
+
+use crate::alarm::{Alarm, CommandError, Transition};
+use crate::config::Config;
+use crate::device::Decoded;
+use crate::model::{Clock, SiteId, Timestamp};
+use crate::store::{Ack, Restored, Store};
+use crate::telemetry::Metrics;
+use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// A decoded message on its way to its site's shard.
+pub struct Incoming {
+    pub decoded: Decoded,
+    pub topic: String,
+    /// Raw payload text (cut), kept as the site's latest raw message.
+    pub raw: String,
+    pub arrived: Timestamp,
+    /// Acknowledges the MQTT message once the batch it ends up in is durable.
+    pub ack: Option<Box<dyn Ack>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Command {
+    Ack { id: String, who: String, comment: Option<String> },
+    Shelve { id: String, minutes: u32, reason: String, who: String },
+    Unshelve { id: String, who: String },
+    OutOfService { id: String, oos: bool, who: String, reason: String },
+}
+
+impl Command {
+    pub fn alarm_id(&self) -> &str {
+        match self {
+            Command::Ack { id, .. } | Command::Shelve { id, .. } | Command::Unshelve { id, .. } | Command::OutOfService { id, .. } => id,
+        }
+    }
+}
+
+pub(crate) enum Input {
+    Message(Box<Incoming>),
+    Command(Command, oneshot::Sender<Result<Alarm, CommandError>>),
+    /// Check comm loss and shelve expiry against the clock.
+    Tick,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("pipeline stopped")]
+    Stopped,
+    #[error(transparent)]
+    Command(#[from] CommandError),
+}
+
+/// Stable FNV-1a hash of a site id onto `n` shards. Stable across builds and
+/// nodes so that a partitioned broker or stream can use the same split.
+pub fn shard_of(site: &str, n: usize) -> usize {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in site.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % n as u64) as usize
+}
+
+/// Cloneable handle to the running shards.
+#[derive(Clone)]
+pub struct Pipeline {
+    senders: Arc<Vec<mpsc::Sender<Input>>>,
+    pub views: Arc<Vec<Arc<ShardView>>>,
+    pub events: broadcast::Sender<Arc<Transition>>,
+    pub quarantine: Arc<Quarantine>,
+    metrics: Arc<Metrics>,
+}
+
+pub struct PipelineDeps {
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub store: Store,
+    pub restored: Restored,
+    pub cancel: CancellationToken,
+    /// How often the shards look at the clock for comm loss and shelve expiry.
+    pub tick: std::time::Duration,
+}
+
+impl Pipeline {
+    /// Starts one task per shard. Returns the handle and the tasks' join handles
+    /// (they end after `cancel`, having flushed their last batch).
+    pub fn start(deps: PipelineDeps) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
+        let n = deps.config.service.shards;
+        // Slow SSE clients lag and are told to resynchronise (policy: drop oldest).
+        let (events, _) = broadcast::channel(4096);
+        let quarantine = Arc::new(Quarantine::new(deps.config.service.quarantine_capacity));
+        let mut senders = Vec::with_capacity(n);
+        let mut views = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        let mut restored = deps.restored;
+        for idx in 0..n {
+            let (tx, rx) = mpsc::channel(deps.config.service.shard_queue);
+            let view = Arc::new(ShardView::default());
+            let shard = shard::Shard::new(
+                idx,
+                n,
+                deps.config.clone(),
+                deps.clock.clone(),
+                deps.metrics.clone(),
+                deps.store.clone(),
+                events.clone(),
+                view.clone(),
+                quarantine.clone(),
+                &mut restored,
+            );
+            handles.push(tokio::spawn(shard.run(rx, deps.cancel.clone())));
+            let tick_tx = tx.clone();
+            let cancel = deps.cancel.clone();
+            let period = deps.tick;
+            handles.push(tokio::spawn(async move {
+                let mut iv = tokio::time::interval(period);
+                iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = iv.tick() => {
+                            // A full queue already means work is pending; skipping a tick loses nothing.
+                            if let Err(mpsc::error::TrySendError::Closed(_)) = tick_tx.try_send(Input::Tick) { break }
+                        }
+                    }
+                }
+            }));
+            senders.push(tx);
+            views.push(view);
+        }
+        (Self { senders: Arc::new(senders), views: Arc::new(views), events, quarantine, metrics: deps.metrics }, handles)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Hands a message to its site's shard; waits while that shard is behind
+    /// (policy: block — the collector stops reading, the broker holds the rest).
+    pub async fn submit(&self, site: &SiteId, msg: Incoming) -> Result<(), PipelineError> {
+        let tx = &self.senders[shard_of(site.as_str(), self.senders.len())];
+        match tx.try_send(Input::Message(Box::new(msg))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(m)) => {
+                self.metrics.queue_full.get_or_create(&crate::telemetry::metrics_edge("collector->pipeline")).inc();
+                tx.send(m).await.map_err(|_| PipelineError::Stopped)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PipelineError::Stopped),
+        }
+    }
+
+    /// Runs an operator command on the shard that owns the alarm.
+    pub async fn command(&self, cmd: Command) -> Result<Alarm, PipelineError> {
+        let id = cmd.alarm_id().to_string();
+        let idx = self
+            .views
+            .iter()
+            .position(|v| v.has_alarm(&id))
+            .ok_or(PipelineError::Command(CommandError::NotFound(id)))?;
+        let (tx, rx) = oneshot::channel();
+        self.senders[idx].send(Input::Command(cmd, tx)).await.map_err(|_| PipelineError::Stopped)?;
+        Ok(rx.await.map_err(|_| PipelineError::Stopped)??)
+    }
+
+    /// Every open alarm occurrence, across shards.
+    pub fn open_alarms(&self) -> Vec<Alarm> {
+        self.views.iter().flat_map(|v| v.alarms()).collect()
+    }
+
+    pub fn site_statuses(&self) -> Vec<SiteStatus> {
+        self.views.iter().flat_map(|v| v.sites()).collect()
+    }
+}

@@ -1,0 +1,61 @@
+//! What a shard publishes for readers (API, board, metrics): its open alarms and
+//! the status of its sites. Written only by the owning shard after each step.
+
+use crate::alarm::{Alarm, AlarmState};
+use crate::model::{Quality, Timestamp};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::RwLock;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatestValue {
+    pub t: Timestamp,
+    pub value: Option<f64>,
+    pub quality: Quality,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteStatus {
+    pub id: String,
+    /// `ok`, `alarm`, `comm_loss` or `out_of_service`.
+    pub status: &'static str,
+    pub last_seen: Option<Timestamp>,
+    pub online: Option<bool>,
+    pub boot: Option<u64>,
+    pub values: BTreeMap<String, LatestValue>,
+}
+
+#[derive(Default)]
+pub struct ShardView {
+    // std RwLocks: readers copy out and release; no await while held.
+    alarms: RwLock<HashMap<String, Alarm>>,
+    sites: RwLock<HashMap<String, SiteStatus>>,
+}
+
+impl ShardView {
+    pub fn has_alarm(&self, id: &str) -> bool {
+        self.alarms.read().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+    }
+    pub fn alarms(&self) -> Vec<Alarm> {
+        self.alarms.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+    pub fn sites(&self) -> Vec<SiteStatus> {
+        self.sites.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+    pub(crate) fn put_alarm(&self, a: &Alarm) {
+        let mut g = self.alarms.write().unwrap_or_else(|p| p.into_inner());
+        if a.is_closed() {
+            g.remove(&a.id);
+        } else {
+            g.insert(a.id.clone(), a.clone());
+        }
+    }
+    pub(crate) fn put_site(&self, s: SiteStatus) {
+        self.sites.write().unwrap_or_else(|p| p.into_inner()).insert(s.id.clone(), s);
+    }
+    pub fn count_by_state(&self, out: &mut HashMap<AlarmState, i64>) {
+        for a in self.alarms.read().unwrap_or_else(|p| p.into_inner()).values() {
+            *out.entry(a.state).or_default() += 1;
+        }
+    }
+}

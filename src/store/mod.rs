@@ -1,0 +1,50 @@
+//! Historian and journal persistence in SQLite (WAL). One writer thread owns the
+//! write connection and commits whatever the pipeline sent in one transaction;
+//! only after the commit are the MQTT messages behind it acknowledged to the
+//! broker, so nothing acknowledged to a device can be lost. Readers use their
+//! own connection. Schema: `readings` (event and arrival time), `alarms` (every
+//! occurrence, open or closed, as JSON), `journal` (every transition), and the
+//! state needed to resume after a restart (`rule_state`, `device_state`,
+//! `msg_seen`).
+
+mod sqlite;
+
+pub use sqlite::{JournalFilter, JournalRow, Restored, Store, StoreError};
+
+use crate::alarm::Transition;
+use crate::model::{Reading, Timestamp};
+
+/// Acknowledges the message(s) behind a batch once it is durable.
+pub trait Ack: Send {
+    fn ack(self: Box<Self>);
+}
+
+/// Everything one pipeline step wants stored atomically.
+#[derive(Default)]
+pub struct Batch {
+    pub readings: Vec<Reading>,
+    pub transitions: Vec<Transition>,
+    /// `(key, json)` of rule evaluator state.
+    pub rule_states: Vec<(String, String)>,
+    /// `(device, json)` of device comm state.
+    pub device_states: Vec<(String, String)>,
+    /// `(device, boot, seq, arrived)` of accepted messages, for dedup after restart.
+    pub seen: Vec<(String, u64, u64, Timestamp)>,
+    /// Raw payloads kept per site (the "latest raw message" for engineers).
+    pub raw: Vec<(String, String, Timestamp)>,
+    pub acks: Vec<Box<dyn Ack>>,
+    /// Arrival time of the oldest message in the batch, for the latency metric.
+    pub arrived: Option<Timestamp>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.readings.is_empty()
+            && self.transitions.is_empty()
+            && self.rule_states.is_empty()
+            && self.device_states.is_empty()
+            && self.seen.is_empty()
+            && self.raw.is_empty()
+            && self.acks.is_empty()
+    }
+}

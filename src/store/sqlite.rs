@@ -1,0 +1,421 @@
+use super::Batch;
+use crate::alarm::Alarm;
+use crate::model::{PointId, Quality, Timestamp};
+use crate::telemetry::Metrics;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("store {path}: cannot create directory: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("store writer has stopped")]
+    Closed,
+    #[error("store query failed: {0}")]
+    Query(String),
+}
+
+enum Op {
+    Batch(Box<Batch>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the service needs back after a restart.
+#[derive(Default)]
+pub struct Restored {
+    pub open_alarms: Vec<Alarm>,
+    pub rule_states: HashMap<String, String>,
+    pub device_states: HashMap<String, String>,
+    /// `(device, boot, seq)` seen recently.
+    pub seen: Vec<(String, u64, u64)>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JournalRow {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub alarm_id: String,
+    pub site: String,
+    pub source: String,
+    pub condition: String,
+    pub action: String,
+    pub from: String,
+    pub to: String,
+    pub who: String,
+    pub why: Option<String>,
+    pub event_time: Option<Timestamp>,
+    pub notify: bool,
+    pub late: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct JournalFilter {
+    pub alarm_id: Option<String>,
+    pub site: Option<String>,
+    pub condition: Option<String>,
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    pub limit: usize,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Op>,
+    read: Arc<Mutex<Connection>>,
+    healthy: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+const SCHEMA: &str = "
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+CREATE TABLE IF NOT EXISTS readings (
+    point TEXT NOT NULL, t INTEGER NOT NULL, value REAL, quality INTEGER NOT NULL, arrived INTEGER NOT NULL,
+    PRIMARY KEY (point, t)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS alarms (
+    id TEXT PRIMARY KEY, site TEXT NOT NULL, source TEXT NOT NULL, condition TEXT NOT NULL,
+    open INTEGER NOT NULL, updated INTEGER NOT NULL, json TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open);
+CREATE INDEX IF NOT EXISTS alarms_updated ON alarms(updated);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, alarm_id TEXT NOT NULL, site TEXT NOT NULL,
+    source TEXT NOT NULL, condition TEXT NOT NULL, action TEXT NOT NULL, from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL, who TEXT NOT NULL, why TEXT, event_time INTEGER, notify INTEGER NOT NULL,
+    late INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_alarm ON journal(alarm_id);
+CREATE INDEX IF NOT EXISTS journal_site ON journal(site, at);
+CREATE TABLE IF NOT EXISTS rule_state (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS device_state (device TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS msg_seen (
+    device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, arrived INTEGER NOT NULL,
+    PRIMARY KEY (device, boot, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS msg_seen_arrived ON msg_seen(arrived);
+CREATE TABLE IF NOT EXISTS raw_latest (site TEXT PRIMARY KEY, topic_payload TEXT NOT NULL, arrived INTEGER NOT NULL);
+";
+
+fn ms(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+fn from_ms(v: i64) -> Timestamp {
+    DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
+}
+fn q_int(q: Quality) -> i64 {
+    match q {
+        Quality::Good => 0,
+        Quality::Uncertain => 1,
+        Quality::Bad => 2,
+    }
+}
+fn int_q(v: i64) -> Quality {
+    match v {
+        0 => Quality::Good,
+        1 => Quality::Uncertain,
+        _ => Quality::Bad,
+    }
+}
+
+/// How long message identities are remembered for dedup after a restart. A
+/// device's QoS 1 redelivery happens within its reconnects; a backlog after a
+/// 72 h outage carries new seqs, so 7 days is ample.
+const SEEN_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
+impl Store {
+    /// Opens (creating if needed) the database and starts the writer thread.
+    /// `queue` bounds the batches waiting for the writer; a full queue makes the
+    /// pipeline wait (policy: block), which in turn holds back MQTT acks.
+    pub fn open(path: &Path, queue: usize, metrics: Arc<Metrics>) -> Result<(Self, Restored), StoreError> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir { path: dir.into(), source: e })?;
+            }
+        }
+        let sq = |e| StoreError::Sqlite { path: path.into(), source: e };
+        let write = Connection::open(path).map_err(sq)?;
+        write.execute_batch(SCHEMA).map_err(sq)?;
+        write.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
+        let read = Connection::open(path).map_err(sq)?;
+        read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
+        let restored = Self::restore(&write).map_err(sq)?;
+        let (tx, rx) = mpsc::channel(queue);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let h = healthy.clone();
+        let p = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(write, rx, metrics, h, p))
+            .map_err(|e| StoreError::Query(format!("cannot start writer thread: {e}")))?;
+        Ok((Self { tx, read: Arc::new(Mutex::new(read)), healthy, path: path.into() }, restored))
+    }
+
+    fn restore(c: &Connection) -> rusqlite::Result<Restored> {
+        let mut r = Restored::default();
+        let mut st = c.prepare("SELECT json FROM alarms WHERE open = 1")?;
+        for row in st.query_map([], |row| row.get::<_, String>(0))? {
+            match serde_json::from_str::<Alarm>(&row?) {
+                Ok(a) => r.open_alarms.push(a),
+                Err(e) => tracing::error!(error = %e, "stored alarm does not parse; skipped"),
+            }
+        }
+        let mut st = c.prepare("SELECT key, json FROM rule_state")?;
+        for row in st.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
+            let (k, v) = row?;
+            r.rule_states.insert(k, v);
+        }
+        let mut st = c.prepare("SELECT device, json FROM device_state")?;
+        for row in st.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))? {
+            let (k, v) = row?;
+            r.device_states.insert(k, v);
+        }
+        let cutoff = Utc::now().timestamp_millis() - SEEN_RETENTION_MS;
+        c.execute("DELETE FROM msg_seen WHERE arrived < ?1", [cutoff])?;
+        let mut st = c.prepare("SELECT device, boot, seq FROM msg_seen")?;
+        for row in st.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64)))? {
+            r.seen.push(row?);
+        }
+        Ok(r)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    /// Queues a batch; waits while the writer is behind (backpressure).
+    pub async fn submit(&self, b: Batch, metrics: &Metrics) -> Result<(), StoreError> {
+        match self.tx.try_send(Op::Batch(Box::new(b))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(op)) => {
+                metrics.queue_full.get_or_create(&crate::telemetry::metrics_edge("pipeline->store")).inc();
+                self.tx.send(op).await.map_err(|_| StoreError::Closed)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
+        }
+    }
+
+    /// Resolves once everything queued before it is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Op::Flush(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    fn with_read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        // A std Mutex: queries run on a blocking thread and nothing awaits while it is held.
+        let c = self.read.lock().map_err(|_| StoreError::Query("read connection poisoned".into()))?;
+        f(&c).map_err(|e| StoreError::Query(e.to_string()))
+    }
+
+    pub fn readings(&self, point: &PointId, from: Timestamp, to: Timestamp, limit: usize) -> Result<Vec<(Timestamp, Option<f64>, Quality, Timestamp)>, StoreError> {
+        self.with_read(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT t, value, quality, arrived FROM readings WHERE point = ?1 AND t >= ?2 AND t <= ?3 ORDER BY t LIMIT ?4",
+            )?;
+            let rows = st.query_map(params![point.as_str(), ms(from), ms(to), limit as i64], |r| {
+                Ok((from_ms(r.get(0)?), r.get::<_, Option<f64>>(1)?, int_q(r.get(2)?), from_ms(r.get(3)?)))
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn reading_count(&self) -> Result<i64, StoreError> {
+        self.with_read(|c| c.query_row("SELECT count(*) FROM readings", [], |r| r.get(0)))
+    }
+
+    pub fn alarm(&self, id: &str) -> Result<Option<Alarm>, StoreError> {
+        let json: Option<String> =
+            self.with_read(|c| c.query_row("SELECT json FROM alarms WHERE id = ?1", [id], |r| r.get(0)).optional())?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Closed occurrences, newest first (the open ones live in the pipeline).
+    pub fn closed_alarms(&self, limit: usize) -> Result<Vec<Alarm>, StoreError> {
+        let rows: Vec<String> = self.with_read(|c| {
+            let mut st = c.prepare_cached("SELECT json FROM alarms WHERE open = 0 ORDER BY updated DESC LIMIT ?1")?;
+            let rows = st.query_map([limit as i64], |r| r.get(0))?;
+            rows.collect()
+        })?;
+        Ok(rows.iter().filter_map(|j| serde_json::from_str(j).ok()).collect())
+    }
+
+    pub fn journal(&self, f: &JournalFilter) -> Result<Vec<JournalRow>, StoreError> {
+        self.with_read(|c| {
+            let mut sql = String::from(
+                "SELECT seq, at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late FROM journal WHERE 1=1",
+            );
+            let mut args: Vec<rusqlite::types::Value> = Vec::new();
+            let mut push = |clause: &str, v: rusqlite::types::Value| {
+                args.push(v);
+                sql.push_str(&format!(" AND {clause} ?{}", args.len()));
+            };
+            if let Some(a) = &f.alarm_id {
+                push("alarm_id =", a.clone().into());
+            }
+            if let Some(s) = &f.site {
+                push("site =", s.clone().into());
+            }
+            if let Some(s) = &f.condition {
+                push("condition =", s.clone().into());
+            }
+            if let Some(t) = f.from {
+                push("at >=", ms(t).into());
+            }
+            if let Some(t) = f.to {
+                push("at <=", ms(t).into());
+            }
+            sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", f.limit.clamp(1, 10_000)));
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args), |r| {
+                Ok(JournalRow {
+                    seq: r.get(0)?,
+                    at: from_ms(r.get(1)?),
+                    alarm_id: r.get(2)?,
+                    site: r.get(3)?,
+                    source: r.get(4)?,
+                    condition: r.get(5)?,
+                    action: r.get(6)?,
+                    from: r.get(7)?,
+                    to: r.get(8)?,
+                    who: r.get(9)?,
+                    why: r.get(10)?,
+                    event_time: r.get::<_, Option<i64>>(11)?.map(from_ms),
+                    notify: r.get::<_, i64>(12)? != 0,
+                    late: r.get::<_, i64>(13)? != 0,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    pub fn latest_raw(&self, site: &str) -> Result<Option<(String, Timestamp)>, StoreError> {
+        self.with_read(|c| {
+            c.query_row("SELECT topic_payload, arrived FROM raw_latest WHERE site = ?1", [site], |r| {
+                Ok((r.get(0)?, from_ms(r.get(1)?)))
+            })
+            .optional()
+        })
+    }
+}
+
+fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
+    let tx = c.transaction()?;
+    {
+        let mut ins_r = tx.prepare_cached(
+            "INSERT OR IGNORE INTO readings (point, t, value, quality, arrived) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        let mut up_a = tx.prepare_cached(
+            "INSERT INTO alarms (id, site, source, condition, open, updated, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET open = excluded.open, updated = excluded.updated, json = excluded.json",
+        )?;
+        let mut ins_j = tx.prepare_cached(
+            "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )?;
+        let mut up_rs = tx.prepare_cached("INSERT OR REPLACE INTO rule_state (key, json) VALUES (?1, ?2)")?;
+        let mut up_ds = tx.prepare_cached("INSERT OR REPLACE INTO device_state (device, json) VALUES (?1, ?2)")?;
+        let mut ins_s = tx.prepare_cached("INSERT OR IGNORE INTO msg_seen (device, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut up_raw = tx.prepare_cached("INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)")?;
+        for b in ops {
+            for r in &b.readings {
+                ins_r.execute(params![r.point.as_str(), ms(r.t), r.value, q_int(r.quality), ms(r.arrived)])?;
+            }
+            for t in &b.transitions {
+                let a = &t.alarm;
+                let json = serde_json::to_string(a).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                up_a.execute(params![a.id, a.site.as_str(), a.source, a.condition, !a.is_closed() as i64, ms(t.at), json])?;
+                ins_j.execute(params![
+                    ms(t.at),
+                    a.id,
+                    a.site.as_str(),
+                    a.source,
+                    a.condition,
+                    t.action,
+                    t.from.as_str(),
+                    t.to.as_str(),
+                    t.who,
+                    t.why,
+                    t.event_time.map(ms),
+                    t.notify as i64,
+                    a.late as i64
+                ])?;
+            }
+            for (k, v) in &b.rule_states {
+                up_rs.execute(params![k, v])?;
+            }
+            for (k, v) in &b.device_states {
+                up_ds.execute(params![k, v])?;
+            }
+            for (d, boot, seq, arrived) in &b.seen {
+                ins_s.execute(params![d, *boot as i64, *seq as i64, ms(*arrived)])?;
+            }
+            for (site, raw, arrived) in &b.raw {
+                up_raw.execute(params![site, raw, ms(*arrived)])?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+fn writer(mut c: Connection, mut rx: mpsc::Receiver<Op>, metrics: Arc<Metrics>, healthy: Arc<AtomicBool>, path: PathBuf) {
+    let mut backoff_ms = 50u64;
+    while let Some(first) = rx.blocking_recv() {
+        let mut ops = vec![first];
+        // Group whatever else is already waiting into the same transaction.
+        while ops.len() < 256 {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut batches = Vec::new();
+        let mut flushes = Vec::new();
+        for op in ops {
+            match op {
+                Op::Batch(b) => batches.push(b),
+                Op::Flush(tx) => flushes.push(tx),
+            }
+        }
+        loop {
+            let started = std::time::Instant::now();
+            match apply(&mut c, &batches) {
+                Ok(()) => {
+                    metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+                    healthy.store(true, Ordering::Relaxed);
+                    backoff_ms = 50;
+                    break;
+                }
+                Err(e) => {
+                    // Nothing is acknowledged until it commits: keep the batch
+                    // and retry; the broker keeps the messages meanwhile.
+                    metrics.store_errors.inc();
+                    healthy.store(false, Ordering::Relaxed);
+                    tracing::error!(path = %path.display(), error = %e, retry_in_ms = backoff_ms, "store commit failed");
+                    std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
+                    backoff_ms = (backoff_ms * 2).min(5_000);
+                }
+            }
+        }
+        let now = Utc::now();
+        for b in batches {
+            if let Some(a) = b.arrived {
+                metrics.pipeline_latency.observe(((now - a).num_microseconds().unwrap_or(0).max(0) as f64) / 1e6);
+            }
+            for ack in b.acks {
+                ack.ack();
+            }
+        }
+        for f in flushes {
+            let _ = f.send(()); // the flusher may have given up waiting; nothing to undo
+        }
+    }
+    tracing::info!("store writer stopped");
+}

@@ -1,0 +1,116 @@
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QualityLabel {
+    pub quality: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabel {
+    pub edge: String,
+}
+
+/// Every series, registered once. Cloning the handles is cheap (atomics).
+pub struct Metrics {
+    pub registry: Registry,
+    pub messages: Counter,
+    pub duplicate_messages: Counter,
+    pub duplicate_samples: Counter,
+    pub quarantined: Family<Reason, Counter>,
+    pub sample_problems: Family<Reason, Counter>,
+    pub samples: Family<QualityLabel, Counter>,
+    pub late_samples: Counter,
+    pub alarm_transitions: Family<ActionLabel, Counter>,
+    pub alarms: Family<StateLabel, Gauge>,
+    pub pipeline_latency: Histogram,
+    pub store_commit_seconds: Histogram,
+    pub store_errors: Counter,
+    pub mqtt_connected: Gauge,
+    pub mqtt_reconnects: Counter,
+    pub mqtt_errors: Family<Reason, Counter>,
+    pub queue_full: Family<EdgeLabel, Counter>,
+    pub sse_lagged: Counter,
+    pub devices_comm_lost: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("mizuban");
+        let m = Self {
+            messages: Counter::default(),
+            duplicate_messages: Counter::default(),
+            duplicate_samples: Counter::default(),
+            quarantined: Family::default(),
+            sample_problems: Family::default(),
+            samples: Family::default(),
+            late_samples: Counter::default(),
+            alarm_transitions: Family::default(),
+            alarms: Family::default(),
+            pipeline_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            store_errors: Counter::default(),
+            mqtt_connected: Gauge::default(),
+            mqtt_reconnects: Counter::default(),
+            mqtt_errors: Family::default(),
+            queue_full: Family::default(),
+            sse_lagged: Counter::default(),
+            devices_comm_lost: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register("messages", "MQTT messages received from devices", m.messages.clone());
+        r.register("duplicate_messages", "Messages dropped as already seen by (device, boot, seq)", m.duplicate_messages.clone());
+        r.register("duplicate_samples", "Samples dropped as already stored by (point, time)", m.duplicate_samples.clone());
+        r.register("quarantined_messages", "Messages quarantined whole, by reason", m.quarantined.clone());
+        r.register("sample_problems", "Samples dropped or marked bad inside otherwise good messages, by reason", m.sample_problems.clone());
+        r.register("samples", "Samples stored, by quality", m.samples.clone());
+        r.register("late_samples", "Samples older than their point's newest (history and late review only)", m.late_samples.clone());
+        r.register("alarm_transitions", "Alarm transitions journaled, by action", m.alarm_transitions.clone());
+        r.register("alarms", "Open alarm occurrences by ISA-18.2 state", m.alarms.clone());
+        r.register("pipeline_latency_seconds", "From message arrival to alarms evaluated and stored", m.pipeline_latency.clone());
+        r.register("store_commit_seconds", "Duration of one store transaction", m.store_commit_seconds.clone());
+        r.register("store_errors", "Failed store transactions", m.store_errors.clone());
+        r.register("mqtt_connected", "1 while the MQTT collector is connected", m.mqtt_connected.clone());
+        r.register("mqtt_reconnects", "MQTT reconnect attempts after a failure", m.mqtt_reconnects.clone());
+        r.register("mqtt_errors", "MQTT connection errors, by kind", m.mqtt_errors.clone());
+        r.register("queue_full", "Times a bounded queue was full and the sender waited (backpressure), by edge", m.queue_full.clone());
+        r.register("sse_lagged", "Event-stream clients that fell behind and were told to resynchronise", m.sse_lagged.clone());
+        r.register("devices_comm_lost", "Devices currently in communication loss", m.devices_comm_lost.clone());
+        Self { registry: r, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        s
+    }
+
+    pub fn reason(label: &str) -> Reason {
+        Reason { reason: label.to_string() }
+    }
+}

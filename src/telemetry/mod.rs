@@ -1,0 +1,22 @@
+//! Logs and metrics. `Metrics` holds every Prometheus series the service
+//! exposes; `events` has one small struct per operational event whose `emit()`
+//! writes the log line and bumps the metric together, so the two never disagree.
+
+pub mod events;
+mod metrics;
+
+pub use metrics::Metrics;
+
+/// Installs the `tracing` subscriber: human-readable lines, level from
+/// `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+}
+
+pub use metrics::StateLabel as StateLabelPub;
+
+pub fn metrics_edge(edge: &str) -> metrics::EdgeLabel {
+    metrics::EdgeLabel { edge: edge.to_string() }
+}

@@ -53,6 +53,7 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
         log_interval_s: 60,
         upload_interval_s: 120,
         mode: Mode::Realtime { step: Duration::from_secs(2) },
+        topic_prefix: String::new(),
     })
     .await?;
     println!("Board: http://{}/", running.http_addr);

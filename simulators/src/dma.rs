@@ -282,7 +282,8 @@ impl Device for DmaLogger {
             self.status_sent = true;
             self.status(now);
         }
-        let mut next_log = *self.next_log.get_or_insert(start);
+        let first_log = start + Duration::seconds(self.o.log_interval_s as i64);
+        let mut next_log = *self.next_log.get_or_insert(first_log);
         while next_log <= now {
             self.log_sample(next_log);
             next_log += self.log_interval(next_log);

@@ -28,6 +28,7 @@ pub struct FleetOptions {
     pub log_interval_s: u32,
     pub upload_interval_s: u32,
     pub mode: Mode,
+    pub topic_prefix: String,
 }
 
 pub struct Fleet {
@@ -37,7 +38,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn spawn(o: FleetOptions) -> Result<Self, SimError> {
-        let so = SpawnOptions { host: o.host.clone(), port: o.port, mode: o.mode.clone() };
+        let so = SpawnOptions { host: o.host.clone(), port: o.port, mode: o.mode.clone(), topic_prefix: o.topic_prefix.clone() };
         let mut loggers = Vec::new();
         for (i, (block, dev)) in dma_ids(o.blocks).into_iter().enumerate() {
             let mut d = DmaOptions::new(&block, &dev);

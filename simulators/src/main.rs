@@ -31,6 +31,7 @@ async fn main() -> std::process::ExitCode {
                 log_interval_s: arg(&args, "--log-interval-s", 300)?,
                 upload_interval_s: arg(&args, "--upload-interval-s", 3600)?,
                 mode: Mode::Realtime { step: Duration::from_secs(5) },
+                topic_prefix: arg(&args, "--topic-prefix", String::new())?,
             },
             arg(&args, "--incident-every-s", 0)?,
         ))

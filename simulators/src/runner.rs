@@ -24,6 +24,8 @@ pub struct SpawnOptions {
     pub host: String,
     pub port: u16,
     pub mode: Mode,
+    /// Prepended to every topic (lets parallel tests share one broker).
+    pub topic_prefix: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,9 +53,12 @@ pub struct Handle {
     id: String,
     site: String,
     tx: mpsc::Sender<Cmd>,
+    sent: Arc<AtomicUsize>,
 }
 
 struct Link {
+    sent: Arc<AtomicUsize>,
+    prefix: String,
     client: AsyncClient,
     pending: Arc<AtomicUsize>,
     acked: Arc<Notify>,
@@ -63,8 +68,9 @@ struct Link {
 impl Link {
     async fn send(&self, m: Msg) -> Result<(), SimError> {
         self.pending.fetch_add(1, Ordering::SeqCst);
+        self.sent.fetch_add(1, Ordering::SeqCst);
         self.client
-            .publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
+            .publish(format!("{}{}", self.prefix, m.topic), QoS::AtLeastOnce, m.retain, m.payload)
             .await
             .map_err(|_| SimError::Stopped(self.id.clone()))
     }
@@ -95,7 +101,7 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
     mo.set_keep_alive(Duration::from_secs(30));
     mo.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
     let will = dev.will();
-    mo.set_last_will(LastWill::new(will.topic, will.payload, QoS::AtLeastOnce, will.retain));
+    mo.set_last_will(LastWill::new(format!("{}{}", opts.topic_prefix, will.topic), will.payload, QoS::AtLeastOnce, will.retain));
     let (client, mut eventloop) = AsyncClient::new(mo, 64);
     let pending = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(Notify::new());
@@ -142,7 +148,8 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
         Ok(Ok(Err(reason))) => return Err(SimError::Connect { device: id, reason }),
         _ => return Err(SimError::Connect { device: id, reason: "no CONNACK within 10 s".into() }),
     }
-    let link = Link { client, pending, acked, id: id.clone() };
+    let sent = Arc::new(AtomicUsize::new(0));
+    let link = Link { sent: sent.clone(), prefix: opts.topic_prefix.clone(), client, pending, acked, id: id.clone() };
     let (tx, mut rx) = mpsc::channel::<Cmd>(64);
     let dev_id = id.clone();
     tokio::spawn(async move {
@@ -208,7 +215,7 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
             }
         }
     });
-    Ok(Handle { id, site, tx })
+    Ok(Handle { id, site, tx, sent })
 }
 
 impl Handle {
@@ -217,6 +224,11 @@ impl Handle {
     }
     pub fn site(&self) -> &str {
         &self.site
+    }
+
+    /// Messages published so far (including raw ones and redeliveries).
+    pub fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
     }
 
     pub async fn inject(&self, s: Scenario) -> Result<(), SimError> {

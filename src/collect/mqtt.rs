@@ -61,7 +61,8 @@ pub fn options(m: &MqttSection) -> MqttOptions {
 
 /// Every subscription filter of every profile, deduplicated.
 pub fn filters(cfg: &Config) -> Vec<String> {
-    let mut f: Vec<String> = cfg.profiles.values().flat_map(|p| p.topics.iter().map(|t| t.filter())).collect();
+    let mut f: Vec<String> =
+        cfg.profiles.values().flat_map(|p| p.topics.iter().map(|t| format!("{}{}", cfg.mqtt.topic_prefix, t.filter()))).collect();
     f.sort();
     f.dedup();
     f
@@ -142,9 +143,14 @@ impl MqttCollector {
                 size: p.payload.len(),
             });
         };
+        let Some(local_topic) = topic.strip_prefix(self.cfg.mqtt.topic_prefix.as_str()) else {
+            quarantine("unknown_topic", format!("topic {topic:?} is outside the prefix {:?}", self.cfg.mqtt.topic_prefix));
+            ack.ack();
+            return;
+        };
         let mut decoded = None;
         for prof in &self.profiles {
-            match device::decode(prof, &topic, &p.payload, arrived, self.cfg.mqtt.max_payload_bytes) {
+            match device::decode(prof, local_topic, &p.payload, arrived, self.cfg.mqtt.max_payload_bytes) {
                 Ok(Some(d)) => {
                     decoded = Some(d);
                     break;

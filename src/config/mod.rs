@@ -101,6 +101,10 @@ pub struct MqttSection {
     pub password: Option<String>,
     #[serde(default = "default_keep_alive")]
     pub keep_alive_s: u16,
+    /// Prepended to every device topic: for a shared broker where this
+    /// utility's devices publish under a namespace (e.g. `region/akita/`).
+    #[serde(default)]
+    pub topic_prefix: String,
     /// A persistent session lets the broker keep QoS 1 messages for us while we
     /// are down; turn off only for throw-away test brokers.
     #[serde(default = "yes")]
@@ -330,6 +334,9 @@ impl Config {
         }
         if !matches!(raw.service.language.as_str(), "ja" | "en") {
             errors.push(fe("language", format!("language {:?} is not `ja` or `en`", raw.service.language)));
+        }
+        if raw.mqtt.topic_prefix.contains(['+', '#']) || (!raw.mqtt.topic_prefix.is_empty() && !raw.mqtt.topic_prefix.ends_with('/')) {
+            errors.push(fe("topic_prefix", "topic_prefix must end with '/' and hold no wildcards".into()));
         }
         if raw.mqtt.backoff_min_ms == 0 || raw.mqtt.backoff_min_ms > raw.mqtt.backoff_max_ms {
             errors.push(fe("backoff_min_ms", "need 0 < backoff_min_ms <= backoff_max_ms".into()));

@@ -139,9 +139,8 @@ pub(super) fn validate(r: RawRule, profiles: &HashMap<String, Arc<Profile>>, sit
     let id = r.id.clone();
     let mut bad = |field: &str, msg: String| p.push((field.to_string(), format!("rule {id:?}: {msg}")));
     let matching: Vec<&Arc<Site>> = sites.iter().filter(|s| r.applies_to.matches(s)).collect();
-    if matching.is_empty() {
-        bad("applies_to", "matches no site".into());
-    }
+    // A rule that matches no site is allowed: nodes that each own a share of
+    // the sites share one rules file.
     for s in &matching {
         if let Some(prof) = profiles.get(&s.profile) {
             if !prof.point_names().contains(&r.point.as_str()) {

@@ -145,6 +145,7 @@ impl Shard {
                 i = rx.recv() => match i { Some(i) => i, None => break },
                 _ = cancel.cancelled() => break,
             };
+            let is_msg = matches!(input, Input::Message(_));
             let batch = match input {
                 Input::Message(m) => self.on_message(*m),
                 Input::Command(cmd, reply) => {
@@ -160,6 +161,11 @@ impl Shard {
                     tracing::error!(shard = self.idx, error = %e, "store unavailable; shard stops");
                     break;
                 }
+            }
+            if is_msg {
+                // Counted once handled and queued for the store, so a reader
+                // that sees the count and then flushes the store sees its effects.
+                self.metrics.messages.inc();
             }
         }
         // Drain what was already queued so accepted work is stored before exit.
@@ -254,7 +260,6 @@ impl Shard {
                 return batch;
             }
         }
-        self.metrics.messages.inc();
         let device = ctx.site.device.clone();
         // Every message but the broker-sent last will proves the device is alive,
         // duplicates included.

@@ -83,7 +83,7 @@ impl Metrics {
             devices_comm_lost: Gauge::default(),
             registry: Registry::default(),
         };
-        r.register("messages", "MQTT messages received from devices", m.messages.clone());
+        r.register("messages", "Device messages handled by the pipeline (duplicates included, collector-level quarantine not)", m.messages.clone());
         r.register("duplicate_messages", "Messages dropped as already seen by (device, boot, seq)", m.duplicate_messages.clone());
         r.register("duplicate_samples", "Samples dropped as already stored by (point, time)", m.duplicate_samples.clone());
         r.register("quarantined_messages", "Messages quarantined whole, by reason", m.quarantined.clone());

@@ -1,0 +1,332 @@
+//! Shared harness for the end-to-end tests: a real MQTT broker (the embedded
+//! rumqttd on an ephemeral port, or the one named by `MIZUBAN_TEST_MQTT`, e.g.
+//! Mosquitto at 127.0.0.1:1883 under CI), the service on an ephemeral HTTP port
+//! with a manual clock, and simulated devices in stepped time. Each test gets
+//! its own topic prefix and MQTT client id, so tests can share one broker.
+//! Readiness is by handshake or by polling the API for a condition, never by
+//! sleeping a fixed time.
+
+#![allow(dead_code)]
+
+use chrono::{DateTime, Duration, Utc};
+use mizuban::app::{Options, Running};
+use mizuban::collect::broker::EmbeddedBroker;
+use mizuban::config::Config;
+use mizuban::model::ManualClock;
+use mizuban_sim::dma::{DmaLogger, DmaOptions};
+use mizuban_sim::mps::{MpsNotifier, MpsOptions};
+use mizuban_sim::{Handle, Mode, SpawnOptions};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const OP_TOKEN: &str = "test-operator-token-0001";
+pub const VIEW_TOKEN: &str = "test-viewer-token-00001";
+pub const ENG_TOKEN: &str = "test-engineer-token-0001";
+pub const ADMIN_TOKEN: &str = "test-admin-token-000001";
+
+pub fn t0() -> DateTime<Utc> {
+    // 09:00 JST: daytime demand, so night-flow limits are not in play unless a test wants them.
+    DateTime::parse_from_rfc3339("2025-01-21T00:00:00Z").unwrap().with_timezone(&Utc)
+}
+
+/// Where the broker is: `MIZUBAN_TEST_MQTT=host:port` for an external one.
+pub fn broker() -> (String, u16) {
+    if let Ok(addr) = std::env::var("MIZUBAN_TEST_MQTT") {
+        let (h, p) = addr.rsplit_once(':').expect("MIZUBAN_TEST_MQTT is host:port");
+        return (h.to_string(), p.parse().expect("port"));
+    }
+    static BROKER: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
+    BROKER
+        .get_or_init(|| {
+            let b = EmbeddedBroker::start(None).expect("embedded broker");
+            (b.addr.ip().to_string(), b.addr.port())
+        })
+        .clone()
+}
+
+pub struct SiteDef {
+    pub id: &'static str,
+    pub kind: &'static str,
+    pub device: &'static str,
+}
+
+pub fn dma(id: &'static str, device: &'static str) -> SiteDef {
+    SiteDef { id, kind: "dma", device }
+}
+pub fn mps(id: &'static str, device: &'static str) -> SiteDef {
+    SiteDef { id, kind: "pump_station", device }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub app: Option<Running>,
+    pub clock: Arc<ManualClock>,
+    pub http: reqwest::Client,
+    pub base: String,
+    pub prefix: String,
+    pub host: String,
+    pub port: u16,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn write_config(dir: &std::path::Path, name: &str, prefix: &str, sites: &[SiteDef], rules: Option<&str>) -> PathBuf {
+    let (host, port) = broker();
+    let mut s = String::new();
+    for d in sites {
+        let profile = if d.kind == "dma" { "akita-dma-logger" } else { "akita-mps-notifier" };
+        s.push_str(&format!(
+            "[[site]]\nid = \"{}\"\nkind = \"{}\"\nname = \"{} (test)\"\narea = \"test\"\nlat = 39.7\nlon = 140.1\ndevice = \"{}\"\nprofile = \"{profile}\"\nattrs = {{ mean_flow = 100.0 }}\n\n",
+            d.id, d.kind, d.id, d.device
+        ));
+    }
+    std::fs::write(dir.join("sites.toml"), s).unwrap();
+    let rules_file = match rules {
+        Some(r) => {
+            std::fs::write(dir.join("rules.toml"), r).unwrap();
+            dir.join("rules.toml")
+        }
+        None => repo().join("config/akita-rules.toml"),
+    };
+    let main = format!(
+        r#"[service]
+name = "test"
+devices_dir = "{devices}"
+sites_file = "sites.toml"
+rules_file = "{rules}"
+comm_grace_s = 600
+shards = 2
+
+[mqtt]
+host = "{host}"
+port = {port}
+client_id = "mizuban-test-{name}"
+topic_prefix = "{prefix}"
+backoff_min_ms = 50
+backoff_max_ms = 500
+
+[store]
+path = "data/test.db"
+
+[http]
+listen = "127.0.0.1:0"
+
+[[token]]
+name = "op"
+token = "{OP_TOKEN}"
+role = "operator"
+
+[[token]]
+name = "viewer"
+token = "{VIEW_TOKEN}"
+role = "viewer"
+
+[[token]]
+name = "eng"
+token = "{ENG_TOKEN}"
+role = "engineer"
+
+[[token]]
+name = "admin"
+token = "{ADMIN_TOKEN}"
+role = "admin"
+"#,
+        devices = repo().join("devices").display(),
+        rules = rules_file.display(),
+    );
+    let p = dir.join("mizuban.toml");
+    std::fs::write(&p, main).unwrap();
+    p
+}
+
+impl Harness {
+    pub async fn start(name: &str, sites: &[SiteDef]) -> Self {
+        Self::start_with_rules(name, sites, None).await
+    }
+
+    pub async fn start_with_rules(name: &str, sites: &[SiteDef], rules: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("t{}-{}/", std::process::id(), name);
+        let config_path = write_config(dir.path(), name, &prefix, sites, rules);
+        let (host, port) = broker();
+        let clock = Arc::new(ManualClock::new(Utc::now()));
+        let mut h = Self { dir, config_path, app: None, clock, http: reqwest::Client::new(), base: String::new(), prefix, host, port };
+        h.boot().await;
+        h
+    }
+
+    async fn boot(&mut self) {
+        let cfg = Config::load(&self.config_path).unwrap_or_else(|e| panic!("{e:#?}"));
+        let app = mizuban::app::start(
+            cfg,
+            Options { clock: self.clock.clone(), tick: std::time::Duration::from_millis(20), ..Default::default() },
+        )
+        .await
+        .expect("service starts");
+        self.base = format!("http://{}", app.http_addr);
+        self.app = Some(app);
+        self.wait_connected().await;
+    }
+
+    /// Ready when the collector reports connected and subscribed (health ok).
+    pub async fn wait_connected(&self) {
+        self.wait_until("collector connected", || async {
+            self.http.get(format!("{}/api/v1/health", self.base)).send().await.map(|r| r.status().is_success()).unwrap_or(false)
+        })
+        .await;
+        // Subscriptions are requested right after CONNACK; a SUBACK round trip
+        // later they are active. Prove it end to end with a probe publish.
+        self.probe_subscription().await;
+    }
+
+    async fn probe_subscription(&self) {
+        use rumqttc::{AsyncClient, MqttOptions, QoS};
+        let mut o = MqttOptions::new(format!("probe-{}", rand_id()), &self.host, self.port);
+        o.set_keep_alive(std::time::Duration::from_secs(5));
+        let (c, mut el) = AsyncClient::new(o, 10);
+        let task = tokio::spawn(async move { while el.poll().await.is_ok() {} });
+        let before = self.metric("mizuban_quarantined_messages_total{reason=\"unknown_topic\"}").await;
+        for _ in 0..200 {
+            c.publish(format!("{}probe/unknown", self.prefix), QoS::AtMostOnce, false, "x").await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            if self.metric("mizuban_quarantined_messages_total{reason=\"unknown_topic\"}").await > before {
+                break;
+            }
+        }
+        task.abort();
+    }
+
+    pub async fn wait_until<F, Fut>(&self, what: &str, f: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !f().await {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().strip_prefix(|c: char| c == ' ').or(Some(r.trim()))).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// Waits until the service has taken in `n` more messages (accepted or not)
+    /// than `before`, then until everything is committed.
+    pub async fn wait_messages(&self, at_least: f64) {
+        self.wait_until(&format!("{at_least} messages processed"), || async {
+            let m = self.metric("mizuban_messages_total").await;
+            m >= at_least
+        })
+        .await;
+        self.app.as_ref().unwrap().store.flush().await.unwrap();
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(VIEW_TOKEN).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        let mut rq = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            rq = rq.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rq = rq.json(&b);
+        }
+        let r = rq.send().await.unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(token), Some(body)).await
+    }
+
+    /// All alarm occurrences (open and closed) as (site, condition, state).
+    pub async fn alarms_all(&self) -> Vec<Value> {
+        self.get("/api/v1/alarms?all=true").await.as_array().unwrap().clone()
+    }
+
+    /// `site/condition` of every occurrence, sorted, for exact comparisons.
+    pub async fn occurrences(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .alarms_all()
+            .await
+            .iter()
+            .map(|a| format!("{}/{}", a["site"].as_str().unwrap(), a["condition"].as_str().unwrap()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The journal's actions for one site/condition, oldest first.
+    pub async fn actions(&self, site: &str, condition: &str) -> Vec<String> {
+        let rows = self.get(&format!("/api/v1/journal?site={site}&condition={condition}&limit=1000")).await;
+        let mut v: Vec<(i64, String)> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["seq"].as_i64().unwrap(), format!("{}:{}", r["action"].as_str().unwrap(), r["to"].as_str().unwrap())))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, s)| s).collect()
+    }
+
+    pub fn sim_opts(&self, start: DateTime<Utc>, step_s: i64) -> SpawnOptions {
+        SpawnOptions {
+            host: self.host.clone(),
+            port: self.port,
+            mode: Mode::Stepped { start, step: Duration::seconds(step_s) },
+            topic_prefix: self.prefix.clone(),
+        }
+    }
+
+    pub async fn spawn_dma(&self, o: DmaOptions, start: DateTime<Utc>) -> Handle {
+        mizuban_sim::spawn(Box::new(DmaLogger::new(o)), self.sim_opts(start, 30)).await.unwrap()
+    }
+
+    pub async fn spawn_mps(&self, o: MpsOptions, start: DateTime<Utc>) -> Handle {
+        mizuban_sim::spawn(Box::new(MpsNotifier::new(o)), self.sim_opts(start, 10)).await.unwrap()
+    }
+
+    pub async fn restart(&mut self) {
+        let app = self.app.take().unwrap();
+        app.shutdown().await;
+        self.boot().await;
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+}
+
+pub fn rand_id() -> String {
+    format!("{:08x}", rand::random::<u32>())
+}
+
+pub fn quiet_dma(block: &str, device: &str) -> DmaOptions {
+    let mut o = DmaOptions::new(block, device);
+    o.noise = false;
+    o
+}
+
+pub fn quiet_mps(station: &str, device: &str) -> MpsOptions {
+    let mut o = MpsOptions::new(station, device);
+    o.noise = false;
+    o
+}

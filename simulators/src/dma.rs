@@ -73,6 +73,7 @@ pub struct DmaLogger {
     regulator: Regulator,
     sensor_fault_until: Option<DateTime<Utc>>,
     chatter_until: Option<DateTime<Utc>>,
+    chatter_flip: bool,
     alarms_on: std::collections::BTreeSet<&'static str>,
     status_sent: bool,
 }
@@ -115,6 +116,7 @@ impl DmaLogger {
             regulator: Regulator::Normal,
             sensor_fault_until: None,
             chatter_until: None,
+            chatter_flip: false,
             alarms_on: Default::default(),
             status_sent: false,
         }
@@ -184,8 +186,9 @@ impl DmaLogger {
             Regulator::Hunting => p + if (now.timestamp() / 60) % 2 == 0 { 0.05 } else { -0.05 },
         };
         if self.chatter_until.is_some_and(|u| now < u) {
-            // Sitting on the low-pressure threshold.
-            p = P_LOW + if now.timestamp() % 20 < 10 { -0.004 } else { 0.004 };
+            // Sitting on the low-pressure threshold: every sample lands on the other side.
+            self.chatter_flip = !self.chatter_flip;
+            p = P_LOW + if self.chatter_flip { -0.004 } else { 0.004 };
         }
         q += self.noise(q * 0.03);
         p += self.noise(0.003);
@@ -295,13 +298,8 @@ impl Device for DmaLogger {
             next_up = now + Duration::seconds(self.upload_interval_s() as i64);
         }
         self.next_upload = Some(next_up);
-        if self.outage_until.is_some_and(|u| now < u) || !self.radio_up() {
-            return vec![];
-        }
-        self.outage_until = None;
-        // After an outage the backlog goes out a few messages per step, oldest
-        // first, interleaved with whatever new is created meanwhile.
-        self.outbox.drain(8, self.clock.read(now))
+        let up = self.outage_until.is_none_or(|u| now >= u) && self.radio_up();
+        self.outbox.drain(up, 4, self.clock.read(now))
     }
 
     fn inject(&mut self, s: Scenario, now: DateTime<Utc>) {
@@ -331,7 +329,7 @@ impl Device for DmaLogger {
             Scenario::Redeliver => {
                 if let Some(m) = self.outbox.last_sent.clone() {
                     // Byte-identical: the message as first sent.
-                    self.outbox.queue.push_front(Pending {
+                    self.outbox.fresh.push_front(Pending {
                         topic: m.topic,
                         body: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
                         retain: m.retain,

@@ -319,11 +319,8 @@ impl Device for MpsNotifier {
             self.outbox.push(Pending { topic: self.topic("heartbeat"), body: b, retain: false, fill_sent: false });
             self.next_hb = Some(now + Duration::seconds(self.o.heartbeat_every_s));
         }
-        if self.outage_until.is_some_and(|u| now < u) {
-            return vec![];
-        }
-        self.outage_until = None;
-        self.outbox.drain(8, self.clock.read(now))
+        let up = self.outage_until.is_none_or(|u| now >= u);
+        self.outbox.drain(up, 4, self.clock.read(now))
     }
 
     fn inject(&mut self, s: Scenario, now: DateTime<Utc>) {
@@ -349,7 +346,7 @@ impl Device for MpsNotifier {
             Scenario::ClockReset => self.clock.reset_at = Some(now),
             Scenario::Redeliver => {
                 if let Some(m) = self.outbox.last_sent.clone() {
-                    self.outbox.queue.push_front(Pending {
+                    self.outbox.fresh.push_front(Pending {
                         topic: m.topic,
                         body: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
                         retain: m.retain,

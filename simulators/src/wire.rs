@@ -35,37 +35,51 @@ pub(crate) struct Pending {
     pub fill_sent: bool,
 }
 
-/// The device's outbox: everything created and not yet handed to the radio,
-/// oldest first.
+/// The device's outbox. Messages created now go out first; after an outage the
+/// backlog follows a few per step, oldest first, so live data and backlog
+/// interleave as they do in the field.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
-    pub queue: VecDeque<Pending>,
+    pub fresh: VecDeque<Pending>,
+    pub backlog: VecDeque<Pending>,
     pub last_sent: Option<Msg>,
 }
 
 impl Outbox {
     pub fn push(&mut self, p: Pending) {
-        // A logger's memory is finite: beyond this the oldest are lost (as in the field).
-        if self.queue.len() >= 5000 {
-            self.queue.pop_front();
-        }
-        self.queue.push_back(p);
+        self.fresh.push_back(p);
     }
 
-    /// Sends up to `max` messages: live ones (created now) interleaved with
-    /// backlog, oldest first, as the devices do after an outage.
-    pub fn drain(&mut self, max: usize, device_now: DateTime<Utc>) -> Vec<Msg> {
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(mut p) = self.queue.pop_front() else { break };
-            if p.fill_sent {
-                p.body["sent_at"] = Value::String(crate::rfc3339(device_now));
-                p.body["backlog"] = Value::from(self.queue.len() as u64);
+    /// Sends what the radio can: every fresh message and up to `max_backlog`
+    /// queued ones. With the radio down everything waits in the backlog.
+    pub fn drain(&mut self, radio_up: bool, max_backlog: usize, device_now: DateTime<Utc>) -> Vec<Msg> {
+        if !radio_up {
+            self.backlog.extend(self.fresh.drain(..));
+            // A logger's memory is finite: beyond this the oldest are lost (as in the field).
+            while self.backlog.len() > 5000 {
+                self.backlog.pop_front();
             }
-            let m = Msg { topic: p.topic, payload: serde_json::to_vec(&p.body).expect("json"), retain: p.retain };
-            self.last_sent = Some(m.clone());
-            out.push(m);
+            return vec![];
         }
-        out
+        let mut batch: Vec<Pending> = self.fresh.drain(..).collect();
+        for _ in 0..max_backlog {
+            match self.backlog.pop_front() {
+                Some(p) => batch.push(p),
+                None => break,
+            }
+        }
+        let remaining = self.backlog.len();
+        batch
+            .into_iter()
+            .map(|mut p| {
+                if p.fill_sent {
+                    p.body["sent_at"] = Value::String(crate::rfc3339(device_now));
+                    p.body["backlog"] = Value::from(remaining as u64);
+                }
+                let m = Msg { topic: p.topic, payload: serde_json::to_vec(&p.body).expect("json"), retain: p.retain };
+                self.last_sent = Some(m.clone());
+                m
+            })
+            .collect()
     }
 }

@@ -111,6 +111,9 @@ impl Registry {
         let a = self.open.get_mut(key).expect("caller holds the key");
         a.state = a.derive_state();
         a.updated_at = at;
+        if notify {
+            a.paged = true;
+        }
         let t = Transition {
             alarm: a.clone(),
             from: before,
@@ -148,7 +151,7 @@ impl Registry {
                 Some(_) => ("suppress", false),
                 // Out of suppression still active and never acknowledged: it was
                 // never told to anyone, so now it is.
-                None => ("unsuppress", was_suppressed && a.active && !a.acked && !a.late),
+                None => ("unsuppress", was_suppressed && a.active && !a.acked && !a.late && !a.paged),
             };
             out.push(self.finish(&k, before, action, at, None, "system", want.map(|w| format!("suppressed by {w}")), notify));
         }
@@ -176,6 +179,7 @@ impl Registry {
             let before = a.state;
             let a = self.open.get_mut(&key).expect("present");
             a.active = true;
+            a.reactivations += 1;
             a.acked = false;
             a.acked_at = None;
             a.acked_by = None;
@@ -187,7 +191,9 @@ impl Registry {
             let sup = self.suppressor(&self.open[&key]);
             let a = self.open.get_mut(&key).expect("present");
             a.suppressed_by = sup;
-            let notify = a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
+            // Its page is still outstanding (nobody acknowledged): a chattering
+            // condition is one page, not one per crossing.
+            let notify = !a.paged && !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
             out.push(self.finish(&key, before, "raise", now, Some(t), "system", None, notify));
         } else {
             let mut a = Alarm {
@@ -217,6 +223,8 @@ impl Registry {
                 message: spec.message,
                 message_ja: spec.message_ja,
                 late: false,
+                paged: false,
+                reactivations: 0,
                 updated_at: now,
             };
             a.suppressed_by = self.suppressor(&a);
@@ -240,7 +248,8 @@ impl Registry {
         let device = a.device.clone();
         // A return to normal is worth telling only about an alarm someone was
         // told about (visible, not suppressed or shelved at the time).
-        let notify = !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
+        // Told once per occurrence: the first return to normal of a paged alarm.
+        let notify = a.paged && !a.late && a.reactivations == 0;
         a.active = false;
         a.cleared_at = Some(t);
         if value.is_some() {
@@ -367,13 +376,35 @@ impl Registry {
         out
     }
 
-    /// Marks an occurrence raised and cleared within one message as late: the
-    /// caller then withholds notification for both transitions.
+    /// Marks an occurrence as raised from late data: nobody is paged for it
+    /// unless it is still active once the device's data is current again
+    /// (`confirm_late`).
     pub fn mark_late(&mut self, id: &str) -> Option<Alarm> {
         let key = self.by_id.get(id)?.clone();
         let a = self.open.get_mut(&key)?;
         a.late = true;
+        a.paged = false;
         Some(a.clone())
+    }
+
+    /// Current data arrived from `device`: late occurrences of it that are
+    /// still active are real now and are told like a fresh raise.
+    pub fn confirm_late(&mut self, device: &DeviceId, now: Timestamp) -> Vec<Transition> {
+        let keys: Vec<AlarmKey> = self
+            .open
+            .iter()
+            .filter(|(_, a)| &a.device == device && a.late && a.active)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Vec::new();
+        for k in keys {
+            let a = self.open.get_mut(&k).expect("present");
+            let before = a.state;
+            a.late = false;
+            let notify = !a.acked && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
+            out.push(self.finish(&k, before, "confirm", now, None, "system", Some("still active in current data".into()), notify));
+        }
+        out
     }
 }
 

@@ -89,6 +89,15 @@ pub struct Alarm {
     /// Raised and cleared within data that arrived after the fact: kept for the
     /// operators' review, never paged.
     pub late: bool,
+    /// Someone was told (a notification-worthy transition was emitted). A
+    /// return to normal is worth telling only then, and a re-raise of an
+    /// occurrence nobody acknowledged yet is not told again (chattering).
+    #[serde(default)]
+    pub paged: bool,
+    /// Times it became active again before anyone acknowledged it (a
+    /// chattering condition shows here instead of as a flood of alarms).
+    #[serde(default)]
+    pub reactivations: u32,
     pub updated_at: Timestamp,
 }
 

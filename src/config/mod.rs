@@ -59,6 +59,11 @@ pub struct ServiceSection {
     /// Added to a device's expected silence before comm loss is raised.
     #[serde(default = "default_grace")]
     pub comm_grace_s: u32,
+    /// A message whose event time is this much older than its arrival is late
+    /// data: alarms it raises are journaled for review and only told to anyone
+    /// if still active once the device's data is current again.
+    #[serde(default = "default_late_after")]
+    pub late_after_s: u32,
     /// Number of pipeline workers; sites are hashed onto them.
     #[serde(default = "default_shards")]
     pub shards: usize,
@@ -78,6 +83,9 @@ fn default_lang() -> String {
 }
 fn default_grace() -> u32 {
     600
+}
+fn default_late_after() -> u32 {
+    900
 }
 fn default_shards() -> usize {
     4

@@ -12,7 +12,7 @@ use crate::store::{Batch, Restored, Store};
 use crate::telemetry::{events, Metrics};
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,30 @@ struct DeviceState {
     /// Event time of the last applied state per device condition; older
     /// reports of that condition are late.
     cond_t: BTreeMap<String, Timestamp>,
+    /// Recent episodes (raise, clear) per device condition. A late report that
+    /// falls inside a known episode is the same episode seen again (MQTT does
+    /// not order messages across topics: an event and a status bit word can
+    /// arrive in either order), not a new finding.
+    #[serde(default)]
+    episodes: BTreeMap<String, VecDeque<(Timestamp, Option<Timestamp>)>>,
+}
+
+impl DeviceState {
+    fn known_episode(&self, code: &str, t: Timestamp) -> bool {
+        self.episodes.get(code).is_some_and(|eps| eps.iter().any(|(from, to)| *from <= t && to.is_none_or(|to| t <= to)))
+    }
+    fn episode(&mut self, code: &str, from: Timestamp, to: Option<Timestamp>) {
+        let eps = self.episodes.entry(code.to_string()).or_default();
+        eps.push_back((from, to));
+        while eps.len() > 16 {
+            eps.pop_front();
+        }
+    }
+    fn episode_end(&mut self, code: &str, to: Timestamp) {
+        if let Some((_, end @ None)) = self.episodes.get_mut(code).and_then(|e| e.back_mut()) {
+            *end = Some(to);
+        }
+    }
 }
 
 struct SiteCtx {
@@ -367,6 +391,11 @@ impl Shard {
         }
         for ((i, cond), (from, to, v, limit)) in late {
             let br = &ctx.rules[i];
+            let key = AlarmKey { site: site_id.clone(), source: br.point.to_string(), condition: cond.clone() };
+            if self.registry.get_key(&key).is_some() {
+                // Already an open occurrence of it: one per key, nothing new to review.
+                continue;
+            }
             let spec = RaiseSpec {
                 site: site_id.clone(),
                 device: device.clone(),
@@ -413,24 +442,34 @@ impl Shard {
             let active_now = self.registry.get_key(&key).is_some_and(|a| a.active);
             let ctx = self.sites.get_mut(&site_id).expect("present");
             let last = ctx.dev.cond_t.get(&code).copied();
-            if last.is_some_and(|l| t < l) {
+            if let Some(last) = last.filter(|l| t < *l) {
                 // Older than what we already know of this condition: history for
                 // review, never a live change.
-                if raise && !active_now {
-                    transitions.extend(self.registry.record_late(spec, t, last.expect("checked"), now));
+                self.metrics.late_samples.inc();
+                let open = self.registry.get_key(&key).is_some();
+                if raise && !open && !ctx.dev.known_episode(&code, t) {
+                    ctx.dev.episode(&code, t, Some(last));
+                    ctx.dev_dirty = true;
+                    transitions.extend(self.registry.record_late(spec, t, last, now));
                 }
                 continue;
             }
             ctx.dev.cond_t.insert(code.clone(), t);
             ctx.dev_dirty = true;
             if raise && !active_now {
+                ctx.dev.episode(&code, t, None);
                 transitions.extend(self.registry.raise(spec, t, now));
             } else if !raise && active_now {
+                ctx.dev.episode_end(&code, t);
                 transitions.extend(self.registry.clear(&key, t, now, value));
             }
         }
 
-        self.finish_late(&mut transitions, now);
+        let late_msg = m.decoded.t.is_some_and(|t| m.arrived - t > Duration::seconds(self.cfg.service.late_after_s as i64));
+        self.finish_late(&mut transitions, late_msg, now);
+        if !late_msg && m.decoded.kind != MessageKind::Will {
+            transitions.extend(self.registry.confirm_late(&device, now));
+        }
         let ctx = self.sites.get_mut(&site_id).expect("present");
         for br in ctx.rules.iter_mut().filter(|b| b.dirty) {
             br.dirty = false;
@@ -446,16 +485,22 @@ impl Shard {
         batch
     }
 
-    /// An occurrence that was raised and is already over within the same
-    /// message was over before anyone could act: nobody is paged; it stays for
-    /// review, marked late.
-    fn finish_late(&mut self, transitions: &mut Vec<Transition>, now: Timestamp) {
-        let mut raised: Vec<String> = transitions.iter().filter(|t| t.action == "raise").map(|t| t.alarm.id.clone()).collect();
-        raised.dedup();
+    /// Late data must not page anyone for a condition already over when it
+    /// arrived. An occurrence raised and already over within the same message,
+    /// or raised by a late message at all, is marked late: journaled for
+    /// review, not told (a late one still active is told by `confirm_late`
+    /// once current data shows it).
+    fn finish_late(&mut self, transitions: &mut Vec<Transition>, late_msg: bool, now: Timestamp) {
+        let mut raised: Vec<String> = Vec::new();
+        for t in transitions.iter().filter(|t| t.action == "raise" && !t.alarm.late) {
+            if !raised.contains(&t.alarm.id) {
+                raised.push(t.alarm.id.clone());
+            }
+        }
         let mut extra = Vec::new();
         for id in raised {
             let last = transitions.iter().rev().find(|t| t.alarm.id == id).expect("present");
-            if last.alarm.active || last.alarm.late {
+            if last.alarm.active && !late_msg {
                 continue;
             }
             let Some(a) = self.registry.mark_late(&id) else { continue };
@@ -470,7 +515,11 @@ impl Shard {
                 at: now,
                 event_time: Some(a.raised_at),
                 who: "system".into(),
-                why: Some("condition was over when the data arrived".into()),
+                why: Some(if a.active {
+                    "raised by late data; told only if still active in current data".into()
+                } else {
+                    "condition was over when the data arrived".into()
+                }),
                 notify: false,
                 alarm: a,
             });

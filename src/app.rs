@@ -28,7 +28,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { http: None, clock: Arc::new(SystemClock), tick: Duration::from_secs(1), mqtt: true }
+        Self {
+            http: None,
+            clock: Arc::new(SystemClock),
+            tick: Duration::from_secs(1),
+            mqtt: true,
+        }
     }
 }
 
@@ -69,13 +74,20 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
     let mut coll_tasks = Vec::new();
     let mut collectors = Vec::new();
     if opts.mqtt {
-        let c = MqttCollector::new(cfg.clone(), pipeline.clone(), opts.clock.clone(), metrics.clone());
+        let c = MqttCollector::new(
+            cfg.clone(),
+            pipeline.clone(),
+            opts.clock.clone(),
+            metrics.clone(),
+        );
         coll_tasks.push(tokio::spawn(c.run(coll_cancel.clone())));
         collectors.push("mqtt");
     }
 
     let addr = opts.http.unwrap_or(cfg.http_listen);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding HTTP on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP on {addr}"))?;
     let http_addr = listener.local_addr()?;
     let state = AppState {
         cfg: cfg.clone(),
@@ -90,7 +102,10 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
     let hc = http_cancel.clone();
     let http_task = tokio::spawn(async move {
         let app = api::router(state);
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { hc.cancelled().await }).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { hc.cancelled().await })
+            .await
+        {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
@@ -127,7 +142,10 @@ impl Running {
         }
         self.http.0.cancel();
         // SSE streams keep connections open; don't wait for clients for ever.
-        if tokio::time::timeout(Duration::from_secs(5), self.http.1).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), self.http.1)
+            .await
+            .is_err()
+        {
             tracing::warn!("HTTP connections still open at shutdown; closing anyway");
         }
         tracing::info!("mizuban stopped");

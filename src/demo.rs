@@ -18,10 +18,20 @@ pub fn hash_password(pw: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("cannot hash password: {e}"))
 }
 
-pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: u64) -> anyhow::Result<()> {
+pub async fn run(
+    http: SocketAddr,
+    data_dir: Option<PathBuf>,
+    incident_every_s: u64,
+) -> anyhow::Result<()> {
     let broker = EmbeddedBroker::start(Some(1883))?;
     let mut cfg = Config::load_embedded().map_err(|errs| {
-        anyhow::anyhow!("embedded configuration is invalid:\n{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+        anyhow::anyhow!(
+            "embedded configuration is invalid:\n{}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
     })?;
     cfg.mqtt.host = broker.addr.ip().to_string();
     cfg.mqtt.port = broker.addr.port();
@@ -39,10 +49,25 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
     // The demo's credentials are made fresh each run, never the shipped ones.
     let password = mizuban::api::random_password();
     let token = format!("demo-op-{}", mizuban::api::random_hex(16));
-    cfg.tokens = vec![TokenSpec { name: "demo-operator-token".into(), token: token.clone(), role: Role::Operator }];
-    cfg.users = vec![UserSpec { name: "operator".into(), password_hash: hash_password(&password)?, role: Role::Engineer }];
+    cfg.tokens = vec![TokenSpec {
+        name: "demo-operator-token".into(),
+        token: token.clone(),
+        role: Role::Operator,
+    }];
+    cfg.users = vec![UserSpec {
+        name: "operator".into(),
+        password_hash: hash_password(&password)?,
+        role: Role::Engineer,
+    }];
 
-    let running = mizuban::app::start(cfg, mizuban::app::Options { http: Some(http), ..Default::default() }).await?;
+    let running = mizuban::app::start(
+        cfg,
+        mizuban::app::Options {
+            http: Some(http),
+            ..Default::default()
+        },
+    )
+    .await?;
     let fleet = Fleet::spawn(FleetOptions {
         host: broker.addr.ip().to_string(),
         port: broker.addr.port(),
@@ -52,15 +77,25 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
         // moves within a minute of starting (field default: 300 s / 3600 s).
         log_interval_s: 60,
         upload_interval_s: 120,
-        mode: Mode::Realtime { step: Duration::from_secs(2) },
+        mode: Mode::Realtime {
+            step: Duration::from_secs(2),
+        },
         topic_prefix: String::new(),
     })
     .await?;
     println!("Board: http://{}/", running.http_addr);
     println!("Login: operator / {password}");
     println!("Token: {token}");
-    println!("MQTT broker: {} (embedded)   data: {}", broker.addr, dir.display());
-    println!("Fleet: {} distribution-block loggers, {} pump-station notifiers. Ctrl-C to stop.", fleet.loggers.len(), fleet.stations.len());
+    println!(
+        "MQTT broker: {} (embedded)   data: {}",
+        broker.addr,
+        dir.display()
+    );
+    println!(
+        "Fleet: {} distribution-block loggers, {} pump-station notifiers. Ctrl-C to stop.",
+        fleet.loggers.len(),
+        fleet.stations.len()
+    );
     let mut every = tokio::time::interval(Duration::from_secs(incident_every_s.max(10)));
     every.tick().await;
     let mut n = 0u64;

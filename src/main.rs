@@ -9,7 +9,11 @@ use std::process::ExitCode;
 mod demo;
 
 #[derive(Parser)]
-#[command(name = "mizuban", version, about = "水番 — telemetry monitoring master station for water utilities")]
+#[command(
+    name = "mizuban",
+    version,
+    about = "水番 — telemetry monitoring master station for water utilities"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -48,7 +52,11 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     mizuban::telemetry::init_tracing();
@@ -106,7 +114,11 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Cmd::Demo { http, data_dir, incident_every_s } => runtime(demo::run(http, data_dir, incident_every_s)),
+        Cmd::Demo {
+            http,
+            data_dir,
+            incident_every_s,
+        } => runtime(demo::run(http, data_dir, incident_every_s)),
     }
 }
 
@@ -131,14 +143,15 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},

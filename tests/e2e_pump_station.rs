@@ -9,35 +9,62 @@ use mizuban_sim::Scenario;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_station_raises_nothing_then_both_pumps_fail() {
     let h = Harness::start("mps-both", &[mps("MP-0001", "AKT-MPN-0001")]).await;
-    let sim = h.spawn_mps(quiet_mps("MP-0001", "AKT-MPN-0001"), t0()).await;
+    let sim = h
+        .spawn_mps(quiet_mps("MP-0001", "AKT-MPN-0001"), t0())
+        .await;
     h.run(&[&sim], Duration::hours(2)).await;
-    assert_eq!(h.occurrences().await, Vec::<String>::new(), "a healthy station raises nothing");
+    assert_eq!(
+        h.occurrences().await,
+        Vec::<String>::new(),
+        "a healthy station raises nothing"
+    );
     let level = h.get("/api/v1/points/MP-0001.level/readings?from=2025-01-20T00:00:00Z&to=2025-01-22T00:00:00Z").await;
-    assert!(level.as_array().unwrap().len() > 5, "levels stored: {level}");
+    assert!(
+        level.as_array().unwrap().len() > 5,
+        "levels stored: {level}"
+    );
 
     sim.inject(Scenario::BothPumpsFail).await.unwrap();
     h.run(&[&sim], Duration::minutes(40)).await;
     assert_eq!(
         h.occurrences().await,
-        vec!["MP-0001/HH_LEVEL", "MP-0001/HIGH_LEVEL", "MP-0001/P1_FAULT", "MP-0001/P2_FAULT", "MP-0001/level_hh"]
+        vec![
+            "MP-0001/HH_LEVEL",
+            "MP-0001/HIGH_LEVEL",
+            "MP-0001/P1_FAULT",
+            "MP-0001/P2_FAULT",
+            "MP-0001/level_hh"
+        ]
     );
     for c in ["HH_LEVEL", "HIGH_LEVEL", "P1_FAULT", "P2_FAULT"] {
-        assert_eq!(h.actions("MP-0001", c).await, vec!["raise:unack_active"], "{c}");
+        assert_eq!(
+            h.actions("MP-0001", c).await,
+            vec!["raise:unack_active"],
+            "{c}"
+        );
     }
     let alarms = h.get("/api/v1/alarms").await;
-    assert_eq!(alarms[0]["priority"], "critical", "highest priority first: {alarms}");
+    assert_eq!(
+        alarms[0]["priority"], "critical",
+        "highest priority first: {alarms}"
+    );
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_pump_fails_the_partner_takes_every_cycle() {
     let h = Harness::start("mps-one", &[mps("MP-0002", "AKT-MPN-0002")]).await;
-    let sim = h.spawn_mps(quiet_mps("MP-0002", "AKT-MPN-0002"), t0()).await;
+    let sim = h
+        .spawn_mps(quiet_mps("MP-0002", "AKT-MPN-0002"), t0())
+        .await;
     h.run(&[&sim], Duration::minutes(30)).await;
     sim.inject(Scenario::PumpFail { pump: 1 }).await.unwrap();
     h.run(&[&sim], Duration::hours(3)).await;
     assert_eq!(h.occurrences().await, vec!["MP-0002/P1_FAULT"]);
-    assert_eq!(h.actions("MP-0002", "P1_FAULT").await, vec!["raise:unack_active"]);
+    assert_eq!(
+        h.actions("MP-0002", "P1_FAULT").await,
+        vec!["raise:unack_active"]
+    );
     // P2 keeps the well down: its starts keep climbing while P1's stop.
     let p1 = h.get("/api/v1/points/MP-0002.p1_starts/readings?from=2025-01-21T01:00:00Z&to=2025-01-21T04:00:00Z").await;
     let p2 = h.get("/api/v1/points/MP-0002.p2_starts/readings?from=2025-01-21T01:00:00Z&to=2025-01-21T04:00:00Z").await;
@@ -52,7 +79,11 @@ async fn one_pump_fails_the_partner_takes_every_cycle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn area_power_cut_one_alarm_per_station_and_dependents_suppressed() {
-    let sites = [mps("MP-0011", "AKT-MPN-0011"), mps("MP-0012", "AKT-MPN-0012"), mps("MP-0013", "AKT-MPN-0013")];
+    let sites = [
+        mps("MP-0011", "AKT-MPN-0011"),
+        mps("MP-0012", "AKT-MPN-0012"),
+        mps("MP-0013", "AKT-MPN-0013"),
+    ];
     let h = Harness::start("mps-power", &sites).await;
     let mut sims = vec![];
     for s in &sites {
@@ -61,18 +92,43 @@ async fn area_power_cut_one_alarm_per_station_and_dependents_suppressed() {
     let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
     h.run(&refs, Duration::minutes(20)).await;
     for s in &sims {
-        s.inject(Scenario::PowerCut { duration: Duration::minutes(4) }).await.unwrap();
+        s.inject(Scenario::PowerCut {
+            duration: Duration::minutes(4),
+        })
+        .await
+        .unwrap();
     }
     h.run(&refs, Duration::minutes(1)).await;
     // During the cut a pump fault is reported too: a consequence, suppressed.
-    sims[0].inject(Scenario::PumpFail { pump: 1 }).await.unwrap();
+    sims[0]
+        .inject(Scenario::PumpFail { pump: 1 })
+        .await
+        .unwrap();
     h.run(&refs, Duration::minutes(1)).await;
     let open = h.get("/api/v1/alarms?site=MP-0011&all=true").await;
-    let fault = open.as_array().unwrap().iter().find(|a| a["condition"] == "P1_FAULT").expect("P1_FAULT recorded");
+    let fault = open
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["condition"] == "P1_FAULT")
+        .expect("P1_FAULT recorded");
     assert_eq!(fault["state"], "suppressed");
     assert_eq!(fault["suppressed_by"], "POWER_FAIL");
     // The default list (what an operator must see) shows the power failures, not the consequence.
-    let list: Vec<String> = h.get("/api/v1/alarms").await.as_array().unwrap().iter().map(|a| format!("{}/{}", a["site"].as_str().unwrap(), a["condition"].as_str().unwrap())).collect();
+    let list: Vec<String> = h
+        .get("/api/v1/alarms")
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{}/{}",
+                a["site"].as_str().unwrap(),
+                a["condition"].as_str().unwrap()
+            )
+        })
+        .collect();
     assert_eq!(list.len(), 3, "{list:?}");
     assert!(list.iter().all(|c| c.ends_with("/POWER_FAIL")));
     for s in &sims {
@@ -80,33 +136,68 @@ async fn area_power_cut_one_alarm_per_station_and_dependents_suppressed() {
     }
     h.run(&refs, Duration::minutes(30)).await;
     for s in &sites {
-        assert_eq!(h.actions(s.id, "POWER_FAIL").await, vec!["raise:unack_active", "clear:unack_rtn"], "{}", s.id);
+        assert_eq!(
+            h.actions(s.id, "POWER_FAIL").await,
+            vec!["raise:unack_active", "clear:unack_rtn"],
+            "{}",
+            s.id
+        );
     }
     assert_eq!(
         h.occurrences().await,
-        vec!["MP-0011/P1_FAULT", "MP-0011/POWER_FAIL", "MP-0012/POWER_FAIL", "MP-0013/POWER_FAIL"]
+        vec![
+            "MP-0011/P1_FAULT",
+            "MP-0011/POWER_FAIL",
+            "MP-0012/POWER_FAIL",
+            "MP-0013/POWER_FAIL"
+        ]
     );
     // The suppressed fault cleared after repair without ever paging anyone.
-    let j = h.get("/api/v1/journal?site=MP-0011&condition=P1_FAULT").await;
-    assert!(j.as_array().unwrap().iter().all(|r| r["notify"] == false), "{j}");
+    let j = h
+        .get("/api/v1/journal?site=MP-0011&condition=P1_FAULT")
+        .await;
+    assert!(
+        j.as_array().unwrap().iter().all(|r| r["notify"] == false),
+        "{j}"
+    );
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chattering_level_is_one_occurrence_not_a_flood() {
     let h = Harness::start("mps-chatter", &[mps("MP-0021", "AKT-MPN-0021")]).await;
-    let sim = h.spawn_mps(quiet_mps("MP-0021", "AKT-MPN-0021"), t0()).await;
+    let sim = h
+        .spawn_mps(quiet_mps("MP-0021", "AKT-MPN-0021"), t0())
+        .await;
     h.run(&[&sim], Duration::minutes(10)).await;
-    sim.inject(Scenario::Chattering { duration: Duration::minutes(3) }).await.unwrap();
+    sim.inject(Scenario::Chattering {
+        duration: Duration::minutes(3),
+    })
+    .await
+    .unwrap();
     h.run(&[&sim], Duration::minutes(10)).await;
     assert_eq!(h.occurrences().await, vec!["MP-0021/HIGH_LEVEL"]);
-    let j = h.get("/api/v1/journal?site=MP-0021&condition=HIGH_LEVEL").await;
+    let j = h
+        .get("/api/v1/journal?site=MP-0021&condition=HIGH_LEVEL")
+        .await;
     let rows = j.as_array().unwrap();
-    assert!(rows.len() >= 6, "it did chatter: {} transitions", rows.len());
+    assert!(
+        rows.len() >= 6,
+        "it did chatter: {} transitions",
+        rows.len()
+    );
     // Told twice, not once per crossing: the raise, and its first return to normal.
-    let mut told: Vec<(i64, &str)> = rows.iter().filter(|r| r["notify"] == true).map(|r| (r["seq"].as_i64().unwrap(), r["action"].as_str().unwrap())).collect();
+    let mut told: Vec<(i64, &str)> = rows
+        .iter()
+        .filter(|r| r["notify"] == true)
+        .map(|r| (r["seq"].as_i64().unwrap(), r["action"].as_str().unwrap()))
+        .collect();
     told.sort();
-    assert_eq!(told.iter().map(|t| t.1).collect::<Vec<_>>(), vec!["raise", "clear"], "{j}");
+    assert_eq!(
+        told.iter().map(|t| t.1).collect::<Vec<_>>(),
+        vec!["raise", "clear"],
+        "{j}"
+    );
     let a = &h.get("/api/v1/alarms?site=MP-0021").await[0];
     assert!(a["reactivations"].as_u64().unwrap() >= 3, "{a}");
     h.stop().await;
@@ -115,26 +206,55 @@ async fn chattering_level_is_one_occurrence_not_a_flood() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lte_outage_comm_loss_then_backlog_is_late_not_paged() {
     let h = Harness::start("mps-lte", &[mps("MP-0031", "AKT-MPN-0031")]).await;
-    let sim = h.spawn_mps(quiet_mps("MP-0031", "AKT-MPN-0031"), t0()).await;
+    let sim = h
+        .spawn_mps(quiet_mps("MP-0031", "AKT-MPN-0031"), t0())
+        .await;
     h.run(&[&sim], Duration::minutes(30)).await;
-    sim.inject(Scenario::LteOutage { duration: Duration::hours(3) }).await.unwrap();
+    sim.inject(Scenario::LteOutage {
+        duration: Duration::hours(3),
+    })
+    .await
+    .unwrap();
     // A door opened and closed during the outage: only the backlog will tell.
     h.run(&[&sim], Duration::minutes(30)).await;
-    sim.inject(Scenario::DoorOpen { duration: Duration::minutes(10) }).await.unwrap();
+    sim.inject(Scenario::DoorOpen {
+        duration: Duration::minutes(10),
+    })
+    .await
+    .unwrap();
     // Two missed heartbeats plus grace: 2 h 10 min after the last message.
     h.run(&[&sim], Duration::minutes(110)).await;
-    h.wait_until("comm loss raised", || async { h.occurrences().await == vec!["MP-0031/comm_loss"] }).await;
+    h.wait_until("comm loss raised", || async {
+        h.occurrences().await == vec!["MP-0031/comm_loss"]
+    })
+    .await;
     let a = &h.get("/api/v1/alarms?site=MP-0031").await[0];
     assert_eq!(a["state"], "unack_active");
     assert_eq!(a["priority"], "high");
     // Radio back: live data first, then the backlog, oldest first.
     h.run(&[&sim], Duration::minutes(60)).await;
-    assert_eq!(h.occurrences().await, vec!["MP-0031/DOOR_OPEN", "MP-0031/comm_loss"]);
-    assert_eq!(h.actions("MP-0031", "comm_loss").await, vec!["raise:unack_active", "clear:unack_rtn"]);
+    assert_eq!(
+        h.occurrences().await,
+        vec!["MP-0031/DOOR_OPEN", "MP-0031/comm_loss"]
+    );
+    assert_eq!(
+        h.actions("MP-0031", "comm_loss").await,
+        vec!["raise:unack_active", "clear:unack_rtn"]
+    );
     let door = h.get("/api/v1/alarms?site=MP-0031&state=unack_rtn").await;
-    let door = door.as_array().unwrap().iter().find(|a| a["condition"] == "DOOR_OPEN").expect("door for review");
+    let door = door
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["condition"] == "DOOR_OPEN")
+        .expect("door for review");
     assert_eq!(door["late"], true, "{door}");
-    let j = h.get("/api/v1/journal?site=MP-0031&condition=DOOR_OPEN").await;
-    assert!(j.as_array().unwrap().iter().all(|r| r["notify"] == false), "late data pages nobody: {j}");
+    let j = h
+        .get("/api/v1/journal?site=MP-0031&condition=DOOR_OPEN")
+        .await;
+    assert!(
+        j.as_array().unwrap().iter().all(|r| r["notify"] == false),
+        "late data pages nobody: {j}"
+    );
     h.stop().await;
 }

@@ -78,13 +78,36 @@ pub struct DmaLogger {
     status_sent: bool,
 }
 
+const DIURNAL: [f64; 24] = [
+    0.55, 0.42, 0.35, 0.32, 0.36, 0.6, 1.1, 1.55, 1.6, 1.35, 1.2, 1.2, 1.3, 1.15, 1.05, 1.05, 1.15,
+    1.35, 1.55, 1.5, 1.3, 1.1, 0.9, 0.7,
+];
+
 /// Diurnal demand as a share of the daily mean, by local (JST) hour: night
 /// flow 15-40 % of the mean, morning and evening peaks.
 pub fn diurnal(hour_local: u32) -> f64 {
-    const F: [f64; 24] = [
-        0.55, 0.42, 0.35, 0.32, 0.36, 0.6, 1.1, 1.55, 1.6, 1.35, 1.2, 1.2, 1.3, 1.15, 1.05, 1.05, 1.15, 1.35, 1.55, 1.5, 1.3, 1.1, 0.9, 0.7,
-    ];
-    F[hour_local as usize % 24]
+    DIURNAL[hour_local as usize % 24]
+}
+
+/// The same curve, continuous: demand changes smoothly between the hours.
+pub fn diurnal_at(t: DateTime<Utc>) -> f64 {
+    let local = t + Duration::hours(9);
+    let h = local.hour() as usize;
+    let frac = (local.minute() as f64 * 60.0 + local.second() as f64) / 3600.0;
+    DIURNAL[h] + (DIURNAL[(h + 1) % 24] - DIURNAL[h]) * frac
+}
+
+/// Weight of "night" (0..1) at local time: 1 from 23:00 to 05:00, ramping over
+/// the two hours either side.
+fn night_weight(t: DateTime<Utc>) -> f64 {
+    let local = t + Duration::hours(9);
+    let h = local.hour() as f64 + local.minute() as f64 / 60.0;
+    match h {
+        h if !(5.0..23.0).contains(&h) => 1.0,
+        h if h < 7.0 => (7.0 - h) / 2.0,
+        h if h >= 21.0 => (h - 21.0) / 2.0,
+        _ => 0.0,
+    }
 }
 
 const P_LOW: f64 = 0.15;
@@ -123,7 +146,10 @@ impl DmaLogger {
     }
 
     fn topic(&self, leaf: &str) -> String {
-        format!("akita/v1/dma/{}/{}/{leaf}", self.o.block_id, self.o.device_id)
+        format!(
+            "akita/v1/dma/{}/{}/{leaf}",
+            self.o.block_id, self.o.device_id
+        )
     }
 
     fn batt_v(&self) -> f64 {
@@ -160,16 +186,15 @@ impl DmaLogger {
 
     /// Flow and pressure the block has at true time `now`.
     pub fn process(&mut self, now: DateTime<Utc>) -> (f64, f64) {
-        let hour = (now + Duration::hours(9)).hour();
-        let mut q = self.o.mean_flow * diurnal(hour);
+        let mut q = self.o.mean_flow * diurnal_at(now);
         if let Some(since) = self.leak_since {
             // A slow leak shows at night: a constant addition that grows weekly.
             let weeks = (now - since).num_seconds() as f64 / (7.0 * 86400.0);
             q += self.o.mean_flow * 0.35 * (self.leak_pct_per_week / 100.0) * weeks * 4.0;
         }
         if let Some((f, until)) = self.thaw {
-            if now < until && !(6..22).contains(&hour) {
-                q *= f;
+            if now < until {
+                q *= 1.0 + (f - 1.0) * night_weight(now);
             }
         }
         let mut p = self.o.base_pressure - 0.06 * (q / self.o.mean_flow - 1.0);
@@ -183,7 +208,13 @@ impl DmaLogger {
             Regulator::Normal => p,
             Regulator::StuckOpen => 0.68 + 0.08 * (1.0 - q / (2.0 * self.o.mean_flow)).max(0.0),
             Regulator::StuckClosed => p - 0.18 * (q / self.o.mean_flow),
-            Regulator::Hunting => p + if (now.timestamp() / 60) % 2 == 0 { 0.05 } else { -0.05 },
+            Regulator::Hunting => {
+                p + if (now.timestamp() / 60) % 2 == 0 {
+                    0.05
+                } else {
+                    -0.05
+                }
+            }
         };
         if self.chatter_until.is_some_and(|u| now < u) {
             // Sitting on the low-pressure threshold: every sample lands on the other side.
@@ -201,7 +232,15 @@ impl DmaLogger {
         (self.o.boot, s)
     }
 
-    fn local_alarm(&mut self, now_dev: DateTime<Utc>, true_now: DateTime<Utc>, code: &'static str, on: bool, value: f64, threshold: f64) {
+    fn local_alarm(
+        &mut self,
+        now_dev: DateTime<Utc>,
+        true_now: DateTime<Utc>,
+        code: &'static str,
+        on: bool,
+        value: f64,
+        threshold: f64,
+    ) {
         if on == self.alarms_on.contains(code) {
             return;
         }
@@ -215,7 +254,13 @@ impl DmaLogger {
         let (boot, seq) = self.next_seq();
         let body = json!({"schema":"dma-alarm/1","device_id":self.o.device_id,"block_id":self.o.block_id,"boot":boot,"seq":seq,
             "t":rfc3339(now_dev),"alarm":code,"state":if on {"raise"} else {"clear"},"value":(value*1000.0).round()/1000.0,"threshold":threshold});
-        self.outbox.push(Pending { topic: self.topic("alarm"), body, retain: false, fill_sent: false });
+        self.outbox.push(Pending {
+            topic: self.topic("alarm"),
+            body,
+            retain: false,
+            fill_sent: false,
+            resend: false,
+        });
     }
 
     fn log_sample(&mut self, now: DateTime<Utc>) {
@@ -231,7 +276,14 @@ impl DmaLogger {
         self.samples.push(s);
         self.local_alarm(dev_t, now, "pressure_low", p < P_LOW, p, P_LOW);
         self.local_alarm(dev_t, now, "pressure_high", p > P_HIGH, p, P_HIGH);
-        self.local_alarm(dev_t, now, "batt_low", self.batt_pct < 10.0, self.batt_v(), 3.25);
+        self.local_alarm(
+            dev_t,
+            now,
+            "batt_low",
+            self.batt_pct < 10.0,
+            self.batt_v(),
+            3.25,
+        );
     }
 
     fn make_upload(&mut self, now: DateTime<Utc>) {
@@ -245,14 +297,26 @@ impl DmaLogger {
             "samples": std::mem::take(&mut self.samples),
             "diag":{"batt_v":(self.batt_v()*100.0).round()/100.0,"batt_pct":self.batt_pct.round(),"rssi_dbm":-87 - (self.o.seed % 15) as i64,"temp_c":3.5}});
         let _ = now;
-        self.outbox.push(Pending { topic: self.topic("telemetry"), body, retain: false, fill_sent: true });
+        self.outbox.push(Pending {
+            topic: self.topic("telemetry"),
+            body,
+            retain: false,
+            fill_sent: true,
+            resend: false,
+        });
     }
 
     fn status(&mut self, now: DateTime<Utc>) {
         let (boot, seq) = self.next_seq();
         let body = json!({"schema":"dma-status/1","device_id":self.o.device_id,"block_id":self.o.block_id,"boot":boot,"seq":seq,
             "t":rfc3339(self.clock.read(now)),"online":true,"fw":"2.4.1"});
-        self.outbox.push(Pending { topic: self.topic("status"), body, retain: true, fill_sent: false });
+        self.outbox.push(Pending {
+            topic: self.topic("status"),
+            body,
+            retain: true,
+            fill_sent: false,
+            resend: false,
+        });
     }
 }
 
@@ -268,7 +332,12 @@ impl Device for DmaLogger {
     }
 
     fn will(&self) -> Msg {
-        Msg { topic: self.topic("status"), payload: br#"{"online":false}"#.to_vec(), retain: true }
+        Msg {
+            topic: self.topic("status"),
+            payload: br#"{"online":false}"#.to_vec(),
+            retain: true,
+            resend: false,
+        }
     }
 
     fn step(&mut self, now: DateTime<Utc>) -> Vec<Msg> {
@@ -278,7 +347,9 @@ impl Device for DmaLogger {
         let start = *self.started.get_or_insert(now);
         if let Some(prev) = self.last_step {
             self.clock.tick(now - prev);
-            self.batt_pct = (self.batt_pct - self.drain_pct_per_h * (now - prev).num_seconds() as f64 / 3600.0).max(0.0);
+            self.batt_pct = (self.batt_pct
+                - self.drain_pct_per_h * (now - prev).num_seconds() as f64 / 3600.0)
+                .max(0.0);
         }
         self.last_step = Some(now);
         if !self.status_sent {
@@ -292,7 +363,9 @@ impl Device for DmaLogger {
             next_log += self.log_interval(next_log);
         }
         self.next_log = Some(next_log);
-        let mut next_up = *self.next_upload.get_or_insert(start + Duration::seconds(self.o.upload_interval_s as i64));
+        let mut next_up = *self
+            .next_upload
+            .get_or_insert(start + Duration::seconds(self.o.upload_interval_s as i64));
         if next_up <= now {
             self.make_upload(now);
             next_up = now + Duration::seconds(self.upload_interval_s() as i64);
@@ -304,12 +377,18 @@ impl Device for DmaLogger {
 
     fn inject(&mut self, s: Scenario, now: DateTime<Utc>) {
         match s {
-            Scenario::PipeBurst { extra_m3h, pressure_drop_mpa, duration } => self.burst = Some((extra_m3h, pressure_drop_mpa, now + duration)),
+            Scenario::PipeBurst {
+                extra_m3h,
+                pressure_drop_mpa,
+                duration,
+            } => self.burst = Some((extra_m3h, pressure_drop_mpa, now + duration)),
             Scenario::SlowLeak { pct_per_week } => {
                 self.leak_pct_per_week = pct_per_week;
                 self.leak_since = Some(now);
             }
-            Scenario::ColdSnapThaw { factor, duration } => self.thaw = Some((factor, now + duration)),
+            Scenario::ColdSnapThaw { factor, duration } => {
+                self.thaw = Some((factor, now + duration))
+            }
             Scenario::RegulatorStuckOpen => self.regulator = Regulator::StuckOpen,
             Scenario::RegulatorStuckClosed => self.regulator = Regulator::StuckClosed,
             Scenario::RegulatorHunting => self.regulator = Regulator::Hunting,
@@ -334,6 +413,7 @@ impl Device for DmaLogger {
                         body: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
                         retain: m.retain,
                         fill_sent: false,
+                        resend: true,
                     });
                 }
             }
@@ -363,15 +443,20 @@ mod tests {
         let mut o = DmaOptions::new("B17", "AKT-DMA-017");
         o.noise = false;
         let mut d = DmaLogger::new(o);
-        let t0 = DateTime::parse_from_rfc3339("2025-01-21T17:00:00Z").unwrap().with_timezone(&Utc);
+        let t0 = DateTime::parse_from_rfc3339("2025-01-21T17:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         let first = d.step(t0);
         assert_eq!(first.len(), 1, "status on start");
         let mut msgs = vec![];
         for i in 1..=120 {
             msgs.extend(d.step(t0 + Duration::seconds(30 * i)));
         }
-        let tele: Vec<Value> =
-            msgs.iter().filter(|m| m.topic.ends_with("/telemetry")).map(|m| serde_json::from_slice(&m.payload).unwrap()).collect();
+        let tele: Vec<Value> = msgs
+            .iter()
+            .filter(|m| m.topic.ends_with("/telemetry"))
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect();
         assert_eq!(tele.len(), 1);
         assert_eq!(tele[0]["samples"].as_array().unwrap().len(), 12);
         assert_eq!(tele[0]["seq"], 1);

@@ -11,10 +11,14 @@ use rand::Rng;
 /// Device ids follow the Akita numbering: `AKT-DMA-017` for block `B17`,
 /// `AKT-MPN-0123` for station `MP-0123`.
 pub fn dma_ids(n: usize) -> Vec<(String, String)> {
-    (1..=n).map(|i| (format!("B{i:02}"), format!("AKT-DMA-{i:03}"))).collect()
+    (1..=n)
+        .map(|i| (format!("B{i:02}"), format!("AKT-DMA-{i:03}")))
+        .collect()
 }
 pub fn mps_ids(n: usize) -> Vec<(String, String)> {
-    (1..=n).map(|i| (format!("MP-{i:04}"), format!("AKT-MPN-{i:04}"))).collect()
+    (1..=n)
+        .map(|i| (format!("MP-{i:04}"), format!("AKT-MPN-{i:04}")))
+        .collect()
 }
 
 #[derive(Debug, Clone)]
@@ -38,7 +42,12 @@ pub struct Fleet {
 
 impl Fleet {
     pub async fn spawn(o: FleetOptions) -> Result<Self, SimError> {
-        let so = SpawnOptions { host: o.host.clone(), port: o.port, mode: o.mode.clone(), topic_prefix: o.topic_prefix.clone() };
+        let so = SpawnOptions {
+            host: o.host.clone(),
+            port: o.port,
+            mode: o.mode.clone(),
+            topic_prefix: o.topic_prefix.clone(),
+        };
         let mut loggers = Vec::new();
         for (i, (block, dev)) in dma_ids(o.blocks).into_iter().enumerate() {
             let mut d = DmaOptions::new(&block, &dev);
@@ -68,12 +77,20 @@ impl Fleet {
         match kind {
             0 if !self.stations.is_empty() => {
                 let h = &self.stations[pick % self.stations.len()];
-                h.inject(Scenario::PumpFail { pump: 1 + (pick % 2) as u8 }).await?;
+                h.inject(Scenario::PumpFail {
+                    pump: 1 + (pick % 2) as u8,
+                })
+                .await?;
                 Ok(format!("pump failure at {}", h.site()))
             }
             1 if !self.loggers.is_empty() => {
                 let h = &self.loggers[pick % self.loggers.len()];
-                h.inject(Scenario::PipeBurst { extra_m3h: 80.0, pressure_drop_mpa: 0.12, duration: Duration::minutes(20) }).await?;
+                h.inject(Scenario::PipeBurst {
+                    extra_m3h: 80.0,
+                    pressure_drop_mpa: 0.12,
+                    duration: Duration::minutes(20),
+                })
+                .await?;
                 Ok(format!("pipe burst in {}", h.site()))
             }
             _ if !self.stations.is_empty() => {
@@ -82,9 +99,16 @@ impl Fleet {
                 let start = pick % self.stations.len();
                 for k in 0..n.min(self.stations.len()) {
                     let h = &self.stations[(start + k) % self.stations.len()];
-                    h.inject(Scenario::PowerCut { duration: Duration::minutes(8) }).await?;
+                    h.inject(Scenario::PowerCut {
+                        duration: Duration::minutes(8),
+                    })
+                    .await?;
                 }
-                Ok(format!("area power cut over {} stations from {}", n.min(self.stations.len()), self.stations[start].site()))
+                Ok(format!(
+                    "area power cut over {} stations from {}",
+                    n.min(self.stations.len()),
+                    self.stations[start].site()
+                ))
             }
             _ => Ok("no incident (empty fleet)".into()),
         }

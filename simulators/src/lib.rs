@@ -22,29 +22,61 @@ use chrono::{DateTime, Duration, Utc};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scenario {
     // Distribution block logger
-    PipeBurst { extra_m3h: f64, pressure_drop_mpa: f64, duration: Duration },
-    SlowLeak { pct_per_week: f64 },
-    ColdSnapThaw { factor: f64, duration: Duration },
+    PipeBurst {
+        extra_m3h: f64,
+        pressure_drop_mpa: f64,
+        duration: Duration,
+    },
+    SlowLeak {
+        pct_per_week: f64,
+    },
+    ColdSnapThaw {
+        factor: f64,
+        duration: Duration,
+    },
     RegulatorStuckOpen,
     RegulatorStuckClosed,
     RegulatorHunting,
-    BatteryDrain { pct_per_hour: f64 },
+    BatteryDrain {
+        pct_per_hour: f64,
+    },
     SuddenDeath,
-    SensorFault { duration: Duration },
+    SensorFault {
+        duration: Duration,
+    },
     /// Pressure sitting on a threshold (or level on HIGH) crossing it several times a minute.
-    Chattering { duration: Duration },
+    Chattering {
+        duration: Duration,
+    },
     // Pump station
-    PumpFail { pump: u8 },
+    PumpFail {
+        pump: u8,
+    },
     BothPumpsFail,
-    Ragging { pump: u8 },
-    PowerCut { duration: Duration },
-    RainInflow { factor: f64, duration: Duration },
-    DoorOpen { duration: Duration },
+    Ragging {
+        pump: u8,
+    },
+    PowerCut {
+        duration: Duration,
+    },
+    RainInflow {
+        factor: f64,
+        duration: Duration,
+    },
+    DoorOpen {
+        duration: Duration,
+    },
     // Any device
-    LteOutage { duration: Duration },
+    LteOutage {
+        duration: Duration,
+    },
     Reboot,
-    ClockDrift { s_per_day: f64 },
-    ClockStep { secs: i64 },
+    ClockDrift {
+        s_per_day: f64,
+    },
+    ClockStep {
+        secs: i64,
+    },
     ClockReset,
     /// Publish the last message again, byte-identical (a QoS 1 redelivery).
     Redeliver,
@@ -65,7 +97,9 @@ pub struct DeviceClock {
 impl DeviceClock {
     pub fn read(&self, truth: DateTime<Utc>) -> DateTime<Utc> {
         if let Some(r) = self.reset_at {
-            let epoch = DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z").expect("constant").with_timezone(&Utc);
+            let epoch = DateTime::parse_from_rfc3339("2000-01-01T00:00:00Z")
+                .expect("constant")
+                .with_timezone(&Utc);
             return epoch + (truth - r);
         }
         truth + Duration::milliseconds((self.offset_s * 1000.0) as i64)

@@ -10,7 +10,10 @@ use std::time::Duration;
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
     match args.iter().position(|a| a == name) {
         None => Ok(default),
-        Some(i) => args.get(i + 1).and_then(|v| v.parse().ok()).ok_or_else(|| format!("{name} needs a valid value")),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{name} needs a valid value")),
     }
 }
 
@@ -30,7 +33,9 @@ async fn main() -> std::process::ExitCode {
                 stations: arg(&args, "--stations", 200)?,
                 log_interval_s: arg(&args, "--log-interval-s", 300)?,
                 upload_interval_s: arg(&args, "--upload-interval-s", 3600)?,
-                mode: Mode::Realtime { step: Duration::from_secs(5) },
+                mode: Mode::Realtime {
+                    step: Duration::from_secs(5),
+                },
                 topic_prefix: arg(&args, "--topic-prefix", String::new())?,
             },
             arg(&args, "--incident-every-s", 0)?,
@@ -50,7 +55,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(1);
         }
     };
-    println!("fleet running: {} loggers, {} stations", fleet.loggers.len(), fleet.stations.len());
+    println!(
+        "fleet running: {} loggers, {} stations",
+        fleet.loggers.len(),
+        fleet.stations.len()
+    );
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,

@@ -5,7 +5,7 @@
 
 use crate::wire::{Device, Msg, Outbox, Pending};
 use crate::{rfc3339, DeviceClock, Scenario};
-use chrono::{DateTime, Duration, Timelike, Utc};
+use chrono::{DateTime, Duration, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -25,9 +25,25 @@ pub const P2_FAIL_TO_RUN: u8 = 17;
 
 /// Codes in bit order (the notifier's alarm_bits table).
 pub const CODES: [&str; 19] = [
-    "HH_LEVEL", "HIGH_LEVEL", "LOW_LEVEL", "P1_FAULT", "P2_FAULT", "P1_OVERCURRENT", "P2_OVERCURRENT", "P1_SEAL_LEAK", "P2_SEAL_LEAK",
-    "EARTH_LEAKAGE", "POWER_FAIL", "PHASE_LOSS", "DOOR_OPEN", "LEVEL_SENSOR_FAULT", "CONTROLLER_COMM_FAIL", "BATT_LOW", "P1_FAIL_TO_RUN",
-    "P2_FAIL_TO_RUN", "MAX_RUNTIME",
+    "HH_LEVEL",
+    "HIGH_LEVEL",
+    "LOW_LEVEL",
+    "P1_FAULT",
+    "P2_FAULT",
+    "P1_OVERCURRENT",
+    "P2_OVERCURRENT",
+    "P1_SEAL_LEAK",
+    "P2_SEAL_LEAK",
+    "EARTH_LEAKAGE",
+    "POWER_FAIL",
+    "PHASE_LOSS",
+    "DOOR_OPEN",
+    "LEVEL_SENSOR_FAULT",
+    "CONTROLLER_COMM_FAIL",
+    "BATT_LOW",
+    "P1_FAIL_TO_RUN",
+    "P2_FAIL_TO_RUN",
+    "MAX_RUNTIME",
 ];
 
 #[derive(Debug, Clone)]
@@ -154,8 +170,7 @@ impl MpsNotifier {
     }
 
     fn inflow(&mut self, now: DateTime<Utc>) -> f64 {
-        let hour = (now + Duration::hours(9)).hour();
-        let mut q = self.o.inflow_m3_min * crate::dma::diurnal(hour);
+        let mut q = self.o.inflow_m3_min * crate::dma::diurnal_at(now);
         if let Some((f, until)) = self.rain {
             if now < until {
                 q *= f;
@@ -182,7 +197,8 @@ impl MpsNotifier {
     fn status_msg(&mut self, now: DateTime<Utc>) {
         let mut b = self.header("mps-status/1", now);
         let mains = self.power(now);
-        let status_bits = (self.pumps[0].run as u64) | (self.pumps[1].run as u64) << 1 | 1 << 2 | 1 << 3;
+        let status_bits =
+            (self.pumps[0].run as u64) | (self.pumps[1].run as u64) << 1 | 1 << 2 | 1 << 3;
         b["backlog"] = json!(0);
         b["alarm_bits"] = json!(self.bits);
         b["status_bits"] = json!(status_bits);
@@ -194,7 +210,13 @@ impl MpsNotifier {
              "run_min":(self.pumps[1].run_s/60.0) as u64,"starts":self.pumps[1].starts}]);
         b["power"] = json!({"mains": mains, "on_battery": !mains, "batt_v": (self.batt_v*10.0).round()/10.0});
         b["rssi_dbm"] = json!(-79 - (self.o.seed % 20) as i64);
-        self.outbox.push(Pending { topic: self.topic("status"), body: b, retain: false, fill_sent: false });
+        self.outbox.push(Pending {
+            topic: self.topic("status"),
+            body: b,
+            retain: false,
+            fill_sent: false,
+            resend: false,
+        });
     }
 
     fn set_bit(&mut self, bit: u8, on: bool, now: DateTime<Utc>) -> bool {
@@ -208,7 +230,13 @@ impl MpsNotifier {
         b["bit"] = json!(bit);
         b["state"] = json!(if on { "raise" } else { "clear" });
         b["level_cm"] = json!(self.level.round() as i64);
-        self.outbox.push(Pending { topic: self.topic("event"), body: b, retain: false, fill_sent: false });
+        self.outbox.push(Pending {
+            topic: self.topic("event"),
+            body: b,
+            retain: false,
+            fill_sent: false,
+            resend: false,
+        });
         true
     }
 
@@ -224,7 +252,11 @@ impl MpsNotifier {
         let lag = 1 - lead;
         let mut pumped = 0.0;
         for (i, p) in self.pumps.iter_mut().enumerate() {
-            let demanded = if stop { false } else { p.run || (i == lead && want_lead) || (i == lag && want_lag) };
+            let demanded = if stop {
+                false
+            } else {
+                p.run || (i == lead && want_lead) || (i == lag && want_lag)
+            };
             let can = mains && !p.fault;
             let run = demanded && can;
             if run && !p.run {
@@ -246,7 +278,9 @@ impl MpsNotifier {
         }
         let pumped_m3_min = pumped * self.o.pump_m3_min;
         let before = self.level;
-        self.level = (self.level + (inflow - pumped_m3_min) * dt / 60.0 / self.o.well_area_m2 * 100.0).clamp(0.0, 400.0);
+        self.level = (self.level
+            + (inflow - pumped_m3_min) * dt / 60.0 / self.o.well_area_m2 * 100.0)
+            .clamp(0.0, 400.0);
         if before > self.o.stop_cm && self.level <= self.o.stop_cm {
             // Cycle ended: alternate the lead pump.
             self.lead = 1 - self.lead;
@@ -286,7 +320,12 @@ impl Device for MpsNotifier {
         !self.dead
     }
     fn will(&self) -> Msg {
-        Msg { topic: self.topic("will"), payload: br#"{"online":false}"#.to_vec(), retain: false }
+        Msg {
+            topic: self.topic("will"),
+            payload: br#"{"online":false}"#.to_vec(),
+            retain: false,
+            resend: false,
+        }
     }
 
     fn step(&mut self, now: DateTime<Utc>) -> Vec<Msg> {
@@ -310,13 +349,21 @@ impl Device for MpsNotifier {
             self.status_msg(now);
             self.next_status = Some(now + Duration::seconds(self.o.status_every_s));
         }
-        let hb = *self.next_hb.get_or_insert(start + Duration::seconds(self.o.heartbeat_every_s));
+        let hb = *self
+            .next_hb
+            .get_or_insert(start + Duration::seconds(self.o.heartbeat_every_s));
         if hb <= now {
             let mut b = self.header("mps-heartbeat/1", now);
             b["uptime_s"] = json!((now - start).num_seconds());
             b["rssi_dbm"] = json!(-79);
             b["batt_v"] = json!((self.batt_v * 10.0).round() / 10.0);
-            self.outbox.push(Pending { topic: self.topic("heartbeat"), body: b, retain: false, fill_sent: false });
+            self.outbox.push(Pending {
+                topic: self.topic("heartbeat"),
+                body: b,
+                retain: false,
+                fill_sent: false,
+                resend: false,
+            });
             self.next_hb = Some(now + Duration::seconds(self.o.heartbeat_every_s));
         }
         let up = self.outage_until.is_none_or(|u| now >= u);
@@ -330,7 +377,9 @@ impl Device for MpsNotifier {
                 self.pumps[0].fault = true;
                 self.pumps[1].fault = true;
             }
-            Scenario::Ragging { pump } => self.pumps[(pump.clamp(1, 2) - 1) as usize].ragging = true,
+            Scenario::Ragging { pump } => {
+                self.pumps[(pump.clamp(1, 2) - 1) as usize].ragging = true
+            }
             Scenario::PowerCut { duration } => self.power_until = Some(now + duration),
             Scenario::RainInflow { factor, duration } => self.rain = Some((factor, now + duration)),
             Scenario::DoorOpen { duration } => self.door_until = Some(now + duration),
@@ -351,6 +400,7 @@ impl Device for MpsNotifier {
                         body: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
                         retain: m.retain,
                         fill_sent: false,
+                        resend: true,
                     });
                 }
             }
@@ -376,7 +426,9 @@ mod tests {
     use super::*;
 
     fn t0() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2025-07-03T05:00:00Z").unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339("2025-07-03T05:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -389,18 +441,31 @@ mod tests {
             t += Duration::seconds(10);
             d.step(t);
         }
-        assert!(d.pumps[0].starts > 60_000 && d.pumps[1].starts > 59_000, "both pumps cycled");
+        assert!(
+            d.pumps[0].starts > 60_000 && d.pumps[1].starts > 59_000,
+            "both pumps cycled"
+        );
         assert_eq!(d.bits() & 1, 0);
         d.inject(Scenario::BothPumpsFail, t);
         let mut events = vec![];
         for _ in 0..(3600 / 10) {
             t += Duration::seconds(10);
-            events.extend(d.step(t).into_iter().filter(|m| m.topic.ends_with("/event")));
+            events.extend(
+                d.step(t)
+                    .into_iter()
+                    .filter(|m| m.topic.ends_with("/event")),
+            );
         }
         let codes: Vec<String> = events
             .iter()
             .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
-            .map(|v| format!("{}:{}", v["code"].as_str().unwrap(), v["state"].as_str().unwrap()))
+            .map(|v| {
+                format!(
+                    "{}:{}",
+                    v["code"].as_str().unwrap(),
+                    v["state"].as_str().unwrap()
+                )
+            })
             .collect();
         assert!(codes.contains(&"HH_LEVEL:raise".to_string()), "{codes:?}");
         assert!(codes.contains(&"P1_FAULT:raise".to_string()));

@@ -16,7 +16,10 @@ pub enum Mode {
     /// Step the device every `step` of wall time, at wall-clock time.
     Realtime { step: Duration },
     /// Device time starts at `start` and moves in `step`s when told to.
-    Stepped { start: DateTime<Utc>, step: chrono::Duration },
+    Stepped {
+        start: DateTime<Utc>,
+        step: chrono::Duration,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -32,8 +35,14 @@ pub struct SpawnOptions {
 pub enum SimError {
     #[error("simulator {device}: broker did not accept the connection: {reason}")]
     Connect { device: String, reason: String },
-    #[error("simulator {device}: broker did not acknowledge {pending} message(s) within {waited:?}")]
-    NotAcked { device: String, pending: usize, waited: Duration },
+    #[error(
+        "simulator {device}: broker did not acknowledge {pending} message(s) within {waited:?}"
+    )]
+    NotAcked {
+        device: String,
+        pending: usize,
+        waited: Duration,
+    },
     #[error("simulator {0} has stopped")]
     Stopped(String),
     #[error("simulator {0}: advance needs Mode::Stepped")]
@@ -42,7 +51,10 @@ pub enum SimError {
 
 enum Cmd {
     Inject(Scenario),
-    Advance(chrono::Duration, oneshot::Sender<Result<DateTime<Utc>, SimError>>),
+    Advance(
+        chrono::Duration,
+        oneshot::Sender<Result<DateTime<Utc>, SimError>>,
+    ),
     Raw(Msg, oneshot::Sender<Result<(), SimError>>),
     Stop(bool, oneshot::Sender<()>),
 }
@@ -68,9 +80,16 @@ struct Link {
 impl Link {
     async fn send(&self, m: Msg) -> Result<(), SimError> {
         self.pending.fetch_add(1, Ordering::SeqCst);
-        self.sent.fetch_add(1, Ordering::SeqCst);
+        if !m.resend {
+            self.sent.fetch_add(1, Ordering::SeqCst);
+        }
         self.client
-            .publish(format!("{}{}", self.prefix, m.topic), QoS::AtLeastOnce, m.retain, m.payload)
+            .publish(
+                format!("{}{}", self.prefix, m.topic),
+                QoS::AtLeastOnce,
+                m.retain,
+                m.payload,
+            )
             .await
             .map_err(|_| SimError::Stopped(self.id.clone()))
     }
@@ -86,7 +105,11 @@ impl Link {
                 return Ok(());
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(SimError::NotAcked { device: self.id.clone(), pending: n, waited });
+                return Err(SimError::NotAcked {
+                    device: self.id.clone(),
+                    pending: n,
+                    waited,
+                });
             }
         }
     }
@@ -97,11 +120,22 @@ impl Link {
 pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handle, SimError> {
     let id = dev.id().to_string();
     let site = dev.site().to_string();
-    let mut mo = MqttOptions::new(format!("sim-{id}"), &opts.host, opts.port);
+    // Unique per namespace: two tests simulating the same device on one broker
+    // must not take each other's session.
+    let mut mo = MqttOptions::new(
+        format!("sim-{}{id}", opts.topic_prefix.replace('/', "-")),
+        &opts.host,
+        opts.port,
+    );
     mo.set_keep_alive(Duration::from_secs(30));
     mo.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
     let will = dev.will();
-    mo.set_last_will(LastWill::new(format!("{}{}", opts.topic_prefix, will.topic), will.payload, QoS::AtLeastOnce, will.retain));
+    mo.set_last_will(LastWill::new(
+        format!("{}{}", opts.topic_prefix, will.topic),
+        will.payload,
+        QoS::AtLeastOnce,
+        will.retain,
+    ));
     let (client, mut eventloop) = AsyncClient::new(mo, 64);
     let pending = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(Notify::new());
@@ -128,6 +162,7 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        tracing::warn!(error = %e, "simulator connection error; reconnecting");
                         failures += 1;
                         if let Some(tx) = conn_tx.take() {
                             let _ = tx.send(Err(e.to_string()));
@@ -137,7 +172,10 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
                             return;
                         }
                         // Reconnect like a device: back off, keep the outbox.
-                        tokio::time::sleep(Duration::from_millis((100 * 2u64.pow(failures.min(6))).min(5000))).await;
+                        tokio::time::sleep(Duration::from_millis(
+                            (100 * 2u64.pow(failures.min(6))).min(5000),
+                        ))
+                        .await;
                     }
                 }
             }
@@ -146,10 +184,22 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
     match tokio::time::timeout(Duration::from_secs(10), conn_rx).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(reason))) => return Err(SimError::Connect { device: id, reason }),
-        _ => return Err(SimError::Connect { device: id, reason: "no CONNACK within 10 s".into() }),
+        _ => {
+            return Err(SimError::Connect {
+                device: id,
+                reason: "no CONNACK within 10 s".into(),
+            })
+        }
     }
     let sent = Arc::new(AtomicUsize::new(0));
-    let link = Link { sent: sent.clone(), prefix: opts.topic_prefix.clone(), client, pending, acked, id: id.clone() };
+    let link = Link {
+        sent: sent.clone(),
+        prefix: opts.topic_prefix.clone(),
+        client,
+        pending,
+        acked,
+        id: id.clone(),
+    };
     let (tx, mut rx) = mpsc::channel::<Cmd>(64);
     let dev_id = id.clone();
     tokio::spawn(async move {
@@ -157,6 +207,15 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
             Mode::Stepped { start, .. } => *start,
             Mode::Realtime { .. } => Utc::now(),
         };
+        // A device starts working when it is switched on: its first step is
+        // its start time (status on boot, first sample one interval later).
+        if let Mode::Stepped { .. } = &opts.mode {
+            for m in dev.step(sim_now) {
+                if link.send(m).await.is_err() {
+                    break;
+                }
+            }
+        }
         let mut iv = match &opts.mode {
             Mode::Realtime { step } => Some(tokio::time::interval(*step)),
             Mode::Stepped { .. } => None,
@@ -226,20 +285,27 @@ impl Handle {
         &self.site
     }
 
-    /// Messages published so far (including raw ones and redeliveries).
+    /// Distinct messages published so far (raw ones included, byte-identical
+    /// redeliveries not).
     pub fn sent(&self) -> usize {
         self.sent.load(Ordering::SeqCst)
     }
 
     pub async fn inject(&self, s: Scenario) -> Result<(), SimError> {
-        self.tx.send(Cmd::Inject(s)).await.map_err(|_| SimError::Stopped(self.id.clone()))
+        self.tx
+            .send(Cmd::Inject(s))
+            .await
+            .map_err(|_| SimError::Stopped(self.id.clone()))
     }
 
     /// Stepped mode: moves device time by `d`, publishing what the device
     /// sends; returns the new device time once the broker acknowledged all.
     pub async fn advance(&self, d: chrono::Duration) -> Result<DateTime<Utc>, SimError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Cmd::Advance(d, tx)).await.map_err(|_| SimError::Stopped(self.id.clone()))?;
+        self.tx
+            .send(Cmd::Advance(d, tx))
+            .await
+            .map_err(|_| SimError::Stopped(self.id.clone()))?;
         rx.await.map_err(|_| SimError::Stopped(self.id.clone()))?
     }
 
@@ -247,8 +313,16 @@ impl Handle {
     /// payloads for robustness tests); returns once acknowledged.
     pub async fn publish_raw(&self, topic: &str, payload: &[u8]) -> Result<(), SimError> {
         let (tx, rx) = oneshot::channel();
-        let m = Msg { topic: topic.into(), payload: payload.to_vec(), retain: false };
-        self.tx.send(Cmd::Raw(m, tx)).await.map_err(|_| SimError::Stopped(self.id.clone()))?;
+        let m = Msg {
+            topic: topic.into(),
+            payload: payload.to_vec(),
+            retain: false,
+            resend: false,
+        };
+        self.tx
+            .send(Cmd::Raw(m, tx))
+            .await
+            .map_err(|_| SimError::Stopped(self.id.clone()))?;
         rx.await.map_err(|_| SimError::Stopped(self.id.clone()))?
     }
 

@@ -10,6 +10,9 @@ pub struct Msg {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// A byte-identical repeat of a message already sent (not on the wire as
+    /// such: MQTT cannot tell, which is the point).
+    pub resend: bool,
 }
 
 /// A simulated device: pure, time passed in.
@@ -33,6 +36,7 @@ pub(crate) struct Pending {
     pub body: Value,
     pub retain: bool,
     pub fill_sent: bool,
+    pub resend: bool,
 }
 
 /// The device's outbox. Messages created now go out first; after an outage the
@@ -52,7 +56,12 @@ impl Outbox {
 
     /// Sends what the radio can: every fresh message and up to `max_backlog`
     /// queued ones. With the radio down everything waits in the backlog.
-    pub fn drain(&mut self, radio_up: bool, max_backlog: usize, device_now: DateTime<Utc>) -> Vec<Msg> {
+    pub fn drain(
+        &mut self,
+        radio_up: bool,
+        max_backlog: usize,
+        device_now: DateTime<Utc>,
+    ) -> Vec<Msg> {
         if !radio_up {
             self.backlog.extend(self.fresh.drain(..));
             // A logger's memory is finite: beyond this the oldest are lost (as in the field).
@@ -76,7 +85,12 @@ impl Outbox {
                     p.body["sent_at"] = Value::String(crate::rfc3339(device_now));
                     p.body["backlog"] = Value::from(remaining as u64);
                 }
-                let m = Msg { topic: p.topic, payload: serde_json::to_vec(&p.body).expect("json"), retain: p.retain };
+                let m = Msg {
+                    topic: p.topic,
+                    payload: serde_json::to_vec(&p.body).expect("json"),
+                    retain: p.retain,
+                    resend: p.resend,
+                };
                 self.last_sent = Some(m.clone());
                 m
             })

@@ -31,7 +31,11 @@ pub struct RaiseSpec {
 
 impl RaiseSpec {
     pub fn key(&self) -> AlarmKey {
-        AlarmKey { site: self.site.clone(), source: self.source.clone(), condition: self.condition.clone() }
+        AlarmKey {
+            site: self.site.clone(),
+            source: self.source.clone(),
+            condition: self.condition.clone(),
+        }
     }
 }
 
@@ -40,7 +44,11 @@ pub enum CommandError {
     #[error("no alarm with id {0}")]
     NotFound(String),
     #[error("alarm {id} cannot be {action} in state {state}")]
-    Conflict { id: String, action: &'static str, state: &'static str },
+    Conflict {
+        id: String,
+        action: &'static str,
+        state: &'static str,
+    },
 }
 
 /// The comm-loss condition name; while it is active on a device every other
@@ -56,7 +64,11 @@ pub struct Registry {
 }
 
 fn new_id(now: Timestamp) -> String {
-    format!("al-{}-{:06x}", now.timestamp_millis(), rand::random::<u32>() & 0xff_ffff)
+    format!(
+        "al-{}-{:06x}",
+        now.timestamp_millis(),
+        rand::random::<u32>() & 0xff_ffff
+    )
 }
 
 impl Registry {
@@ -67,7 +79,11 @@ impl Registry {
     /// Puts back the open occurrences found in the store after a restart.
     pub fn restore(&mut self, alarms: impl IntoIterator<Item = Alarm>) {
         for a in alarms {
-            let key = AlarmKey { site: a.site.clone(), source: a.source.clone(), condition: a.condition.clone() };
+            let key = AlarmKey {
+                site: a.site.clone(),
+                source: a.source.clone(),
+                condition: a.condition.clone(),
+            };
             self.by_id.insert(a.id.clone(), key.clone());
             self.open.insert(key, a);
         }
@@ -94,7 +110,9 @@ impl Registry {
     }
 
     fn active_on(&self, device: &DeviceId, condition: &str) -> bool {
-        self.open.values().any(|a| &a.device == device && a.condition == condition && a.active)
+        self.open
+            .values()
+            .any(|a| &a.device == device && a.condition == condition && a.active)
     }
 
     /// The condition suppressing this alarm now, if any.
@@ -107,7 +125,17 @@ impl Registry {
             .and_then(|ps| ps.iter().find(|p| self.active_on(&a.device, p)).cloned())
     }
 
-    fn finish(&mut self, key: &AlarmKey, before: AlarmState, action: &str, at: Timestamp, event_time: Option<Timestamp>, who: &str, why: Option<String>, notify: bool) -> Transition {
+    fn finish(
+        &mut self,
+        key: &AlarmKey,
+        before: AlarmState,
+        action: &str,
+        at: Timestamp,
+        event_time: Option<Timestamp>,
+        who: &str,
+        why: Option<String>,
+        notify: bool,
+    ) -> Transition {
         let a = self.open.get_mut(key).expect("caller holds the key");
         a.state = a.derive_state();
         a.updated_at = at;
@@ -136,7 +164,12 @@ impl Registry {
     /// Re-evaluates suppression of the other alarms of a device after one of
     /// its conditions changed.
     fn resuppress(&mut self, device: &DeviceId, at: Timestamp, out: &mut Vec<Transition>) {
-        let keys: Vec<AlarmKey> = self.open.iter().filter(|(_, a)| &a.device == device).map(|(k, _)| k.clone()).collect();
+        let keys: Vec<AlarmKey> = self
+            .open
+            .iter()
+            .filter(|(_, a)| &a.device == device)
+            .map(|(k, _)| k.clone())
+            .collect();
         for k in keys {
             let a = &self.open[&k];
             let want = self.suppressor(a);
@@ -151,9 +184,21 @@ impl Registry {
                 Some(_) => ("suppress", false),
                 // Out of suppression still active and never acknowledged: it was
                 // never told to anyone, so now it is.
-                None => ("unsuppress", was_suppressed && a.active && !a.acked && !a.late && !a.paged),
+                None => (
+                    "unsuppress",
+                    was_suppressed && a.active && !a.acked && !a.late && !a.paged,
+                ),
             };
-            out.push(self.finish(&k, before, action, at, None, "system", want.map(|w| format!("suppressed by {w}")), notify));
+            out.push(self.finish(
+                &k,
+                before,
+                action,
+                at,
+                None,
+                "system",
+                want.map(|w| format!("suppressed by {w}")),
+                notify,
+            ));
         }
     }
 
@@ -168,7 +213,10 @@ impl Registry {
         let mut out = Vec::new();
         let key = spec.key();
         if !spec.suppressed_by.is_empty() {
-            self.parents.insert((spec.device.clone(), spec.condition.clone()), spec.suppressed_by.clone());
+            self.parents.insert(
+                (spec.device.clone(), spec.condition.clone()),
+                spec.suppressed_by.clone(),
+            );
         }
         if let Some(a) = self.open.get(&key) {
             if a.active {
@@ -193,7 +241,11 @@ impl Registry {
             a.suppressed_by = sup;
             // Its page is still outstanding (nobody acknowledged): a chattering
             // condition is one page, not one per crossing.
-            let notify = !a.paged && !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
+            let notify = !a.paged
+                && !a.late
+                && a.suppressed_by.is_none()
+                && a.shelved_until.is_none()
+                && !a.out_of_service;
             out.push(self.finish(&key, before, "raise", now, Some(t), "system", None, notify));
         } else {
             let mut a = Alarm {
@@ -231,16 +283,33 @@ impl Registry {
             let notify = a.suppressed_by.is_none();
             self.by_id.insert(a.id.clone(), key.clone());
             self.open.insert(key.clone(), a);
-            out.push(self.finish(&key, AlarmState::Normal, "raise", now, Some(t), "system", None, notify));
+            out.push(self.finish(
+                &key,
+                AlarmState::Normal,
+                "raise",
+                now,
+                Some(t),
+                "system",
+                None,
+                notify,
+            ));
         }
         self.resuppress(&spec.device, now, &mut out);
         out
     }
 
     /// The condition returned to normal at event time `t`.
-    pub fn clear(&mut self, key: &AlarmKey, t: Timestamp, now: Timestamp, value: Option<f64>) -> Vec<Transition> {
+    pub fn clear(
+        &mut self,
+        key: &AlarmKey,
+        t: Timestamp,
+        now: Timestamp,
+        value: Option<f64>,
+    ) -> Vec<Transition> {
         let mut out = Vec::new();
-        let Some(a) = self.open.get_mut(key) else { return out };
+        let Some(a) = self.open.get_mut(key) else {
+            return out;
+        };
         if !a.active {
             return out;
         }
@@ -261,14 +330,27 @@ impl Registry {
     }
 
     fn key_of(&self, id: &str) -> Result<AlarmKey, CommandError> {
-        self.by_id.get(id).cloned().ok_or_else(|| CommandError::NotFound(id.into()))
+        self.by_id
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CommandError::NotFound(id.into()))
     }
 
-    pub fn ack(&mut self, id: &str, who: &str, comment: Option<String>, now: Timestamp) -> Result<Transition, CommandError> {
+    pub fn ack(
+        &mut self,
+        id: &str,
+        who: &str,
+        comment: Option<String>,
+        now: Timestamp,
+    ) -> Result<Transition, CommandError> {
         let key = self.key_of(id)?;
         let a = self.open.get_mut(&key).expect("indexed");
         if a.acked {
-            return Err(CommandError::Conflict { id: id.into(), action: "acknowledged", state: a.state.as_str() });
+            return Err(CommandError::Conflict {
+                id: id.into(),
+                action: "acknowledged",
+                state: a.state.as_str(),
+            });
         }
         let before = a.state;
         a.acked = true;
@@ -278,24 +360,53 @@ impl Registry {
         Ok(self.finish(&key, before, "ack", now, None, who, comment, false))
     }
 
-    pub fn shelve(&mut self, id: &str, minutes: u32, reason: String, who: &str, now: Timestamp) -> Result<Transition, CommandError> {
+    pub fn shelve(
+        &mut self,
+        id: &str,
+        minutes: u32,
+        reason: String,
+        who: &str,
+        now: Timestamp,
+    ) -> Result<Transition, CommandError> {
         let key = self.key_of(id)?;
         let a = self.open.get_mut(&key).expect("indexed");
         if a.out_of_service {
-            return Err(CommandError::Conflict { id: id.into(), action: "shelved", state: a.state.as_str() });
+            return Err(CommandError::Conflict {
+                id: id.into(),
+                action: "shelved",
+                state: a.state.as_str(),
+            });
         }
         let before = a.state;
         a.shelved_until = Some(now + Duration::minutes(minutes as i64));
         a.shelved_by = Some(who.into());
         a.shelve_reason = Some(reason.clone());
-        Ok(self.finish(&key, before, "shelve", now, None, who, Some(format!("{minutes} min: {reason}")), false))
+        Ok(self.finish(
+            &key,
+            before,
+            "shelve",
+            now,
+            None,
+            who,
+            Some(format!("{minutes} min: {reason}")),
+            false,
+        ))
     }
 
-    pub fn unshelve(&mut self, id: &str, who: &str, now: Timestamp) -> Result<Transition, CommandError> {
+    pub fn unshelve(
+        &mut self,
+        id: &str,
+        who: &str,
+        now: Timestamp,
+    ) -> Result<Transition, CommandError> {
         let key = self.key_of(id)?;
         let a = self.open.get_mut(&key).expect("indexed");
         if a.shelved_until.is_none() {
-            return Err(CommandError::Conflict { id: id.into(), action: "unshelved", state: a.state.as_str() });
+            return Err(CommandError::Conflict {
+                id: id.into(),
+                action: "unshelved",
+                state: a.state.as_str(),
+            });
         }
         let before = a.state;
         a.shelved_until = None;
@@ -303,13 +414,24 @@ impl Registry {
         Ok(self.finish(&key, before, "unshelve", now, None, who, None, notify))
     }
 
-    pub fn set_out_of_service(&mut self, id: &str, oos: bool, who: &str, reason: String, now: Timestamp) -> Result<Transition, CommandError> {
+    pub fn set_out_of_service(
+        &mut self,
+        id: &str,
+        oos: bool,
+        who: &str,
+        reason: String,
+        now: Timestamp,
+    ) -> Result<Transition, CommandError> {
         let key = self.key_of(id)?;
         let a = self.open.get_mut(&key).expect("indexed");
         if a.out_of_service == oos {
             return Err(CommandError::Conflict {
                 id: id.into(),
-                action: if oos { "taken out of service" } else { "returned to service" },
+                action: if oos {
+                    "taken out of service"
+                } else {
+                    "returned to service"
+                },
                 state: a.state.as_str(),
             });
         }
@@ -318,28 +440,51 @@ impl Registry {
         if oos {
             a.shelved_until = None;
         }
-        let action = if oos { "out_of_service" } else { "return_to_service" };
+        let action = if oos {
+            "out_of_service"
+        } else {
+            "return_to_service"
+        };
         Ok(self.finish(&key, before, action, now, None, who, Some(reason), false))
     }
 
     /// Shelves expire by themselves; called by the shard's ticker.
     pub fn expire_shelves(&mut self, now: Timestamp) -> Vec<Transition> {
-        let due: Vec<AlarmKey> =
-            self.open.iter().filter(|(_, a)| a.shelved_until.is_some_and(|u| u <= now)).map(|(k, _)| k.clone()).collect();
+        let due: Vec<AlarmKey> = self
+            .open
+            .iter()
+            .filter(|(_, a)| a.shelved_until.is_some_and(|u| u <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
         let mut out = Vec::new();
         for k in due {
             let a = self.open.get_mut(&k).expect("present");
             let before = a.state;
             a.shelved_until = None;
             let notify = a.active && a.suppressed_by.is_none();
-            out.push(self.finish(&k, before, "unshelve", now, None, "system", Some("shelve expired".into()), notify));
+            out.push(self.finish(
+                &k,
+                before,
+                "unshelve",
+                now,
+                None,
+                "system",
+                Some("shelve expired".into()),
+                notify,
+            ));
         }
         out
     }
 
     /// Data that arrived after the fact showed a condition that is already over:
     /// record it for review (unack_rtn, `late`), never page.
-    pub fn record_late(&mut self, spec: RaiseSpec, from: Timestamp, to: Timestamp, now: Timestamp) -> Vec<Transition> {
+    pub fn record_late(
+        &mut self,
+        spec: RaiseSpec,
+        from: Timestamp,
+        to: Timestamp,
+        now: Timestamp,
+    ) -> Vec<Transition> {
         let key = spec.key();
         if self.open.contains_key(&key) {
             // An occurrence is open already: one per key. Journal the finding on it.
@@ -352,7 +497,12 @@ impl Registry {
                 at: now,
                 event_time: Some(from),
                 who: "system".into(),
-                why: Some(format!("late data: {} from {} to {}", spec.condition, from.to_rfc3339(), to.to_rfc3339())),
+                why: Some(format!(
+                    "late data: {} from {} to {}",
+                    spec.condition,
+                    from.to_rfc3339(),
+                    to.to_rfc3339()
+                )),
                 notify: false,
             }];
         }
@@ -401,8 +551,20 @@ impl Registry {
             let a = self.open.get_mut(&k).expect("present");
             let before = a.state;
             a.late = false;
-            let notify = !a.acked && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
-            out.push(self.finish(&k, before, "confirm", now, None, "system", Some("still active in current data".into()), notify));
+            let notify = !a.acked
+                && a.suppressed_by.is_none()
+                && a.shelved_until.is_none()
+                && !a.out_of_service;
+            out.push(self.finish(
+                &k,
+                before,
+                "confirm",
+                now,
+                None,
+                "system",
+                Some("still active in current data".into()),
+                notify,
+            ));
         }
         out
     }
@@ -432,7 +594,9 @@ mod tests {
         Utc.with_ymd_and_hms(2025, 7, 3, 5, 0, 0).unwrap() + Duration::minutes(m)
     }
     fn states(tr: &[Transition]) -> Vec<(&str, &str, &str)> {
-        tr.iter().map(|t| (t.alarm.condition.as_str(), t.action.as_str(), t.to.as_str())).collect()
+        tr.iter()
+            .map(|t| (t.alarm.condition.as_str(), t.action.as_str(), t.to.as_str()))
+            .collect()
     }
 
     #[test]
@@ -446,7 +610,14 @@ mod tests {
         assert!(r.raise(spec("HH_LEVEL", &[]), t(0), t(2)).is_empty());
         let a = r.ack(&id, "sato", Some("on my way".into()), t(3)).unwrap();
         assert_eq!(a.to, AlarmState::AckActive);
-        assert_eq!(r.ack(&id, "sato", None, t(3)).unwrap_err(), CommandError::Conflict { id: id.clone(), action: "acknowledged", state: "ack_active" });
+        assert_eq!(
+            r.ack(&id, "sato", None, t(3)).unwrap_err(),
+            CommandError::Conflict {
+                id: id.clone(),
+                action: "acknowledged",
+                state: "ack_active"
+            }
+        );
         let c = r.clear(&spec("HH_LEVEL", &[]).key(), t(5), t(6), None);
         assert_eq!(states(&c), vec![("HH_LEVEL", "clear", "normal")]);
         assert!(r.get(&id).is_none(), "occurrence closed");
@@ -465,17 +636,30 @@ mod tests {
     #[test]
     fn shelve_expires_and_out_of_service() {
         let mut r = Registry::new();
-        let id = r.raise(spec("DOOR_OPEN", &[]), t(0), t(0))[0].alarm.id.clone();
-        let s = r.shelve(&id, 30, "maintenance visit".into(), "ito", t(1)).unwrap();
+        let id = r.raise(spec("DOOR_OPEN", &[]), t(0), t(0))[0]
+            .alarm
+            .id
+            .clone();
+        let s = r
+            .shelve(&id, 30, "maintenance visit".into(), "ito", t(1))
+            .unwrap();
         assert_eq!(s.to, AlarmState::Shelved);
         assert!(r.expire_shelves(t(20)).is_empty());
         let e = r.expire_shelves(t(31));
         assert_eq!(states(&e), vec![("DOOR_OPEN", "unshelve", "unack_active")]);
-        assert!(e[0].notify, "an expired shelve on an active alarm re-notifies");
-        let o = r.set_out_of_service(&id, true, "eng", "sensor replaced".into(), t(32)).unwrap();
+        assert!(
+            e[0].notify,
+            "an expired shelve on an active alarm re-notifies"
+        );
+        let o = r
+            .set_out_of_service(&id, true, "eng", "sensor replaced".into(), t(32))
+            .unwrap();
         assert_eq!(o.to, AlarmState::OutOfService);
         assert!(r.shelve(&id, 5, "x".into(), "ito", t(33)).is_err());
-        assert!(matches!(r.ack("nope", "x", None, t(0)), Err(CommandError::NotFound(_))));
+        assert!(matches!(
+            r.ack("nope", "x", None, t(0)),
+            Err(CommandError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -483,15 +667,27 @@ mod tests {
         let mut r = Registry::new();
         r.raise(spec("LOW_LEVEL", &["POWER_FAIL"]), t(0), t(0));
         let pf = r.raise(spec("POWER_FAIL", &[]), t(1), t(1));
-        assert_eq!(states(&pf), vec![("POWER_FAIL", "raise", "unack_active"), ("LOW_LEVEL", "suppress", "suppressed")]);
+        assert_eq!(
+            states(&pf),
+            vec![
+                ("POWER_FAIL", "raise", "unack_active"),
+                ("LOW_LEVEL", "suppress", "suppressed")
+            ]
+        );
         // a dependent raised during the power cut is suppressed from the start, not paged
         let f = r.raise(spec("P1_FAULT", &["POWER_FAIL"]), t(2), t(2));
         assert_eq!(f[0].to, AlarmState::Suppressed);
         assert!(!f[0].notify);
         let cl = r.raise(spec(COMM_LOSS, &[]), t(3), t(3));
         assert_eq!(cl[0].to, AlarmState::UnackActive);
-        assert!(cl.iter().skip(1).all(|t| t.to == AlarmState::Suppressed && !t.notify));
-        assert_eq!(r.get_key(&spec("POWER_FAIL", &[]).key()).unwrap().state, AlarmState::Suppressed);
+        assert!(cl
+            .iter()
+            .skip(1)
+            .all(|t| t.to == AlarmState::Suppressed && !t.notify));
+        assert_eq!(
+            r.get_key(&spec("POWER_FAIL", &[]).key()).unwrap().state,
+            AlarmState::Suppressed
+        );
     }
 
     #[test]

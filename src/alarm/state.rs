@@ -129,7 +129,10 @@ impl Alarm {
 
     /// Whether operators must see it in the default list.
     pub fn needs_attention(&self) -> bool {
-        matches!(self.state, AlarmState::UnackActive | AlarmState::AckActive | AlarmState::UnackRtn)
+        matches!(
+            self.state,
+            AlarmState::UnackActive | AlarmState::AckActive | AlarmState::UnackRtn
+        )
     }
 }
 

@@ -28,7 +28,9 @@ impl Caller {
         if self.role >= need {
             Ok(())
         } else {
-            Err(ApiError::Forbidden { need: need.as_str() })
+            Err(ApiError::Forbidden {
+                need: need.as_str(),
+            })
         }
     }
 }
@@ -54,14 +56,24 @@ const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW_MIN: i64 = 5;
 
 pub fn random_token(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 impl Sessions {
     pub fn create(&self, user: &str, role: Role) -> (String, Session) {
         let id = random_token(32);
-        let s = Session { user: user.into(), role, csrf: random_token(16), expires: Utc::now() + Duration::hours(SESSION_HOURS) };
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), s.clone());
+        let s = Session {
+            user: user.into(),
+            role,
+            csrf: random_token(16),
+            expires: Utc::now() + Duration::hours(SESSION_HOURS),
+        };
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), s.clone());
         (id, s)
     }
     pub fn get(&self, id: &str) -> Option<Session> {
@@ -76,7 +88,10 @@ impl Sessions {
         }
     }
     pub fn remove(&self, id: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
     /// `false` when this user name has failed too often recently.
     pub fn login_allowed(&self, user: &str) -> bool {
@@ -87,13 +102,25 @@ impl Sessions {
         v.len() < MAX_FAILURES
     }
     pub fn login_failed(&self, user: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).entry(user.to_string()).or_default().push(Utc::now());
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(user.to_string())
+            .or_default()
+            .push(Utc::now());
     }
 }
 
 pub fn cookie_value(parts: &Parts, name: &str) -> Option<String> {
-    let h = parts.headers.get(axum::http::header::COOKIE)?.to_str().ok()?;
-    h.split(';').filter_map(|kv| kv.trim().split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    let h = parts
+        .headers
+        .get(axum::http::header::COOKIE)?
+        .to_str()
+        .ok()?;
+    h.split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
 }
 
 fn query_token(parts: &Parts) -> Option<String> {
@@ -101,12 +128,22 @@ fn query_token(parts: &Parts) -> Option<String> {
     if parts.uri.path() != "/api/v1/events" {
         return None;
     }
-    parts.uri.query()?.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == "token").map(|(_, v)| v.to_string())
+    parts
+        .uri
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == "token")
+        .map(|(_, v)| v.to_string())
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -125,19 +162,33 @@ impl FromRequestParts<AppState> for Caller {
                 .tokens
                 .iter()
                 .find(|t| same(&t.token, &tok))
-                .map(|t| Caller { name: t.name.clone(), role: t.role, via: "token" })
+                .map(|t| Caller {
+                    name: t.name.clone(),
+                    role: t.role,
+                    via: "token",
+                })
                 .ok_or(ApiError::Unauthenticated);
         }
         if let Some(sid) = cookie_value(parts, COOKIE) {
             if let Some(s) = st.sessions.get(&sid) {
                 let changes = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
                 if changes {
-                    let sent = parts.headers.get("x-csrf-token").and_then(|h| h.to_str().ok()).unwrap_or("");
+                    let sent = parts
+                        .headers
+                        .get("x-csrf-token")
+                        .and_then(|h| h.to_str().ok())
+                        .unwrap_or("");
                     if !same(sent, &s.csrf) {
-                        return Err(ApiError::Forbidden { need: "a valid X-CSRF-Token header" });
+                        return Err(ApiError::Forbidden {
+                            need: "a valid X-CSRF-Token header",
+                        });
                     }
                 }
-                return Ok(Caller { name: s.user, role: s.role, via: "session" });
+                return Ok(Caller {
+                    name: s.user,
+                    role: s.role,
+                    via: "session",
+                });
             }
         }
         Err(ApiError::Unauthenticated)

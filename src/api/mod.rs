@@ -53,8 +53,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alarms/{id}/ack", post(routes::ack))
         .route("/api/v1/alarms/{id}/shelve", post(routes::shelve))
         .route("/api/v1/alarms/{id}/unshelve", post(routes::unshelve))
-        .route("/api/v1/alarms/{id}/out_of_service", post(routes::out_of_service))
-        .route("/api/v1/alarms/{id}/return_to_service", post(routes::return_to_service))
+        .route(
+            "/api/v1/alarms/{id}/out_of_service",
+            post(routes::out_of_service),
+        )
+        .route(
+            "/api/v1/alarms/{id}/return_to_service",
+            post(routes::return_to_service),
+        )
         .route("/api/v1/points/{id}/readings", get(routes::readings))
         .route("/api/v1/journal", get(routes::journal))
         .route("/api/v1/quarantine", get(routes::quarantine))
@@ -69,5 +75,7 @@ pub use auth::random_token as random_hex;
 /// A password for generated accounts: 16 characters, no look-alikes.
 pub fn random_password() -> String {
     const A: &[u8] = b"abcdefghjkmnpqrstuvwxyzACDEFGHJKLMNPQRSTUVWXYZ23456789";
-    (0..16).map(|_| A[rand::random::<u32>() as usize % A.len()] as char).collect()
+    (0..16)
+        .map(|_| A[rand::random::<u32>() as usize % A.len()] as char)
+        .collect()
 }

@@ -21,12 +21,22 @@ fn err(desc: &str) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
-fn op(summary: &str, role: Option<&str>, params: Value, body: Option<Value>, ok: Value, errors: &[(&str, &str)]) -> Value {
+fn op(
+    summary: &str,
+    role: Option<&str>,
+    params: Value,
+    body: Option<Value>,
+    ok: Value,
+    errors: &[(&str, &str)],
+) -> Value {
     let mut responses = serde_json::Map::new();
     responses.insert("200".into(), ok);
     if role.is_some() {
         responses.insert("401".into(), err("not authenticated"));
-        responses.insert("403".into(), err("role too low (or missing CSRF token on a cookie session)"));
+        responses.insert(
+            "403".into(),
+            err("role too low (or missing CSRF token on a cookie session)"),
+        );
     }
     for (code, d) in errors {
         responses.insert((*code).into(), err(d));
@@ -41,7 +51,8 @@ fn op(summary: &str, role: Option<&str>, params: Value, body: Option<Value>, ok:
         o["x-required-role"] = json!(r);
     }
     if let Some(b) = body {
-        o["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": b}}});
+        o["requestBody"] =
+            json!({"required": false, "content": {"application/json": {"schema": b}}});
     }
     o
 }
@@ -56,8 +67,13 @@ fn path_id(desc: &str) -> Value {
 
 pub fn document() -> Value {
     let alarm = json!({"$ref": "#/components/schemas/Alarm"});
-    let alarm_cmd_errors: &[(&str, &str)] =
-        &[("400", "body is not JSON"), ("404", "no open alarm with that id"), ("409", "not possible in the alarm's state"), ("413", "body too large"), ("422", "body fields invalid")];
+    let alarm_cmd_errors: &[(&str, &str)] = &[
+        ("400", "body is not JSON"),
+        ("404", "no open alarm with that id"),
+        ("409", "not possible in the alarm's state"),
+        ("413", "body too large"),
+        ("422", "body fields invalid"),
+    ];
     json!({
         "openapi": "3.1.0",
         "info": {

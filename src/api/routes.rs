@@ -32,7 +32,8 @@ fn body<T: DeserializeOwned + Default>(b: Result<Bytes, BytesRejection>) -> Resu
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    let v: Value = serde_json::from_slice(&b).map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&b)
+        .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
     serde_json::from_value(v).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))
 }
 
@@ -41,7 +42,9 @@ fn parse_time(name: &str, s: &Option<String>) -> Result<Option<Timestamp>, ApiEr
         None => Ok(None),
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|e| ApiError::BadRequest(format!("{name}: {s:?} is not an RFC 3339 time: {e}"))),
+            .map_err(|e| {
+                ApiError::BadRequest(format!("{name}: {s:?} is not an RFC 3339 time: {e}"))
+            }),
     }
 }
 
@@ -66,9 +69,21 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         v.count_by_state(&mut counts);
     }
     for s in AlarmState::ALL {
-        st.metrics.alarms.get_or_create(&crate::telemetry::StateLabelPub { state: s.as_str().into() }).set(counts.get(&s).copied().unwrap_or(0));
+        st.metrics
+            .alarms
+            .get_or_create(&crate::telemetry::StateLabelPub {
+                state: s.as_str().into(),
+            })
+            .set(counts.get(&s).copied().unwrap_or(0));
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], st.metrics.encode()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response()
 }
 
 pub async fn health(State(st): State<AppState>) -> Response {
@@ -77,7 +92,10 @@ pub async fn health(State(st): State<AppState>) -> Response {
         reasons.push("store: writes failing".to_string());
     }
     if st.collectors.contains(&"mqtt") && st.metrics.mqtt_connected.get() != 1 {
-        reasons.push(format!("mqtt: not connected to {}:{}", st.cfg.mqtt.host, st.cfg.mqtt.port));
+        reasons.push(format!(
+            "mqtt: not connected to {}:{}",
+            st.cfg.mqtt.host, st.cfg.mqtt.port
+        ));
     }
     let body = json!({
         "status": if reasons.is_empty() { "ok" } else { "unavailable" },
@@ -87,7 +105,11 @@ pub async fn health(State(st): State<AppState>) -> Response {
         "shards": st.pipeline.shard_count(),
         "open_alarms": st.pipeline.open_alarms().len(),
     });
-    let code = if reasons.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if reasons.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 
@@ -98,7 +120,10 @@ pub struct LoginBody {
     password: String,
 }
 
-pub async fn login(State(st): State<AppState>, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+pub async fn login(
+    State(st): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let req: LoginBody = body(b)?;
     if !st.sessions.login_allowed(&req.user) {
         return Err(ApiError::TooMany);
@@ -107,7 +132,11 @@ pub async fn login(State(st): State<AppState>, b: Result<Bytes, BytesRejection>)
     let user = st.cfg.users.iter().find(|u| u.name == req.user);
     let ok = user.is_some_and(|u| {
         PasswordHash::new(&u.password_hash)
-            .map(|h| argon2::Argon2::default().verify_password(req.password.as_bytes(), &h).is_ok())
+            .map(|h| {
+                argon2::Argon2::default()
+                    .verify_password(req.password.as_bytes(), &h)
+                    .is_ok()
+            })
             .unwrap_or(false)
     });
     let Some(user) = user.filter(|_| ok) else {
@@ -115,8 +144,15 @@ pub async fn login(State(st): State<AppState>, b: Result<Bytes, BytesRejection>)
         return Err(ApiError::Unauthenticated);
     };
     let (sid, s) = st.sessions.create(&user.name, user.role);
-    let cookie = format!("{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}", super::auth::SESSION_HOURS * 3600);
-    Ok(([(header::SET_COOKIE, cookie)], Json(json!({"user": s.user, "role": s.role, "csrf": s.csrf}))).into_response())
+    let cookie = format!(
+        "{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        super::auth::SESSION_HOURS * 3600
+    );
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({"user": s.user, "role": s.role, "csrf": s.csrf})),
+    )
+        .into_response())
 }
 
 pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
@@ -125,21 +161,40 @@ pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response 
     if let Some(sid) = cookie_value(&parts, COOKIE) {
         st.sessions.remove(&sid);
     }
-    ([(header::SET_COOKIE, format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"))], Json(json!({"status": "logged out"})))
+    (
+        [(
+            header::SET_COOKIE,
+            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        )],
+        Json(json!({"status": "logged out"})),
+    )
         .into_response()
 }
 
-pub async fn session(State(st): State<AppState>, caller: Caller, headers: HeaderMap) -> Json<Value> {
+pub async fn session(
+    State(st): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Json<Value> {
     let (mut parts, _) = axum::http::Request::new(()).into_parts();
     parts.headers = headers;
-    let csrf = cookie_value(&parts, COOKIE).and_then(|sid| st.sessions.get(&sid)).map(|s| s.csrf);
-    Json(json!({"user": caller.name, "role": caller.role, "via": caller.via, "csrf": csrf,
-        "service": st.cfg.service.name, "language": st.cfg.service.language}))
+    let csrf = cookie_value(&parts, COOKIE)
+        .and_then(|sid| st.sessions.get(&sid))
+        .map(|s| s.csrf);
+    Json(
+        json!({"user": caller.name, "role": caller.role, "via": caller.via, "csrf": csrf,
+        "service": st.cfg.service.name, "language": st.cfg.service.language}),
+    )
 }
 
 pub async fn sites(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
-    let statuses: HashMap<String, _> = st.pipeline.site_statuses().into_iter().map(|s| (s.id.clone(), s)).collect();
+    let statuses: HashMap<String, _> = st
+        .pipeline
+        .site_statuses()
+        .into_iter()
+        .map(|s| (s.id.clone(), s))
+        .collect();
     let out: Vec<Value> = st
         .cfg
         .sites
@@ -159,11 +214,23 @@ pub async fn sites(State(st): State<AppState>, caller: Caller) -> Result<Json<Va
     Ok(Json(Value::Array(out)))
 }
 
-pub async fn site(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn site(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
-    let s = st.cfg.site(&id).ok_or_else(|| ApiError::NotFound(format!("no site {id}")))?;
+    let s = st
+        .cfg
+        .site(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no site {id}")))?;
     let status = st.pipeline.site_statuses().into_iter().find(|x| x.id == id);
-    let alarms: Vec<Alarm> = st.pipeline.open_alarms().into_iter().filter(|a| a.site.as_str() == id).collect();
+    let alarms: Vec<Alarm> = st
+        .pipeline
+        .open_alarms()
+        .into_iter()
+        .filter(|a| a.site.as_str() == id)
+        .collect();
     let store = st.store.clone();
     let sid = id.clone();
     let raw = tokio::task::spawn_blocking(move || store.latest_raw(&sid))
@@ -181,7 +248,13 @@ pub async fn site(State(st): State<AppState>, caller: Caller, Path(id): Path<Str
 
 /// Highest priority first, then newest.
 pub fn sorted(mut v: Vec<Alarm>) -> Vec<Alarm> {
-    v.sort_by(|a, b| a.priority.rank().cmp(&b.priority.rank()).then(b.detected_at.cmp(&a.detected_at)).then(a.id.cmp(&b.id)));
+    v.sort_by(|a, b| {
+        a.priority
+            .rank()
+            .cmp(&b.priority.rank())
+            .then(b.detected_at.cmp(&a.detected_at))
+            .then(a.id.cmp(&b.id))
+    });
     v
 }
 
@@ -192,13 +265,20 @@ pub struct AlarmQuery {
     all: Option<bool>,
 }
 
-pub async fn alarms(State(st): State<AppState>, caller: Caller, Query(q): Query<AlarmQuery>) -> Result<Json<Vec<Alarm>>, ApiError> {
+pub async fn alarms(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<AlarmQuery>,
+) -> Result<Json<Vec<Alarm>>, ApiError> {
     caller.require(Role::Viewer)?;
     let states: Option<Vec<AlarmState>> = match &q.state {
         None => None,
         Some(s) => Some(
             s.split(',')
-                .map(|x| AlarmState::parse(x.trim()).ok_or_else(|| ApiError::BadRequest(format!("unknown state {x:?}"))))
+                .map(|x| {
+                    AlarmState::parse(x.trim())
+                        .ok_or_else(|| ApiError::BadRequest(format!("unknown state {x:?}")))
+                })
                 .collect::<Result<_, _>>()?,
         ),
     };
@@ -222,14 +302,20 @@ pub async fn alarms(State(st): State<AppState>, caller: Caller, Query(q): Query<
     Ok(Json(sorted(v)))
 }
 
-pub async fn alarm(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Alarm>, ApiError> {
+pub async fn alarm(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Viewer)?;
     if let Some(a) = st.pipeline.open_alarms().into_iter().find(|a| a.id == id) {
         return Ok(Json(a));
     }
     let store = st.store.clone();
     let i = id.clone();
-    let a = tokio::task::spawn_blocking(move || store.alarm(&i)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let a = tokio::task::spawn_blocking(move || store.alarm(&i))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))??;
     a.map(|mut a| {
         a.state = a.derive_state();
         Json(a)
@@ -237,11 +323,21 @@ pub async fn alarm(State(st): State<AppState>, caller: Caller, Path(id): Path<St
     .ok_or_else(|| ApiError::NotFound(format!("no alarm with id {id}")))
 }
 
-pub async fn alarm_journal(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn alarm_journal(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
     let store = st.store.clone();
-    let f = JournalFilter { alarm_id: Some(id.clone()), limit: 1000, ..Default::default() };
-    let rows = tokio::task::spawn_blocking(move || store.journal(&f)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let f = JournalFilter {
+        alarm_id: Some(id.clone()),
+        limit: 1000,
+        ..Default::default()
+    };
+    let rows = tokio::task::spawn_blocking(move || store.journal(&f))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))??;
     if rows.is_empty() {
         return Err(ApiError::NotFound(format!("no alarm with id {id}")));
     }
@@ -256,17 +352,32 @@ pub struct AckBody {
 
 fn check_text(name: &str, s: &Option<String>) -> Result<(), ApiError> {
     if s.as_ref().is_some_and(|s| s.chars().count() > 1000) {
-        return Err(ApiError::Unprocessable(format!("{name} is longer than 1000 characters")));
+        return Err(ApiError::Unprocessable(format!(
+            "{name} is longer than 1000 characters"
+        )));
     }
     Ok(())
 }
 
-pub async fn ack(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Alarm>, ApiError> {
+pub async fn ack(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Operator)?;
     let req: AckBody = body(b)?;
     check_text("comment", &req.comment)?;
     let comment = req.comment.filter(|c| !c.trim().is_empty());
-    Ok(Json(st.pipeline.command(Command::Ack { id, who: caller.name, comment }).await?))
+    Ok(Json(
+        st.pipeline
+            .command(Command::Ack {
+                id,
+                who: caller.name,
+                comment,
+            })
+            .await?,
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -280,21 +391,53 @@ pub struct ShelveBody {
 /// nuisance, not a way to silence an alarm for good (that is out-of-service).
 pub const MAX_SHELVE_MIN: i64 = 7 * 24 * 60;
 
-pub async fn shelve(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Alarm>, ApiError> {
+pub async fn shelve(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Operator)?;
     let req: ShelveBody = body(b)?;
-    let minutes = req.minutes.ok_or_else(|| ApiError::Unprocessable("minutes is required".into()))?;
+    let minutes = req
+        .minutes
+        .ok_or_else(|| ApiError::Unprocessable("minutes is required".into()))?;
     if !(1..=MAX_SHELVE_MIN).contains(&minutes) {
-        return Err(ApiError::Unprocessable(format!("minutes must be 1..={MAX_SHELVE_MIN}")));
+        return Err(ApiError::Unprocessable(format!(
+            "minutes must be 1..={MAX_SHELVE_MIN}"
+        )));
     }
     check_text("reason", &req.reason)?;
-    let reason = req.reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| ApiError::Unprocessable("reason is required".into()))?;
-    Ok(Json(st.pipeline.command(Command::Shelve { id, minutes: minutes as u32, reason, who: caller.name }).await?))
+    let reason = req
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| ApiError::Unprocessable("reason is required".into()))?;
+    Ok(Json(
+        st.pipeline
+            .command(Command::Shelve {
+                id,
+                minutes: minutes as u32,
+                reason,
+                who: caller.name,
+            })
+            .await?,
+    ))
 }
 
-pub async fn unshelve(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Alarm>, ApiError> {
+pub async fn unshelve(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Operator)?;
-    Ok(Json(st.pipeline.command(Command::Unshelve { id, who: caller.name }).await?))
+    Ok(Json(
+        st.pipeline
+            .command(Command::Unshelve {
+                id,
+                who: caller.name,
+            })
+            .await?,
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -303,19 +446,47 @@ pub struct ReasonBody {
     reason: Option<String>,
 }
 
-async fn oos(st: AppState, caller: Caller, id: String, b: Result<Bytes, BytesRejection>, oos: bool) -> Result<Json<Alarm>, ApiError> {
+async fn oos(
+    st: AppState,
+    caller: Caller,
+    id: String,
+    b: Result<Bytes, BytesRejection>,
+    oos: bool,
+) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Engineer)?;
     let req: ReasonBody = body(b)?;
     check_text("reason", &req.reason)?;
-    let reason = req.reason.filter(|r| !r.trim().is_empty()).ok_or_else(|| ApiError::Unprocessable("reason is required".into()))?;
-    Ok(Json(st.pipeline.command(Command::OutOfService { id, oos, who: caller.name, reason }).await?))
+    let reason = req
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| ApiError::Unprocessable("reason is required".into()))?;
+    Ok(Json(
+        st.pipeline
+            .command(Command::OutOfService {
+                id,
+                oos,
+                who: caller.name,
+                reason,
+            })
+            .await?,
+    ))
 }
 
-pub async fn out_of_service(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Alarm>, ApiError> {
+pub async fn out_of_service(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<Alarm>, ApiError> {
     oos(st, caller, id, b, true).await
 }
 
-pub async fn return_to_service(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, b: Result<Bytes, BytesRejection>) -> Result<Json<Alarm>, ApiError> {
+pub async fn return_to_service(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<Alarm>, ApiError> {
     oos(st, caller, id, b, false).await
 }
 
@@ -326,14 +497,29 @@ pub struct RangeQuery {
     limit: Option<usize>,
 }
 
-pub async fn readings(State(st): State<AppState>, caller: Caller, Path(id): Path<String>, Query(q): Query<RangeQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn readings(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
     let point = PointId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let site = id.split_once('.').map(|(s, _)| s).unwrap_or("");
-    let s = st.cfg.site(site).ok_or_else(|| ApiError::NotFound(format!("no site {site}")))?;
-    let known = st.cfg.profiles.get(&s.profile).is_some_and(|p| p.point_names().contains(&point.local()));
+    let s = st
+        .cfg
+        .site(site)
+        .ok_or_else(|| ApiError::NotFound(format!("no site {site}")))?;
+    let known = st
+        .cfg
+        .profiles
+        .get(&s.profile)
+        .is_some_and(|p| p.point_names().contains(&point.local()));
     if !known {
-        return Err(ApiError::NotFound(format!("site {site} has no point {:?}", point.local())));
+        return Err(ApiError::NotFound(format!(
+            "site {site} has no point {:?}",
+            point.local()
+        )));
     }
     let to = parse_time("to", &q.to)?.unwrap_or_else(Utc::now);
     let from = parse_time("from", &q.from)?.unwrap_or(to - Duration::hours(24));
@@ -362,7 +548,11 @@ pub struct JournalQuery {
     limit: Option<usize>,
 }
 
-pub async fn journal(State(st): State<AppState>, caller: Caller, Query(q): Query<JournalQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn journal(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<JournalQuery>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
     let f = JournalFilter {
         alarm_id: q.alarm,
@@ -373,7 +563,9 @@ pub async fn journal(State(st): State<AppState>, caller: Caller, Query(q): Query
         limit: q.limit.unwrap_or(500),
     };
     let store = st.store.clone();
-    let rows = tokio::task::spawn_blocking(move || store.journal(&f)).await.map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    let rows = tokio::task::spawn_blocking(move || store.journal(&f))
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))??;
     Ok(Json(json!(rows)))
 }
 
@@ -382,7 +574,14 @@ pub struct LimitQuery {
     limit: Option<usize>,
 }
 
-pub async fn quarantine(State(st): State<AppState>, caller: Caller, Query(q): Query<LimitQuery>) -> Result<Json<Value>, ApiError> {
+pub async fn quarantine(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<LimitQuery>,
+) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
-    Ok(Json(json!(st.pipeline.quarantine.list(q.limit.unwrap_or(100).clamp(1, 10_000)))))
+    Ok(Json(json!(st
+        .pipeline
+        .quarantine
+        .list(q.limit.unwrap_or(100).clamp(1, 10_000)))))
 }

@@ -11,11 +11,17 @@ use futures::stream::{self, Stream, StreamExt};
 use std::convert::Infallible;
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
-pub async fn events(State(st): State<AppState>, caller: Caller) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, super::ApiError> {
+pub async fn events(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, super::ApiError> {
     caller.require(Role::Viewer)?;
     let rx = st.pipeline.events.subscribe();
     let snapshot = super::routes::sorted(st.pipeline.open_alarms());
-    let first = Event::default().event("snapshot").json_data(&snapshot).unwrap_or_else(|_| Event::default().event("resync"));
+    let first = Event::default()
+        .event("snapshot")
+        .json_data(&snapshot)
+        .unwrap_or_else(|_| Event::default().event("resync"));
     let metrics = st.metrics.clone();
     let live = BroadcastStream::new(rx).map(move |r| {
         Ok(match r {
@@ -32,5 +38,6 @@ pub async fn events(State(st): State<AppState>, caller: Caller) -> Result<Sse<im
             }
         })
     });
-    Ok(Sse::new(stream::once(async move { Ok(first) }).chain(live)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream::once(async move { Ok(first) }).chain(live))
+        .keep_alive(KeepAlive::default()))
 }

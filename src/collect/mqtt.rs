@@ -61,18 +61,36 @@ pub fn options(m: &MqttSection) -> MqttOptions {
 
 /// Every subscription filter of every profile, deduplicated.
 pub fn filters(cfg: &Config) -> Vec<String> {
-    let mut f: Vec<String> =
-        cfg.profiles.values().flat_map(|p| p.topics.iter().map(|t| format!("{}{}", cfg.mqtt.topic_prefix, t.filter()))).collect();
+    let mut f: Vec<String> = cfg
+        .profiles
+        .values()
+        .flat_map(|p| {
+            p.topics
+                .iter()
+                .map(|t| format!("{}{}", cfg.mqtt.topic_prefix, t.filter()))
+        })
+        .collect();
     f.sort();
     f.dedup();
     f
 }
 
 impl MqttCollector {
-    pub fn new(cfg: Arc<Config>, pipeline: Pipeline, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        cfg: Arc<Config>,
+        pipeline: Pipeline,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let mut profiles: Vec<Arc<Profile>> = cfg.profiles.values().cloned().collect();
         profiles.sort_by(|a, b| a.device.model.cmp(&b.device.model));
-        Self { cfg, profiles, pipeline, clock, metrics }
+        Self {
+            cfg,
+            profiles,
+            pipeline,
+            clock,
+            metrics,
+        }
     }
 
     pub async fn run(self, cancel: CancellationToken) {
@@ -106,12 +124,18 @@ impl MqttCollector {
                         rumqttc::ConnectionError::Io(_) => "io",
                         rumqttc::ConnectionError::ConnectionRefused(_) => "refused",
                         rumqttc::ConnectionError::MqttState(_) => "protocol",
-                        rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::FlushTimeout => "timeout",
+                        rumqttc::ConnectionError::NetworkTimeout
+                        | rumqttc::ConnectionError::FlushTimeout => "timeout",
                         _ => "other",
                     };
                     let jitter = rand::random::<u64>() % (backoff / 4 + 1);
                     let wait = backoff + jitter;
-                    events::MqttError { kind, error: &e.to_string(), retry_in_ms: wait }.emit(&self.metrics);
+                    events::MqttError {
+                        kind,
+                        error: &e.to_string(),
+                        retry_in_ms: wait,
+                    }
+                    .emit(&self.metrics);
                     tokio::select! {
                         _ = cancel.cancelled() => break,
                         _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
@@ -130,9 +154,17 @@ impl MqttCollector {
     async fn on_publish(&self, client: &AsyncClient, p: Publish) {
         let arrived = self.clock.now();
         let topic = p.topic.clone();
-        let ack = Box::new(MqttAck { client: client.clone(), publish: p.clone() });
+        let ack = Box::new(MqttAck {
+            client: client.clone(),
+            publish: p.clone(),
+        });
         let quarantine = |reason: &str, error: String| {
-            events::Quarantined { topic: &topic, reason, error: &error }.emit(&self.metrics);
+            events::Quarantined {
+                topic: &topic,
+                reason,
+                error: &error,
+            }
+            .emit(&self.metrics);
             self.pipeline.quarantine.push(QuarantineEntry {
                 at: arrived,
                 topic: topic.clone(),
@@ -144,13 +176,25 @@ impl MqttCollector {
             });
         };
         let Some(local_topic) = topic.strip_prefix(self.cfg.mqtt.topic_prefix.as_str()) else {
-            quarantine("unknown_topic", format!("topic {topic:?} is outside the prefix {:?}", self.cfg.mqtt.topic_prefix));
+            quarantine(
+                "unknown_topic",
+                format!(
+                    "topic {topic:?} is outside the prefix {:?}",
+                    self.cfg.mqtt.topic_prefix
+                ),
+            );
             ack.ack();
             return;
         };
         let mut decoded = None;
         for prof in &self.profiles {
-            match device::decode(prof, local_topic, &p.payload, arrived, self.cfg.mqtt.max_payload_bytes) {
+            match device::decode(
+                prof,
+                local_topic,
+                &p.payload,
+                arrived,
+                self.cfg.mqtt.max_payload_bytes,
+            ) {
                 Ok(Some(d)) => {
                     decoded = Some(d);
                     break;
@@ -164,19 +208,31 @@ impl MqttCollector {
             }
         }
         let Some(d) = decoded else {
-            quarantine("unknown_topic", format!("topic {topic:?} matches no device profile"));
+            quarantine(
+                "unknown_topic",
+                format!("topic {topic:?} matches no device profile"),
+            );
             ack.ack();
             return;
         };
         let site = match SiteId::new(&d.site) {
             Ok(s) if self.cfg.site(s.as_str()).is_some() => s,
             _ => {
-                quarantine("unknown_site", format!("site {:?} is not configured", d.site));
+                quarantine(
+                    "unknown_site",
+                    format!("site {:?} is not configured", d.site),
+                );
                 ack.ack();
                 return;
             }
         };
-        let msg = Incoming { decoded: d, topic: topic.clone(), raw: preview(&p.payload), arrived, ack: Some(ack) };
+        let msg = Incoming {
+            decoded: d,
+            topic: topic.clone(),
+            raw: preview(&p.payload),
+            arrived,
+            ack: Some(ack),
+        };
         if let Err(e) = self.pipeline.submit(&site, msg).await {
             // Not acked: the broker redelivers after we restart.
             tracing::error!(topic = %topic, error = %e, "pipeline unavailable");

@@ -276,10 +276,22 @@ pub struct EmbeddedSource;
 
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("config/akita.toml", include_str!("../../config/akita.toml")),
-    ("config/akita-sites.toml", include_str!("../../config/akita-sites.toml")),
-    ("config/akita-rules.toml", include_str!("../../config/akita-rules.toml")),
-    ("devices/akita-dma-logger.toml", include_str!("../../devices/akita-dma-logger.toml")),
-    ("devices/akita-mps-notifier.toml", include_str!("../../devices/akita-mps-notifier.toml")),
+    (
+        "config/akita-sites.toml",
+        include_str!("../../config/akita-sites.toml"),
+    ),
+    (
+        "config/akita-rules.toml",
+        include_str!("../../config/akita-rules.toml"),
+    ),
+    (
+        "devices/akita-dma-logger.toml",
+        include_str!("../../devices/akita-dma-logger.toml"),
+    ),
+    (
+        "devices/akita-mps-notifier.toml",
+        include_str!("../../devices/akita-mps-notifier.toml"),
+    ),
 ];
 
 fn normalize(p: &Path) -> PathBuf {
@@ -303,11 +315,20 @@ impl Source for EmbeddedSource {
             .iter()
             .find(|(n, _)| Path::new(n) == p)
             .map(|(_, t)| t.to_string())
-            .ok_or_else(|| SourceError { file: p, line: None, field: "(file)".into(), message: "not embedded".into() })
+            .ok_or_else(|| SourceError {
+                file: p,
+                line: None,
+                field: "(file)".into(),
+                message: "not embedded".into(),
+            })
     }
     fn list_toml(&self, dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
         let d = normalize(dir);
-        Ok(EMBEDDED.iter().map(|(n, _)| PathBuf::from(n)).filter(|p| p.parent() == Some(d.as_path())).collect())
+        Ok(EMBEDDED
+            .iter()
+            .map(|(n, _)| PathBuf::from(n))
+            .filter(|p| p.parent() == Some(d.as_path()))
+            .collect())
     }
 }
 
@@ -322,7 +343,8 @@ impl Config {
 
     pub fn load_from(src: &dyn Source, path: &Path) -> Result<Self, Vec<SourceError>> {
         let text = src.read(path).map_err(|e| vec![e])?;
-        let raw: RawMain = toml::from_str(&text).map_err(|e| vec![SourceError::toml(path, &text, &e)])?;
+        let raw: RawMain =
+            toml::from_str(&text).map_err(|e| vec![SourceError::toml(path, &text, &e)])?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let mut errors = Vec::new();
         let fe = |needle: &str, msg: String| SourceError::field(path, &text, needle, msg);
@@ -330,7 +352,10 @@ impl Config {
         let http_listen = match raw.http.listen.parse::<SocketAddr>() {
             Ok(a) => a,
             Err(e) => {
-                errors.push(fe("listen", format!("{:?} is not an address:port: {e}", raw.http.listen)));
+                errors.push(fe(
+                    "listen",
+                    format!("{:?} is not an address:port: {e}", raw.http.listen),
+                ));
                 SocketAddr::from(([127, 0, 0, 1], 8080))
             }
         };
@@ -341,28 +366,60 @@ impl Config {
             errors.push(fe("shard_queue", "shard_queue must be above 0".into()));
         }
         if !matches!(raw.service.language.as_str(), "ja" | "en") {
-            errors.push(fe("language", format!("language {:?} is not `ja` or `en`", raw.service.language)));
+            errors.push(fe(
+                "language",
+                format!("language {:?} is not `ja` or `en`", raw.service.language),
+            ));
         }
-        if raw.mqtt.topic_prefix.contains(['+', '#']) || (!raw.mqtt.topic_prefix.is_empty() && !raw.mqtt.topic_prefix.ends_with('/')) {
-            errors.push(fe("topic_prefix", "topic_prefix must end with '/' and hold no wildcards".into()));
+        if raw.mqtt.topic_prefix.contains(['+', '#'])
+            || (!raw.mqtt.topic_prefix.is_empty() && !raw.mqtt.topic_prefix.ends_with('/'))
+        {
+            errors.push(fe(
+                "topic_prefix",
+                "topic_prefix must end with '/' and hold no wildcards".into(),
+            ));
         }
         if raw.mqtt.backoff_min_ms == 0 || raw.mqtt.backoff_min_ms > raw.mqtt.backoff_max_ms {
-            errors.push(fe("backoff_min_ms", "need 0 < backoff_min_ms <= backoff_max_ms".into()));
+            errors.push(fe(
+                "backoff_min_ms",
+                "need 0 < backoff_min_ms <= backoff_max_ms".into(),
+            ));
         }
         let mut seen_tokens = HashSet::new();
         for t in &raw.tokens {
             let tk = t.get_ref();
             if tk.token.len() < 16 {
-                errors.push(SourceError::spanned(path, &text, t.span(), "token", format!("token {:?} is shorter than 16 characters", tk.name)));
+                errors.push(SourceError::spanned(
+                    path,
+                    &text,
+                    t.span(),
+                    "token",
+                    format!("token {:?} is shorter than 16 characters", tk.name),
+                ));
             }
             if !seen_tokens.insert(tk.token.clone()) {
-                errors.push(SourceError::spanned(path, &text, t.span(), "token", format!("token of {:?} is used twice", tk.name)));
+                errors.push(SourceError::spanned(
+                    path,
+                    &text,
+                    t.span(),
+                    "token",
+                    format!("token of {:?} is used twice", tk.name),
+                ));
             }
         }
 
         for u in &raw.users {
             if argon2::password_hash::PasswordHash::new(&u.get_ref().password_hash).is_err() {
-                errors.push(SourceError::spanned(path, &text, u.span(), "password_hash", format!("user {:?}: password_hash is not an argon2 PHC string", u.get_ref().name)));
+                errors.push(SourceError::spanned(
+                    path,
+                    &text,
+                    u.span(),
+                    "password_hash",
+                    format!(
+                        "user {:?}: password_hash is not an argon2 PHC string",
+                        u.get_ref().name
+                    ),
+                ));
             }
         }
 
@@ -372,14 +429,22 @@ impl Config {
         match src.list_toml(&dev_dir) {
             Ok(files) => {
                 if files.is_empty() {
-                    errors.push(fe("devices_dir", format!("no profiles (*.toml) in {}", dev_dir.display())));
+                    errors.push(fe(
+                        "devices_dir",
+                        format!("no profiles (*.toml) in {}", dev_dir.display()),
+                    ));
                 }
                 for f in files {
                     match src.read(&f) {
                         Ok(t) => match Profile::parse(&f, &t) {
                             Ok(p) => {
                                 if profiles.contains_key(&p.device.model) {
-                                    errors.push(SourceError::field(&f, &t, "model", format!("profile {:?} defined twice", p.device.model)));
+                                    errors.push(SourceError::field(
+                                        &f,
+                                        &t,
+                                        "model",
+                                        format!("profile {:?} defined twice", p.device.model),
+                                    ));
                                 }
                                 profiles.insert(p.device.model.clone(), Arc::new(p));
                             }
@@ -422,27 +487,44 @@ impl Config {
                             }
                         };
                         if !devs.insert(device.clone()) {
-                            errors.push(se(s.device.span(), "device", format!("device {device} is used by two sites")));
+                            errors.push(se(
+                                s.device.span(),
+                                "device",
+                                format!("device {device} is used by two sites"),
+                            ));
                         }
                         match profiles.get(s.profile.get_ref()) {
                             None => errors.push(se(
                                 s.profile.span(),
                                 "profile",
-                                format!("site {id}: unknown device profile {:?} (known: {})", s.profile.get_ref(), {
-                                    let mut k: Vec<_> = profiles.keys().cloned().collect();
-                                    k.sort();
-                                    k.join(", ")
-                                }),
+                                format!(
+                                    "site {id}: unknown device profile {:?} (known: {})",
+                                    s.profile.get_ref(),
+                                    {
+                                        let mut k: Vec<_> = profiles.keys().cloned().collect();
+                                        k.sort();
+                                        k.join(", ")
+                                    }
+                                ),
                             )),
                             Some(p) if p.device.kind != s.kind => errors.push(se(
                                 s.profile.span(),
                                 "profile",
-                                format!("site {id} is {:?} but profile {:?} is for {:?}", s.kind, s.profile.get_ref(), p.device.kind),
+                                format!(
+                                    "site {id} is {:?} but profile {:?} is for {:?}",
+                                    s.kind,
+                                    s.profile.get_ref(),
+                                    p.device.kind
+                                ),
                             )),
                             _ => {}
                         }
                         if !(-90.0..=90.0).contains(&s.lat) || !(-180.0..=180.0).contains(&s.lon) {
-                            errors.push(se(s.id.span(), "lat/lon", format!("site {id}: lat/lon out of range")));
+                            errors.push(se(
+                                s.id.span(),
+                                "lat/lon",
+                                format!("site {id}: lat/lon out of range"),
+                            ));
                         }
                         sites.push(Arc::new(Site {
                             id,
@@ -475,13 +557,25 @@ impl Config {
                         match rules::validate(r.into_inner(), &profiles, &sites) {
                             Ok(spec) => {
                                 if !ids.insert(spec.id.clone()) {
-                                    errors.push(SourceError::spanned(&rules_path, &rt, span, "id", format!("rule {:?} defined twice", spec.id)));
+                                    errors.push(SourceError::spanned(
+                                        &rules_path,
+                                        &rt,
+                                        span,
+                                        "id",
+                                        format!("rule {:?} defined twice", spec.id),
+                                    ));
                                 }
                                 rules.push(Arc::new(spec));
                             }
                             Err(problems) => {
                                 for (field, msg) in problems {
-                                    errors.push(SourceError::spanned(&rules_path, &rt, span.clone(), &field, msg));
+                                    errors.push(SourceError::spanned(
+                                        &rules_path,
+                                        &rt,
+                                        span.clone(),
+                                        &field,
+                                        msg,
+                                    ));
                                 }
                             }
                         }
@@ -538,8 +632,17 @@ mod tests {
     #[test]
     fn embedded_config_is_valid() {
         let c = Config::load_embedded().unwrap_or_else(|e| panic!("{e:#?}"));
-        assert_eq!(c.sites.iter().filter(|s| s.kind == SiteKind::Dma).count(), 41);
-        assert_eq!(c.sites.iter().filter(|s| s.kind == SiteKind::PumpStation).count(), 200);
+        assert_eq!(
+            c.sites.iter().filter(|s| s.kind == SiteKind::Dma).count(),
+            41
+        );
+        assert_eq!(
+            c.sites
+                .iter()
+                .filter(|s| s.kind == SiteKind::PumpStation)
+                .count(),
+            200
+        );
         assert!(c.profiles.contains_key("akita-dma-logger"));
         assert!(!c.rules.is_empty());
     }

@@ -102,10 +102,23 @@ pub struct LimitSet {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RuleKind {
-    Limits { limits: LimitSet },
-    HourlyLimits { high: Option<Vec<f64>>, low: Option<Vec<f64>>, scale_by: Option<String> },
-    RateOfChange { max_rise: Option<f64>, max_fall: Option<f64>, window_s: u32 },
-    Frozen { duration_s: u32, tolerance: f64 },
+    Limits {
+        limits: LimitSet,
+    },
+    HourlyLimits {
+        high: Option<Vec<f64>>,
+        low: Option<Vec<f64>>,
+        scale_by: Option<String>,
+    },
+    RateOfChange {
+        max_rise: Option<f64>,
+        max_fall: Option<f64>,
+        window_s: u32,
+    },
+    Frozen {
+        duration_s: u32,
+        tolerance: f64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,23 +141,40 @@ pub struct RuleSpec {
 
 impl RuleSpec {
     pub fn priority(&self, suffix: &str) -> Priority {
-        self.priorities.get(suffix).copied().unwrap_or(Priority::Medium)
+        self.priorities
+            .get(suffix)
+            .copied()
+            .unwrap_or(Priority::Medium)
     }
 }
 
 type Problems = Vec<(String, String)>;
 
-pub(super) fn validate(r: RawRule, profiles: &HashMap<String, Arc<Profile>>, sites: &[Arc<Site>]) -> Result<RuleSpec, Problems> {
+pub(super) fn validate(
+    r: RawRule,
+    profiles: &HashMap<String, Arc<Profile>>,
+    sites: &[Arc<Site>],
+) -> Result<RuleSpec, Problems> {
     let mut p: Problems = Vec::new();
     let id = r.id.clone();
-    let mut bad = |field: &str, msg: String| p.push((field.to_string(), format!("rule {id:?}: {msg}")));
+    let mut bad =
+        |field: &str, msg: String| p.push((field.to_string(), format!("rule {id:?}: {msg}")));
     let matching: Vec<&Arc<Site>> = sites.iter().filter(|s| r.applies_to.matches(s)).collect();
     // A rule that matches no site is allowed: nodes that each own a share of
     // the sites share one rules file.
     for s in &matching {
         if let Some(prof) = profiles.get(&s.profile) {
             if !prof.point_names().contains(&r.point.as_str()) {
-                bad("point", format!("site {} (profile {}) has no point {:?}; it has {:?}", s.id, s.profile, r.point, prof.point_names()));
+                bad(
+                    "point",
+                    format!(
+                        "site {} (profile {}) has no point {:?}; it has {:?}",
+                        s.id,
+                        s.profile,
+                        r.point,
+                        prof.point_names()
+                    ),
+                );
                 break;
             }
         }
@@ -154,7 +184,10 @@ pub(super) fn validate(r: RawRule, profiles: &HashMap<String, Arc<Profile>>, sit
     }
     let only = |name: &str, present: bool, allowed: bool, bad: &mut dyn FnMut(&str, String)| {
         if present && !allowed {
-            bad(name, format!("`{name}` does not apply to rule type {:?}", r.rule_type));
+            bad(
+                name,
+                format!("`{name}` does not apply to rule type {:?}", r.rule_type),
+            );
         }
     };
     let t = r.rule_type;
@@ -163,19 +196,57 @@ pub(super) fn validate(r: RawRule, profiles: &HashMap<String, Arc<Profile>>, sit
     only("h", r.h.is_some(), is(RuleType::Limits), &mut bad);
     only("l", r.l.is_some(), is(RuleType::Limits), &mut bad);
     only("ll", r.ll.is_some(), is(RuleType::Limits), &mut bad);
-    only("high", r.high.is_some(), is(RuleType::HourlyLimits), &mut bad);
+    only(
+        "high",
+        r.high.is_some(),
+        is(RuleType::HourlyLimits),
+        &mut bad,
+    );
     only("low", r.low.is_some(), is(RuleType::HourlyLimits), &mut bad);
-    only("scale_by", r.scale_by.is_some(), is(RuleType::HourlyLimits), &mut bad);
-    only("max_rise", r.max_rise.is_some(), is(RuleType::RateOfChange), &mut bad);
-    only("max_fall", r.max_fall.is_some(), is(RuleType::RateOfChange), &mut bad);
-    only("window_s", r.window_s.is_some(), is(RuleType::RateOfChange), &mut bad);
-    only("duration_s", r.duration_s.is_some(), is(RuleType::Frozen), &mut bad);
+    only(
+        "scale_by",
+        r.scale_by.is_some(),
+        is(RuleType::HourlyLimits),
+        &mut bad,
+    );
+    only(
+        "max_rise",
+        r.max_rise.is_some(),
+        is(RuleType::RateOfChange),
+        &mut bad,
+    );
+    only(
+        "max_fall",
+        r.max_fall.is_some(),
+        is(RuleType::RateOfChange),
+        &mut bad,
+    );
+    only(
+        "window_s",
+        r.window_s.is_some(),
+        is(RuleType::RateOfChange),
+        &mut bad,
+    );
+    only(
+        "duration_s",
+        r.duration_s.is_some(),
+        is(RuleType::Frozen),
+        &mut bad,
+    );
 
     let kind = match r.rule_type {
         RuleType::Limits => {
-            let l = LimitSet { hh: r.hh, h: r.h, l: r.l, ll: r.ll };
+            let l = LimitSet {
+                hh: r.hh,
+                h: r.h,
+                l: r.l,
+                ll: r.ll,
+            };
             if l.hh.is_none() && l.h.is_none() && l.l.is_none() && l.ll.is_none() {
-                bad("hh", "a limits rule needs at least one of hh, h, l, ll".into());
+                bad(
+                    "hh",
+                    "a limits rule needs at least one of hh, h, l, ll".into(),
+                );
             }
             let order = [l.ll, l.l, l.h, l.hh];
             let present: Vec<f64> = order.iter().flatten().copied().collect();
@@ -188,7 +259,10 @@ pub(super) fn validate(r: RawRule, profiles: &HashMap<String, Arc<Profile>>, sit
             for (name, v) in [("high", &r.high), ("low", &r.low)] {
                 if let Some(v) = v {
                     if v.len() != 24 {
-                        bad(name, format!("needs 24 values (local hours 0..23), has {}", v.len()));
+                        bad(
+                            name,
+                            format!("needs 24 values (local hours 0..23), has {}", v.len()),
+                        );
                     }
                 }
             }
@@ -200,24 +274,41 @@ pub(super) fn validate(r: RawRule, profiles: &HashMap<String, Arc<Profile>>, sit
                     bad("scale_by", format!("site {} has no attribute {a:?}", s.id));
                 }
             }
-            RuleKind::HourlyLimits { high: r.high.clone(), low: r.low.clone(), scale_by: r.scale_by.clone() }
+            RuleKind::HourlyLimits {
+                high: r.high.clone(),
+                low: r.low.clone(),
+                scale_by: r.scale_by.clone(),
+            }
         }
         RuleType::RateOfChange => {
             let w = r.window_s.unwrap_or(0);
             if w == 0 {
-                bad("window_s", "a rate_of_change rule needs window_s > 0".into());
+                bad(
+                    "window_s",
+                    "a rate_of_change rule needs window_s > 0".into(),
+                );
             }
             if r.max_rise.is_none() && r.max_fall.is_none() {
-                bad("max_rise", "a rate_of_change rule needs max_rise or max_fall".into());
+                bad(
+                    "max_rise",
+                    "a rate_of_change rule needs max_rise or max_fall".into(),
+                );
             }
-            RuleKind::RateOfChange { max_rise: r.max_rise, max_fall: r.max_fall, window_s: w }
+            RuleKind::RateOfChange {
+                max_rise: r.max_rise,
+                max_fall: r.max_fall,
+                window_s: w,
+            }
         }
         RuleType::Frozen => {
             let d = r.duration_s.unwrap_or(0);
             if d == 0 {
                 bad("duration_s", "a frozen rule needs duration_s > 0".into());
             }
-            RuleKind::Frozen { duration_s: d, tolerance: r.tolerance }
+            RuleKind::Frozen {
+                duration_s: d,
+                tolerance: r.tolerance,
+            }
         }
     };
     let mut priorities = r.priorities.clone().unwrap_or_default();

@@ -119,14 +119,18 @@ impl DecodeError {
 /// Oldest event time accepted as real: a logger whose clock reset after a
 /// battery loss reports 2000-01-01; such samples cannot be placed in time.
 fn earliest_plausible() -> Timestamp {
-    DateTime::parse_from_rfc3339("2010-01-01T00:00:00Z").expect("constant").with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2010-01-01T00:00:00Z")
+        .expect("constant")
+        .with_timezone(&Utc)
 }
 /// Samples more than this far ahead of arrival are from a clock gone wrong.
 const MAX_FUTURE_S: i64 = 24 * 3600;
 
 pub fn parse_time(v: Option<&Value>) -> Option<Timestamp> {
     let s = v?.as_str()?;
-    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 fn plausible(t: Timestamp, arrived: Timestamp) -> bool {
@@ -139,17 +143,27 @@ fn u64_field(obj: &Value, field: &str) -> Option<u64> {
 
 /// Finds the message spec a topic and payload belong to. The topic picks the
 /// candidates; the payload's `schema` picks among them.
-fn select<'p>(profile: &'p Profile, topic: &str, v: &Value) -> Result<Option<(&'p MessageSpec, String, Option<String>)>, DecodeError> {
+fn select<'p>(
+    profile: &'p Profile,
+    topic: &str,
+    v: &Value,
+) -> Result<Option<(&'p MessageSpec, String, Option<String>)>, DecodeError> {
     let schema = v.get("schema").and_then(Value::as_str);
     let mut topic_matched = false;
     for m in &profile.messages {
-        let Ok(tt) = super::TopicTemplate::parse(&m.topic) else { continue };
-        let Some((site, device)) = tt.matches(topic) else { continue };
+        let Ok(tt) = super::TopicTemplate::parse(&m.topic) else {
+            continue;
+        };
+        let Some((site, device)) = tt.matches(topic) else {
+            continue;
+        };
         topic_matched = true;
         let fits = match (&m.schema, schema) {
             (Some(s), Some(p)) => s == p,
             // The last will is the one message with no schema (and no boot/seq).
-            (None, None) => m.kind == MessageKind::Will && v.get("online") == Some(&Value::Bool(false)),
+            (None, None) => {
+                m.kind == MessageKind::Will && v.get("online") == Some(&Value::Bool(false))
+            }
             _ => false,
         };
         if fits {
@@ -157,7 +171,9 @@ fn select<'p>(profile: &'p Profile, topic: &str, v: &Value) -> Result<Option<(&'
         }
     }
     if topic_matched {
-        return Err(DecodeError::UnknownSchema(schema.unwrap_or("(none)").chars().take(64).collect()));
+        return Err(DecodeError::UnknownSchema(
+            schema.unwrap_or("(none)").chars().take(64).collect(),
+        ));
     }
     Ok(None)
 }
@@ -167,7 +183,10 @@ pub fn topic_belongs(profile: &Profile, topic: &str) -> bool {
     profile.topics.iter().any(|t| t.matches(topic).is_some())
 }
 
-fn read_value(spec: &PointSpec, raw: Option<&Value>) -> Option<(Option<f64>, Quality, Option<SampleProblem>)> {
+fn read_value(
+    spec: &PointSpec,
+    raw: Option<&Value>,
+) -> Option<(Option<f64>, Quality, Option<SampleProblem>)> {
     let raw = raw?;
     let num = match (raw, spec.value_type) {
         (Value::Null, _) => return Some((None, Quality::Bad, Some(SampleProblem::NotANumber))),
@@ -184,7 +203,10 @@ fn read_value(spec: &PointSpec, raw: Option<&Value>) -> Option<(Option<f64>, Qua
         },
         (Value::String(s), _) => {
             let l = s.trim().to_ascii_lowercase();
-            let problem = if matches!(l.as_str(), "nan" | "-nan" | "inf" | "-inf" | "" | "-" | "--" | "n/a" | "null") {
+            let problem = if matches!(
+                l.as_str(),
+                "nan" | "-nan" | "inf" | "-inf" | "" | "-" | "--" | "n/a" | "null"
+            ) {
                 SampleProblem::NotANumber
             } else {
                 SampleProblem::WrongType
@@ -210,7 +232,9 @@ fn push_points(
     out: &mut Decoded,
 ) {
     for spec in points.iter().filter(|p| p.per_message == per_message) {
-        let Some(path) = spec.parsed_path.as_ref() else { continue };
+        let Some(path) = spec.parsed_path.as_ref() else {
+            continue;
+        };
         if let Some((value, q, problem)) = read_value(spec, path.get(obj)) {
             let quality = match (q, base_quality) {
                 (Quality::Bad, _) | (_, Quality::Bad) => Quality::Bad,
@@ -218,9 +242,15 @@ fn push_points(
                 _ => Quality::Good,
             };
             if let Some(p) = problem {
-                out.problems.push((p, format!("{} at {}", spec.point, t.to_rfc3339())));
+                out.problems
+                    .push((p, format!("{} at {}", spec.point, t.to_rfc3339())));
             }
-            out.readings.push(RawReading { point: spec.point.clone(), t, value, quality });
+            out.readings.push(RawReading {
+                point: spec.point.clone(),
+                t,
+                value,
+                quality,
+            });
         }
     }
 }
@@ -238,7 +268,10 @@ pub fn decode(
         return Ok(None);
     }
     if payload.len() > max_bytes {
-        return Err(DecodeError::Oversized { size: payload.len(), limit: max_bytes });
+        return Err(DecodeError::Oversized {
+            size: payload.len(),
+            limit: max_bytes,
+        });
     }
     let text = std::str::from_utf8(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     let v: Value = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
@@ -251,11 +284,18 @@ pub fn decode(
     if let Some(sf) = &profile.device.site_field {
         if let Some(ps) = v.get(sf).and_then(Value::as_str) {
             if ps != site {
-                return Err(DecodeError::SiteMismatch { topic: site, payload: ps.chars().take(64).collect() });
+                return Err(DecodeError::SiteMismatch {
+                    topic: site,
+                    payload: ps.chars().take(64).collect(),
+                });
             }
         }
     }
-    let device = v.get(&profile.device.device_field).and_then(Value::as_str).map(str::to_string).or(topic_device);
+    let device = v
+        .get(&profile.device.device_field)
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or(topic_device);
     let mut out = Decoded {
         message: spec.name.clone(),
         kind: spec.kind,
@@ -267,7 +307,12 @@ pub fn decode(
         events: Vec::new(),
         bits: None,
         online: None,
-        interval_s: spec.interval.as_ref().and_then(|f| v.get(f)).and_then(Value::as_u64).map(|s| s.min(u32::MAX as u64) as u32),
+        interval_s: spec
+            .interval
+            .as_ref()
+            .and_then(|f| v.get(f))
+            .and_then(Value::as_u64)
+            .map(|s| s.min(u32::MAX as u64) as u32),
         backlog: u64_field(&v, "backlog"),
         problems: Vec::new(),
     };
@@ -276,12 +321,22 @@ pub fn decode(
         return Ok(Some(out));
     }
     if out.device.is_none() {
-        return Err(DecodeError::MissingField { field: profile.device.device_field.clone() });
+        return Err(DecodeError::MissingField {
+            field: profile.device.device_field.clone(),
+        });
     }
     out.ident = match (u64_field(&v, "boot"), u64_field(&v, "seq")) {
         (Some(boot), Some(seq)) => Some(MessageIdent { boot, seq }),
-        (None, _) => return Err(DecodeError::MissingField { field: "boot".into() }),
-        (_, None) => return Err(DecodeError::MissingField { field: "seq".into() }),
+        (None, _) => {
+            return Err(DecodeError::MissingField {
+                field: "boot".into(),
+            })
+        }
+        (_, None) => {
+            return Err(DecodeError::MissingField {
+                field: "seq".into(),
+            })
+        }
     };
     let sent_at = parse_time(v.get("sent_at"));
 
@@ -289,28 +344,42 @@ pub fn decode(
         MessageKind::Samples => {
             let field = spec.samples.as_deref().unwrap_or("samples");
             let Some(samples) = v.get(field).and_then(Value::as_array) else {
-                return Err(DecodeError::MissingField { field: field.into() });
+                return Err(DecodeError::MissingField {
+                    field: field.into(),
+                });
             };
             let mut newest: Option<Timestamp> = None;
             for s in samples {
                 let Some(t) = parse_time(s.get(&spec.time)) else {
-                    out.problems.push((SampleProblem::BadTimestamp, format!("{:.80}", s.to_string())));
+                    out.problems.push((
+                        SampleProblem::BadTimestamp,
+                        format!("{:.80}", s.to_string()),
+                    ));
                     continue;
                 };
                 if !plausible(t, arrived) {
-                    out.problems.push((SampleProblem::ImplausibleTime, t.to_rfc3339()));
+                    out.problems
+                        .push((SampleProblem::ImplausibleTime, t.to_rfc3339()));
                     continue;
                 }
                 let mut quality = Quality::Good;
-                if let Some(flags) = spec.flags.as_ref().and_then(|f| s.get(f)).and_then(Value::as_array) {
+                if let Some(flags) = spec
+                    .flags
+                    .as_ref()
+                    .and_then(|f| s.get(f))
+                    .and_then(Value::as_array)
+                {
                     for f in flags.iter().filter_map(Value::as_str) {
                         match spec.flag_quality.get(f) {
                             Some(Quality::Bad) => quality = Quality::Bad,
-                            Some(Quality::Uncertain) if quality == Quality::Good => quality = Quality::Uncertain,
+                            Some(Quality::Uncertain) if quality == Quality::Good => {
+                                quality = Quality::Uncertain
+                            }
                             _ => {}
                         }
                         if f == "sensor_fault" {
-                            out.problems.push((SampleProblem::SensorFault, t.to_rfc3339()));
+                            out.problems
+                                .push((SampleProblem::SensorFault, t.to_rfc3339()));
                         }
                     }
                 }
@@ -328,8 +397,12 @@ pub fn decode(
             let t = parse_time(v.get(&spec.time));
             match t {
                 Some(t) if plausible(t, arrived) => out.t = Some(t),
-                Some(t) => out.problems.push((SampleProblem::ImplausibleTime, t.to_rfc3339())),
-                None => out.problems.push((SampleProblem::BadTimestamp, spec.time.clone())),
+                Some(t) => out
+                    .problems
+                    .push((SampleProblem::ImplausibleTime, t.to_rfc3339())),
+                None => out
+                    .problems
+                    .push((SampleProblem::BadTimestamp, spec.time.clone())),
             }
             if let Some(t) = out.t {
                 push_points(&spec.points, false, &v, t, Quality::Good, &mut out);
@@ -342,14 +415,27 @@ pub fn decode(
                     }
                 }
                 if spec.kind == MessageKind::Event {
-                    let code = spec.code.as_ref().and_then(|f| v.get(f)).and_then(Value::as_str);
-                    let state = spec.state.as_ref().and_then(|f| v.get(f)).and_then(Value::as_str);
+                    let code = spec
+                        .code
+                        .as_ref()
+                        .and_then(|f| v.get(f))
+                        .and_then(Value::as_str);
+                    let state = spec
+                        .state
+                        .as_ref()
+                        .and_then(|f| v.get(f))
+                        .and_then(Value::as_str);
                     match (code, state) {
                         (Some(code), Some(state @ ("raise" | "clear"))) => {
                             if profile.condition(code).is_none() {
-                                out.problems.push((SampleProblem::UnknownCode, code.chars().take(64).collect()));
+                                out.problems.push((
+                                    SampleProblem::UnknownCode,
+                                    code.chars().take(64).collect(),
+                                ));
                             } else {
-                                let num = |f: &Option<String>| f.as_ref().and_then(|f| v.get(f)).and_then(Value::as_f64);
+                                let num = |f: &Option<String>| {
+                                    f.as_ref().and_then(|f| v.get(f)).and_then(Value::as_f64)
+                                };
                                 out.events.push(DeviceEvent {
                                     t,
                                     code: code.to_string(),
@@ -359,12 +445,20 @@ pub fn decode(
                                 });
                             }
                         }
-                        _ => return Err(DecodeError::MissingField { field: "code/state".into() }),
+                        _ => {
+                            return Err(DecodeError::MissingField {
+                                field: "code/state".into(),
+                            })
+                        }
                     }
                 }
             }
             if spec.kind == MessageKind::Status {
-                out.online = spec.online.as_ref().and_then(|f| v.get(f)).and_then(Value::as_bool);
+                out.online = spec
+                    .online
+                    .as_ref()
+                    .and_then(|f| v.get(f))
+                    .and_then(Value::as_bool);
             }
         }
         MessageKind::Will => unreachable!("handled above"),

@@ -220,7 +220,9 @@ impl TopicTemplate {
         }
         for l in &levels {
             if l.contains(['+', '#']) || (l.contains('{') && l != "{site}" && l != "{device}") {
-                return Err(format!("topic {s:?}: level {l:?} is not a literal, {{site}} or {{device}}"));
+                return Err(format!(
+                    "topic {s:?}: level {l:?} is not a literal, {{site}} or {{device}}"
+                ));
             }
         }
         Ok(Self { levels })
@@ -258,23 +260,29 @@ impl Profile {
     /// Loads and validates one profile file. Every problem names the file, the
     /// line and the field.
     pub fn load(path: &Path) -> Result<Self, Vec<SourceError>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![SourceError::io(path, &e)])?;
+        let text = std::fs::read_to_string(path).map_err(|e| vec![SourceError::io(path, &e)])?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, Vec<SourceError>> {
-        let mut p: Profile = toml::from_str(text).map_err(|e| vec![SourceError::toml(path, text, &e)])?;
+        let mut p: Profile =
+            toml::from_str(text).map_err(|e| vec![SourceError::toml(path, text, &e)])?;
         let mut errors = Vec::new();
         let err = |field: String, msg: String| SourceError::field(path, text, &field, msg);
         let mut codes = std::collections::HashSet::new();
         for c in &p.conditions {
             if !codes.insert(c.code.clone()) {
-                errors.push(err(format!("condition.code = \"{}\"", c.code), format!("condition {:?} defined twice", c.code)));
+                errors.push(err(
+                    format!("condition.code = \"{}\"", c.code),
+                    format!("condition {:?} defined twice", c.code),
+                ));
             }
             if let Some(b) = c.bit {
                 if b > 63 {
-                    errors.push(err(format!("bit = {b}"), format!("bit {b} of condition {:?} is above 63", c.code)));
+                    errors.push(err(
+                        format!("bit = {b}"),
+                        format!("bit {b} of condition {:?} is above 63", c.code),
+                    ));
                 }
             }
         }
@@ -283,13 +291,19 @@ impl Profile {
                 if !codes.contains(s) {
                     errors.push(err(
                         format!("\"{s}\""),
-                        format!("condition {:?}: suppressed_by names unknown condition {s:?}", c.code),
+                        format!(
+                            "condition {:?}: suppressed_by names unknown condition {s:?}",
+                            c.code
+                        ),
                     ));
                 }
             }
         }
         if p.comm.missed_intervals == 0 || p.comm.expected_interval_s == 0 {
-            errors.push(err("[comm]".into(), "comm.expected_interval_s and comm.missed_intervals must be above 0".into()));
+            errors.push(err(
+                "[comm]".into(),
+                "comm.expected_interval_s and comm.missed_intervals must be above 0".into(),
+            ));
         }
         let mut topics = Vec::new();
         for m in &mut p.messages {
@@ -307,7 +321,10 @@ impl Profile {
                         path,
                         text,
                         &format!("name = \"{}\"", m.name),
-                        format!("message {:?} of kind {:?} needs field `{name}`", m.name, m.kind),
+                        format!(
+                            "message {:?} of kind {:?} needs field `{name}`",
+                            m.name, m.kind
+                        ),
                     ));
                 }
             };
@@ -321,10 +338,16 @@ impl Profile {
                 _ => {}
             }
             if m.kind != MessageKind::Will && m.schema.is_none() {
-                errors.push(err(format!("name = \"{}\"", m.name), format!("message {:?} needs a schema", m.name)));
+                errors.push(err(
+                    format!("name = \"{}\"", m.name),
+                    format!("message {:?} needs a schema", m.name),
+                ));
             }
             for pt in &mut m.points {
-                if let Err(e) = crate::model::PointId::new(&crate::model::SiteId::new("S").expect("valid"), &pt.point) {
+                if let Err(e) = crate::model::PointId::new(
+                    &crate::model::SiteId::new("S").expect("valid"),
+                    &pt.point,
+                ) {
                     errors.push(err(format!("point = \"{}\"", pt.point), e.to_string()));
                 }
                 match JsonPath::parse(&pt.path) {
@@ -347,7 +370,11 @@ impl Profile {
 
     /// All point names this profile can produce.
     pub fn point_names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.messages.iter().flat_map(|m| m.points.iter().map(|p| p.point.as_str())).collect();
+        let mut v: Vec<&str> = self
+            .messages
+            .iter()
+            .flat_map(|m| m.points.iter().map(|p| p.point.as_str()))
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -362,7 +389,10 @@ mod tests {
     fn topic_templates() {
         let t = TopicTemplate::parse("akita/v1/dma/{site}/{device}/telemetry").unwrap();
         assert_eq!(t.filter(), "akita/v1/dma/+/+/telemetry");
-        assert_eq!(t.matches("akita/v1/dma/B17/AKT-DMA-017/telemetry"), Some(("B17", Some("AKT-DMA-017"))));
+        assert_eq!(
+            t.matches("akita/v1/dma/B17/AKT-DMA-017/telemetry"),
+            Some(("B17", Some("AKT-DMA-017")))
+        );
         assert_eq!(t.matches("akita/v1/dma/B17/AKT-DMA-017/alarm"), None);
         assert_eq!(t.matches("akita/v1/dma/B17/AKT-DMA-017/telemetry/x"), None);
         assert!(TopicTemplate::parse("a/+/b").is_err());

@@ -20,10 +20,19 @@ fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if s.len() > 64 {
-        return Err(IdError::TooLong { kind, value: s.chars().take(64).collect() });
+        return Err(IdError::TooLong {
+            kind,
+            value: s.chars().take(64).collect(),
+        });
     }
-    if !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') {
-        return Err(IdError::BadChar { kind, value: s.to_string() });
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(IdError::BadChar {
+            kind,
+            value: s.to_string(),
+        });
     }
     Ok(())
 }
@@ -82,7 +91,10 @@ impl PointId {
     pub fn parse(s: &str) -> Result<Self, IdError> {
         validate("point", s)?;
         if !s.contains('.') {
-            return Err(IdError::BadChar { kind: "point", value: s.to_string() });
+            return Err(IdError::BadChar {
+                kind: "point",
+                value: s.to_string(),
+            });
         }
         Ok(Self(Arc::from(s)))
     }
@@ -114,7 +126,10 @@ mod tests {
         assert!(SiteId::new("MP-0123").is_ok());
         assert_eq!(SiteId::new(""), Err(IdError::Empty { kind: "site" }));
         assert!(matches!(DeviceId::new("a/b"), Err(IdError::BadChar { .. })));
-        assert!(matches!(DeviceId::new(&"x".repeat(65)), Err(IdError::TooLong { .. })));
+        assert!(matches!(
+            DeviceId::new(&"x".repeat(65)),
+            Err(IdError::TooLong { .. })
+        ));
         let p = PointId::new(&SiteId::new("B17").unwrap(), "p").unwrap();
         assert_eq!(p.as_str(), "B17.p");
         assert_eq!(p.local(), "p");

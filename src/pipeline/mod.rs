@@ -40,16 +40,36 @@ pub struct Incoming {
 
 #[derive(Debug, Clone)]
 pub enum Command {
-    Ack { id: String, who: String, comment: Option<String> },
-    Shelve { id: String, minutes: u32, reason: String, who: String },
-    Unshelve { id: String, who: String },
-    OutOfService { id: String, oos: bool, who: String, reason: String },
+    Ack {
+        id: String,
+        who: String,
+        comment: Option<String>,
+    },
+    Shelve {
+        id: String,
+        minutes: u32,
+        reason: String,
+        who: String,
+    },
+    Unshelve {
+        id: String,
+        who: String,
+    },
+    OutOfService {
+        id: String,
+        oos: bool,
+        who: String,
+        reason: String,
+    },
 }
 
 impl Command {
     pub fn alarm_id(&self) -> &str {
         match self {
-            Command::Ack { id, .. } | Command::Shelve { id, .. } | Command::Unshelve { id, .. } | Command::OutOfService { id, .. } => id,
+            Command::Ack { id, .. }
+            | Command::Shelve { id, .. }
+            | Command::Unshelve { id, .. }
+            | Command::OutOfService { id, .. } => id,
         }
     }
 }
@@ -148,7 +168,16 @@ impl Pipeline {
             senders.push(tx);
             views.push(view);
         }
-        (Self { senders: Arc::new(senders), views: Arc::new(views), events, quarantine, metrics: deps.metrics }, handles)
+        (
+            Self {
+                senders: Arc::new(senders),
+                views: Arc::new(views),
+                events,
+                quarantine,
+                metrics: deps.metrics,
+            },
+            handles,
+        )
     }
 
     pub fn shard_count(&self) -> usize {
@@ -162,7 +191,10 @@ impl Pipeline {
         match tx.try_send(Input::Message(Box::new(msg))) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(m)) => {
-                self.metrics.queue_full.get_or_create(&crate::telemetry::metrics_edge("collector->pipeline")).inc();
+                self.metrics
+                    .queue_full
+                    .get_or_create(&crate::telemetry::metrics_edge("collector->pipeline"))
+                    .inc();
                 tx.send(m).await.map_err(|_| PipelineError::Stopped)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PipelineError::Stopped),
@@ -178,7 +210,10 @@ impl Pipeline {
             .position(|v| v.has_alarm(&id))
             .ok_or(PipelineError::Command(CommandError::NotFound(id)))?;
         let (tx, rx) = oneshot::channel();
-        self.senders[idx].send(Input::Command(cmd, tx)).await.map_err(|_| PipelineError::Stopped)?;
+        self.senders[idx]
+            .send(Input::Command(cmd, tx))
+            .await
+            .map_err(|_| PipelineError::Stopped)?;
         Ok(rx.await.map_err(|_| PipelineError::Stopped)??)
     }
 

@@ -35,7 +35,10 @@ pub fn preview(payload: &[u8]) -> String {
 
 impl Quarantine {
     pub fn new(cap: usize) -> Self {
-        Self { cap: cap.max(1), entries: Mutex::new(VecDeque::new()) }
+        Self {
+            cap: cap.max(1),
+            entries: Mutex::new(VecDeque::new()),
+        }
     }
 
     pub fn push(&self, e: QuarantineEntry) {

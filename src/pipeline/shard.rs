@@ -3,7 +3,9 @@
 use super::dedup::{MessageDedup, SampleDedup};
 use super::view::{LatestValue, ShardView, SiteStatus};
 use super::{Incoming, Input, Quarantine, QuarantineEntry};
-use crate::alarm::{Alarm, AlarmKey, AlarmOrigin, AlarmState, CommandError, RaiseSpec, Registry, Transition};
+use crate::alarm::{
+    Alarm, AlarmKey, AlarmOrigin, AlarmState, CommandError, RaiseSpec, Registry, Transition,
+};
 use crate::config::{Config, Site};
 use crate::device::{MessageKind, Profile};
 use crate::model::{Clock, PointId, Reading, SiteId, Timestamp};
@@ -49,7 +51,10 @@ struct DeviceState {
 
 impl DeviceState {
     fn known_episode(&self, code: &str, t: Timestamp) -> bool {
-        self.episodes.get(code).is_some_and(|eps| eps.iter().any(|(from, to)| *from <= t && to.is_none_or(|to| t <= to)))
+        self.episodes.get(code).is_some_and(|eps| {
+            eps.iter()
+                .any(|(from, to)| *from <= t && to.is_none_or(|to| t <= to))
+        })
     }
     fn episode(&mut self, code: &str, from: Timestamp, to: Option<Timestamp>) {
         let eps = self.episodes.entry(code.to_string()).or_default();
@@ -106,8 +111,14 @@ impl Shard {
         let now = clock.now();
         let mut registry = Registry::new();
         let mut sites = HashMap::new();
-        for site in cfg.sites.iter().filter(|s| super::shard_of(s.id.as_str(), n) == idx) {
-            let Some(profile) = cfg.profiles.get(&site.profile).cloned() else { continue };
+        for site in cfg
+            .sites
+            .iter()
+            .filter(|s| super::shard_of(s.id.as_str(), n) == idx)
+        {
+            let Some(profile) = cfg.profiles.get(&site.profile).cloned() else {
+                continue;
+            };
             for c in &profile.conditions {
                 registry.set_parents(site.device.clone(), c.code.clone(), c.suppressed_by.clone());
             }
@@ -120,7 +131,13 @@ impl Shard {
                     .remove(&key)
                     .and_then(|j| serde_json::from_str(&j).map_err(|e| tracing::warn!(%key, error = %e, "stored rule state unreadable; starting fresh")).ok())
                     .unwrap_or_default();
-                rules.push(BoundRule { key, point, eval: Evaluator::new(r.clone(), site, cfg.service.utc_offset_hours), state, dirty: false });
+                rules.push(BoundRule {
+                    key,
+                    point,
+                    eval: Evaluator::new(r.clone(), site, cfg.service.utc_offset_hours),
+                    state,
+                    dirty: false,
+                });
             }
             let mut dev: DeviceState = restored
                 .device_states
@@ -147,12 +164,28 @@ impl Shard {
             }
             sites.insert(site.id.clone(), ctx);
         }
-        let mine: Vec<Alarm> = restored.open_alarms.iter().filter(|a| sites.contains_key(&a.site)).cloned().collect();
+        let mine: Vec<Alarm> = restored
+            .open_alarms
+            .iter()
+            .filter(|a| sites.contains_key(&a.site))
+            .cloned()
+            .collect();
         for a in &mine {
             view.put_alarm(a);
         }
         registry.restore(mine);
-        let s = Self { idx, cfg, clock, metrics, store, events, view, quarantine, registry, sites };
+        let s = Self {
+            idx,
+            cfg,
+            clock,
+            metrics,
+            store,
+            events,
+            view,
+            quarantine,
+            registry,
+            sites,
+        };
         for id in s.sites.keys() {
             s.publish_site(id);
         }
@@ -221,7 +254,9 @@ impl Shard {
     }
 
     fn publish_site(&self, id: &SiteId) {
-        let Some(ctx) = self.sites.get(id) else { return };
+        let Some(ctx) = self.sites.get(id) else {
+            return;
+        };
         let mine = self.registry.iter().filter(|a| &a.site == id);
         let mut status = "ok";
         let mut any_oos = false;
@@ -232,7 +267,10 @@ impl Shard {
             }
             if a.state == AlarmState::OutOfService {
                 any_oos = true;
-            } else if a.active && a.state != AlarmState::Shelved && a.state != AlarmState::Suppressed {
+            } else if a.active
+                && a.state != AlarmState::Shelved
+                && a.state != AlarmState::Suppressed
+            {
                 status = "alarm";
             }
         }
@@ -250,7 +288,12 @@ impl Shard {
     }
 
     fn quarantine_msg(&self, m: &Incoming, reason: &str, error: String) {
-        events::Quarantined { topic: &m.topic, reason, error: &error }.emit(&self.metrics);
+        events::Quarantined {
+            topic: &m.topic,
+            reason,
+            error: &error,
+        }
+        .emit(&self.metrics);
         self.quarantine.push(QuarantineEntry {
             at: m.arrived,
             topic: m.topic.clone(),
@@ -263,23 +306,37 @@ impl Shard {
     }
 
     fn on_message(&mut self, mut m: Incoming) -> Batch {
-        let mut batch = Batch { arrived: Some(m.arrived), ..Default::default() };
+        let mut batch = Batch {
+            arrived: Some(m.arrived),
+            ..Default::default()
+        };
         if let Some(a) = m.ack.take() {
             batch.acks.push(a);
         }
         let now = self.clock.now();
         let Ok(site_id) = SiteId::new(&m.decoded.site) else {
-            self.quarantine_msg(&m, "unknown_site", format!("site {:?} is not valid", m.decoded.site));
+            self.quarantine_msg(
+                &m,
+                "unknown_site",
+                format!("site {:?} is not valid", m.decoded.site),
+            );
             return batch;
         };
         let Some(ctx) = self.sites.get_mut(&site_id) else {
-            self.quarantine_msg(&m, "unknown_site", format!("site {site_id} is not configured on this shard"));
+            self.quarantine_msg(
+                &m,
+                "unknown_site",
+                format!("site {site_id} is not configured on this shard"),
+            );
             return batch;
         };
         let d = &m.decoded;
         if let Some(dev) = &d.device {
             if dev != ctx.site.device.as_str() {
-                let err = format!("device {dev:?} is not the device configured for site {site_id} ({})", ctx.site.device);
+                let err = format!(
+                    "device {dev:?} is not the device configured for site {site_id} ({})",
+                    ctx.site.device
+                );
                 self.quarantine_msg(&m, "unknown_device", err);
                 return batch;
             }
@@ -293,14 +350,26 @@ impl Shard {
         }
         let mut transitions = Vec::new();
         if d.kind != MessageKind::Will {
-            let key = AlarmKey { site: site_id.clone(), source: device.to_string(), condition: COMM_LOSS.into() };
+            let key = AlarmKey {
+                site: site_id.clone(),
+                source: device.to_string(),
+                condition: COMM_LOSS.into(),
+            };
             transitions.extend(self.registry.clear(&key, m.arrived, now, None));
         }
         let ctx = self.sites.get_mut(&site_id).expect("looked up above");
         if let Some(id) = d.ident {
             if !ctx.msgs.first_time(id.boot, id.seq) {
-                events::DuplicateMessage { device: device.as_str(), boot: id.boot, seq: id.seq }.emit(&self.metrics);
-                batch.device_states.push((device.to_string(), serde_json::to_string(&ctx.dev).unwrap_or_default()));
+                events::DuplicateMessage {
+                    device: device.as_str(),
+                    boot: id.boot,
+                    seq: id.seq,
+                }
+                .emit(&self.metrics);
+                batch.device_states.push((
+                    device.to_string(),
+                    serde_json::to_string(&ctx.dev).unwrap_or_default(),
+                ));
                 self.publish(&transitions);
                 batch.transitions = transitions;
                 self.publish_site(&site_id);
@@ -312,7 +381,9 @@ impl Shard {
             if ctx.dev.boot.is_none_or(|b| id.boot > b) {
                 ctx.dev.boot = Some(id.boot);
             }
-            batch.seen.push((device.to_string(), id.boot, id.seq, m.arrived));
+            batch
+                .seen
+                .push((device.to_string(), id.boot, id.seq, m.arrived));
         }
         if let Some(i) = d.interval_s {
             ctx.dev.interval_s = Some(i);
@@ -323,36 +394,67 @@ impl Shard {
             ctx.dev.online = Some(true);
         }
         for (p, detail) in &d.problems {
-            events::SampleProblem { device: device.as_str(), reason: p.as_str(), detail }.emit(&self.metrics);
+            events::SampleProblem {
+                device: device.as_str(),
+                reason: p.as_str(),
+                detail,
+            }
+            .emit(&self.metrics);
         }
         if !d.problems.is_empty() {
             self.quarantine.push(QuarantineEntry {
                 at: m.arrived,
                 topic: m.topic.clone(),
                 reason: d.problems[0].0.as_str().into(),
-                error: d.problems.iter().map(|(p, s)| format!("{}: {s}", p.as_str())).collect::<Vec<_>>().join("; "),
+                error: d
+                    .problems
+                    .iter()
+                    .map(|(p, s)| format!("{}: {s}", p.as_str()))
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 whole: false,
                 payload: m.raw.clone(),
                 size: m.raw.len(),
             });
         }
-        batch.raw.push((site_id.to_string(), format!("{}\n{}", m.topic, m.raw), m.arrived));
+        batch.raw.push((
+            site_id.to_string(),
+            format!("{}\n{}", m.topic, m.raw),
+            m.arrived,
+        ));
 
         // Readings, in event-time order per point.
         let mut readings = m.decoded.readings.clone();
         readings.sort_by(|a, b| a.point.cmp(&b.point).then(a.t.cmp(&b.t)));
         let mut late: BTreeMap<(usize, String), (Timestamp, Timestamp, f64, f64)> = BTreeMap::new();
         for r in readings {
-            let Ok(point) = PointId::new(&site_id, &r.point) else { continue };
-            if !ctx.samples.first_time(point.as_str(), r.t.timestamp_millis()) {
+            let Ok(point) = PointId::new(&site_id, &r.point) else {
+                continue;
+            };
+            if !ctx
+                .samples
+                .first_time(point.as_str(), r.t.timestamp_millis())
+            {
                 self.metrics.duplicate_samples.inc();
                 continue;
             }
             events::SampleStored(r.quality).emit(&self.metrics);
             if ctx.values.get(&r.point).is_none_or(|v| v.t <= r.t) {
-                ctx.values.insert(r.point.clone(), LatestValue { t: r.t, value: r.value, quality: r.quality });
+                ctx.values.insert(
+                    r.point.clone(),
+                    LatestValue {
+                        t: r.t,
+                        value: r.value,
+                        quality: r.quality,
+                    },
+                );
             }
-            for (i, br) in ctx.rules.iter_mut().enumerate().filter(|(_, br)| br.point == point) {
+            for (i, br) in ctx
+                .rules
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, br)| br.point == point)
+            {
                 if br.eval.is_out_of_order(&br.state, r.t) {
                     self.metrics.late_samples.inc();
                     if let (Some(v), crate::model::Quality::Good) = (r.value, r.quality) {
@@ -387,11 +489,21 @@ impl Shard {
                     }
                 }
             }
-            batch.readings.push(Reading { point, t: r.t, value: r.value, quality: r.quality, arrived: m.arrived });
+            batch.readings.push(Reading {
+                point,
+                t: r.t,
+                value: r.value,
+                quality: r.quality,
+                arrived: m.arrived,
+            });
         }
         for ((i, cond), (from, to, v, limit)) in late {
             let br = &ctx.rules[i];
-            let key = AlarmKey { site: site_id.clone(), source: br.point.to_string(), condition: cond.clone() };
+            let key = AlarmKey {
+                site: site_id.clone(),
+                source: br.point.to_string(),
+                condition: cond.clone(),
+            };
             if self.registry.get_key(&key).is_some() {
                 // Already an open occurrence of it: one per key, nothing new to review.
                 continue;
@@ -414,8 +526,12 @@ impl Shard {
 
         // Device conditions: events, then the alarm bit word.
         let profile = ctx.profile.clone();
-        let mut reports: Vec<(Timestamp, String, bool, Option<f64>, Option<f64>)> =
-            m.decoded.events.iter().map(|e| (e.t, e.code.clone(), e.raise, e.value, e.threshold)).collect();
+        let mut reports: Vec<(Timestamp, String, bool, Option<f64>, Option<f64>)> = m
+            .decoded
+            .events
+            .iter()
+            .map(|e| (e.t, e.code.clone(), e.raise, e.value, e.threshold))
+            .collect();
         if let Some((t, bits)) = m.decoded.bits {
             for c in profile.conditions.iter().filter(|c| c.bit.is_some()) {
                 let on = bits & (1u64 << c.bit.expect("filtered")) != 0;
@@ -424,7 +540,9 @@ impl Shard {
         }
         reports.sort_by_key(|r| r.0);
         for (t, code, raise, value, threshold) in reports {
-            let Some(cs) = profile.condition(&code) else { continue };
+            let Some(cs) = profile.condition(&code) else {
+                continue;
+            };
             let spec = RaiseSpec {
                 site: site_id.clone(),
                 device: device.clone(),
@@ -465,7 +583,9 @@ impl Shard {
             }
         }
 
-        let late_msg = m.decoded.t.is_some_and(|t| m.arrived - t > Duration::seconds(self.cfg.service.late_after_s as i64));
+        let late_msg = m.decoded.t.is_some_and(|t| {
+            m.arrived - t > Duration::seconds(self.cfg.service.late_after_s as i64)
+        });
         self.finish_late(&mut transitions, late_msg, now);
         if !late_msg && m.decoded.kind != MessageKind::Will {
             transitions.extend(self.registry.confirm_late(&device, now));
@@ -473,11 +593,17 @@ impl Shard {
         let ctx = self.sites.get_mut(&site_id).expect("present");
         for br in ctx.rules.iter_mut().filter(|b| b.dirty) {
             br.dirty = false;
-            batch.rule_states.push((br.key.clone(), serde_json::to_string(&br.state).unwrap_or_default()));
+            batch.rule_states.push((
+                br.key.clone(),
+                serde_json::to_string(&br.state).unwrap_or_default(),
+            ));
         }
         if ctx.dev_dirty {
             ctx.dev_dirty = false;
-            batch.device_states.push((device.to_string(), serde_json::to_string(&ctx.dev).unwrap_or_default()));
+            batch.device_states.push((
+                device.to_string(),
+                serde_json::to_string(&ctx.dev).unwrap_or_default(),
+            ));
         }
         self.publish(&transitions);
         batch.transitions = transitions;
@@ -492,18 +618,27 @@ impl Shard {
     /// once current data shows it).
     fn finish_late(&mut self, transitions: &mut Vec<Transition>, late_msg: bool, now: Timestamp) {
         let mut raised: Vec<String> = Vec::new();
-        for t in transitions.iter().filter(|t| t.action == "raise" && !t.alarm.late) {
+        for t in transitions
+            .iter()
+            .filter(|t| t.action == "raise" && !t.alarm.late)
+        {
             if !raised.contains(&t.alarm.id) {
                 raised.push(t.alarm.id.clone());
             }
         }
         let mut extra = Vec::new();
         for id in raised {
-            let last = transitions.iter().rev().find(|t| t.alarm.id == id).expect("present");
+            let last = transitions
+                .iter()
+                .rev()
+                .find(|t| t.alarm.id == id)
+                .expect("present");
             if last.alarm.active && !late_msg {
                 continue;
             }
-            let Some(a) = self.registry.mark_late(&id) else { continue };
+            let Some(a) = self.registry.mark_late(&id) else {
+                continue;
+            };
             for t in transitions.iter_mut().filter(|t| t.alarm.id == id) {
                 t.notify = false;
                 t.alarm.late = true;
@@ -534,10 +669,17 @@ impl Shard {
         let mut lost = 0;
         let mut changed_sites = Vec::new();
         for (id, ctx) in &self.sites {
-            let interval = ctx.dev.interval_s.unwrap_or(ctx.profile.comm.expected_interval_s) as i64;
+            let interval = ctx
+                .dev
+                .interval_s
+                .unwrap_or(ctx.profile.comm.expected_interval_s) as i64;
             let after = interval * ctx.profile.comm.missed_intervals as i64 + grace;
             let last = ctx.dev.last_seen.unwrap_or(now);
-            let key = AlarmKey { site: id.clone(), source: ctx.site.device.to_string(), condition: COMM_LOSS.into() };
+            let key = AlarmKey {
+                site: id.clone(),
+                source: ctx.site.device.to_string(),
+                condition: COMM_LOSS.into(),
+            };
             let active = self.registry.get_key(&key).is_some_and(|a| a.active);
             if active {
                 lost += 1;
@@ -555,8 +697,16 @@ impl Shard {
                     priority: c.priority,
                     value: Some(mins as f64),
                     limit: Some((after / 60) as f64),
-                    message: format!("{}: nothing received for {mins} min (expected every {} min)", c.en, interval / 60),
-                    message_ja: format!("{}：{mins}分間受信なし（通常{}分毎）", c.ja, interval / 60),
+                    message: format!(
+                        "{}: nothing received for {mins} min (expected every {} min)",
+                        c.en,
+                        interval / 60
+                    ),
+                    message_ja: format!(
+                        "{}：{mins}分間受信なし（通常{}分毎）",
+                        c.ja,
+                        interval / 60
+                    ),
                     suppressed_by: vec![],
                 };
                 transitions.extend(self.registry.raise(spec, now, now));
@@ -565,12 +715,19 @@ impl Shard {
             }
         }
         self.metrics.devices_comm_lost.set(lost);
-        let sites_touched: Vec<SiteId> = transitions.iter().map(|t| t.alarm.site.clone()).chain(changed_sites).collect();
+        let sites_touched: Vec<SiteId> = transitions
+            .iter()
+            .map(|t| t.alarm.site.clone())
+            .chain(changed_sites)
+            .collect();
         self.publish(&transitions);
         for s in sites_touched {
             self.publish_site(&s);
         }
-        Batch { transitions, ..Default::default() }
+        Batch {
+            transitions,
+            ..Default::default()
+        }
     }
 
     fn on_command(&mut self, cmd: super::Command) -> (Batch, Result<Alarm, CommandError>) {
@@ -578,16 +735,34 @@ impl Shard {
         let now = self.clock.now();
         let res = match cmd {
             C::Ack { id, who, comment } => self.registry.ack(&id, &who, comment, now),
-            C::Shelve { id, minutes, reason, who } => self.registry.shelve(&id, minutes, reason, &who, now),
+            C::Shelve {
+                id,
+                minutes,
+                reason,
+                who,
+            } => self.registry.shelve(&id, minutes, reason, &who, now),
             C::Unshelve { id, who } => self.registry.unshelve(&id, &who, now),
-            C::OutOfService { id, oos, who, reason } => self.registry.set_out_of_service(&id, oos, &who, reason, now),
+            C::OutOfService {
+                id,
+                oos,
+                who,
+                reason,
+            } => self
+                .registry
+                .set_out_of_service(&id, oos, &who, reason, now),
         };
         match res {
             Ok(t) => {
                 let a = t.alarm.clone();
                 self.publish(std::slice::from_ref(&t));
                 self.publish_site(&a.site);
-                (Batch { transitions: vec![t], ..Default::default() }, Ok(a))
+                (
+                    Batch {
+                        transitions: vec![t],
+                        ..Default::default()
+                    },
+                    Ok(a),
+                )
             }
             Err(e) => (Batch::default(), Err(e)),
         }

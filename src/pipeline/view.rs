@@ -34,13 +34,26 @@ pub struct ShardView {
 
 impl ShardView {
     pub fn has_alarm(&self, id: &str) -> bool {
-        self.alarms.read().unwrap_or_else(|p| p.into_inner()).contains_key(id)
+        self.alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(id)
     }
     pub fn alarms(&self) -> Vec<Alarm> {
-        self.alarms.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
     pub fn sites(&self) -> Vec<SiteStatus> {
-        self.sites.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.sites
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
     pub(crate) fn put_alarm(&self, a: &Alarm) {
         let mut g = self.alarms.write().unwrap_or_else(|p| p.into_inner());
@@ -51,10 +64,18 @@ impl ShardView {
         }
     }
     pub(crate) fn put_site(&self, s: SiteStatus) {
-        self.sites.write().unwrap_or_else(|p| p.into_inner()).insert(s.id.clone(), s);
+        self.sites
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(s.id.clone(), s);
     }
     pub fn count_by_state(&self, out: &mut HashMap<AlarmState, i64>) {
-        for a in self.alarms.read().unwrap_or_else(|p| p.into_inner()).values() {
+        for a in self
+            .alarms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
             *out.entry(a.state).or_default() += 1;
         }
     }

@@ -13,9 +13,15 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {path}: {source}")]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
     #[error("store {path}: cannot create directory: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store writer has stopped")]
     Closed,
     #[error("store query failed: {0}")]
@@ -130,18 +136,31 @@ impl Store {
     /// Opens (creating if needed) the database and starts the writer thread.
     /// `queue` bounds the batches waiting for the writer; a full queue makes the
     /// pipeline wait (policy: block), which in turn holds back MQTT acks.
-    pub fn open(path: &Path, queue: usize, metrics: Arc<Metrics>) -> Result<(Self, Restored), StoreError> {
+    pub fn open(
+        path: &Path,
+        queue: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Restored), StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir { path: dir.into(), source: e })?;
+                std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir {
+                    path: dir.into(),
+                    source: e,
+                })?;
             }
         }
-        let sq = |e| StoreError::Sqlite { path: path.into(), source: e };
+        let sq = |e| StoreError::Sqlite {
+            path: path.into(),
+            source: e,
+        };
         let write = Connection::open(path).map_err(sq)?;
         write.execute_batch(SCHEMA).map_err(sq)?;
-        write.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
+        write
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sq)?;
         let read = Connection::open(path).map_err(sq)?;
-        read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
+        read.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sq)?;
         let restored = Self::restore(&write).map_err(sq)?;
         let (tx, rx) = mpsc::channel(queue);
         let healthy = Arc::new(AtomicBool::new(true));
@@ -151,7 +170,15 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || writer(write, rx, metrics, h, p))
             .map_err(|e| StoreError::Query(format!("cannot start writer thread: {e}")))?;
-        Ok((Self { tx, read: Arc::new(Mutex::new(read)), healthy, path: path.into() }, restored))
+        Ok((
+            Self {
+                tx,
+                read: Arc::new(Mutex::new(read)),
+                healthy,
+                path: path.into(),
+            },
+            restored,
+        ))
     }
 
     fn restore(c: &Connection) -> rusqlite::Result<Restored> {
@@ -176,7 +203,13 @@ impl Store {
         let cutoff = Utc::now().timestamp_millis() - SEEN_RETENTION_MS;
         c.execute("DELETE FROM msg_seen WHERE arrived < ?1", [cutoff])?;
         let mut st = c.prepare("SELECT device, boot, seq FROM msg_seen")?;
-        for row in st.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64)))? {
+        for row in st.query_map([], |row| {
+            Ok((
+                row.get(0)?,
+                row.get::<_, i64>(1)? as u64,
+                row.get::<_, i64>(2)? as u64,
+            ))
+        })? {
             r.seen.push(row?);
         }
         Ok(r)
@@ -195,7 +228,10 @@ impl Store {
         match self.tx.try_send(Op::Batch(Box::new(b))) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(op)) => {
-                metrics.queue_full.get_or_create(&crate::telemetry::metrics_edge("pipeline->store")).inc();
+                metrics
+                    .queue_full
+                    .get_or_create(&crate::telemetry::metrics_edge("pipeline->store"))
+                    .inc();
                 self.tx.send(op).await.map_err(|_| StoreError::Closed)
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(StoreError::Closed),
@@ -205,17 +241,32 @@ impl Store {
     /// Resolves once everything queued before it is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Op::Flush(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Op::Flush(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 
-    fn with_read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+    fn with_read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         // A std Mutex: queries run on a blocking thread and nothing awaits while it is held.
-        let c = self.read.lock().map_err(|_| StoreError::Query("read connection poisoned".into()))?;
+        let c = self
+            .read
+            .lock()
+            .map_err(|_| StoreError::Query("read connection poisoned".into()))?;
         f(&c).map_err(|e| StoreError::Query(e.to_string()))
     }
 
-    pub fn readings(&self, point: &PointId, from: Timestamp, to: Timestamp, limit: usize) -> Result<Vec<(Timestamp, Option<f64>, Quality, Timestamp)>, StoreError> {
+    pub fn readings(
+        &self,
+        point: &PointId,
+        from: Timestamp,
+        to: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<(Timestamp, Option<f64>, Quality, Timestamp)>, StoreError> {
         self.with_read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT t, value, quality, arrived FROM readings WHERE point = ?1 AND t >= ?2 AND t <= ?3 ORDER BY t LIMIT ?4",
@@ -232,19 +283,26 @@ impl Store {
     }
 
     pub fn alarm(&self, id: &str) -> Result<Option<Alarm>, StoreError> {
-        let json: Option<String> =
-            self.with_read(|c| c.query_row("SELECT json FROM alarms WHERE id = ?1", [id], |r| r.get(0)).optional())?;
+        let json: Option<String> = self.with_read(|c| {
+            c.query_row("SELECT json FROM alarms WHERE id = ?1", [id], |r| r.get(0))
+                .optional()
+        })?;
         Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 
     /// Closed occurrences, newest first (the open ones live in the pipeline).
     pub fn closed_alarms(&self, limit: usize) -> Result<Vec<Alarm>, StoreError> {
         let rows: Vec<String> = self.with_read(|c| {
-            let mut st = c.prepare_cached("SELECT json FROM alarms WHERE open = 0 ORDER BY updated DESC LIMIT ?1")?;
+            let mut st = c.prepare_cached(
+                "SELECT json FROM alarms WHERE open = 0 ORDER BY updated DESC LIMIT ?1",
+            )?;
             let rows = st.query_map([limit as i64], |r| r.get(0))?;
             rows.collect()
         })?;
-        Ok(rows.iter().filter_map(|j| serde_json::from_str(j).ok()).collect())
+        Ok(rows
+            .iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
+            .collect())
     }
 
     pub fn journal(&self, f: &JournalFilter) -> Result<Vec<JournalRow>, StoreError> {
@@ -298,9 +356,11 @@ impl Store {
 
     pub fn latest_raw(&self, site: &str) -> Result<Option<(String, Timestamp)>, StoreError> {
         self.with_read(|c| {
-            c.query_row("SELECT topic_payload, arrived FROM raw_latest WHERE site = ?1", [site], |r| {
-                Ok((r.get(0)?, from_ms(r.get(1)?)))
-            })
+            c.query_row(
+                "SELECT topic_payload, arrived FROM raw_latest WHERE site = ?1",
+                [site],
+                |r| Ok((r.get(0)?, from_ms(r.get(1)?))),
+            )
             .optional()
         })
     }
@@ -320,18 +380,39 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
             "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
-        let mut up_rs = tx.prepare_cached("INSERT OR REPLACE INTO rule_state (key, json) VALUES (?1, ?2)")?;
-        let mut up_ds = tx.prepare_cached("INSERT OR REPLACE INTO device_state (device, json) VALUES (?1, ?2)")?;
-        let mut ins_s = tx.prepare_cached("INSERT OR IGNORE INTO msg_seen (device, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4)")?;
-        let mut up_raw = tx.prepare_cached("INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)")?;
+        let mut up_rs =
+            tx.prepare_cached("INSERT OR REPLACE INTO rule_state (key, json) VALUES (?1, ?2)")?;
+        let mut up_ds = tx
+            .prepare_cached("INSERT OR REPLACE INTO device_state (device, json) VALUES (?1, ?2)")?;
+        let mut ins_s = tx.prepare_cached(
+            "INSERT OR IGNORE INTO msg_seen (device, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        let mut up_raw = tx.prepare_cached(
+            "INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)",
+        )?;
         for b in ops {
             for r in &b.readings {
-                ins_r.execute(params![r.point.as_str(), ms(r.t), r.value, q_int(r.quality), ms(r.arrived)])?;
+                ins_r.execute(params![
+                    r.point.as_str(),
+                    ms(r.t),
+                    r.value,
+                    q_int(r.quality),
+                    ms(r.arrived)
+                ])?;
             }
             for t in &b.transitions {
                 let a = &t.alarm;
-                let json = serde_json::to_string(a).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                up_a.execute(params![a.id, a.site.as_str(), a.source, a.condition, !a.is_closed() as i64, ms(t.at), json])?;
+                let json = serde_json::to_string(a)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                up_a.execute(params![
+                    a.id,
+                    a.site.as_str(),
+                    a.source,
+                    a.condition,
+                    !a.is_closed() as i64,
+                    ms(t.at),
+                    json
+                ])?;
                 ins_j.execute(params![
                     ms(t.at),
                     a.id,
@@ -365,7 +446,13 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-fn writer(mut c: Connection, mut rx: mpsc::Receiver<Op>, metrics: Arc<Metrics>, healthy: Arc<AtomicBool>, path: PathBuf) {
+fn writer(
+    mut c: Connection,
+    mut rx: mpsc::Receiver<Op>,
+    metrics: Arc<Metrics>,
+    healthy: Arc<AtomicBool>,
+    path: PathBuf,
+) {
     let mut backoff_ms = 50u64;
     while let Some(first) = rx.blocking_recv() {
         let mut ops = vec![first];
@@ -388,7 +475,9 @@ fn writer(mut c: Connection, mut rx: mpsc::Receiver<Op>, metrics: Arc<Metrics>, 
             let started = std::time::Instant::now();
             match apply(&mut c, &batches) {
                 Ok(()) => {
-                    metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+                    metrics
+                        .store_commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     healthy.store(true, Ordering::Relaxed);
                     backoff_ms = 50;
                     break;
@@ -407,7 +496,9 @@ fn writer(mut c: Connection, mut rx: mpsc::Receiver<Op>, metrics: Arc<Metrics>, 
         let now = Utc::now();
         for b in batches {
             if let Some(a) = b.arrived {
-                metrics.pipeline_latency.observe(((now - a).num_microseconds().unwrap_or(0).max(0) as f64) / 1e6);
+                metrics
+                    .pipeline_latency
+                    .observe(((now - a).num_microseconds().unwrap_or(0).max(0) as f64) / 1e6);
             }
             for ack in b.acks {
                 ack.ack();

@@ -10,8 +10,15 @@ pub struct Quarantined<'a> {
 }
 impl Quarantined<'_> {
     pub fn emit(&self, m: &Metrics) {
-        tracing::warn!(topic = self.topic, reason = self.reason, error = self.error, "message quarantined");
-        m.quarantined.get_or_create(&Metrics::reason(self.reason)).inc();
+        tracing::warn!(
+            topic = self.topic,
+            reason = self.reason,
+            error = self.error,
+            "message quarantined"
+        );
+        m.quarantined
+            .get_or_create(&Metrics::reason(self.reason))
+            .inc();
     }
 }
 
@@ -22,8 +29,15 @@ pub struct SampleProblem<'a> {
 }
 impl SampleProblem<'_> {
     pub fn emit(&self, m: &Metrics) {
-        tracing::debug!(device = self.device, reason = self.reason, detail = self.detail, "sample problem");
-        m.sample_problems.get_or_create(&Metrics::reason(self.reason)).inc();
+        tracing::debug!(
+            device = self.device,
+            reason = self.reason,
+            detail = self.detail,
+            "sample problem"
+        );
+        m.sample_problems
+            .get_or_create(&Metrics::reason(self.reason))
+            .inc();
     }
 }
 
@@ -34,7 +48,12 @@ pub struct DuplicateMessage<'a> {
 }
 impl DuplicateMessage<'_> {
     pub fn emit(&self, m: &Metrics) {
-        tracing::debug!(device = self.device, boot = self.boot, seq = self.seq, "duplicate message dropped");
+        tracing::debug!(
+            device = self.device,
+            boot = self.boot,
+            seq = self.seq,
+            "duplicate message dropped"
+        );
         m.duplicate_messages.inc();
     }
 }
@@ -42,7 +61,11 @@ impl DuplicateMessage<'_> {
 pub struct SampleStored(pub Quality);
 impl SampleStored {
     pub fn emit(&self, m: &Metrics) {
-        m.samples.get_or_create(&QualityLabel { quality: self.0.as_str().into() }).inc();
+        m.samples
+            .get_or_create(&QualityLabel {
+                quality: self.0.as_str().into(),
+            })
+            .inc();
     }
 }
 
@@ -55,7 +78,11 @@ impl AlarmTransition<'_> {
             action = %t.action, from = t.from.as_str(), to = t.to.as_str(), who = %t.who,
             notify = t.notify, late = t.alarm.late, "alarm transition"
         );
-        m.alarm_transitions.get_or_create(&ActionLabel { action: t.action.clone() }).inc();
+        m.alarm_transitions
+            .get_or_create(&ActionLabel {
+                action: t.action.clone(),
+            })
+            .inc();
     }
 }
 
@@ -66,8 +93,17 @@ pub struct MqttError<'a> {
 }
 impl MqttError<'_> {
     pub fn emit(&self, m: &Metrics) {
-        tracing::warn!(kind = self.kind, error = self.error, retry_in_ms = self.retry_in_ms, "mqtt connection error");
-        m.mqtt_errors.get_or_create(&Reason { reason: self.kind.into() }).inc();
+        tracing::warn!(
+            kind = self.kind,
+            error = self.error,
+            retry_in_ms = self.retry_in_ms,
+            "mqtt connection error"
+        );
+        m.mqtt_errors
+            .get_or_create(&Reason {
+                reason: self.kind.into(),
+            })
+            .inc();
         m.mqtt_reconnects.inc();
         m.mqtt_connected.set(0);
     }

@@ -84,33 +84,100 @@ impl Metrics {
             registry: Registry::default(),
         };
         r.register("messages", "Device messages handled by the pipeline (duplicates included, collector-level quarantine not)", m.messages.clone());
-        r.register("duplicate_messages", "Messages dropped as already seen by (device, boot, seq)", m.duplicate_messages.clone());
-        r.register("duplicate_samples", "Samples dropped as already stored by (point, time)", m.duplicate_samples.clone());
-        r.register("quarantined_messages", "Messages quarantined whole, by reason", m.quarantined.clone());
-        r.register("sample_problems", "Samples dropped or marked bad inside otherwise good messages, by reason", m.sample_problems.clone());
+        r.register(
+            "duplicate_messages",
+            "Messages dropped as already seen by (device, boot, seq)",
+            m.duplicate_messages.clone(),
+        );
+        r.register(
+            "duplicate_samples",
+            "Samples dropped as already stored by (point, time)",
+            m.duplicate_samples.clone(),
+        );
+        r.register(
+            "quarantined_messages",
+            "Messages quarantined whole, by reason",
+            m.quarantined.clone(),
+        );
+        r.register(
+            "sample_problems",
+            "Samples dropped or marked bad inside otherwise good messages, by reason",
+            m.sample_problems.clone(),
+        );
         r.register("samples", "Samples stored, by quality", m.samples.clone());
-        r.register("late_samples", "Samples older than their point's newest (history and late review only)", m.late_samples.clone());
-        r.register("alarm_transitions", "Alarm transitions journaled, by action", m.alarm_transitions.clone());
-        r.register("alarms", "Open alarm occurrences by ISA-18.2 state", m.alarms.clone());
-        r.register("pipeline_latency_seconds", "From message arrival to alarms evaluated and stored", m.pipeline_latency.clone());
-        r.register("store_commit_seconds", "Duration of one store transaction", m.store_commit_seconds.clone());
-        r.register("store_errors", "Failed store transactions", m.store_errors.clone());
-        r.register("mqtt_connected", "1 while the MQTT collector is connected", m.mqtt_connected.clone());
-        r.register("mqtt_reconnects", "MQTT reconnect attempts after a failure", m.mqtt_reconnects.clone());
-        r.register("mqtt_errors", "MQTT connection errors, by kind", m.mqtt_errors.clone());
-        r.register("queue_full", "Times a bounded queue was full and the sender waited (backpressure), by edge", m.queue_full.clone());
-        r.register("sse_lagged", "Event-stream clients that fell behind and were told to resynchronise", m.sse_lagged.clone());
-        r.register("devices_comm_lost", "Devices currently in communication loss", m.devices_comm_lost.clone());
+        r.register(
+            "late_samples",
+            "Samples older than their point's newest (history and late review only)",
+            m.late_samples.clone(),
+        );
+        r.register(
+            "alarm_transitions",
+            "Alarm transitions journaled, by action",
+            m.alarm_transitions.clone(),
+        );
+        r.register(
+            "alarms",
+            "Open alarm occurrences by ISA-18.2 state",
+            m.alarms.clone(),
+        );
+        r.register(
+            "pipeline_latency_seconds",
+            "From message arrival to alarms evaluated and stored",
+            m.pipeline_latency.clone(),
+        );
+        r.register(
+            "store_commit_seconds",
+            "Duration of one store transaction",
+            m.store_commit_seconds.clone(),
+        );
+        r.register(
+            "store_errors",
+            "Failed store transactions",
+            m.store_errors.clone(),
+        );
+        r.register(
+            "mqtt_connected",
+            "1 while the MQTT collector is connected",
+            m.mqtt_connected.clone(),
+        );
+        r.register(
+            "mqtt_reconnects",
+            "MQTT reconnect attempts after a failure",
+            m.mqtt_reconnects.clone(),
+        );
+        r.register(
+            "mqtt_errors",
+            "MQTT connection errors, by kind",
+            m.mqtt_errors.clone(),
+        );
+        r.register(
+            "queue_full",
+            "Times a bounded queue was full and the sender waited (backpressure), by edge",
+            m.queue_full.clone(),
+        );
+        r.register(
+            "sse_lagged",
+            "Event-stream clients that fell behind and were told to resynchronise",
+            m.sse_lagged.clone(),
+        );
+        r.register(
+            "devices_comm_lost",
+            "Devices currently in communication loss",
+            m.devices_comm_lost.clone(),
+        );
         Self { registry: r, ..m }
     }
 
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("writing to a String cannot fail");
         s
     }
 
     pub fn reason(label: &str) -> Reason {
-        Reason { reason: label.to_string() }
+        Reason {
+            reason: label.to_string(),
+        }
     }
 }

@@ -11,12 +11,18 @@ pub use metrics::Metrics;
 /// `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .try_init();
 }
 
 pub use metrics::StateLabel as StateLabelPub;
 
 pub fn metrics_edge(edge: &str) -> metrics::EdgeLabel {
-    metrics::EdgeLabel { edge: edge.to_string() }
+    metrics::EdgeLabel {
+        edge: edge.to_string(),
+    }
 }

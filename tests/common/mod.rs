@@ -27,13 +27,17 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-000001";
 
 pub fn t0() -> DateTime<Utc> {
     // 09:00 JST: daytime demand, so night-flow limits are not in play unless a test wants them.
-    DateTime::parse_from_rfc3339("2025-01-21T00:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2025-01-21T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 /// Where the broker is: `MIZUBAN_TEST_MQTT=host:port` for an external one.
 pub fn broker() -> (String, u16) {
     if let Ok(addr) = std::env::var("MIZUBAN_TEST_MQTT") {
-        let (h, p) = addr.rsplit_once(':').expect("MIZUBAN_TEST_MQTT is host:port");
+        let (h, p) = addr
+            .rsplit_once(':')
+            .expect("MIZUBAN_TEST_MQTT is host:port");
         return (h.to_string(), p.parse().expect("port"));
     }
     static BROKER: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
@@ -52,10 +56,18 @@ pub struct SiteDef {
 }
 
 pub fn dma(id: &'static str, device: &'static str) -> SiteDef {
-    SiteDef { id, kind: "dma", device }
+    SiteDef {
+        id,
+        kind: "dma",
+        device,
+    }
 }
 pub fn mps(id: &'static str, device: &'static str) -> SiteDef {
-    SiteDef { id, kind: "pump_station", device }
+    SiteDef {
+        id,
+        kind: "pump_station",
+        device,
+    }
 }
 
 pub struct Harness {
@@ -77,11 +89,21 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-pub fn write_config(dir: &std::path::Path, name: &str, prefix: &str, sites: &[SiteDef], rules: Option<&str>) -> PathBuf {
+pub fn write_config(
+    dir: &std::path::Path,
+    name: &str,
+    prefix: &str,
+    sites: &[SiteDef],
+    rules: Option<&str>,
+) -> PathBuf {
     let (host, port) = broker();
     let mut s = String::new();
     for d in sites {
-        let profile = if d.kind == "dma" { "akita-dma-logger" } else { "akita-mps-notifier" };
+        let profile = if d.kind == "dma" {
+            "akita-dma-logger"
+        } else {
+            "akita-mps-notifier"
+        };
         s.push_str(&format!(
             "[[site]]\nid = \"{}\"\nkind = \"{}\"\nname = \"{} (test)\"\narea = \"test\"\nlat = 39.7\nlon = 140.1\ndevice = \"{}\"\nprofile = \"{profile}\"\nattrs = {{ mean_flow = 100.0 }}\n\n",
             d.id, d.kind, d.id, d.device
@@ -152,12 +174,24 @@ impl Harness {
     }
 
     pub async fn start_with_rules(name: &str, sites: &[SiteDef], rules: Option<&str>) -> Self {
+        mizuban::telemetry::init_tracing();
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("t{}-{}/", std::process::id(), name);
         let config_path = write_config(dir.path(), name, &prefix, sites, rules);
         let (host, port) = broker();
         let clock = Arc::new(ManualClock::new(t0()));
-        let mut h = Self { dir, config_path, app: None, clock, http: reqwest::Client::new(), base: String::new(), prefix, host, port, extra: Default::default() };
+        let mut h = Self {
+            dir,
+            config_path,
+            app: None,
+            clock,
+            http: reqwest::Client::new(),
+            base: String::new(),
+            prefix,
+            host,
+            port,
+            extra: Default::default(),
+        };
         h.boot().await;
         h
     }
@@ -166,7 +200,11 @@ impl Harness {
         let cfg = Config::load(&self.config_path).unwrap_or_else(|e| panic!("{e:#?}"));
         let app = mizuban::app::start(
             cfg,
-            Options { clock: self.clock.clone(), tick: std::time::Duration::from_millis(20), ..Default::default() },
+            Options {
+                clock: self.clock.clone(),
+                tick: std::time::Duration::from_millis(20),
+                ..Default::default()
+            },
         )
         .await
         .expect("service starts");
@@ -178,7 +216,12 @@ impl Harness {
     /// Ready when the collector reports connected and subscribed (health ok).
     pub async fn wait_connected(&self) {
         self.wait_until("collector connected", || async {
-            self.http.get(format!("{}/api/v1/health", self.base)).send().await.map(|r| r.status().is_success()).unwrap_or(false)
+            self.http
+                .get(format!("{}/api/v1/health", self.base))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
         })
         .await;
         // Subscriptions are requested right after CONNACK; a SUBACK round trip
@@ -192,11 +235,24 @@ impl Harness {
         o.set_keep_alive(std::time::Duration::from_secs(5));
         let (c, mut el) = AsyncClient::new(o, 10);
         let task = tokio::spawn(async move { while el.poll().await.is_ok() {} });
-        let before = self.metric("mizuban_quarantined_messages_total{reason=\"unknown_topic\"}").await;
+        let before = self
+            .metric("mizuban_quarantined_messages_total{reason=\"unknown_topic\"}")
+            .await;
         for _ in 0..200 {
-            c.publish(format!("{}probe/unknown", self.prefix), QoS::AtMostOnce, false, "x").await.unwrap();
+            c.publish(
+                format!("{}probe/unknown", self.prefix),
+                QoS::AtMostOnce,
+                false,
+                "x",
+            )
+            .await
+            .unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            if self.metric("mizuban_quarantined_messages_total{reason=\"unknown_topic\"}").await > before {
+            if self
+                .metric("mizuban_quarantined_messages_total{reason=\"unknown_topic\"}")
+                .await
+                > before
+            {
                 break;
             }
         }
@@ -210,24 +266,42 @@ impl Harness {
     {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !f().await {
-            assert!(std::time::Instant::now() < deadline, "timed out waiting for: {what}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for: {what}"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.http.get(format!("{}/metrics", self.base)).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.trim().strip_prefix(|c: char| c == ' ').or(Some(r.trim()))).and_then(|v| v.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|r| r.trim().strip_prefix(|c: char| c == ' ').or(Some(r.trim())))
+                    .and_then(|v| v.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
     /// Waits until the service has taken in `n` more messages (accepted or not)
     /// than `before`, then until everything is committed.
     pub async fn wait_messages(&self, at_least: f64) {
+        // Distinct messages: a QoS 1 redelivery is handled (and counted as a
+        // duplicate) but is not a message of its own.
         self.wait_until(&format!("{at_least} messages processed"), || async {
-            let m = self.metric("mizuban_messages_total").await;
+            let m = self.metric("mizuban_messages_total").await
+                - self.metric("mizuban_duplicate_messages_total").await;
             m >= at_least
         })
         .await;
@@ -235,12 +309,24 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> Value {
-        let r = self.http.get(format!("{}{path}", self.base)).bearer_auth(VIEW_TOKEN).send().await.unwrap();
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(VIEW_TOKEN)
+            .send()
+            .await
+            .unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
         r.json().await.unwrap()
     }
 
-    pub async fn request(&self, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut rq = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = token {
             rq = rq.bearer_auth(t);
@@ -251,16 +337,24 @@ impl Harness {
         let r = rq.send().await.unwrap();
         let code = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.request(reqwest::Method::POST, path, Some(token), Some(body)).await
+        self.request(reqwest::Method::POST, path, Some(token), Some(body))
+            .await
     }
 
     /// All alarm occurrences (open and closed) as (site, condition, state).
     pub async fn alarms_all(&self) -> Vec<Value> {
-        self.get("/api/v1/alarms?all=true").await.as_array().unwrap().clone()
+        self.get("/api/v1/alarms?all=true")
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// `site/condition` of every occurrence, sorted, for exact comparisons.
@@ -269,7 +363,13 @@ impl Harness {
             .alarms_all()
             .await
             .iter()
-            .map(|a| format!("{}/{}", a["site"].as_str().unwrap(), a["condition"].as_str().unwrap()))
+            .map(|a| {
+                format!(
+                    "{}/{}",
+                    a["site"].as_str().unwrap(),
+                    a["condition"].as_str().unwrap()
+                )
+            })
             .collect();
         v.sort();
         v
@@ -277,12 +377,25 @@ impl Harness {
 
     /// The journal's actions for one site/condition, oldest first.
     pub async fn actions(&self, site: &str, condition: &str) -> Vec<String> {
-        let rows = self.get(&format!("/api/v1/journal?site={site}&condition={condition}&limit=1000")).await;
+        let rows = self
+            .get(&format!(
+                "/api/v1/journal?site={site}&condition={condition}&limit=1000"
+            ))
+            .await;
         let mut v: Vec<(i64, String)> = rows
             .as_array()
             .unwrap()
             .iter()
-            .map(|r| (r["seq"].as_i64().unwrap(), format!("{}:{}", r["action"].as_str().unwrap(), r["to"].as_str().unwrap())))
+            .map(|r| {
+                (
+                    r["seq"].as_i64().unwrap(),
+                    format!(
+                        "{}:{}",
+                        r["action"].as_str().unwrap(),
+                        r["to"].as_str().unwrap()
+                    ),
+                )
+            })
             .collect();
         v.sort();
         v.into_iter().map(|(_, s)| s).collect()
@@ -292,17 +405,24 @@ impl Harness {
         SpawnOptions {
             host: self.host.clone(),
             port: self.port,
-            mode: Mode::Stepped { start, step: Duration::seconds(step_s) },
+            mode: Mode::Stepped {
+                start,
+                step: Duration::seconds(step_s),
+            },
             topic_prefix: self.prefix.clone(),
         }
     }
 
     pub async fn spawn_dma(&self, o: DmaOptions, start: DateTime<Utc>) -> Handle {
-        mizuban_sim::spawn(Box::new(DmaLogger::new(o)), self.sim_opts(start, 30)).await.unwrap()
+        mizuban_sim::spawn(Box::new(DmaLogger::new(o)), self.sim_opts(start, 30))
+            .await
+            .unwrap()
     }
 
     pub async fn spawn_mps(&self, o: MpsOptions, start: DateTime<Utc>) -> Handle {
-        mizuban_sim::spawn(Box::new(MpsNotifier::new(o)), self.sim_opts(start, 10)).await.unwrap()
+        mizuban_sim::spawn(Box::new(MpsNotifier::new(o)), self.sim_opts(start, 10))
+            .await
+            .unwrap()
     }
 
     /// Moves simulated devices and the master station's clock forward together,
@@ -320,7 +440,8 @@ impl Harness {
             left -= step;
             // Processed before the clock moves on, so arrival times stay true.
             let total: usize = sims.iter().map(|s| s.sent()).sum();
-            self.wait_messages((self.baseline_messages() + total) as f64).await;
+            self.wait_messages((self.baseline_messages() + total) as f64)
+                .await;
         }
     }
 

@@ -1,0 +1,255 @@
+//! End to end: simulated distribution-block loggers (hourly batches) over a
+//! real MQTT broker -> mizuban -> exactly the alarms expected.
+
+mod common;
+use chrono::Duration;
+use common::*;
+use mizuban_sim::Scenario;
+
+async fn block(name: &str) -> (Harness, mizuban_sim::Handle) {
+    let h = Harness::start(name, &[dma("B01", "AKT-DMA-001")]).await;
+    let sim = h.spawn_dma(quiet_dma("B01", "AKT-DMA-001"), t0()).await;
+    (h, sim)
+}
+
+fn journal_notified(j: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<(i64, String)> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["notify"] == true)
+        .map(|r| {
+            (
+                r["seq"].as_i64().unwrap(),
+                format!(
+                    "{}:{}",
+                    r["condition"].as_str().unwrap(),
+                    r["action"].as_str().unwrap()
+                ),
+            )
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|x| x.1).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_block_for_a_day_raises_nothing() {
+    let (h, sim) = block("dma-healthy").await;
+    h.run(&[&sim], Duration::hours(24)).await;
+    assert_eq!(h.occurrences().await, Vec::<String>::new());
+    // 5-minute samples of q, p, tot for 23 uploaded hours, each with event and arrival time.
+    let q = h
+        .get("/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z")
+        .await;
+    let q = q.as_array().unwrap();
+    assert_eq!(q.len(), 24 * 12, "one reading per 5 minutes");
+    assert!(q.iter().all(|r| r["quality"] == "good"));
+    let sites = h.get("/api/v1/sites").await;
+    assert_eq!(sites[0]["status"], "ok");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipe_burst_pages_high_flow_and_keeps_the_jump_for_review() {
+    let (h, sim) = block("dma-burst").await;
+    h.run(&[&sim], Duration::minutes(62)).await;
+    sim.inject(Scenario::PipeBurst {
+        extra_m3h: 80.0,
+        pressure_drop_mpa: 0.12,
+        duration: Duration::hours(2),
+    })
+    .await
+    .unwrap();
+    h.run(&[&sim], Duration::hours(4)).await;
+    assert_eq!(
+        h.occurrences().await,
+        vec!["B01/flow_high", "B01/flow_jump_rise"]
+    );
+    assert_eq!(
+        h.actions("B01", "flow_high").await,
+        vec!["raise:unack_active", "clear:unack_rtn"]
+    );
+    // The jump was over within the hourly batch that reported it: late, for review.
+    assert_eq!(
+        h.actions("B01", "flow_jump_rise").await,
+        vec!["raise:unack_active", "clear:unack_rtn", "late:unack_rtn"]
+    );
+    let j = h.get("/api/v1/journal?site=B01").await;
+    assert_eq!(
+        journal_notified(&j),
+        vec!["flow_high:raise", "flow_high:clear"]
+    );
+    let a = h.get("/api/v1/alarms?site=B01").await;
+    let high = a
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["condition"] == "flow_high")
+        .unwrap();
+    assert_eq!(high["source"], "B01.q");
+    assert_eq!(high["priority"], "high");
+    assert!(high["limit"].as_f64().unwrap() > 100.0, "{high}");
+    // raised_at is the sample's event time; detected_at when the batch arrived.
+    let raised = chrono::DateTime::parse_from_rfc3339(high["raised_at"].as_str().unwrap()).unwrap();
+    let detected =
+        chrono::DateTime::parse_from_rfc3339(high["detected_at"].as_str().unwrap()).unwrap();
+    assert!(detected > raised, "{high}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regulator_stuck_closed_low_and_low_low_pressure() {
+    let (h, sim) = block("dma-closed").await;
+    h.run(&[&sim], Duration::minutes(5)).await;
+    sim.inject(Scenario::RegulatorStuckClosed).await.unwrap();
+    h.run(&[&sim], Duration::minutes(56)).await;
+    assert_eq!(
+        h.occurrences().await,
+        vec!["B01/pressure_l", "B01/pressure_ll", "B01/pressure_low"]
+    );
+    let a = h.get("/api/v1/alarms?site=B01").await;
+    let prios: Vec<(&str, &str)> = a
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["condition"].as_str().unwrap(),
+                a["priority"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        prios[0],
+        ("pressure_ll", "critical"),
+        "highest priority first: {prios:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regulator_stuck_open_high_pressure() {
+    let (h, sim) = block("dma-open").await;
+    h.run(&[&sim], Duration::minutes(5)).await;
+    sim.inject(Scenario::RegulatorStuckOpen).await.unwrap();
+    h.run(&[&sim], Duration::minutes(56)).await;
+    assert_eq!(h.occurrences().await, vec!["B01/pressure_h"]);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_snap_thaw_raises_night_flow_once_per_night() {
+    let (h, sim) = block("dma-thaw").await;
+    // From 12:00 JST: the night's flow is 2.5x; daytime unchanged.
+    h.run(&[&sim], Duration::hours(3)).await;
+    sim.inject(Scenario::ColdSnapThaw {
+        factor: 2.5,
+        duration: Duration::hours(30),
+    })
+    .await
+    .unwrap();
+    h.run(&[&sim], Duration::hours(24)).await;
+    assert_eq!(h.occurrences().await, vec!["B01/flow_high"]);
+    assert_eq!(
+        h.actions("B01", "flow_high").await,
+        vec!["raise:unack_active", "clear:unack_rtn"]
+    );
+    let a = &h.get("/api/v1/alarms?site=B01").await[0];
+    let raised = chrono::DateTime::parse_from_rfc3339(a["raised_at"].as_str().unwrap()).unwrap();
+    let jst_hour = (raised + Duration::hours(9)).format("%H").to_string();
+    assert!(
+        ["22", "23", "00"].contains(&jst_hour.as_str()),
+        "raised at night: {raised}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chattering_pressure_is_one_occurrence_per_condition() {
+    let (h, sim) = block("dma-chatter").await;
+    h.run(&[&sim], Duration::minutes(5)).await;
+    sim.inject(Scenario::Chattering {
+        duration: Duration::minutes(40),
+    })
+    .await
+    .unwrap();
+    h.run(&[&sim], Duration::minutes(56)).await;
+    assert_eq!(
+        h.occurrences().await,
+        vec!["B01/pressure_l", "B01/pressure_low"]
+    );
+    let a = h.get("/api/v1/alarms?site=B01").await;
+    let dev = a
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["condition"] == "pressure_low")
+        .unwrap();
+    assert!(
+        dev["reactivations"].as_u64().unwrap() >= 3,
+        "the device chattered: {dev}"
+    );
+    let j = h
+        .get("/api/v1/journal?site=B01&condition=pressure_low")
+        .await;
+    assert!(journal_notified(&j).len() <= 2, "{j}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logger_sudden_death_is_one_comm_loss() {
+    let (h, sim) = block("dma-dead").await;
+    h.run(&[&sim], Duration::minutes(61)).await;
+    sim.inject(Scenario::SuddenDeath).await.unwrap();
+    // Lost after 2 x 3600 s + 600 s grace from the last message (at 01:00).
+    h.run(&[&sim], Duration::minutes(125)).await;
+    assert_eq!(
+        h.occurrences().await,
+        Vec::<String>::new(),
+        "not yet: 2 h 5 min of silence"
+    );
+    h.run(&[&sim], Duration::minutes(10)).await;
+    h.wait_until("comm loss", || async {
+        h.occurrences().await == vec!["B01/comm_loss"]
+    })
+    .await;
+    let s = h.get("/api/v1/sites").await;
+    assert_eq!(s[0]["status"], "comm_loss");
+    h.run(&[&sim], Duration::hours(3)).await;
+    assert_eq!(
+        h.actions("B01", "comm_loss").await,
+        vec!["raise:unack_active"],
+        "one alarm, not one per check"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_reset_samples_are_counted_not_stored_and_raise_nothing() {
+    let (h, sim) = block("dma-clock").await;
+    h.run(&[&sim], Duration::minutes(61)).await;
+    sim.inject(Scenario::ClockReset).await.unwrap();
+    h.run(&[&sim], Duration::minutes(60)).await;
+    assert_eq!(h.occurrences().await, Vec::<String>::new());
+    assert!(
+        h.metric("mizuban_sample_problems_total{reason=\"implausible_time\"}")
+            .await
+            >= 12.0
+    );
+    let q = h
+        .get("/api/v1/points/B01.q/readings?from=1999-01-01T00:00:00Z&to=2001-01-01T00:00:00Z")
+        .await;
+    assert_eq!(
+        q.as_array().unwrap().len(),
+        0,
+        "nothing stored at 2000-01-01"
+    );
+    let quarantine = h.get("/api/v1/quarantine").await;
+    assert!(quarantine
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["reason"] == "implausible_time" && e["whole"] == false));
+    h.stop().await;
+}

@@ -310,7 +310,8 @@ impl Handle {
     }
 
     /// Publishes an arbitrary payload on this device's connection (broken
-    /// payloads for robustness tests); returns once acknowledged.
+    /// payloads for robustness tests); returns once acknowledged. The topic is
+    /// given without the namespace prefix, like every topic of the device.
     pub async fn publish_raw(&self, topic: &str, payload: &[u8]) -> Result<(), SimError> {
         let (tx, rx) = oneshot::channel();
         let m = Msg {

@@ -15,22 +15,94 @@ use crate::pipeline::{preview, Incoming, Pipeline, QuarantineEntry};
 use crate::store::Ack;
 use crate::telemetry::{events, Metrics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// PUBACKs one message once it is durable.
+/// Releases PUBACKs in the order the PUBLISHes arrived, as MQTT 3.1.1 §4.6
+/// requires (rumqttd, for one, stops delivering on an out-of-order ack).
+/// Messages become durable out of order — a quarantined message at once, a
+/// good one after its shard's commit, shards in parallel — so each is marked
+/// done here and the contiguous prefix is acknowledged.
+#[derive(Default)]
+struct AckOrder {
+    // A std Mutex: held for a few map operations, never across an await.
+    inner: Mutex<AckState>,
+}
+
+#[derive(Default)]
+struct AckState {
+    next_id: u64,
+    next_to_ack: u64,
+    waiting: BTreeMap<u64, Option<Publish>>,
+}
+
+impl AckOrder {
+    fn register(&self) -> u64 {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let id = g.next_id;
+        g.next_id += 1;
+        g.waiting.insert(id, None);
+        id
+    }
+
+    /// After a reconnect nothing earlier can be acknowledged any more (the
+    /// broker redelivers it); start the order afresh.
+    fn reset(&self) {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.waiting.clear();
+        g.next_to_ack = g.next_id;
+    }
+
+    fn done(&self, id: u64, publish: Publish, client: &AsyncClient) {
+        let ready: Vec<Publish> = {
+            let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            if id < g.next_to_ack {
+                return; // from before a reconnect
+            }
+            g.waiting.insert(id, Some(publish));
+            let mut out = Vec::new();
+            loop {
+                let next = g.next_to_ack;
+                match g.waiting.get(&next) {
+                    Some(Some(_)) => {
+                        if let Some(Some(p)) = g.waiting.remove(&next) {
+                            out.push(p);
+                        }
+                        g.next_to_ack += 1;
+                    }
+                    _ => break,
+                }
+            }
+            out
+        };
+        for p in ready {
+            if let Err(e) = client.try_ack(&p) {
+                // The connection is gone; the broker will redeliver and dedup drops it.
+                tracing::debug!(topic = %p.topic, error = %e, "ack not sent");
+            }
+        }
+    }
+}
+
+/// PUBACKs one message (in arrival order) once it is durable.
 struct MqttAck {
     client: AsyncClient,
     publish: Publish,
+    order: Arc<AckOrder>,
+    id: u64,
 }
 
 impl Ack for MqttAck {
     fn ack(self: Box<Self>) {
-        if let Err(e) = self.client.try_ack(&self.publish) {
-            // The connection is gone; the broker will redeliver and dedup drops it.
-            tracing::debug!(topic = %self.publish.topic, error = %e, "ack not sent");
-        }
+        let MqttAck {
+            client,
+            publish,
+            order,
+            id,
+        } = *self;
+        order.done(id, publish, &client);
     }
 }
 
@@ -40,6 +112,7 @@ pub struct MqttCollector {
     pipeline: Pipeline,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    order: Arc<AckOrder>,
 }
 
 pub fn options(m: &MqttSection) -> MqttOptions {
@@ -90,6 +163,7 @@ impl MqttCollector {
             pipeline,
             clock,
             metrics,
+            order: Arc::default(),
         }
     }
 
@@ -108,6 +182,7 @@ impl MqttCollector {
             match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     backoff = m.backoff_min_ms;
+                    self.order.reset();
                     self.metrics.mqtt_connected.set(1);
                     tracing::info!(session_present = ack.session_present, "mqtt connected");
                     // Subscribe every time: cheap, and right even if the broker lost the session.
@@ -153,10 +228,13 @@ impl MqttCollector {
 
     async fn on_publish(&self, client: &AsyncClient, p: Publish) {
         let arrived = self.clock.now();
+        let received = std::time::Instant::now();
         let topic = p.topic.clone();
         let ack = Box::new(MqttAck {
             client: client.clone(),
             publish: p.clone(),
+            order: self.order.clone(),
+            id: self.order.register(),
         });
         let quarantine = |reason: &str, error: String| {
             events::Quarantined {
@@ -231,6 +309,7 @@ impl MqttCollector {
             topic: topic.clone(),
             raw: preview(&p.payload),
             arrived,
+            received,
             ack: Some(ack),
         };
         if let Err(e) = self.pipeline.submit(&site, msg).await {

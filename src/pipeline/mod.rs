@@ -34,6 +34,8 @@ pub struct Incoming {
     /// Raw payload text (cut), kept as the site's latest raw message.
     pub raw: String,
     pub arrived: Timestamp,
+    /// Monotonic receive time, for the latency metric.
+    pub received: std::time::Instant,
     /// Acknowledges the MQTT message once the batch it ends up in is durable.
     pub ack: Option<Box<dyn Ack>>,
 }

@@ -307,7 +307,7 @@ impl Shard {
 
     fn on_message(&mut self, mut m: Incoming) -> Batch {
         let mut batch = Batch {
-            arrived: Some(m.arrived),
+            received: Some(m.received),
             ..Default::default()
         };
         if let Some(a) = m.ack.take() {

@@ -33,8 +33,9 @@ pub struct Batch {
     /// Raw payloads kept per site (the "latest raw message" for engineers).
     pub raw: Vec<(String, String, Timestamp)>,
     pub acks: Vec<Box<dyn Ack>>,
-    /// Arrival time of the oldest message in the batch, for the latency metric.
-    pub arrived: Option<Timestamp>,
+    /// When the collector received the message behind the batch (monotonic),
+    /// for the pipeline latency metric.
+    pub received: Option<std::time::Instant>,
 }
 
 impl Batch {

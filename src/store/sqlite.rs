@@ -493,12 +493,9 @@ fn writer(
                 }
             }
         }
-        let now = Utc::now();
         for b in batches {
-            if let Some(a) = b.arrived {
-                metrics
-                    .pipeline_latency
-                    .observe(((now - a).num_microseconds().unwrap_or(0).max(0) as f64) / 1e6);
+            if let Some(r) = b.received {
+                metrics.pipeline_latency.observe(r.elapsed().as_secs_f64());
             }
             for ack in b.acks {
                 ack.ack();

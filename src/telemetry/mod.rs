@@ -10,9 +10,15 @@ pub use metrics::Metrics;
 /// Installs the `tracing` subscriber: human-readable lines, level from
 /// `RUST_LOG` (default `info`).
 pub fn init_tracing() {
+    init_tracing_default("info,rumqttd=warn");
+}
+
+/// As `init_tracing`, with another default level (tests use `warn`). A second
+/// call is a no-op.
+pub fn init_tracing_default(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rumqttd=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Err only means a subscriber is already installed (another test did it).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)

@@ -33,6 +33,32 @@ pub struct AppState {
     pub collectors: Vec<&'static str>,
 }
 
+/// `(method, path)` of every route the router serves; the OpenAPI test checks
+/// this list, the router and the document agree.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/metrics"),
+    ("GET", "/api/v1/health"),
+    ("GET", "/api/v1/openapi.json"),
+    ("POST", "/api/v1/login"),
+    ("POST", "/api/v1/logout"),
+    ("GET", "/api/v1/session"),
+    ("GET", "/api/v1/sites"),
+    ("GET", "/api/v1/sites/{id}"),
+    ("GET", "/api/v1/alarms"),
+    ("GET", "/api/v1/alarms/{id}"),
+    ("GET", "/api/v1/alarms/{id}/journal"),
+    ("POST", "/api/v1/alarms/{id}/ack"),
+    ("POST", "/api/v1/alarms/{id}/shelve"),
+    ("POST", "/api/v1/alarms/{id}/unshelve"),
+    ("POST", "/api/v1/alarms/{id}/out_of_service"),
+    ("POST", "/api/v1/alarms/{id}/return_to_service"),
+    ("GET", "/api/v1/points/{id}/readings"),
+    ("GET", "/api/v1/journal"),
+    ("GET", "/api/v1/quarantine"),
+    ("GET", "/api/v1/events"),
+];
+
 /// Request bodies are small JSON documents; anything bigger is refused (413).
 pub const MAX_BODY: usize = 64 * 1024;
 

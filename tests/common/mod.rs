@@ -177,7 +177,7 @@ impl Harness {
     }
 
     pub async fn start_with_rules(name: &str, sites: &[SiteDef], rules: Option<&str>) -> Self {
-        mizuban::telemetry::init_tracing_default("warn,rumqttd=error");
+        mizuban::telemetry::init_tracing_default("error,rumqttd=off");
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("t{}-{}/", std::process::id(), name);
         let config_path = write_config(dir.path(), name, &prefix, sites, rules);

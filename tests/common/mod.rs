@@ -462,6 +462,17 @@ impl Harness {
         self.extra.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Stops the service only (the broker and the devices go on).
+    pub async fn stop_service(&mut self) {
+        let handled = self.metric("mizuban_messages_total").await - self.metric("mizuban_duplicate_messages_total").await;
+        self.offset.fetch_add(handled as usize, std::sync::atomic::Ordering::SeqCst);
+        self.app.take().unwrap().shutdown().await;
+    }
+
+    pub async fn start_service(&mut self) {
+        self.boot().await;
+    }
+
     pub async fn restart(&mut self) {
         let handled = self.metric("mizuban_messages_total").await
             - self.metric("mizuban_duplicate_messages_total").await;

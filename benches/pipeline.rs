@@ -9,7 +9,9 @@ use mizuban::rules::{Evaluator, RuleState};
 use std::hint::black_box;
 
 fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2025-01-21T17:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2025-01-21T17:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn telemetry(n: usize) -> Vec<u8> {
@@ -47,13 +49,25 @@ fn bench(c: &mut Criterion) {
         let readings = (n * 3 + 3) as u64;
         g.throughput(Throughput::Elements(readings));
         g.bench_with_input(BenchmarkId::new("decode", n), &payload, |b, p| {
-            b.iter(|| mizuban::device::decode(&profile, topic, black_box(p), arrived, 1 << 20).unwrap().unwrap())
+            b.iter(|| {
+                mizuban::device::decode(&profile, topic, black_box(p), arrived, 1 << 20)
+                    .unwrap()
+                    .unwrap()
+            })
         });
         g.bench_with_input(BenchmarkId::new("decode_and_rules", n), &payload, |b, p| {
             b.iter_batched(
-                || evaluators.iter().map(|_| RuleState::default()).collect::<Vec<_>>(),
+                || {
+                    evaluators
+                        .iter()
+                        .map(|_| RuleState::default())
+                        .collect::<Vec<_>>()
+                },
                 |mut states| {
-                    let d = mizuban::device::decode(&profile, topic, black_box(p), arrived, 1 << 20).unwrap().unwrap();
+                    let d =
+                        mizuban::device::decode(&profile, topic, black_box(p), arrived, 1 << 20)
+                            .unwrap()
+                            .unwrap();
                     let mut raised = 0;
                     for r in &d.readings {
                         for ((point, ev), st) in evaluators.iter().zip(states.iter_mut()) {
@@ -71,7 +85,10 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // One reading through one limits rule, steady state (the innermost loop).
-    let (_, limits) = evaluators.iter().find(|(p, e)| p == "p" && e.rule.id == "dma-pressure").unwrap();
+    let (_, limits) = evaluators
+        .iter()
+        .find(|(p, e)| p == "p" && e.rule.id == "dma-pressure")
+        .unwrap();
     let mut st = RuleState::default();
     let mut t = t0();
     c.bench_function("rule_limits_one_reading", |b| {

@@ -12,8 +12,16 @@ fn repo() -> std::path::PathBuf {
 
 #[test]
 fn check_config_accepts_the_shipped_configuration() {
-    let out = mizuban().args(["check-config", "--config"]).arg(repo().join("config/akita.toml")).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mizuban()
+        .args(["check-config", "--config"])
+        .arg(repo().join("config/akita.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("241 sites"), "{s}");
 }
@@ -23,7 +31,11 @@ fn check_config_reports_every_error_with_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::create_dir(d.join("devices")).unwrap();
-    std::fs::copy(repo().join("devices/akita-dma-logger.toml"), d.join("devices/akita-dma-logger.toml")).unwrap();
+    std::fs::copy(
+        repo().join("devices/akita-dma-logger.toml"),
+        d.join("devices/akita-dma-logger.toml"),
+    )
+    .unwrap();
     std::fs::write(
         d.join("main.toml"),
         r#"[service]
@@ -89,7 +101,11 @@ h = 0.5
 "#,
     )
     .unwrap();
-    let out = mizuban().args(["check-config", "--config"]).arg(d.join("main.toml")).output().unwrap();
+    let out = mizuban()
+        .args(["check-config", "--config"])
+        .arg(d.join("main.toml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     let main = d.join("main.toml").display().to_string();
@@ -107,9 +123,16 @@ h = 0.5
     }
     // A syntax error or an unknown field names its line too.
     std::fs::write(d.join("rules.toml"), "[[rule]]\nid = \"p\"\ntype = \"limits\"\npoint = \"q\"\ncondition = \"p\"\nen = \"P\"\nja = \"P\"\nhh = 1.0\nsetpoint = 3\n").unwrap();
-    let out = mizuban().args(["check-config", "--config"]).arg(d.join("main.toml")).output().unwrap();
+    let out = mizuban()
+        .args(["check-config", "--config"])
+        .arg(d.join("main.toml"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{rules}:9: setpoint: unknown field `setpoint`")), "{err}");
+    assert!(
+        err.contains(&format!("{rules}:9: setpoint: unknown field `setpoint`")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -118,6 +141,9 @@ fn bad_usage_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     let out = mizuban().args(["run"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = mizuban().args(["run", "--config", "/nonexistent/mizuban.toml"]).output().unwrap();
+    let out = mizuban()
+        .args(["run", "--config", "/nonexistent/mizuban.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

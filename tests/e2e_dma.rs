@@ -253,3 +253,88 @@ async fn clock_reset_samples_are_counted_not_stored_and_raise_nothing() {
         .any(|e| e["reason"] == "implausible_time" && e["whole"] == false));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn regulator_hunting_and_clock_steps_raise_nothing() {
+    let (h, sim) = block("dma-hunt").await;
+    h.run(&[&sim], Duration::minutes(61)).await;
+    sim.inject(Scenario::RegulatorHunting).await.unwrap();
+    sim.inject(Scenario::ClockStep { secs: 300 }).await.unwrap();
+    h.run(&[&sim], Duration::hours(1)).await;
+    sim.inject(Scenario::ClockStep { secs: -600 })
+        .await
+        .unwrap();
+    sim.inject(Scenario::ClockDrift { s_per_day: 30.0 })
+        .await
+        .unwrap();
+    h.run(&[&sim], Duration::hours(2)).await;
+    assert_eq!(
+        h.occurrences().await,
+        Vec::<String>::new(),
+        "±0.05 MPa hunting stays inside the limits"
+    );
+    // The step back put samples on times already stored (dropped as duplicate
+    // samples by (point, time)) or behind the newest (history, not live rules).
+    let dup = h.metric("mizuban_duplicate_samples_total").await;
+    let late = h.metric("mizuban_late_samples_total").await;
+    assert!(dup + late > 0.0, "dup {dup} late {late}");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn battery_drain_stretches_uploads_then_the_logger_goes_quiet() {
+    let h = Harness::start("dma-batt", &[dma("B01", "AKT-DMA-001")]).await;
+    let mut o = quiet_dma("B01", "AKT-DMA-001");
+    o.battery_pct = 40.0;
+    let sim = h.spawn_dma(o, t0()).await;
+    h.run(&[&sim], Duration::minutes(61)).await;
+    sim.inject(Scenario::BatteryDrain { pct_per_hour: 5.0 })
+        .await
+        .unwrap();
+    h.run(&[&sim], Duration::hours(20)).await;
+    // Battery low from the rule (3.3 V) and from the logger itself, then silence:
+    // one comm loss, which suppresses the battery alarms of that logger.
+    assert_eq!(
+        h.occurrences().await,
+        vec!["B01/batt_low", "B01/battery_l", "B01/comm_loss"]
+    );
+    let a = h.get("/api/v1/alarms?site=B01&all=true").await;
+    let states: std::collections::BTreeMap<String, String> = a
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["condition"].as_str().unwrap().to_string(),
+                a["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(states["comm_loss"], "unack_active");
+    assert_eq!(states["battery_l"], "suppressed");
+    // The logger told the station it would report less often; comm loss waited for that.
+    let j = h.get("/api/v1/journal?site=B01&condition=comm_loss").await;
+    let raised = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "raise")
+        .unwrap()["at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let last_upload = h
+        .get("/api/v1/points/B01.batt_v/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z")
+        .await;
+    let last = last_upload.as_array().unwrap().last().unwrap()["t"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gap = chrono::DateTime::parse_from_rfc3339(&raised).unwrap()
+        - chrono::DateTime::parse_from_rfc3339(&last).unwrap();
+    assert!(
+        gap > Duration::hours(4),
+        "stretched interval honoured: last upload {last}, comm loss {raised}"
+    );
+    h.stop().await;
+}

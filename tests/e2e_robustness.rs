@@ -365,19 +365,31 @@ async fn messages_sent_while_the_service_is_down_are_delivered_after() {
     // A persistent session: the broker keeps QoS 1 messages for mizuban while
     // it is stopped, and mizuban acknowledges nothing it has not stored.
     let mut h = Harness::start("downtime", &[mps("MP-0071", "AKT-MPN-0071")]).await;
-    let sim = h.spawn_mps(quiet_mps("MP-0071", "AKT-MPN-0071"), t0()).await;
+    let sim = h
+        .spawn_mps(quiet_mps("MP-0071", "AKT-MPN-0071"), t0())
+        .await;
     h.run(&[&sim], Duration::minutes(10)).await;
     h.stop_service().await;
     let sent_before = sim.sent();
     h.clock.advance(Duration::minutes(30));
     sim.advance(Duration::minutes(20)).await.unwrap();
-    sim.inject(Scenario::DoorOpen { duration: Duration::hours(2) }).await.unwrap();
+    sim.inject(Scenario::DoorOpen {
+        duration: Duration::hours(2),
+    })
+    .await
+    .unwrap();
     sim.advance(Duration::minutes(10)).await.unwrap();
-    assert!(sim.sent() > sent_before + 2, "the station reported while we were down");
+    assert!(
+        sim.sent() > sent_before + 2,
+        "the station reported while we were down"
+    );
     h.start_service().await;
     h.wait_messages(sim.sent() as f64).await;
     assert_eq!(h.occurrences().await, vec!["MP-0071/DOOR_OPEN"]);
     let lvl = h.get("/api/v1/points/MP-0071.level/readings?from=2025-01-21T00:10:30Z&to=2025-01-21T00:41:00Z").await;
-    assert!(lvl.as_array().unwrap().len() >= 3, "readings from the downtime: {lvl}");
+    assert!(
+        lvl.as_array().unwrap().len() >= 3,
+        "readings from the downtime: {lvl}"
+    );
     h.stop().await;
 }

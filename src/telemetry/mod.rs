@@ -10,7 +10,7 @@ pub use metrics::Metrics;
 /// Installs the `tracing` subscriber: human-readable lines, level from
 /// `RUST_LOG` (default `info`).
 pub fn init_tracing() {
-    init_tracing_default("info,rumqttd=warn");
+    init_tracing_default("info,rumqttd=off");
 }
 
 /// As `init_tracing`, with another default level (tests use `warn`). A second

@@ -464,8 +464,10 @@ impl Harness {
 
     /// Stops the service only (the broker and the devices go on).
     pub async fn stop_service(&mut self) {
-        let handled = self.metric("mizuban_messages_total").await - self.metric("mizuban_duplicate_messages_total").await;
-        self.offset.fetch_add(handled as usize, std::sync::atomic::Ordering::SeqCst);
+        let handled = self.metric("mizuban_messages_total").await
+            - self.metric("mizuban_duplicate_messages_total").await;
+        self.offset
+            .fetch_add(handled as usize, std::sync::atomic::Ordering::SeqCst);
         self.app.take().unwrap().shutdown().await;
     }
 

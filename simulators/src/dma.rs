@@ -286,7 +286,7 @@ impl DmaLogger {
         );
     }
 
-    fn make_upload(&mut self, now: DateTime<Utc>) {
+    fn make_upload(&mut self) {
         if self.samples.is_empty() {
             return;
         }
@@ -296,7 +296,6 @@ impl DmaLogger {
             "units":{"q":"m3/h","p":"MPa","tot":"m3"},
             "samples": std::mem::take(&mut self.samples),
             "diag":{"batt_v":(self.batt_v()*100.0).round()/100.0,"batt_pct":self.batt_pct.round(),"rssi_dbm":-87 - (self.o.seed % 15) as i64,"temp_c":3.5}});
-        let _ = now;
         self.outbox.push(Pending {
             topic: self.topic("telemetry"),
             body,
@@ -367,7 +366,7 @@ impl Device for DmaLogger {
             .next_upload
             .get_or_insert(start + Duration::seconds(self.o.upload_interval_s as i64));
         if next_up <= now {
-            self.make_upload(now);
+            self.make_upload();
             next_up = now + Duration::seconds(self.upload_interval_s() as i64);
         }
         self.next_upload = Some(next_up);

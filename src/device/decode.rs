@@ -461,7 +461,8 @@ pub fn decode(
                     .and_then(Value::as_bool);
             }
         }
-        MessageKind::Will => unreachable!("handled above"),
+        // Returned early above: a will carries nothing else.
+        MessageKind::Will => {}
     }
     Ok(Some(out))
 }

@@ -21,6 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 const COMM_LOSS: &str = "comm_loss";
 
+/// Rule and device state are plain data (strings, numbers, times, string-keyed
+/// maps): serializing them cannot fail.
+fn state_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("plain data serializes")
+}
+
 struct BoundRule {
     key: String,
     point: PointId,
@@ -366,10 +372,9 @@ impl Shard {
                     seq: id.seq,
                 }
                 .emit(&self.metrics);
-                batch.device_states.push((
-                    device.to_string(),
-                    serde_json::to_string(&ctx.dev).unwrap_or_default(),
-                ));
+                batch
+                    .device_states
+                    .push((device.to_string(), state_json(&ctx.dev)));
                 self.publish(&transitions);
                 batch.transitions = transitions;
                 self.publish_site(&site_id);
@@ -593,17 +598,15 @@ impl Shard {
         let ctx = self.sites.get_mut(&site_id).expect("present");
         for br in ctx.rules.iter_mut().filter(|b| b.dirty) {
             br.dirty = false;
-            batch.rule_states.push((
-                br.key.clone(),
-                serde_json::to_string(&br.state).unwrap_or_default(),
-            ));
+            batch
+                .rule_states
+                .push((br.key.clone(), state_json(&br.state)));
         }
         if ctx.dev_dirty {
             ctx.dev_dirty = false;
-            batch.device_states.push((
-                device.to_string(),
-                serde_json::to_string(&ctx.dev).unwrap_or_default(),
-            ));
+            batch
+                .device_states
+                .push((device.to_string(), state_json(&ctx.dev)));
         }
         self.publish(&transitions);
         batch.transitions = transitions;

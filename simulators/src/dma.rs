@@ -401,21 +401,12 @@ impl Device for DmaLogger {
                 self.seq = 0;
                 self.status_sent = false;
             }
-            Scenario::ClockDrift { s_per_day } => self.clock.drift_s_per_day = s_per_day,
-            Scenario::ClockStep { secs } => self.clock.offset_s += secs as f64,
-            Scenario::ClockReset => self.clock.reset_at = Some(now),
-            Scenario::Redeliver => {
-                if let Some(m) = self.outbox.last_sent.clone() {
-                    // Byte-identical: the message as first sent.
-                    self.outbox.fresh.push_front(Pending {
-                        topic: m.topic,
-                        body: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
-                        retain: m.retain,
-                        fill_sent: false,
-                        resend: true,
-                    });
-                }
+            s @ (Scenario::ClockDrift { .. }
+            | Scenario::ClockStep { .. }
+            | Scenario::ClockReset) => {
+                self.clock.apply(&s, now);
             }
+            Scenario::Redeliver => self.outbox.redeliver_last(),
             Scenario::Repair => {
                 self.burst = None;
                 self.thaw = None;

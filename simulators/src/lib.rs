@@ -104,6 +104,17 @@ impl DeviceClock {
         }
         truth + Duration::milliseconds((self.offset_s * 1000.0) as i64)
     }
+    /// Applies a clock scenario; `false` if `s` is not about the clock.
+    pub fn apply(&mut self, s: &Scenario, now: DateTime<Utc>) -> bool {
+        match s {
+            Scenario::ClockDrift { s_per_day } => self.drift_s_per_day = *s_per_day,
+            Scenario::ClockStep { secs } => self.offset_s += *secs as f64,
+            Scenario::ClockReset => self.reset_at = Some(now),
+            _ => return false,
+        }
+        true
+    }
+
     pub fn tick(&mut self, dt: Duration) {
         self.offset_s += self.drift_s_per_day * dt.num_milliseconds() as f64 / 86_400_000.0;
     }

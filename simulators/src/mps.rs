@@ -390,20 +390,12 @@ impl Device for MpsNotifier {
                 self.o.boot += 1;
                 self.seq = 0;
             }
-            Scenario::ClockDrift { s_per_day } => self.clock.drift_s_per_day = s_per_day,
-            Scenario::ClockStep { secs } => self.clock.offset_s += secs as f64,
-            Scenario::ClockReset => self.clock.reset_at = Some(now),
-            Scenario::Redeliver => {
-                if let Some(m) = self.outbox.last_sent.clone() {
-                    self.outbox.fresh.push_front(Pending {
-                        topic: m.topic,
-                        body: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
-                        retain: m.retain,
-                        fill_sent: false,
-                        resend: true,
-                    });
-                }
+            s @ (Scenario::ClockDrift { .. }
+            | Scenario::ClockStep { .. }
+            | Scenario::ClockReset) => {
+                self.clock.apply(&s, now);
             }
+            Scenario::Redeliver => self.outbox.redeliver_last(),
             Scenario::Repair => {
                 for p in &mut self.pumps {
                     p.fault = false;

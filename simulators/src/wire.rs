@@ -54,6 +54,19 @@ impl Outbox {
         self.fresh.push_back(p);
     }
 
+    /// Queues the last message again, byte-identical (a QoS 1 redelivery).
+    pub fn redeliver_last(&mut self) {
+        if let Some(m) = self.last_sent.clone() {
+            self.fresh.push_front(Pending {
+                topic: m.topic,
+                body: serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
+                retain: m.retain,
+                fill_sent: false,
+                resend: true,
+            });
+        }
+    }
+
     /// Sends what the radio can: every fresh message and up to `max_backlog`
     /// queued ones. With the radio down everything waits in the backlog.
     pub fn drain(

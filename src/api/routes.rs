@@ -350,6 +350,13 @@ pub struct AckBody {
     comment: Option<String>,
 }
 
+/// A shelve or a change of service needs a reason for the journal.
+fn required_reason(r: Option<String>) -> Result<String, ApiError> {
+    check_text("reason", &r)?;
+    r.filter(|r| !r.trim().is_empty())
+        .ok_or_else(|| ApiError::Unprocessable("reason is required".into()))
+}
+
 fn check_text(name: &str, s: &Option<String>) -> Result<(), ApiError> {
     if s.as_ref().is_some_and(|s| s.chars().count() > 1000) {
         return Err(ApiError::Unprocessable(format!(
@@ -407,11 +414,7 @@ pub async fn shelve(
             "minutes must be 1..={MAX_SHELVE_MIN}"
         )));
     }
-    check_text("reason", &req.reason)?;
-    let reason = req
-        .reason
-        .filter(|r| !r.trim().is_empty())
-        .ok_or_else(|| ApiError::Unprocessable("reason is required".into()))?;
+    let reason = required_reason(req.reason)?;
     Ok(Json(
         st.pipeline
             .command(Command::Shelve {
@@ -455,11 +458,7 @@ async fn oos(
 ) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Engineer)?;
     let req: ReasonBody = body(b)?;
-    check_text("reason", &req.reason)?;
-    let reason = req
-        .reason
-        .filter(|r| !r.trim().is_empty())
-        .ok_or_else(|| ApiError::Unprocessable("reason is required".into()))?;
+    let reason = required_reason(req.reason)?;
     Ok(Json(
         st.pipeline
             .command(Command::OutOfService {

@@ -84,6 +84,16 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         collectors.push("mqtt");
     }
 
+    let modbus = crate::collect::modbus::ModbusCollector::new(
+        cfg.clone(),
+        pipeline.clone(),
+        opts.clock.clone(),
+        metrics.clone(),
+    );
+    if modbus.has_work() {
+        coll_tasks.push(tokio::spawn(modbus.run(coll_cancel.clone())));
+    }
+
     let addr = opts.http.unwrap_or(cfg.http_listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -9,6 +9,7 @@
 
 pub mod dma;
 pub mod fleet;
+pub mod modbus;
 pub mod mps;
 pub mod runner;
 mod wire;

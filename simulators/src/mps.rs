@@ -309,6 +309,70 @@ impl MpsNotifier {
     }
 }
 
+/// What the station's controller exposes over Modbus (field-devices.md §3).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerImage {
+    /// Discrete inputs 0..=37: alarm bits 0-18, reserved 19-31, status 32-37.
+    pub discrete: Vec<bool>,
+    /// Input registers 0..=22.
+    pub input: Vec<u16>,
+    /// Holding registers 0..=8.
+    pub holding: Vec<u16>,
+}
+
+impl MpsNotifier {
+    /// The controller's register image now. `now` gives `controller_utc`.
+    pub fn controller_image(&self, now: DateTime<Utc>) -> ControllerImage {
+        let mut discrete = vec![false; 38];
+        for (b, d) in discrete.iter_mut().enumerate().take(19) {
+            *d = self.bits & (1 << b) != 0;
+        }
+        let status = [
+            self.pumps[0].run,
+            self.pumps[1].run,
+            true,
+            true,
+            false,
+            false,
+        ];
+        discrete[32..38].copy_from_slice(&status);
+        let u32w = |v: u64| [((v >> 16) & 0xFFFF) as u16, (v & 0xFFFF) as u16];
+        let mut input = vec![0u16; 23];
+        input[0] = self.level.round().clamp(0.0, 600.0) as u16;
+        input[1] = (self.pumps[0].current * 10.0).round() as u16;
+        input[2] = (self.pumps[1].current * 10.0).round() as u16;
+        input[3..5].copy_from_slice(&u32w((self.pumps[0].run_s / 60.0) as u64));
+        input[5..7].copy_from_slice(&u32w((self.pumps[1].run_s / 60.0) as u64));
+        input[7..9].copy_from_slice(&u32w(self.pumps[0].starts));
+        input[9..11].copy_from_slice(&u32w(self.pumps[1].starts));
+        input[15] = (self.o.inflow_m3_min * 60.0 * 10.0).round() as u16;
+        input[16] = if self.power(now) { 2020 } else { 0 };
+        input[17] = 125; // 12.5 °C panel
+        input[18..20].copy_from_slice(&u32w(self.bits));
+        input[20] = status
+            .iter()
+            .enumerate()
+            .fold(0u16, |a, (i, on)| a | ((*on as u16) << i));
+        input[21..23].copy_from_slice(&u32w(self.clock.read(now).timestamp().max(0) as u64));
+        let holding = vec![
+            self.o.start_cm as u16,
+            self.o.stop_cm as u16,
+            self.o.lag_cm as u16,
+            self.o.high_cm as u16,
+            self.o.hh_cm as u16,
+            10,
+            1,
+            120,
+            5,
+        ];
+        ControllerImage {
+            discrete,
+            input,
+            holding,
+        }
+    }
+}
+
 impl Device for MpsNotifier {
     fn id(&self) -> &str {
         &self.o.device_id

@@ -202,6 +202,35 @@ pub struct RawSite {
     /// Numbers rules can scale by (e.g. `mean_flow` for hourly flow limits).
     #[serde(default)]
     pub attrs: BTreeMap<String, f64>,
+    /// For a device polled over Modbus TCP: where, and which unit id.
+    #[serde(default)]
+    pub modbus: Option<ModbusEndpoint>,
+}
+
+/// A controller's address: its own router (unit 1) or a gateway exposing
+/// many stations as unit ids on one connection.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusEndpoint {
+    pub host: String,
+    #[serde(default = "default_modbus_port")]
+    pub port: u16,
+    #[serde(default = "default_unit")]
+    pub unit: u8,
+    /// Overrides of the profile's poll schedule for this controller.
+    #[serde(default)]
+    pub poll_interval_ms: Option<u64>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retries: Option<u32>,
+}
+
+fn default_modbus_port() -> u16 {
+    502
+}
+fn default_unit() -> u8 {
+    1
 }
 
 #[derive(Debug, Deserialize)]
@@ -231,6 +260,7 @@ pub struct Site {
     pub device: DeviceId,
     pub profile: String,
     pub attrs: BTreeMap<String, f64>,
+    pub modbus: Option<ModbusEndpoint>,
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +321,10 @@ pub const EMBEDDED: &[(&str, &str)] = &[
     (
         "devices/akita-mps-notifier.toml",
         include_str!("../../devices/akita-mps-notifier.toml"),
+    ),
+    (
+        "devices/akita-mps-controller.toml",
+        include_str!("../../devices/akita-mps-controller.toml"),
     ),
 ];
 
@@ -457,6 +491,36 @@ impl Config {
             Err(e) => errors.push(e),
         }
 
+        // Profiles that borrow another's alarm table.
+        let borrowed: Vec<(String, String)> = profiles
+            .values()
+            .filter_map(|p| {
+                p.conditions_from
+                    .clone()
+                    .map(|f| (p.device.model.clone(), f))
+            })
+            .collect();
+        for (model, from) in borrowed {
+            match profiles.get(&from).map(|p| p.conditions.clone()) {
+                Some(conds) => {
+                    if let Some(p) = profiles.get_mut(&model) {
+                        let p = Arc::make_mut(p);
+                        let mut all = conds;
+                        all.append(&mut p.conditions);
+                        p.conditions = all;
+                    }
+                }
+                None => errors.push(SourceError {
+                    file: dev_dir.clone(),
+                    line: None,
+                    field: "conditions_from".into(),
+                    message: format!(
+                        "profile {model:?}: conditions_from names unknown profile {from:?}"
+                    ),
+                }),
+            }
+        }
+
         // Sites.
         let sites_path = base.join(&raw.service.sites_file);
         let mut sites = Vec::new();
@@ -507,6 +571,16 @@ impl Config {
                                     }
                                 ),
                             )),
+                            Some(p) if p.modbus.is_some() != s.modbus.is_some() => errors.push(se(
+                                s.profile.span(),
+                                "modbus",
+                                format!(
+                                    "site {id}: profile {:?} {} a Modbus register map but the site {} a `modbus` endpoint",
+                                    s.profile.get_ref(),
+                                    if p.modbus.is_some() { "has" } else { "has no" },
+                                    if s.modbus.is_some() { "has" } else { "has no" }
+                                ),
+                            )),
                             Some(p) if p.device.kind != s.kind => errors.push(se(
                                 s.profile.span(),
                                 "profile",
@@ -537,6 +611,7 @@ impl Config {
                             device,
                             profile: s.profile.into_inner(),
                             attrs: s.attrs,
+                            modbus: s.modbus,
                         }));
                     }
                 }

@@ -5,6 +5,7 @@
 //! without a broker. Adding a second vendor's logger is a new profile file.
 
 mod decode;
+pub mod modbus;
 mod path;
 mod profile;
 

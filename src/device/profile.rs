@@ -148,6 +148,10 @@ pub struct CommSpec {
     pub priority: Priority,
     pub ja: String,
     pub en: String,
+    /// Overrides the service's `comm_grace_s` (a polled controller is lost
+    /// after its retries, not after ten minutes).
+    #[serde(default)]
+    pub grace_s: Option<u32>,
 }
 
 fn default_comm_condition() -> String {
@@ -192,10 +196,17 @@ pub struct DeviceSection {
 pub struct Profile {
     pub device: DeviceSection,
     pub comm: CommSpec,
-    #[serde(rename = "message")]
+    #[serde(default, rename = "message")]
     pub messages: Vec<MessageSpec>,
+    /// Register map, for a device the master station polls over Modbus TCP.
+    #[serde(default)]
+    pub modbus: Option<super::modbus::ModbusMap>,
     #[serde(default, rename = "condition")]
     pub conditions: Vec<ConditionSpec>,
+    /// Take the conditions of another profile (same alarm table, other
+    /// transport: the pump controller's discrete inputs are the notifier's bits).
+    #[serde(default)]
+    pub conditions_from: Option<String>,
     #[serde(skip)]
     pub topics: Vec<TopicTemplate>,
 }
@@ -299,6 +310,17 @@ impl Profile {
                 }
             }
         }
+        if p.messages.is_empty() && p.modbus.is_none() {
+            errors.push(err(
+                "[device]".into(),
+                "a profile needs [[message]]s (MQTT) or a [modbus] map".into(),
+            ));
+        }
+        if let Some(m) = &p.modbus {
+            for e in m.validate() {
+                errors.push(err("[modbus]".into(), e));
+            }
+        }
         if p.comm.missed_intervals == 0 || p.comm.expected_interval_s == 0 {
             errors.push(err(
                 "[comm]".into(),
@@ -374,6 +396,11 @@ impl Profile {
             .messages
             .iter()
             .flat_map(|m| m.points.iter().map(|p| p.point.as_str()))
+            .chain(
+                self.modbus
+                    .iter()
+                    .flat_map(|m| m.points.iter().map(|p| p.point.as_str())),
+            )
             .collect();
         v.sort();
         v.dedup();

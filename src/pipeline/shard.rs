@@ -668,7 +668,7 @@ impl Shard {
     fn on_tick(&mut self) -> Batch {
         let now = self.clock.now();
         let mut transitions = self.registry.expire_shelves(now);
-        let grace = self.cfg.service.comm_grace_s as i64;
+        let service_grace = self.cfg.service.comm_grace_s;
         let mut lost = 0;
         let mut changed_sites = Vec::new();
         for (id, ctx) in &self.sites {
@@ -676,6 +676,7 @@ impl Shard {
                 .dev
                 .interval_s
                 .unwrap_or(ctx.profile.comm.expected_interval_s) as i64;
+            let grace = ctx.profile.comm.grace_s.unwrap_or(service_grace) as i64;
             let after = interval * ctx.profile.comm.missed_intervals as i64 + grace;
             let last = ctx.dev.last_seen.unwrap_or(now);
             let key = AlarmKey {

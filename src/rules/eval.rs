@@ -381,6 +381,7 @@ mod tests {
             device: DeviceId::new("D1").unwrap(),
             profile: "p".into(),
             attrs: [("mean_flow".to_string(), 100.0)].into_iter().collect(),
+            modbus: None,
         }
     }
 

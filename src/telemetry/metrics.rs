@@ -26,6 +26,23 @@ pub struct ActionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabel {
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceKindLabel {
+    pub device: String,
+    pub kind: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn modbus_latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 12))
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EdgeLabel {
     pub edge: String,
 }
@@ -51,6 +68,10 @@ pub struct Metrics {
     pub queue_full: Family<EdgeLabel, Counter>,
     pub sse_lagged: Counter,
     pub devices_comm_lost: Gauge,
+    pub modbus_polls: Family<DeviceLabel, Counter>,
+    pub modbus_errors: Family<DeviceKindLabel, Counter>,
+    pub modbus_latency: HistogramFamily<DeviceLabel>,
+    pub modbus_overruns: Counter,
 }
 
 impl Default for Metrics {
@@ -81,6 +102,10 @@ impl Metrics {
             queue_full: Family::default(),
             sse_lagged: Counter::default(),
             devices_comm_lost: Gauge::default(),
+            modbus_polls: Family::default(),
+            modbus_errors: Family::default(),
+            modbus_latency: Family::new_with_constructor(modbus_latency_histogram),
+            modbus_overruns: Counter::default(),
             registry: Registry::default(),
         };
         r.register("messages", "Device messages handled by the pipeline (duplicates included, collector-level quarantine not)", m.messages.clone());
@@ -164,6 +189,26 @@ impl Metrics {
             "devices_comm_lost",
             "Devices currently in communication loss",
             m.devices_comm_lost.clone(),
+        );
+        r.register(
+            "modbus_polls",
+            "Modbus polls attempted, per device",
+            m.modbus_polls.clone(),
+        );
+        r.register(
+            "modbus_poll_errors",
+            "Modbus polls failed, per device and kind (timeout, exception_NN, refused, transport)",
+            m.modbus_errors.clone(),
+        );
+        r.register(
+            "modbus_poll_seconds",
+            "Duration of successful Modbus polls, per device",
+            m.modbus_latency.clone(),
+        );
+        r.register(
+            "modbus_overruns",
+            "Modbus polls that were due before the previous one finished (schedule skipped ahead)",
+            m.modbus_overruns.clone(),
         );
         Self { registry: r, ..m }
     }

@@ -32,3 +32,16 @@ pub fn metrics_edge(edge: &str) -> metrics::EdgeLabel {
         edge: edge.to_string(),
     }
 }
+
+pub fn device_label(device: &str) -> metrics::DeviceLabel {
+    metrics::DeviceLabel {
+        device: device.to_string(),
+    }
+}
+
+pub fn device_kind_label(device: &str, kind: &str) -> metrics::DeviceKindLabel {
+    metrics::DeviceKindLabel {
+        device: device.to_string(),
+        kind: kind.to_string(),
+    }
+}

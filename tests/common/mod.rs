@@ -53,6 +53,8 @@ pub struct SiteDef {
     pub id: &'static str,
     pub kind: &'static str,
     pub device: &'static str,
+    /// `(port, unit, poll_ms, timeout_ms)` for a controller polled over Modbus.
+    pub modbus: Option<(u16, u8, u64, u64)>,
 }
 
 pub fn dma(id: &'static str, device: &'static str) -> SiteDef {
@@ -60,6 +62,7 @@ pub fn dma(id: &'static str, device: &'static str) -> SiteDef {
         id,
         kind: "dma",
         device,
+        modbus: None,
     }
 }
 pub fn mps(id: &'static str, device: &'static str) -> SiteDef {
@@ -67,6 +70,24 @@ pub fn mps(id: &'static str, device: &'static str) -> SiteDef {
         id,
         kind: "pump_station",
         device,
+        modbus: None,
+    }
+}
+
+/// A pump station whose controller is polled over Modbus TCP.
+pub fn controller(
+    id: &'static str,
+    device: &'static str,
+    port: u16,
+    unit: u8,
+    poll_ms: u64,
+    timeout_ms: u64,
+) -> SiteDef {
+    SiteDef {
+        id,
+        kind: "pump_station",
+        device,
+        modbus: Some((port, unit, poll_ms, timeout_ms)),
     }
 }
 
@@ -102,13 +123,19 @@ pub fn write_config(
     let (host, port) = broker();
     let mut s = String::new();
     for d in sites {
-        let profile = if d.kind == "dma" {
-            "akita-dma-logger"
-        } else {
-            "akita-mps-notifier"
+        let profile = match (d.kind, d.modbus) {
+            ("dma", _) => "akita-dma-logger",
+            (_, Some(_)) => "akita-mps-controller",
+            _ => "akita-mps-notifier",
         };
+        let modbus = d
+            .modbus
+            .map(|(port, unit, poll, timeout)| {
+                format!("modbus = {{ host = \"127.0.0.1\", port = {port}, unit = {unit}, poll_interval_ms = {poll}, timeout_ms = {timeout}, retries = 1 }}\n")
+            })
+            .unwrap_or_default();
         s.push_str(&format!(
-            "[[site]]\nid = \"{}\"\nkind = \"{}\"\nname = \"{} (test)\"\narea = \"test\"\nlat = 39.7\nlon = 140.1\ndevice = \"{}\"\nprofile = \"{profile}\"\nattrs = {{ mean_flow = 100.0 }}\n\n",
+            "[[site]]\nid = \"{}\"\nkind = \"{}\"\nname = \"{} (test)\"\narea = \"test\"\nlat = 39.7\nlon = 140.1\ndevice = \"{}\"\nprofile = \"{profile}\"\nattrs = {{ mean_flow = 100.0 }}\n{modbus}\n",
             d.id, d.kind, d.id, d.device
         ));
     }
@@ -489,6 +516,17 @@ impl Harness {
         if let Some(app) = self.app.take() {
             app.shutdown().await;
         }
+    }
+}
+
+pub trait NowForTest {
+    fn now_for_test(&self) -> DateTime<Utc>;
+}
+
+impl NowForTest for ManualClock {
+    fn now_for_test(&self) -> DateTime<Utc> {
+        use mizuban::model::Clock;
+        self.now()
     }
 }
 

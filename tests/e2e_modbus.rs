@@ -1,0 +1,204 @@
+//! End to end over Modbus TCP: the pump-station controller simulator (a real
+//! tokio-modbus server on loopback) polled by mizuban's collector.
+
+mod common;
+use chrono::Duration;
+use common::*;
+use mizuban_sim::modbus::{Controllers, Fault};
+use mizuban_sim::Scenario;
+use tokio_modbus::prelude::ExceptionCode;
+
+async fn polls(h: &Harness, device: &str) -> f64 {
+    h.metric(&format!(
+        "mizuban_modbus_polls_total{{device=\"{device}\"}}"
+    ))
+    .await
+        - h.metric(&format!(
+            "mizuban_modbus_poll_errors_total{{device=\"{device}\",kind=\"timeout\"}}"
+        ))
+        .await
+}
+
+/// Moves the station physics and the master clock in 20 s steps, each
+/// followed by fresh polls of `devices` (so the master never runs ahead of
+/// what it has polled: the profile declares a controller lost after 30 s).
+async fn run(h: &Harness, c: &Controllers, devices: &[&str], d: Duration) {
+    let step = Duration::seconds(20);
+    let mut left = d;
+    while left > Duration::zero() {
+        let s = left.min(step);
+        h.clock.advance(s);
+        c.step_to(h.clock.now_for_test());
+        left -= s;
+        for dev in devices {
+            let before = polls(h, dev).await;
+            h.wait_until("fresh polls", || async {
+                polls(h, dev).await >= before + 2.0
+            })
+            .await;
+        }
+    }
+    h.app.as_ref().unwrap().store.flush().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_is_polled_decoded_and_alarms_from_its_inputs() {
+    let c = Controllers::start(0, vec![(1, quiet_mps("MP-0101", "AKT-MPC-0101"))], t0())
+        .await
+        .unwrap();
+    let h = Harness::start(
+        "mb-basic",
+        &[controller(
+            "MP-0101",
+            "AKT-MPC-0101",
+            c.addr.port(),
+            1,
+            50,
+            500,
+        )],
+    )
+    .await;
+    run(&h, &c, &["AKT-MPC-0101"], Duration::minutes(20)).await;
+    assert_eq!(h.occurrences().await, Vec::<String>::new());
+    let s = h.get("/api/v1/sites/MP-0101").await;
+    let v = &s["status"]["values"];
+    assert!(v["level"]["value"].as_f64().unwrap() > 0.0, "{v}");
+    assert!(
+        v["p1_run_min"]["value"].as_f64().unwrap() > 65_536.0,
+        "u32 high word first: {v}"
+    );
+    assert_eq!(v["panel_temp"]["value"], 12.5);
+    c.inject(1, Scenario::BothPumpsFail);
+    run(&h, &c, &["AKT-MPC-0101"], Duration::minutes(40)).await;
+    assert_eq!(
+        h.occurrences().await,
+        vec![
+            "MP-0101/HH_LEVEL",
+            "MP-0101/HIGH_LEVEL",
+            "MP-0101/P1_FAULT",
+            "MP-0101/P2_FAULT",
+            "MP-0101/level_hh"
+        ]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_slow_unit_costs_the_others_no_more_than_its_timeout() {
+    let units: Vec<(u8, mizuban_sim::mps::MpsOptions)> = (1..=4)
+        .map(|u| {
+            (
+                u,
+                quiet_mps(&format!("MP-02{u:02}"), &format!("AKT-MPC-02{u:02}")),
+            )
+        })
+        .collect();
+    let c = Controllers::start(0, units, t0()).await.unwrap();
+    c.set_fault(3, Fault::NoAnswer);
+    c.set_fault(2, Fault::Slow(std::time::Duration::from_millis(30)));
+    let p = c.addr.port();
+    let sites = [
+        controller("MP-0201", "AKT-MPC-0201", p, 1, 50, 200),
+        controller("MP-0202", "AKT-MPC-0202", p, 2, 50, 200),
+        controller("MP-0203", "AKT-MPC-0203", p, 3, 50, 200),
+        controller("MP-0204", "AKT-MPC-0204", p, 4, 50, 200),
+    ];
+    let h = Harness::start("mb-gateway", &sites).await;
+    run(
+        &h,
+        &c,
+        &["AKT-MPC-0201", "AKT-MPC-0202", "AKT-MPC-0204"],
+        Duration::minutes(1),
+    )
+    .await;
+    // The silent unit times out; the others keep being polled.
+    let t3 = h
+        .metric("mizuban_modbus_poll_errors_total{device=\"AKT-MPC-0203\",kind=\"timeout\"}")
+        .await;
+    assert!(t3 >= 1.0, "timeouts counted for the silent unit");
+    for d in ["AKT-MPC-0201", "AKT-MPC-0202", "AKT-MPC-0204"] {
+        assert_eq!(
+            h.metric(&format!(
+                "mizuban_modbus_poll_errors_total{{device=\"{d}\",kind=\"timeout\"}}"
+            ))
+            .await,
+            0.0,
+            "{d}"
+        );
+    }
+    // Master-station time passes: the silent controller is lost; the rest are not.
+    run(
+        &h,
+        &c,
+        &["AKT-MPC-0201", "AKT-MPC-0202", "AKT-MPC-0204"],
+        Duration::seconds(40),
+    )
+    .await;
+    h.wait_until("comm loss of unit 3", || async {
+        h.occurrences().await == vec!["MP-0203/comm_loss"]
+    })
+    .await;
+    c.set_fault(3, Fault::None);
+    h.wait_until("unit 3 back", || async {
+        h.get("/api/v1/alarms?site=MP-0203&state=unack_rtn")
+            .await
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    })
+    .await;
+    assert_eq!(
+        h.actions("MP-0203", "comm_loss").await,
+        vec!["raise:unack_active", "clear:unack_rtn"]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_told_apart_and_a_hung_connection_is_replaced() {
+    let c = Controllers::start(0, vec![(1, quiet_mps("MP-0301", "AKT-MPC-0301"))], t0())
+        .await
+        .unwrap();
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let sites = [
+        controller("MP-0301", "AKT-MPC-0301", c.addr.port(), 1, 50, 300),
+        controller("MP-0302", "AKT-MPC-0302", dead_port, 1, 50, 300),
+    ];
+    let h = Harness::start("mb-faults", &sites).await;
+    run(&h, &c, &["AKT-MPC-0301"], Duration::seconds(20)).await;
+    let metric = |kind: &str| {
+        format!("mizuban_modbus_poll_errors_total{{device=\"AKT-MPC-0301\",kind=\"{kind}\"}}")
+    };
+    // Exceptions: the device answered; counted by code, the link stays up.
+    c.set_fault(1, Fault::Exception(ExceptionCode::IllegalDataAddress));
+    h.wait_until("exception 02", || async {
+        h.metric(&metric("exception_02")).await >= 2.0
+    })
+    .await;
+    c.set_fault(1, Fault::Exception(ExceptionCode::ServerDeviceBusy));
+    h.wait_until("exception 06", || async {
+        h.metric(&metric("exception_06")).await >= 1.0
+    })
+    .await;
+    // Half-open: the connection stays up but nothing answers; detected by deadline.
+    c.set_fault(1, Fault::Hang);
+    h.wait_until("hang detected", || async {
+        h.metric(&metric("timeout")).await >= 2.0
+    })
+    .await;
+    c.set_fault(1, Fault::None);
+    run(&h, &c, &["AKT-MPC-0301"], Duration::seconds(20)).await;
+    // Nobody listening: refused, with backoff.
+    h.wait_until("refused", || async {
+        h.metric("mizuban_modbus_poll_errors_total{device=\"AKT-MPC-0302\",kind=\"refused\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    assert_eq!(h.metric(&metric("refused")).await, 0.0);
+    h.stop().await;
+}

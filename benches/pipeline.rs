@@ -57,17 +57,11 @@ fn bench(c: &mut Criterion) {
         });
         g.bench_with_input(BenchmarkId::new("decode_and_rules", n), &payload, |b, p| {
             b.iter_batched(
-                || {
-                    evaluators
-                        .iter()
-                        .map(|_| RuleState::default())
-                        .collect::<Vec<_>>()
-                },
+                || evaluators.iter().map(|_| RuleState::default()).collect::<Vec<_>>(),
                 |mut states| {
-                    let d =
-                        mizuban::device::decode(&profile, topic, black_box(p), arrived, 1 << 20)
-                            .unwrap()
-                            .unwrap();
+                    let d = mizuban::device::decode(&profile, topic, black_box(p), arrived, 1 << 20)
+                        .unwrap()
+                        .unwrap();
                     let mut raised = 0;
                     for r in &d.readings {
                         for ((point, ev), st) in evaluators.iter().zip(states.iter_mut()) {

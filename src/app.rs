@@ -74,12 +74,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
     let mut coll_tasks = Vec::new();
     let mut collectors = Vec::new();
     if opts.mqtt {
-        let c = MqttCollector::new(
-            cfg.clone(),
-            pipeline.clone(),
-            opts.clock.clone(),
-            metrics.clone(),
-        );
+        let c = MqttCollector::new(cfg.clone(), pipeline.clone(), opts.clock.clone(), metrics.clone());
         coll_tasks.push(tokio::spawn(c.run(coll_cancel.clone())));
         collectors.push("mqtt");
     }
@@ -90,6 +85,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         opts.clock.clone(),
         metrics.clone(),
     );
+    let commander = modbus.commander();
     if modbus.has_work() {
         coll_tasks.push(tokio::spawn(modbus.run(coll_cancel.clone())));
     }
@@ -107,6 +103,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         sessions: Arc::new(Sessions::default()),
         started: chrono::Utc::now(),
         collectors,
+        commander,
     };
     let http_cancel = CancellationToken::new();
     let hc = http_cancel.clone();
@@ -152,10 +149,7 @@ impl Running {
         }
         self.http.0.cancel();
         // SSE streams keep connections open; don't wait for clients for ever.
-        if tokio::time::timeout(Duration::from_secs(5), self.http.1)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(5), self.http.1).await.is_err() {
             tracing::warn!("HTTP connections still open at shutdown; closing anyway");
         }
         tracing::info!("mizuban stopped");

@@ -18,19 +18,12 @@ pub fn hash_password(pw: &str) -> anyhow::Result<String> {
         .map_err(|e| anyhow::anyhow!("cannot hash password: {e}"))
 }
 
-pub async fn run(
-    http: SocketAddr,
-    data_dir: Option<PathBuf>,
-    incident_every_s: u64,
-) -> anyhow::Result<()> {
+pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: u64) -> anyhow::Result<()> {
     let broker = EmbeddedBroker::start(Some(1883))?;
     let mut cfg = Config::load_embedded().map_err(|errs| {
         anyhow::anyhow!(
             "embedded configuration is invalid:\n{}",
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
+            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
         )
     })?;
     cfg.mqtt.host = broker.addr.ip().to_string();
@@ -86,11 +79,7 @@ pub async fn run(
     println!("Board: http://{}/", running.http_addr);
     println!("Login: operator / {password}");
     println!("Token: {token}");
-    println!(
-        "MQTT broker: {} (embedded)   data: {}",
-        broker.addr,
-        dir.display()
-    );
+    println!("MQTT broker: {} (embedded)   data: {}", broker.addr, dir.display());
     println!(
         "Fleet: {} distribution-block loggers, {} pump-station notifiers. Ctrl-C to stop.",
         fleet.loggers.len(),

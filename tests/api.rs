@@ -11,14 +11,8 @@ use serde_json::{json, Value};
 
 /// A harness with one open alarm (HH_LEVEL and friends at MP-0061).
 async fn with_alarm(name: &str) -> (Harness, mizuban_sim::Handle, String) {
-    let h = Harness::start(
-        name,
-        &[mps("MP-0061", "AKT-MPN-0061"), dma("B01", "AKT-DMA-001")],
-    )
-    .await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0061", "AKT-MPN-0061"), t0())
-        .await;
+    let h = Harness::start(name, &[mps("MP-0061", "AKT-MPN-0061"), dma("B01", "AKT-DMA-001")]).await;
+    let sim = h.spawn_mps(quiet_mps("MP-0061", "AKT-MPN-0061"), t0()).await;
     h.run(&[&sim], Duration::minutes(10)).await;
     sim.inject(Scenario::DoorOpen {
         duration: Duration::hours(5),
@@ -49,9 +43,7 @@ async fn every_route_by_role() {
         let (code, body) = h.request(Method::GET, path, None, None).await;
         assert_eq!(code, 401, "{path} unauthenticated");
         assert!(body["error"].is_string(), "{path}: JSON error body");
-        let (code, _) = h
-            .request(Method::GET, path, Some("not-a-token"), None)
-            .await;
+        let (code, _) = h.request(Method::GET, path, Some("not-a-token"), None).await;
         assert_eq!(code, 401, "{path} bad token");
         for tok in [VIEW_TOKEN, OP_TOKEN, ENG_TOKEN, ADMIN_TOKEN] {
             let (code, _) = h.request(Method::GET, path, Some(tok), None).await;
@@ -65,25 +57,14 @@ async fn every_route_by_role() {
     }
     // Operator routes: viewer forbidden, operator allowed.
     let shelve = json!({"minutes": 30, "reason": "crew on site"});
-    let (code, body) = h
-        .post(&format!("/api/v1/alarms/{id}/ack"), VIEW_TOKEN, json!({}))
-        .await;
+    let (code, body) = h.post(&format!("/api/v1/alarms/{id}/ack"), VIEW_TOKEN, json!({})).await;
     assert_eq!((code, body["error"].is_string()), (403, true));
     let (code, _) = h
-        .post(
-            &format!("/api/v1/alarms/{id}/shelve"),
-            VIEW_TOKEN,
-            shelve.clone(),
-        )
+        .post(&format!("/api/v1/alarms/{id}/shelve"), VIEW_TOKEN, shelve.clone())
         .await;
     assert_eq!(code, 403);
     let (code, _) = h
-        .request(
-            Method::POST,
-            &format!("/api/v1/alarms/{id}/ack"),
-            None,
-            Some(json!({})),
-        )
+        .request(Method::POST, &format!("/api/v1/alarms/{id}/ack"), None, Some(json!({})))
         .await;
     assert_eq!(code, 401);
     // Engineer routes: operator forbidden.
@@ -128,13 +109,9 @@ async fn ack_shelve_and_errors() {
     assert_eq!(a["state"], "ack_active");
     assert_eq!(a["acked_by"], "op");
     assert_eq!(a["id"], id.as_str(), "same occurrence");
-    let (code, e) = h
-        .post(&format!("/api/v1/alarms/{id}/ack"), OP_TOKEN, json!({}))
-        .await;
+    let (code, e) = h.post(&format!("/api/v1/alarms/{id}/ack"), OP_TOKEN, json!({})).await;
     assert_eq!(code, 409, "{e}");
-    let (code, _) = h
-        .post("/api/v1/alarms/al-unknown/ack", OP_TOKEN, json!({}))
-        .await;
+    let (code, _) = h.post("/api/v1/alarms/al-unknown/ack", OP_TOKEN, json!({})).await;
     assert_eq!(code, 404);
     // Bad bodies.
     let r = h
@@ -164,11 +141,7 @@ async fn ack_shelve_and_errors() {
         .await;
     assert_eq!(code, 422);
     let (code, _) = h
-        .post(
-            &format!("/api/v1/alarms/{id}/shelve"),
-            OP_TOKEN,
-            json!({"minutes": 10}),
-        )
+        .post(&format!("/api/v1/alarms/{id}/shelve"), OP_TOKEN, json!({"minutes": 10}))
         .await;
     assert_eq!(code, 422, "a shelve needs a reason");
     let big = "x".repeat(100_000);
@@ -182,30 +155,15 @@ async fn ack_shelve_and_errors() {
         .unwrap();
     assert_eq!(r.status(), 413);
     let (code, _) = h
-        .request(
-            Method::GET,
-            "/api/v1/alarms?state=bogus",
-            Some(VIEW_TOKEN),
-            None,
-        )
+        .request(Method::GET, "/api/v1/alarms?state=bogus", Some(VIEW_TOKEN), None)
         .await;
     assert_eq!(code, 400);
     let (code, _) = h
-        .request(
-            Method::GET,
-            "/api/v1/points/nodot/readings",
-            Some(VIEW_TOKEN),
-            None,
-        )
+        .request(Method::GET, "/api/v1/points/nodot/readings", Some(VIEW_TOKEN), None)
         .await;
     assert_eq!(code, 400);
     let (code, _) = h
-        .request(
-            Method::GET,
-            "/api/v1/points/B99.q/readings",
-            Some(VIEW_TOKEN),
-            None,
-        )
+        .request(Method::GET, "/api/v1/points/B99.q/readings", Some(VIEW_TOKEN), None)
         .await;
     assert_eq!(code, 404);
     let (code, _) = h
@@ -217,9 +175,7 @@ async fn ack_shelve_and_errors() {
         )
         .await;
     assert_eq!(code, 400);
-    let (code, body) = h
-        .request(Method::GET, "/api/v1/nothing", Some(VIEW_TOKEN), None)
-        .await;
+    let (code, body) = h.request(Method::GET, "/api/v1/nothing", Some(VIEW_TOKEN), None).await;
     assert_eq!((code, body["error"].is_string()), (404, true));
 
     // Shelve for 30 minutes: hidden from the default list, back by itself.
@@ -238,10 +194,7 @@ async fn ack_shelve_and_errors() {
         .unwrap()
         .iter()
         .all(|x| x["id"] != id.as_str()));
-    assert_eq!(
-        h.get("/api/v1/alarms?state=shelved").await[0]["id"],
-        id.as_str()
-    );
+    assert_eq!(h.get("/api/v1/alarms?state=shelved").await[0]["id"], id.as_str());
     h.run(&[&sim], Duration::minutes(31)).await;
     h.wait_until("shelve expired", || async {
         h.get(&format!("/api/v1/alarms/{id}")).await["state"] == "ack_active"
@@ -259,12 +212,7 @@ async fn ack_shelve_and_errors() {
         actions.contains(&("shelve", "op")) && actions.contains(&("ack", "op")),
         "who did what: {actions:?}"
     );
-    let ack_row = j
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["action"] == "ack")
-        .unwrap();
+    let ack_row = j.as_array().unwrap().iter().find(|r| r["action"] == "ack").unwrap();
     assert_eq!(ack_row["why"], "見に行きます");
     h.stop().await;
 }
@@ -294,20 +242,12 @@ async fn event_stream_snapshot_then_transitions() {
             .find_map(|l| l.strip_prefix("event: "))
             .unwrap_or("message")
             .to_string();
-        let data: String = block
-            .lines()
-            .filter_map(|l| l.strip_prefix("data: "))
-            .collect();
+        let data: String = block.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
         Some((ev, serde_json::from_str(&data).unwrap_or(Value::Null)))
     };
     let mut events = vec![];
-    let want = |events: &Vec<(String, Value)>| {
-        events
-            .iter()
-            .any(|(e, v)| e == "alarm" && v["action"] == "ack")
-    };
-    h.post(&format!("/api/v1/alarms/{id}/ack"), OP_TOKEN, json!({}))
-        .await;
+    let want = |events: &Vec<(String, Value)>| events.iter().any(|(e, v)| e == "alarm" && v["action"] == "ack");
+    h.post(&format!("/api/v1/alarms/{id}/ack"), OP_TOKEN, json!({})).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while !want(&events) {
         let chunk = tokio::time::timeout_at(deadline, stream.next())
@@ -321,12 +261,7 @@ async fn event_stream_snapshot_then_transitions() {
         }
     }
     assert_eq!(events[0].0, "snapshot");
-    assert!(events[0]
-        .1
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|a| a["id"] == id.as_str()));
+    assert!(events[0].1.as_array().unwrap().iter().any(|a| a["id"] == id.as_str()));
     let ack = events
         .iter()
         .find(|(e, v)| e == "alarm" && v["action"] == "ack")
@@ -343,10 +278,7 @@ async fn browser_session_needs_csrf_for_changes() {
     use argon2::password_hash::{PasswordHasher, SaltString};
     let dir = tempfile::tempdir().unwrap();
     let hash = argon2::Argon2::default()
-        .hash_password(
-            b"correct horse",
-            &SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap(),
-        )
+        .hash_password(b"correct horse", &SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap())
         .unwrap()
         .to_string();
     let (h, _sim, id) = with_alarm("api-session").await;
@@ -354,15 +286,10 @@ async fn browser_session_needs_csrf_for_changes() {
     // Users come from configuration; add one and restart with it.
     let mut h = h;
     let cfg = std::fs::read_to_string(&h.config_path).unwrap()
-        + &format!(
-            "\n[[user]]\nname = \"sato\"\npassword_hash = \"{hash}\"\nrole = \"operator\"\n"
-        );
+        + &format!("\n[[user]]\nname = \"sato\"\npassword_hash = \"{hash}\"\nrole = \"operator\"\n");
     std::fs::write(&h.config_path, cfg).unwrap();
     h.restart().await;
-    let client = reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap();
+    let client = reqwest::Client::builder().cookie_store(true).build().unwrap();
     let r = client
         .post(format!("{}/api/v1/login", h.base))
         .json(&json!({"user": "sato", "password": "wrong"}))
@@ -382,15 +309,8 @@ async fn browser_session_needs_csrf_for_changes() {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
-    let csrf = r.json::<Value>().await.unwrap()["csrf"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let r = client
-        .get(format!("{}/api/v1/alarms", h.base))
-        .send()
-        .await
-        .unwrap();
+    let csrf = r.json::<Value>().await.unwrap()["csrf"].as_str().unwrap().to_string();
+    let r = client.get(format!("{}/api/v1/alarms", h.base)).send().await.unwrap();
     assert_eq!(r.status(), 200, "the cookie reads");
     let r = client
         .post(format!("{}/api/v1/alarms/{id}/ack", h.base))
@@ -424,17 +344,9 @@ async fn browser_session_needs_csrf_for_changes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 429);
-    let r = client
-        .post(format!("{}/api/v1/logout", h.base))
-        .send()
-        .await
-        .unwrap();
+    let r = client.post(format!("{}/api/v1/logout", h.base)).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let r = client
-        .get(format!("{}/api/v1/alarms", h.base))
-        .send()
-        .await
-        .unwrap();
+    let r = client.get(format!("{}/api/v1/alarms", h.base)).send().await.unwrap();
     assert_eq!(r.status(), 401, "logged out");
     h.stop().await;
 }
@@ -494,13 +406,7 @@ async fn health_reports_a_collector_that_cannot_connect() {
         l.local_addr().unwrap().port()
     };
     let dir = tempfile::tempdir().unwrap();
-    let path = write_config(
-        dir.path(),
-        "health",
-        "health/",
-        &[dma("B01", "AKT-DMA-001")],
-        None,
-    );
+    let path = write_config(dir.path(), "health", "health/", &[dma("B01", "AKT-DMA-001")], None);
     let text = std::fs::read_to_string(&path).unwrap();
     let (_, real_port) = broker();
     std::fs::write(
@@ -530,28 +436,14 @@ async fn health_reports_a_collector_that_cannot_connect() {
         assert!(std::time::Instant::now() < deadline, "no reconnect counted");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let r = http
-        .get(format!("{base}/api/v1/health"))
-        .send()
-        .await
-        .unwrap();
+    let r = http.get(format!("{base}/api/v1/health")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
-    assert!(
-        body["reasons"][0].as_str().unwrap().starts_with("mqtt"),
-        "{body}"
-    );
+    assert!(body["reasons"][0].as_str().unwrap().starts_with("mqtt"), "{body}");
     // A broker appears on that port: the collector connects by itself.
     let _b = mizuban::collect::broker::EmbeddedBroker::start(Some(port)).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while http
-        .get(format!("{base}/api/v1/health"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        != 200
-    {
+    while http.get(format!("{base}/api/v1/health")).send().await.unwrap().status() != 200 {
         assert!(std::time::Instant::now() < deadline, "did not reconnect");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }

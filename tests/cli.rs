@@ -17,11 +17,7 @@ fn check_config_accepts_the_shipped_configuration() {
         .arg(repo().join("config/akita.toml"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = String::from_utf8_lossy(&out.stdout);
     assert!(s.contains("241 sites"), "{s}");
 }

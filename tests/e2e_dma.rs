@@ -21,11 +21,7 @@ fn journal_notified(j: &serde_json::Value) -> Vec<String> {
         .map(|r| {
             (
                 r["seq"].as_i64().unwrap(),
-                format!(
-                    "{}:{}",
-                    r["condition"].as_str().unwrap(),
-                    r["action"].as_str().unwrap()
-                ),
+                format!("{}:{}", r["condition"].as_str().unwrap(), r["action"].as_str().unwrap()),
             )
         })
         .collect();
@@ -62,10 +58,7 @@ async fn pipe_burst_pages_high_flow_and_keeps_the_jump_for_review() {
     .await
     .unwrap();
     h.run(&[&sim], Duration::hours(4)).await;
-    assert_eq!(
-        h.occurrences().await,
-        vec!["B01/flow_high", "B01/flow_jump_rise"]
-    );
+    assert_eq!(h.occurrences().await, vec!["B01/flow_high", "B01/flow_jump_rise"]);
     assert_eq!(
         h.actions("B01", "flow_high").await,
         vec!["raise:unack_active", "clear:unack_rtn"]
@@ -76,10 +69,7 @@ async fn pipe_burst_pages_high_flow_and_keeps_the_jump_for_review() {
         vec!["raise:unack_active", "clear:unack_rtn", "late:unack_rtn"]
     );
     let j = h.get("/api/v1/journal?site=B01").await;
-    assert_eq!(
-        journal_notified(&j),
-        vec!["flow_high:raise", "flow_high:clear"]
-    );
+    assert_eq!(journal_notified(&j), vec!["flow_high:raise", "flow_high:clear"]);
     let a = h.get("/api/v1/alarms?site=B01").await;
     let high = a
         .as_array()
@@ -92,8 +82,7 @@ async fn pipe_burst_pages_high_flow_and_keeps_the_jump_for_review() {
     assert!(high["limit"].as_f64().unwrap() > 100.0, "{high}");
     // raised_at is the sample's event time; detected_at when the batch arrived.
     let raised = chrono::DateTime::parse_from_rfc3339(high["raised_at"].as_str().unwrap()).unwrap();
-    let detected =
-        chrono::DateTime::parse_from_rfc3339(high["detected_at"].as_str().unwrap()).unwrap();
+    let detected = chrono::DateTime::parse_from_rfc3339(high["detected_at"].as_str().unwrap()).unwrap();
     assert!(detected > raised, "{high}");
     h.stop().await;
 }
@@ -113,12 +102,7 @@ async fn regulator_stuck_closed_low_and_low_low_pressure() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| {
-            (
-                a["condition"].as_str().unwrap(),
-                a["priority"].as_str().unwrap(),
-            )
-        })
+        .map(|a| (a["condition"].as_str().unwrap(), a["priority"].as_str().unwrap()))
         .collect();
     assert_eq!(
         prios[0],
@@ -175,10 +159,7 @@ async fn chattering_pressure_is_one_occurrence_per_condition() {
     .await
     .unwrap();
     h.run(&[&sim], Duration::minutes(56)).await;
-    assert_eq!(
-        h.occurrences().await,
-        vec!["B01/pressure_l", "B01/pressure_low"]
-    );
+    assert_eq!(h.occurrences().await, vec!["B01/pressure_l", "B01/pressure_low"]);
     let a = h.get("/api/v1/alarms?site=B01").await;
     let dev = a
         .as_array()
@@ -190,9 +171,7 @@ async fn chattering_pressure_is_one_occurrence_per_condition() {
         dev["reactivations"].as_u64().unwrap() >= 3,
         "the device chattered: {dev}"
     );
-    let j = h
-        .get("/api/v1/journal?site=B01&condition=pressure_low")
-        .await;
+    let j = h.get("/api/v1/journal?site=B01&condition=pressure_low").await;
     assert!(journal_notified(&j).len() <= 2, "{j}");
     h.stop().await;
 }
@@ -210,10 +189,8 @@ async fn logger_sudden_death_is_one_comm_loss() {
         "not yet: 2 h 5 min of silence"
     );
     h.run(&[&sim], Duration::minutes(10)).await;
-    h.wait_until("comm loss", || async {
-        h.occurrences().await == vec!["B01/comm_loss"]
-    })
-    .await;
+    h.wait_until("comm loss", || async { h.occurrences().await == vec!["B01/comm_loss"] })
+        .await;
     let s = h.get("/api/v1/sites").await;
     assert_eq!(s[0]["status"], "comm_loss");
     h.run(&[&sim], Duration::hours(3)).await;
@@ -240,11 +217,7 @@ async fn clock_reset_samples_are_counted_not_stored_and_raise_nothing() {
     let q = h
         .get("/api/v1/points/B01.q/readings?from=1999-01-01T00:00:00Z&to=2001-01-01T00:00:00Z")
         .await;
-    assert_eq!(
-        q.as_array().unwrap().len(),
-        0,
-        "nothing stored at 2000-01-01"
-    );
+    assert_eq!(q.as_array().unwrap().len(), 0, "nothing stored at 2000-01-01");
     let quarantine = h.get("/api/v1/quarantine").await;
     assert!(quarantine
         .as_array()
@@ -261,12 +234,8 @@ async fn regulator_hunting_and_clock_steps_raise_nothing() {
     sim.inject(Scenario::RegulatorHunting).await.unwrap();
     sim.inject(Scenario::ClockStep { secs: 300 }).await.unwrap();
     h.run(&[&sim], Duration::hours(1)).await;
-    sim.inject(Scenario::ClockStep { secs: -600 })
-        .await
-        .unwrap();
-    sim.inject(Scenario::ClockDrift { s_per_day: 30.0 })
-        .await
-        .unwrap();
+    sim.inject(Scenario::ClockStep { secs: -600 }).await.unwrap();
+    sim.inject(Scenario::ClockDrift { s_per_day: 30.0 }).await.unwrap();
     h.run(&[&sim], Duration::hours(2)).await;
     assert_eq!(
         h.occurrences().await,
@@ -288,9 +257,7 @@ async fn battery_drain_stretches_uploads_then_the_logger_goes_quiet() {
     o.battery_pct = 40.0;
     let sim = h.spawn_dma(o, t0()).await;
     h.run(&[&sim], Duration::minutes(61)).await;
-    sim.inject(Scenario::BatteryDrain { pct_per_hour: 5.0 })
-        .await
-        .unwrap();
+    sim.inject(Scenario::BatteryDrain { pct_per_hour: 5.0 }).await.unwrap();
     h.run(&[&sim], Duration::hours(20)).await;
     // Battery low from the rule (3.3 V) and from the logger itself, then silence:
     // one comm loss, which suppresses the battery alarms of that logger.
@@ -314,12 +281,7 @@ async fn battery_drain_stretches_uploads_then_the_logger_goes_quiet() {
     assert_eq!(states["battery_l"], "suppressed");
     // The logger told the station it would report less often; comm loss waited for that.
     let j = h.get("/api/v1/journal?site=B01&condition=comm_loss").await;
-    let raised = j
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["action"] == "raise")
-        .unwrap()["at"]
+    let raised = j.as_array().unwrap().iter().find(|r| r["action"] == "raise").unwrap()["at"]
         .as_str()
         .unwrap()
         .to_string();
@@ -330,8 +292,8 @@ async fn battery_drain_stretches_uploads_then_the_logger_goes_quiet() {
         .as_str()
         .unwrap()
         .to_string();
-    let gap = chrono::DateTime::parse_from_rfc3339(&raised).unwrap()
-        - chrono::DateTime::parse_from_rfc3339(&last).unwrap();
+    let gap =
+        chrono::DateTime::parse_from_rfc3339(&raised).unwrap() - chrono::DateTime::parse_from_rfc3339(&last).unwrap();
     assert!(
         gap > Duration::hours(4),
         "stretched interval honoured: last upload {last}, comm loss {raised}"

@@ -9,10 +9,8 @@ use mizuban_sim::Scenario;
 use tokio_modbus::prelude::ExceptionCode;
 
 async fn polls(h: &Harness, device: &str) -> f64 {
-    h.metric(&format!(
-        "mizuban_modbus_polls_total{{device=\"{device}\"}}"
-    ))
-    .await
+    h.metric(&format!("mizuban_modbus_polls_total{{device=\"{device}\"}}"))
+        .await
         - h.metric(&format!(
             "mizuban_modbus_poll_errors_total{{device=\"{device}\",kind=\"timeout\"}}"
         ))
@@ -32,10 +30,8 @@ async fn run(h: &Harness, c: &Controllers, devices: &[&str], d: Duration) {
         left -= s;
         for dev in devices {
             let before = polls(h, dev).await;
-            h.wait_until("fresh polls", || async {
-                polls(h, dev).await >= before + 2.0
-            })
-            .await;
+            h.wait_until("fresh polls", || async { polls(h, dev).await >= before + 2.0 })
+                .await;
         }
     }
     h.app.as_ref().unwrap().store.flush().await.unwrap();
@@ -48,14 +44,7 @@ async fn controller_is_polled_decoded_and_alarms_from_its_inputs() {
         .unwrap();
     let h = Harness::start(
         "mb-basic",
-        &[controller(
-            "MP-0101",
-            "AKT-MPC-0101",
-            c.addr.port(),
-            1,
-            50,
-            500,
-        )],
+        &[controller("MP-0101", "AKT-MPC-0101", c.addr.port(), 1, 50, 500)],
     )
     .await;
     run(&h, &c, &["AKT-MPC-0101"], Duration::minutes(20)).await;
@@ -86,12 +75,7 @@ async fn controller_is_polled_decoded_and_alarms_from_its_inputs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_slow_unit_costs_the_others_no_more_than_its_timeout() {
     let units: Vec<(u8, mizuban_sim::mps::MpsOptions)> = (1..=4)
-        .map(|u| {
-            (
-                u,
-                quiet_mps(&format!("MP-02{u:02}"), &format!("AKT-MPC-02{u:02}")),
-            )
-        })
+        .map(|u| (u, quiet_mps(&format!("MP-02{u:02}"), &format!("AKT-MPC-02{u:02}"))))
         .collect();
     let c = Controllers::start(0, units, t0()).await.unwrap();
     c.set_fault(3, Fault::NoAnswer);
@@ -170,9 +154,7 @@ async fn faults_are_told_apart_and_a_hung_connection_is_replaced() {
     ];
     let h = Harness::start("mb-faults", &sites).await;
     run(&h, &c, &["AKT-MPC-0301"], Duration::seconds(20)).await;
-    let metric = |kind: &str| {
-        format!("mizuban_modbus_poll_errors_total{{device=\"AKT-MPC-0301\",kind=\"{kind}\"}}")
-    };
+    let metric = |kind: &str| format!("mizuban_modbus_poll_errors_total{{device=\"AKT-MPC-0301\",kind=\"{kind}\"}}");
     // Exceptions: the device answered; counted by code, the link stays up.
     c.set_fault(1, Fault::Exception(ExceptionCode::IllegalDataAddress));
     h.wait_until("exception 02", || async {
@@ -186,10 +168,8 @@ async fn faults_are_told_apart_and_a_hung_connection_is_replaced() {
     .await;
     // Half-open: the connection stays up but nothing answers; detected by deadline.
     c.set_fault(1, Fault::Hang);
-    h.wait_until("hang detected", || async {
-        h.metric(&metric("timeout")).await >= 2.0
-    })
-    .await;
+    h.wait_until("hang detected", || async { h.metric(&metric("timeout")).await >= 2.0 })
+        .await;
     c.set_fault(1, Fault::None);
     run(&h, &c, &["AKT-MPC-0301"], Duration::seconds(20)).await;
     // Nobody listening: refused, with backoff.
@@ -200,5 +180,82 @@ async fn faults_are_told_apart_and_a_hung_connection_is_replaced() {
     })
     .await;
     assert_eq!(h.metric(&metric("refused")).await, 0.0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_are_confirmed_by_read_back_journaled_and_refused_when_unreachable() {
+    let c = Controllers::start(0, vec![(1, quiet_mps("MP-0501", "AKT-MPC-0501"))], t0())
+        .await
+        .unwrap();
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let sites = [
+        controller("MP-0501", "AKT-MPC-0501", c.addr.port(), 1, 50, 300),
+        controller("MP-0502", "AKT-MPC-0502", dead_port, 1, 50, 300),
+        mps("MP-0503", "AKT-MPN-0503"),
+    ];
+    let h = Harness::start("mb-commands", &sites).await;
+    let cmd = |site: &str| format!("/api/v1/sites/{site}/commands");
+    let body = |c: &str, v: bool| serde_json::json!({"command": c, "value": v, "reason": "pump 1 pulled for overhaul"});
+    // Role engineer.
+    let (code, _) = h.post(&cmd("MP-0501"), OP_TOKEN, body("p1_inhibit", true)).await;
+    assert_eq!(code, 403);
+    let (code, r) = h.post(&cmd("MP-0501"), ENG_TOKEN, body("p1_inhibit", true)).await;
+    assert_eq!((code, r["result"].as_str()), (200, Some("confirmed")), "{r}");
+    assert_eq!(c.coil(1, 1), Some(true), "the controller's coil is set");
+    let (code, _) = h.post(&cmd("MP-0501"), ENG_TOKEN, body("p1_inhibit", false)).await;
+    assert_eq!(code, 200);
+    assert_eq!(c.coil(1, 1), Some(false));
+    // A pulse command (rising edge) leaves the coil low again.
+    let (code, _) = h.post(&cmd("MP-0501"), ENG_TOKEN, body("alarm_reset", true)).await;
+    assert_eq!(code, 200);
+    assert_eq!(c.coil(1, 0), Some(false));
+    // Refused clearly.
+    let (code, e) = h.post(&cmd("MP-0502"), ENG_TOKEN, body("p1_inhibit", true)).await;
+    assert_eq!(code, 503, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("unreachable"), "{e}");
+    let (code, _) = h.post(&cmd("MP-0503"), ENG_TOKEN, body("p1_inhibit", true)).await;
+    assert_eq!(code, 409, "an MQTT notifier takes no commands");
+    let (code, e) = h.post(&cmd("MP-0501"), ENG_TOKEN, body("self_destruct", true)).await;
+    assert_eq!(code, 422);
+    assert!(
+        e["error"].as_str().unwrap().contains("p1_inhibit"),
+        "lists what it takes: {e}"
+    );
+    let (code, _) = h
+        .post(&cmd("MP-0501"), ENG_TOKEN, serde_json::json!({"command": "p1_inhibit"}))
+        .await;
+    assert_eq!(code, 422, "a command needs a reason");
+    c.set_fault(1, Fault::Exception(ExceptionCode::IllegalDataAddress));
+    let (code, e) = h.post(&cmd("MP-0501"), ENG_TOKEN, body("p2_inhibit", true)).await;
+    assert_eq!(code, 409, "{e}");
+    // Journaled with who, why and the outcome.
+    let j = h.get("/api/v1/journal?site=MP-0501").await;
+    let rows: Vec<(String, String, String, String)> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "command")
+        .map(|r| {
+            (
+                r["condition"].as_str().unwrap().into(),
+                r["who"].as_str().unwrap().into(),
+                r["why"].as_str().unwrap().into(),
+                r["to"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r.1 == "eng" && r.2 == "pump 1 pulled for overhaul"));
+    assert!(rows.iter().any(|r| r.0 == "p2_inhibit" && r.3.starts_with("failed")));
+    let j2 = h.get("/api/v1/journal?site=MP-0502").await;
+    assert!(j2
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["action"] == "command" && r["to"].as_str().unwrap().contains("unreachable")));
     h.stop().await;
 }

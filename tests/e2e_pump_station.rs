@@ -9,20 +9,17 @@ use mizuban_sim::Scenario;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_station_raises_nothing_then_both_pumps_fail() {
     let h = Harness::start("mps-both", &[mps("MP-0001", "AKT-MPN-0001")]).await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0001", "AKT-MPN-0001"), t0())
-        .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0001", "AKT-MPN-0001"), t0()).await;
     h.run(&[&sim], Duration::hours(2)).await;
     assert_eq!(
         h.occurrences().await,
         Vec::<String>::new(),
         "a healthy station raises nothing"
     );
-    let level = h.get("/api/v1/points/MP-0001.level/readings?from=2025-01-20T00:00:00Z&to=2025-01-22T00:00:00Z").await;
-    assert!(
-        level.as_array().unwrap().len() > 5,
-        "levels stored: {level}"
-    );
+    let level = h
+        .get("/api/v1/points/MP-0001.level/readings?from=2025-01-20T00:00:00Z&to=2025-01-22T00:00:00Z")
+        .await;
+    assert!(level.as_array().unwrap().len() > 5, "levels stored: {level}");
 
     sim.inject(Scenario::BothPumpsFail).await.unwrap();
     h.run(&[&sim], Duration::minutes(40)).await;
@@ -37,37 +34,29 @@ async fn healthy_station_raises_nothing_then_both_pumps_fail() {
         ]
     );
     for c in ["HH_LEVEL", "HIGH_LEVEL", "P1_FAULT", "P2_FAULT"] {
-        assert_eq!(
-            h.actions("MP-0001", c).await,
-            vec!["raise:unack_active"],
-            "{c}"
-        );
+        assert_eq!(h.actions("MP-0001", c).await, vec!["raise:unack_active"], "{c}");
     }
     let alarms = h.get("/api/v1/alarms").await;
-    assert_eq!(
-        alarms[0]["priority"], "critical",
-        "highest priority first: {alarms}"
-    );
+    assert_eq!(alarms[0]["priority"], "critical", "highest priority first: {alarms}");
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_pump_fails_the_partner_takes_every_cycle() {
     let h = Harness::start("mps-one", &[mps("MP-0002", "AKT-MPN-0002")]).await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0002", "AKT-MPN-0002"), t0())
-        .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0002", "AKT-MPN-0002"), t0()).await;
     h.run(&[&sim], Duration::minutes(30)).await;
     sim.inject(Scenario::PumpFail { pump: 1 }).await.unwrap();
     h.run(&[&sim], Duration::hours(3)).await;
     assert_eq!(h.occurrences().await, vec!["MP-0002/P1_FAULT"]);
-    assert_eq!(
-        h.actions("MP-0002", "P1_FAULT").await,
-        vec!["raise:unack_active"]
-    );
+    assert_eq!(h.actions("MP-0002", "P1_FAULT").await, vec!["raise:unack_active"]);
     // P2 keeps the well down: its starts keep climbing while P1's stop.
-    let p1 = h.get("/api/v1/points/MP-0002.p1_starts/readings?from=2025-01-21T01:00:00Z&to=2025-01-21T04:00:00Z").await;
-    let p2 = h.get("/api/v1/points/MP-0002.p2_starts/readings?from=2025-01-21T01:00:00Z&to=2025-01-21T04:00:00Z").await;
+    let p1 = h
+        .get("/api/v1/points/MP-0002.p1_starts/readings?from=2025-01-21T01:00:00Z&to=2025-01-21T04:00:00Z")
+        .await;
+    let p2 = h
+        .get("/api/v1/points/MP-0002.p2_starts/readings?from=2025-01-21T01:00:00Z&to=2025-01-21T04:00:00Z")
+        .await;
     let span = |v: &serde_json::Value| {
         let a = v.as_array().unwrap();
         a.last().unwrap()["value"].as_f64().unwrap() - a.first().unwrap()["value"].as_f64().unwrap()
@@ -100,10 +89,7 @@ async fn area_power_cut_one_alarm_per_station_and_dependents_suppressed() {
     }
     h.run(&refs, Duration::minutes(1)).await;
     // During the cut a pump fault is reported too: a consequence, suppressed.
-    sims[0]
-        .inject(Scenario::PumpFail { pump: 1 })
-        .await
-        .unwrap();
+    sims[0].inject(Scenario::PumpFail { pump: 1 }).await.unwrap();
     h.run(&refs, Duration::minutes(1)).await;
     let open = h.get("/api/v1/alarms?site=MP-0011&all=true").await;
     let fault = open
@@ -121,13 +107,7 @@ async fn area_power_cut_one_alarm_per_station_and_dependents_suppressed() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| {
-            format!(
-                "{}/{}",
-                a["site"].as_str().unwrap(),
-                a["condition"].as_str().unwrap()
-            )
-        })
+        .map(|a| format!("{}/{}", a["site"].as_str().unwrap(), a["condition"].as_str().unwrap()))
         .collect();
     assert_eq!(list.len(), 3, "{list:?}");
     assert!(list.iter().all(|c| c.ends_with("/POWER_FAIL")));
@@ -153,22 +133,15 @@ async fn area_power_cut_one_alarm_per_station_and_dependents_suppressed() {
         ]
     );
     // The suppressed fault cleared after repair without ever paging anyone.
-    let j = h
-        .get("/api/v1/journal?site=MP-0011&condition=P1_FAULT")
-        .await;
-    assert!(
-        j.as_array().unwrap().iter().all(|r| r["notify"] == false),
-        "{j}"
-    );
+    let j = h.get("/api/v1/journal?site=MP-0011&condition=P1_FAULT").await;
+    assert!(j.as_array().unwrap().iter().all(|r| r["notify"] == false), "{j}");
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chattering_level_is_one_occurrence_not_a_flood() {
     let h = Harness::start("mps-chatter", &[mps("MP-0021", "AKT-MPN-0021")]).await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0021", "AKT-MPN-0021"), t0())
-        .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0021", "AKT-MPN-0021"), t0()).await;
     h.run(&[&sim], Duration::minutes(10)).await;
     sim.inject(Scenario::Chattering {
         duration: Duration::minutes(3),
@@ -177,15 +150,9 @@ async fn chattering_level_is_one_occurrence_not_a_flood() {
     .unwrap();
     h.run(&[&sim], Duration::minutes(10)).await;
     assert_eq!(h.occurrences().await, vec!["MP-0021/HIGH_LEVEL"]);
-    let j = h
-        .get("/api/v1/journal?site=MP-0021&condition=HIGH_LEVEL")
-        .await;
+    let j = h.get("/api/v1/journal?site=MP-0021&condition=HIGH_LEVEL").await;
     let rows = j.as_array().unwrap();
-    assert!(
-        rows.len() >= 6,
-        "it did chatter: {} transitions",
-        rows.len()
-    );
+    assert!(rows.len() >= 6, "it did chatter: {} transitions", rows.len());
     // Told twice, not once per crossing: the raise, and its first return to normal.
     let mut told: Vec<(i64, &str)> = rows
         .iter()
@@ -206,9 +173,7 @@ async fn chattering_level_is_one_occurrence_not_a_flood() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lte_outage_comm_loss_then_backlog_is_late_not_paged() {
     let h = Harness::start("mps-lte", &[mps("MP-0031", "AKT-MPN-0031")]).await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0031", "AKT-MPN-0031"), t0())
-        .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0031", "AKT-MPN-0031"), t0()).await;
     h.run(&[&sim], Duration::minutes(30)).await;
     sim.inject(Scenario::LteOutage {
         duration: Duration::hours(3),
@@ -233,10 +198,7 @@ async fn lte_outage_comm_loss_then_backlog_is_late_not_paged() {
     assert_eq!(a["priority"], "high");
     // Radio back: live data first, then the backlog, oldest first.
     h.run(&[&sim], Duration::minutes(60)).await;
-    assert_eq!(
-        h.occurrences().await,
-        vec!["MP-0031/DOOR_OPEN", "MP-0031/comm_loss"]
-    );
+    assert_eq!(h.occurrences().await, vec!["MP-0031/DOOR_OPEN", "MP-0031/comm_loss"]);
     assert_eq!(
         h.actions("MP-0031", "comm_loss").await,
         vec!["raise:unack_active", "clear:unack_rtn"]
@@ -249,9 +211,7 @@ async fn lte_outage_comm_loss_then_backlog_is_late_not_paged() {
         .find(|a| a["condition"] == "DOOR_OPEN")
         .expect("door for review");
     assert_eq!(door["late"], true, "{door}");
-    let j = h
-        .get("/api/v1/journal?site=MP-0031&condition=DOOR_OPEN")
-        .await;
+    let j = h.get("/api/v1/journal?site=MP-0031&condition=DOOR_OPEN").await;
     assert!(
         j.as_array().unwrap().iter().all(|r| r["notify"] == false),
         "late data pages nobody: {j}"
@@ -262,9 +222,7 @@ async fn lte_outage_comm_loss_then_backlog_is_late_not_paged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rain_inflow_brings_in_the_lag_pump_without_alarms() {
     let h = Harness::start("mps-rain", &[mps("MP-0081", "AKT-MPN-0081")]).await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0081", "AKT-MPN-0081"), t0())
-        .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0081", "AKT-MPN-0081"), t0()).await;
     h.run(&[&sim], Duration::minutes(10)).await;
     sim.inject(Scenario::RainInflow {
         factor: 4.0,
@@ -280,12 +238,8 @@ async fn rain_inflow_brings_in_the_lag_pump_without_alarms() {
     );
     // Both pumps ran at the same time (the lag pump came in).
     let range = "from=2025-01-21T00:10:00Z&to=2025-01-21T02:10:00Z";
-    let p1 = h
-        .get(&format!("/api/v1/points/MP-0081.p1_run/readings?{range}"))
-        .await;
-    let p2 = h
-        .get(&format!("/api/v1/points/MP-0081.p2_run/readings?{range}"))
-        .await;
+    let p1 = h.get(&format!("/api/v1/points/MP-0081.p1_run/readings?{range}")).await;
+    let p2 = h.get(&format!("/api/v1/points/MP-0081.p2_run/readings?{range}")).await;
     let on = |v: &serde_json::Value| -> std::collections::BTreeSet<String> {
         v.as_array()
             .unwrap()
@@ -304,15 +258,15 @@ async fn rain_inflow_brings_in_the_lag_pump_without_alarms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ragging_pump_draws_more_current_and_raises_nothing_yet() {
     let h = Harness::start("mps-rag", &[mps("MP-0082", "AKT-MPN-0082")]).await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0082", "AKT-MPN-0082"), t0())
-        .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0082", "AKT-MPN-0082"), t0()).await;
     h.run(&[&sim], Duration::minutes(10)).await;
     sim.inject(Scenario::Ragging { pump: 1 }).await.unwrap();
     h.run(&[&sim], Duration::hours(2)).await;
     // Pump-health alarms (run time, current drift) are issue #3; the notifier itself reports nothing.
     assert_eq!(h.occurrences().await, Vec::<String>::new());
-    let cur = h.get("/api/v1/points/MP-0082.p1_current/readings?from=2025-01-21T00:10:00Z&to=2025-01-21T02:10:00Z").await;
+    let cur = h
+        .get("/api/v1/points/MP-0082.p1_current/readings?from=2025-01-21T00:10:00Z&to=2025-01-21T02:10:00Z")
+        .await;
     let max = cur
         .as_array()
         .unwrap()

@@ -23,11 +23,7 @@ fn sample(min: i64, q: serde_json::Value, p: serde_json::Value) -> serde_json::V
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_payloads_are_counted_by_reason_and_never_cost_good_samples() {
-    let h = Harness::start(
-        "bad-input",
-        &[dma("B01", "AKT-DMA-001"), dma("B02", "AKT-DMA-002")],
-    )
-    .await;
+    let h = Harness::start("bad-input", &[dma("B01", "AKT-DMA-001"), dma("B02", "AKT-DMA-002")]).await;
     h.clock.advance(Duration::hours(1));
     // The "device" here is a raw MQTT client publishing what the field can send.
     let dev = h.spawn_dma(quiet_dma("B01", "AKT-DMA-001"), t0()).await;
@@ -42,9 +38,7 @@ async fn broken_payloads_are_counted_by_reason_and_never_cost_good_samples() {
         )
     };
     let oversized = {
-        let big: Vec<serde_json::Value> = (0..6000)
-            .map(|i| sample(i, json!(40.0), json!(0.41)))
-            .collect();
+        let big: Vec<serde_json::Value> = (0..6000).map(|i| sample(i, json!(40.0), json!(0.41))).collect();
         telemetry(900, json!(big))
     };
     assert!(oversized.len() > 256 * 1024);
@@ -69,9 +63,7 @@ async fn broken_payloads_are_counted_by_reason_and_never_cost_good_samples() {
         dev.publish_raw(topic, payload).await.unwrap();
         *expected_reasons.entry(reason).or_default() += 1;
         // A good message right behind every bad one.
-        dev.publish_raw(tele, &good(seq, i as i64 * 10))
-            .await
-            .unwrap();
+        dev.publish_raw(tele, &good(seq, i as i64 * 10)).await.unwrap();
         seq += 1;
         good_samples += 2;
     }
@@ -102,23 +94,18 @@ async fn broken_payloads_are_counted_by_reason_and_never_cost_good_samples() {
         let mut quarantined = 0.0;
         for r in reasons {
             quarantined += h
-                .metric(&format!(
-                    "mizuban_quarantined_messages_total{{reason=\"{r}\"}}"
-                ))
+                .metric(&format!("mizuban_quarantined_messages_total{{reason=\"{r}\"}}"))
                 .await;
         }
         // Good messages + the mixed one + the unknown device (rejected by its shard).
-        quarantined >= corpus.len() as f64
-            && h.metric("mizuban_messages_total").await >= (corpus.len() + 2) as f64
+        quarantined >= corpus.len() as f64 && h.metric("mizuban_messages_total").await >= (corpus.len() + 2) as f64
     })
     .await;
     h.app.as_ref().unwrap().store.flush().await.unwrap();
     for (reason, n) in &expected_reasons {
         assert_eq!(
-            h.metric(&format!(
-                "mizuban_quarantined_messages_total{{reason=\"{reason}\"}}"
-            ))
-            .await,
+            h.metric(&format!("mizuban_quarantined_messages_total{{reason=\"{reason}\"}}"))
+                .await,
             *n as f64,
             "{reason}"
         );
@@ -131,11 +118,7 @@ async fn broken_payloads_are_counted_by_reason_and_never_cost_good_samples() {
     let good_q = q.iter().filter(|r| r["quality"] == "good").count();
     assert_eq!(good_q, good_samples + 3, "{q:?}");
     let bad_q: Vec<&serde_json::Value> = q.iter().filter(|r| r["quality"] == "bad").collect();
-    assert_eq!(
-        bad_q.len(),
-        2,
-        "NaN and true are stored as bad q readings: {bad_q:?}"
-    );
+    assert_eq!(bad_q.len(), 2, "NaN and true are stored as bad q readings: {bad_q:?}");
     let p = h
         .get("/api/v1/points/B01.p/readings?from=2025-01-21T03:00:00Z&to=2025-01-21T04:00:00Z")
         .await;
@@ -157,10 +140,8 @@ async fn broken_payloads_are_counted_by_reason_and_never_cost_good_samples() {
         ("wrong_type", 1.0),
     ] {
         assert_eq!(
-            h.metric(&format!(
-                "mizuban_sample_problems_total{{reason=\"{reason}\"}}"
-            ))
-            .await,
+            h.metric(&format!("mizuban_sample_problems_total{{reason=\"{reason}\"}}"))
+                .await,
             n,
             "{reason}"
         );
@@ -184,20 +165,14 @@ async fn broken_payloads_are_counted_by_reason_and_never_cost_good_samples() {
         .find(|e| e["reason"] == "oversized")
         .unwrap();
     assert!(over["payload"].as_str().unwrap().len() <= 2048);
-    assert_eq!(
-        h.occurrences().await,
-        Vec::<String>::new(),
-        "bad data raises no alarm"
-    );
+    assert_eq!(h.occurrences().await, Vec::<String>::new(), "bad data raises no alarm");
     h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redelivered_messages_and_a_reboot_in_one_stream() {
     let h = Harness::start("redeliver", &[mps("MP-0041", "AKT-MPN-0041")]).await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0041", "AKT-MPN-0041"), t0())
-        .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0041", "AKT-MPN-0041"), t0()).await;
     h.run(&[&sim], Duration::minutes(30)).await;
     let before = h.metric("mizuban_duplicate_messages_total").await;
     // Three byte-identical redeliveries, a reboot (boot + 1, seq from 0) and more redeliveries.
@@ -219,16 +194,12 @@ async fn redelivered_messages_and_a_reboot_in_one_stream() {
         h.metric("mizuban_duplicate_messages_total").await - before >= 4.0
     })
     .await;
-    assert_eq!(
-        h.metric("mizuban_duplicate_messages_total").await - before,
-        4.0
-    );
+    assert_eq!(h.metric("mizuban_duplicate_messages_total").await - before, 4.0);
     // Messages after the reboot (seq 0, 1, ...) were all accepted: the level kept being stored.
-    let lvl = h.get("/api/v1/points/MP-0041.level/readings?from=2025-01-21T00:35:00Z&to=2025-01-21T01:00:00Z").await;
-    assert!(
-        lvl.as_array().unwrap().len() >= 2,
-        "post-reboot data stored: {lvl}"
-    );
+    let lvl = h
+        .get("/api/v1/points/MP-0041.level/readings?from=2025-01-21T00:35:00Z&to=2025-01-21T01:00:00Z")
+        .await;
+    assert!(lvl.as_array().unwrap().len() >= 2, "post-reboot data stored: {lvl}");
     let sites = h.get("/api/v1/sites").await;
     assert_eq!(sites[0]["id"], "MP-0041");
     // One door alarm, raised and cleared once, despite the redelivered event.
@@ -264,20 +235,15 @@ async fn restart_resumes_alarms_states_and_delay_timers_without_new_pages() {
     )
     .await;
     let logger = h.spawn_dma(quiet_dma("B01", "AKT-DMA-001"), t0()).await;
-    let station = h
-        .spawn_mps(quiet_mps("MP-0051", "AKT-MPN-0051"), t0())
-        .await;
+    let station = h.spawn_mps(quiet_mps("MP-0051", "AKT-MPN-0051"), t0()).await;
     h.run(&[&logger, &station], Duration::minutes(30)).await;
     station.inject(Scenario::BothPumpsFail).await.unwrap();
     h.run(&[&logger, &station], Duration::minutes(25)).await;
     // The regulator sticks just before the hourly upload: the first low sample
     // (01:00) starts the 10-minute on-delay, which is still running at restart.
     logger.inject(Scenario::RegulatorStuckClosed).await.unwrap();
-    h.run(
-        &[&logger, &station],
-        Duration::minutes(5) + Duration::seconds(30),
-    )
-    .await;
+    h.run(&[&logger, &station], Duration::minutes(5) + Duration::seconds(30))
+        .await;
     let before: Vec<serde_json::Value> = h.get("/api/v1/alarms").await.as_array().unwrap().clone();
     let ids: Vec<(String, String, String)> = before
         .iter()
@@ -290,8 +256,7 @@ async fn restart_resumes_alarms_states_and_delay_timers_without_new_pages() {
         })
         .collect();
     assert!(
-        ids.iter()
-            .any(|i| i.1 == "HH_LEVEL" && i.2 == "unack_active"),
+        ids.iter().any(|i| i.1 == "HH_LEVEL" && i.2 == "unack_active"),
         "{ids:?}"
     );
     assert!(
@@ -332,13 +297,7 @@ async fn restart_resumes_alarms_states_and_delay_timers_without_new_pages() {
         .unwrap()
         .iter()
         .filter(|r| r["notify"] == true)
-        .map(|r| {
-            format!(
-                "{}:{}",
-                r["condition"].as_str().unwrap(),
-                r["action"].as_str().unwrap()
-            )
-        })
+        .map(|r| format!("{}:{}", r["condition"].as_str().unwrap(), r["action"].as_str().unwrap()))
         .collect();
     assert_eq!(
         new_pages.len() - pages_before,
@@ -365,9 +324,7 @@ async fn messages_sent_while_the_service_is_down_are_delivered_after() {
     // A persistent session: the broker keeps QoS 1 messages for mizuban while
     // it is stopped, and mizuban acknowledges nothing it has not stored.
     let mut h = Harness::start("downtime", &[mps("MP-0071", "AKT-MPN-0071")]).await;
-    let sim = h
-        .spawn_mps(quiet_mps("MP-0071", "AKT-MPN-0071"), t0())
-        .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0071", "AKT-MPN-0071"), t0()).await;
     h.run(&[&sim], Duration::minutes(10)).await;
     h.stop_service().await;
     let sent_before = sim.sent();
@@ -379,17 +336,13 @@ async fn messages_sent_while_the_service_is_down_are_delivered_after() {
     .await
     .unwrap();
     sim.advance(Duration::minutes(10)).await.unwrap();
-    assert!(
-        sim.sent() > sent_before + 2,
-        "the station reported while we were down"
-    );
+    assert!(sim.sent() > sent_before + 2, "the station reported while we were down");
     h.start_service().await;
     h.wait_messages(sim.sent() as f64).await;
     assert_eq!(h.occurrences().await, vec!["MP-0071/DOOR_OPEN"]);
-    let lvl = h.get("/api/v1/points/MP-0071.level/readings?from=2025-01-21T00:10:30Z&to=2025-01-21T00:41:00Z").await;
-    assert!(
-        lvl.as_array().unwrap().len() >= 3,
-        "readings from the downtime: {lvl}"
-    );
+    let lvl = h
+        .get("/api/v1/points/MP-0071.level/readings?from=2025-01-21T00:10:30Z&to=2025-01-21T00:41:00Z")
+        .await;
+    assert!(lvl.as_array().unwrap().len() >= 3, "readings from the downtime: {lvl}");
     h.stop().await;
 }

@@ -41,8 +41,7 @@ async fn polls_a_pymodbus_controller() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_controller.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_controller.py");
     let _peer = Peer(
         Command::new("python3")
             .arg(script)
@@ -54,10 +53,7 @@ async fn polls_a_pymodbus_controller() {
     // Ready when it accepts a TCP handshake (bounded).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "pymodbus server did not start"
-        );
+        assert!(std::time::Instant::now() < deadline, "pymodbus server did not start");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let h = Harness::start(
@@ -67,13 +63,9 @@ async fn polls_a_pymodbus_controller() {
     .await;
     // Let the level hold above high-high for the rule's on-delay in event time.
     for _ in 0..5 {
-        let before = h
-            .metric("mizuban_modbus_polls_total{device=\"AKT-MPC-0401\"}")
-            .await;
+        let before = h.metric("mizuban_modbus_polls_total{device=\"AKT-MPC-0401\"}").await;
         h.wait_until("polled", || async {
-            h.metric("mizuban_modbus_polls_total{device=\"AKT-MPC-0401\"}")
-                .await
-                >= before + 2.0
+            h.metric("mizuban_modbus_polls_total{device=\"AKT-MPC-0401\"}").await >= before + 2.0
         })
         .await;
         h.clock.advance(Duration::seconds(20));
@@ -85,10 +77,7 @@ async fn polls_a_pymodbus_controller() {
     let val = |n: &str| v[n]["value"].as_f64();
     assert_eq!(val("level"), Some(165.0));
     assert_eq!(val("p1_current"), Some(6.4));
-    assert_eq!(
-        v["p2_current"]["quality"], "bad",
-        "0xFFFF is not available: {v}"
-    );
+    assert_eq!(v["p2_current"]["quality"], "bad", "0xFFFF is not available: {v}");
     assert_eq!(val("p2_current"), None);
     assert_eq!(val("p1_run_min"), Some(184233.0));
     assert_eq!(val("p2_starts"), Some(61105.0));

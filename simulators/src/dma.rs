@@ -79,8 +79,8 @@ pub struct DmaLogger {
 }
 
 const DIURNAL: [f64; 24] = [
-    0.55, 0.42, 0.35, 0.32, 0.36, 0.6, 1.1, 1.55, 1.6, 1.35, 1.2, 1.2, 1.3, 1.15, 1.05, 1.05, 1.15,
-    1.35, 1.55, 1.5, 1.3, 1.1, 0.9, 0.7,
+    0.55, 0.42, 0.35, 0.32, 0.36, 0.6, 1.1, 1.55, 1.6, 1.35, 1.2, 1.2, 1.3, 1.15, 1.05, 1.05, 1.15, 1.35, 1.55, 1.5,
+    1.3, 1.1, 0.9, 0.7,
 ];
 
 /// Diurnal demand as a share of the daily mean, by local (JST) hour: night
@@ -146,10 +146,7 @@ impl DmaLogger {
     }
 
     fn topic(&self, leaf: &str) -> String {
-        format!(
-            "akita/v1/dma/{}/{}/{leaf}",
-            self.o.block_id, self.o.device_id
-        )
+        format!("akita/v1/dma/{}/{}/{leaf}", self.o.block_id, self.o.device_id)
     }
 
     fn batt_v(&self) -> f64 {
@@ -208,13 +205,7 @@ impl DmaLogger {
             Regulator::Normal => p,
             Regulator::StuckOpen => 0.68 + 0.08 * (1.0 - q / (2.0 * self.o.mean_flow)).max(0.0),
             Regulator::StuckClosed => p - 0.18 * (q / self.o.mean_flow),
-            Regulator::Hunting => {
-                p + if (now.timestamp() / 60) % 2 == 0 {
-                    0.05
-                } else {
-                    -0.05
-                }
-            }
+            Regulator::Hunting => p + if (now.timestamp() / 60) % 2 == 0 { 0.05 } else { -0.05 },
         };
         if self.chatter_until.is_some_and(|u| now < u) {
             // Sitting on the low-pressure threshold: every sample lands on the other side.
@@ -276,14 +267,7 @@ impl DmaLogger {
         self.samples.push(s);
         self.local_alarm(dev_t, now, "pressure_low", p < P_LOW, p, P_LOW);
         self.local_alarm(dev_t, now, "pressure_high", p > P_HIGH, p, P_HIGH);
-        self.local_alarm(
-            dev_t,
-            now,
-            "batt_low",
-            self.batt_pct < 10.0,
-            self.batt_v(),
-            3.25,
-        );
+        self.local_alarm(dev_t, now, "batt_low", self.batt_pct < 10.0, self.batt_v(), 3.25);
     }
 
     fn make_upload(&mut self) {
@@ -346,9 +330,8 @@ impl Device for DmaLogger {
         let start = *self.started.get_or_insert(now);
         if let Some(prev) = self.last_step {
             self.clock.tick(now - prev);
-            self.batt_pct = (self.batt_pct
-                - self.drain_pct_per_h * (now - prev).num_seconds() as f64 / 3600.0)
-                .max(0.0);
+            self.batt_pct =
+                (self.batt_pct - self.drain_pct_per_h * (now - prev).num_seconds() as f64 / 3600.0).max(0.0);
         }
         self.last_step = Some(now);
         if !self.status_sent {
@@ -385,9 +368,7 @@ impl Device for DmaLogger {
                 self.leak_pct_per_week = pct_per_week;
                 self.leak_since = Some(now);
             }
-            Scenario::ColdSnapThaw { factor, duration } => {
-                self.thaw = Some((factor, now + duration))
-            }
+            Scenario::ColdSnapThaw { factor, duration } => self.thaw = Some((factor, now + duration)),
             Scenario::RegulatorStuckOpen => self.regulator = Regulator::StuckOpen,
             Scenario::RegulatorStuckClosed => self.regulator = Regulator::StuckClosed,
             Scenario::RegulatorHunting => self.regulator = Regulator::Hunting,
@@ -401,9 +382,7 @@ impl Device for DmaLogger {
                 self.seq = 0;
                 self.status_sent = false;
             }
-            s @ (Scenario::ClockDrift { .. }
-            | Scenario::ClockStep { .. }
-            | Scenario::ClockReset) => {
+            s @ (Scenario::ClockDrift { .. } | Scenario::ClockStep { .. } | Scenario::ClockReset) => {
                 self.clock.apply(&s, now);
             }
             Scenario::Redeliver => self.outbox.redeliver_last(),

@@ -77,15 +77,9 @@ impl Svc {
         let img = u.station.controller_image(now);
         let r = match req {
             Request::ReadCoils(a, c) => slice(&u.coils, a, c).map(Response::ReadCoils),
-            Request::ReadDiscreteInputs(a, c) => {
-                slice(&img.discrete, a, c).map(Response::ReadDiscreteInputs)
-            }
-            Request::ReadInputRegisters(a, c) => {
-                slice(&img.input, a, c).map(Response::ReadInputRegisters)
-            }
-            Request::ReadHoldingRegisters(a, c) => {
-                slice(&img.holding, a, c).map(Response::ReadHoldingRegisters)
-            }
+            Request::ReadDiscreteInputs(a, c) => slice(&img.discrete, a, c).map(Response::ReadDiscreteInputs),
+            Request::ReadInputRegisters(a, c) => slice(&img.input, a, c).map(Response::ReadInputRegisters),
+            Request::ReadHoldingRegisters(a, c) => slice(&img.holding, a, c).map(Response::ReadHoldingRegisters),
             Request::WriteSingleCoil(a, v) if (a as usize) < u.coils.len() => {
                 u.coils[a as usize] = v;
                 Ok(Response::WriteSingleCoil(a, v))
@@ -125,11 +119,7 @@ impl tokio_modbus::server::Service for Svc {
 impl Controllers {
     /// Starts a server on `127.0.0.1:port` (0: ephemeral) with the given units
     /// (`unit id -> station options`), device time starting at `start`.
-    pub async fn start(
-        port: u16,
-        units: Vec<(u8, MpsOptions)>,
-        start: DateTime<Utc>,
-    ) -> std::io::Result<Self> {
+    pub async fn start(port: u16, units: Vec<(u8, MpsOptions)>, start: DateTime<Utc>) -> std::io::Result<Self> {
         let listener = TcpListener::bind(("127.0.0.1", port)).await?;
         let addr = listener.local_addr()?;
         let mut map = BTreeMap::new();
@@ -149,9 +139,7 @@ impl Controllers {
             units: Mutex::new(map),
             now: Mutex::new(start),
         });
-        let svc = Svc {
-            inner: inner.clone(),
-        };
+        let svc = Svc { inner: inner.clone() };
         let server = Server::new(listener);
         tokio::spawn(async move {
             let on_connected = move |stream, addr| {
@@ -194,13 +182,7 @@ impl Controllers {
     /// Moves every station's physics to `now`.
     pub fn step_to(&self, now: DateTime<Utc>) {
         *self.inner.now.lock().unwrap_or_else(|p| p.into_inner()) = now;
-        for u in self
-            .inner
-            .units
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values_mut()
-        {
+        for u in self.inner.units.lock().unwrap_or_else(|p| p.into_inner()).values_mut() {
             // The controller's MQTT-side output is not used here.
             u.station.step(now);
         }

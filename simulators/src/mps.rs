@@ -197,8 +197,7 @@ impl MpsNotifier {
     fn status_msg(&mut self, now: DateTime<Utc>) {
         let mut b = self.header("mps-status/1", now);
         let mains = self.power(now);
-        let status_bits =
-            (self.pumps[0].run as u64) | (self.pumps[1].run as u64) << 1 | 1 << 2 | 1 << 3;
+        let status_bits = (self.pumps[0].run as u64) | (self.pumps[1].run as u64) << 1 | 1 << 2 | 1 << 3;
         b["backlog"] = json!(0);
         b["alarm_bits"] = json!(self.bits);
         b["status_bits"] = json!(status_bits);
@@ -278,9 +277,8 @@ impl MpsNotifier {
         }
         let pumped_m3_min = pumped * self.o.pump_m3_min;
         let before = self.level;
-        self.level = (self.level
-            + (inflow - pumped_m3_min) * dt / 60.0 / self.o.well_area_m2 * 100.0)
-            .clamp(0.0, 400.0);
+        self.level =
+            (self.level + (inflow - pumped_m3_min) * dt / 60.0 / self.o.well_area_m2 * 100.0).clamp(0.0, 400.0);
         if before > self.o.stop_cm && self.level <= self.o.stop_cm {
             // Cycle ended: alternate the lead pump.
             self.lead = 1 - self.lead;
@@ -327,14 +325,7 @@ impl MpsNotifier {
         for (b, d) in discrete.iter_mut().enumerate().take(19) {
             *d = self.bits & (1 << b) != 0;
         }
-        let status = [
-            self.pumps[0].run,
-            self.pumps[1].run,
-            true,
-            true,
-            false,
-            false,
-        ];
+        let status = [self.pumps[0].run, self.pumps[1].run, true, true, false, false];
         discrete[32..38].copy_from_slice(&status);
         let u32w = |v: u64| [((v >> 16) & 0xFFFF) as u16, (v & 0xFFFF) as u16];
         let mut input = vec![0u16; 23];
@@ -441,9 +432,7 @@ impl Device for MpsNotifier {
                 self.pumps[0].fault = true;
                 self.pumps[1].fault = true;
             }
-            Scenario::Ragging { pump } => {
-                self.pumps[(pump.clamp(1, 2) - 1) as usize].ragging = true
-            }
+            Scenario::Ragging { pump } => self.pumps[(pump.clamp(1, 2) - 1) as usize].ragging = true,
             Scenario::PowerCut { duration } => self.power_until = Some(now + duration),
             Scenario::RainInflow { factor, duration } => self.rain = Some((factor, now + duration)),
             Scenario::DoorOpen { duration } => self.door_until = Some(now + duration),
@@ -454,9 +443,7 @@ impl Device for MpsNotifier {
                 self.o.boot += 1;
                 self.seq = 0;
             }
-            s @ (Scenario::ClockDrift { .. }
-            | Scenario::ClockStep { .. }
-            | Scenario::ClockReset) => {
+            s @ (Scenario::ClockDrift { .. } | Scenario::ClockStep { .. } | Scenario::ClockReset) => {
                 self.clock.apply(&s, now);
             }
             Scenario::Redeliver => self.outbox.redeliver_last(),
@@ -506,22 +493,12 @@ mod tests {
         let mut events = vec![];
         for _ in 0..(3600 / 10) {
             t += Duration::seconds(10);
-            events.extend(
-                d.step(t)
-                    .into_iter()
-                    .filter(|m| m.topic.ends_with("/event")),
-            );
+            events.extend(d.step(t).into_iter().filter(|m| m.topic.ends_with("/event")));
         }
         let codes: Vec<String> = events
             .iter()
             .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
-            .map(|v| {
-                format!(
-                    "{}:{}",
-                    v["code"].as_str().unwrap(),
-                    v["state"].as_str().unwrap()
-                )
-            })
+            .map(|v| format!("{}:{}", v["code"].as_str().unwrap(), v["state"].as_str().unwrap()))
             .collect();
         assert!(codes.contains(&"HH_LEVEL:raise".to_string()), "{codes:?}");
         assert!(codes.contains(&"P1_FAULT:raise".to_string()));

@@ -35,9 +35,7 @@ pub struct SpawnOptions {
 pub enum SimError {
     #[error("simulator {device}: broker did not accept the connection: {reason}")]
     Connect { device: String, reason: String },
-    #[error(
-        "simulator {device}: broker did not acknowledge {pending} message(s) within {waited:?}"
-    )]
+    #[error("simulator {device}: broker did not acknowledge {pending} message(s) within {waited:?}")]
     NotAcked {
         device: String,
         pending: usize,
@@ -51,10 +49,7 @@ pub enum SimError {
 
 enum Cmd {
     Inject(Scenario),
-    Advance(
-        chrono::Duration,
-        oneshot::Sender<Result<DateTime<Utc>, SimError>>,
-    ),
+    Advance(chrono::Duration, oneshot::Sender<Result<DateTime<Utc>, SimError>>),
     Raw(Msg, oneshot::Sender<Result<(), SimError>>),
     Stop(bool, oneshot::Sender<()>),
 }
@@ -172,10 +167,7 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
                             return;
                         }
                         // Reconnect like a device: back off, keep the outbox.
-                        tokio::time::sleep(Duration::from_millis(
-                            (100 * 2u64.pow(failures.min(6))).min(5000),
-                        ))
-                        .await;
+                        tokio::time::sleep(Duration::from_millis((100 * 2u64.pow(failures.min(6))).min(5000))).await;
                     }
                 }
             }

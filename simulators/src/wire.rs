@@ -69,12 +69,7 @@ impl Outbox {
 
     /// Sends what the radio can: every fresh message and up to `max_backlog`
     /// queued ones. With the radio down everything waits in the backlog.
-    pub fn drain(
-        &mut self,
-        radio_up: bool,
-        max_backlog: usize,
-        device_now: DateTime<Utc>,
-    ) -> Vec<Msg> {
+    pub fn drain(&mut self, radio_up: bool, max_backlog: usize, device_now: DateTime<Utc>) -> Vec<Msg> {
         if !radio_up {
             self.backlog.extend(self.fresh.drain(..));
             // A logger's memory is finite: beyond this the oldest are lost (as in the field).

@@ -241,11 +241,8 @@ impl Registry {
             a.suppressed_by = sup;
             // Its page is still outstanding (nobody acknowledged): a chattering
             // condition is one page, not one per crossing.
-            let notify = !a.paged
-                && !a.late
-                && a.suppressed_by.is_none()
-                && a.shelved_until.is_none()
-                && !a.out_of_service;
+            let notify =
+                !a.paged && !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
             out.push(self.finish(&key, before, "raise", now, Some(t), "system", None, notify));
         } else {
             let mut a = Alarm {
@@ -283,29 +280,14 @@ impl Registry {
             let notify = a.suppressed_by.is_none();
             self.by_id.insert(a.id.clone(), key.clone());
             self.open.insert(key.clone(), a);
-            out.push(self.finish(
-                &key,
-                AlarmState::Normal,
-                "raise",
-                now,
-                Some(t),
-                "system",
-                None,
-                notify,
-            ));
+            out.push(self.finish(&key, AlarmState::Normal, "raise", now, Some(t), "system", None, notify));
         }
         self.resuppress(&spec.device, now, &mut out);
         out
     }
 
     /// The condition returned to normal at event time `t`.
-    pub fn clear(
-        &mut self,
-        key: &AlarmKey,
-        t: Timestamp,
-        now: Timestamp,
-        value: Option<f64>,
-    ) -> Vec<Transition> {
+    pub fn clear(&mut self, key: &AlarmKey, t: Timestamp, now: Timestamp, value: Option<f64>) -> Vec<Transition> {
         let mut out = Vec::new();
         let Some(a) = self.open.get_mut(key) else {
             return out;
@@ -393,12 +375,7 @@ impl Registry {
         ))
     }
 
-    pub fn unshelve(
-        &mut self,
-        id: &str,
-        who: &str,
-        now: Timestamp,
-    ) -> Result<Transition, CommandError> {
+    pub fn unshelve(&mut self, id: &str, who: &str, now: Timestamp) -> Result<Transition, CommandError> {
         let key = self.key_of(id)?;
         let a = self.open.get_mut(&key).expect("indexed");
         if a.shelved_until.is_none() {
@@ -440,11 +417,7 @@ impl Registry {
         if oos {
             a.shelved_until = None;
         }
-        let action = if oos {
-            "out_of_service"
-        } else {
-            "return_to_service"
-        };
+        let action = if oos { "out_of_service" } else { "return_to_service" };
         Ok(self.finish(&key, before, action, now, None, who, Some(reason), false))
     }
 
@@ -478,13 +451,7 @@ impl Registry {
 
     /// Data that arrived after the fact showed a condition that is already over:
     /// record it for review (unack_rtn, `late`), never page.
-    pub fn record_late(
-        &mut self,
-        spec: RaiseSpec,
-        from: Timestamp,
-        to: Timestamp,
-        now: Timestamp,
-    ) -> Vec<Transition> {
+    pub fn record_late(&mut self, spec: RaiseSpec, from: Timestamp, to: Timestamp, now: Timestamp) -> Vec<Transition> {
         let key = spec.key();
         if self.open.contains_key(&key) {
             // An occurrence is open already: one per key. Journal the finding on it.
@@ -551,10 +518,7 @@ impl Registry {
             let a = self.open.get_mut(&k).expect("present");
             let before = a.state;
             a.late = false;
-            let notify = !a.acked
-                && a.suppressed_by.is_none()
-                && a.shelved_until.is_none()
-                && !a.out_of_service;
+            let notify = !a.acked && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
             out.push(self.finish(
                 &k,
                 before,
@@ -636,30 +600,19 @@ mod tests {
     #[test]
     fn shelve_expires_and_out_of_service() {
         let mut r = Registry::new();
-        let id = r.raise(spec("DOOR_OPEN", &[]), t(0), t(0))[0]
-            .alarm
-            .id
-            .clone();
-        let s = r
-            .shelve(&id, 30, "maintenance visit".into(), "ito", t(1))
-            .unwrap();
+        let id = r.raise(spec("DOOR_OPEN", &[]), t(0), t(0))[0].alarm.id.clone();
+        let s = r.shelve(&id, 30, "maintenance visit".into(), "ito", t(1)).unwrap();
         assert_eq!(s.to, AlarmState::Shelved);
         assert!(r.expire_shelves(t(20)).is_empty());
         let e = r.expire_shelves(t(31));
         assert_eq!(states(&e), vec![("DOOR_OPEN", "unshelve", "unack_active")]);
-        assert!(
-            e[0].notify,
-            "an expired shelve on an active alarm re-notifies"
-        );
+        assert!(e[0].notify, "an expired shelve on an active alarm re-notifies");
         let o = r
             .set_out_of_service(&id, true, "eng", "sensor replaced".into(), t(32))
             .unwrap();
         assert_eq!(o.to, AlarmState::OutOfService);
         assert!(r.shelve(&id, 5, "x".into(), "ito", t(33)).is_err());
-        assert!(matches!(
-            r.ack("nope", "x", None, t(0)),
-            Err(CommandError::NotFound(_))
-        ));
+        assert!(matches!(r.ack("nope", "x", None, t(0)), Err(CommandError::NotFound(_))));
     }
 
     #[test]
@@ -680,10 +633,7 @@ mod tests {
         assert!(!f[0].notify);
         let cl = r.raise(spec(COMM_LOSS, &[]), t(3), t(3));
         assert_eq!(cl[0].to, AlarmState::UnackActive);
-        assert!(cl
-            .iter()
-            .skip(1)
-            .all(|t| t.to == AlarmState::Suppressed && !t.notify));
+        assert!(cl.iter().skip(1).all(|t| t.to == AlarmState::Suppressed && !t.notify));
         assert_eq!(
             r.get_key(&spec("POWER_FAIL", &[]).key()).unwrap().state,
             AlarmState::Suppressed

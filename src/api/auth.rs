@@ -28,9 +28,7 @@ impl Caller {
         if self.role >= need {
             Ok(())
         } else {
-            Err(ApiError::Forbidden {
-                need: need.as_str(),
-            })
+            Err(ApiError::Forbidden { need: need.as_str() })
         }
     }
 }
@@ -56,9 +54,7 @@ const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW_MIN: i64 = 5;
 
 pub fn random_token(bytes: usize) -> String {
-    (0..bytes)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
+    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
 impl Sessions {
@@ -88,10 +84,7 @@ impl Sessions {
         }
     }
     pub fn remove(&self, id: &str) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
     /// `false` when this user name has failed too often recently.
     pub fn login_allowed(&self, user: &str) -> bool {
@@ -112,11 +105,7 @@ impl Sessions {
 }
 
 pub fn cookie_value(parts: &Parts, name: &str) -> Option<String> {
-    let h = parts
-        .headers
-        .get(axum::http::header::COOKIE)?
-        .to_str()
-        .ok()?;
+    let h = parts.headers.get(axum::http::header::COOKIE)?.to_str().ok()?;
     h.split(';')
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
@@ -139,11 +128,7 @@ fn query_token(parts: &Parts) -> Option<String> {
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte.
 fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -47,16 +47,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (
-            self.status(),
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response();
+        let mut r = (self.status(), Json(serde_json::json!({ "error": self.to_string() }))).into_response();
         if matches!(self, Self::Unauthenticated) {
-            r.headers_mut().insert(
-                "www-authenticate",
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+            r.headers_mut()
+                .insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));
         }
         r
     }
@@ -66,12 +60,8 @@ impl From<PipelineError> for ApiError {
     fn from(e: PipelineError) -> Self {
         match e {
             PipelineError::Stopped => Self::Unavailable("alarm pipeline is not running".into()),
-            PipelineError::Command(CommandError::NotFound(id)) => {
-                Self::NotFound(format!("no open alarm with id {id}"))
-            }
-            PipelineError::Command(c @ CommandError::Conflict { .. }) => {
-                Self::Conflict(c.to_string())
-            }
+            PipelineError::Command(CommandError::NotFound(id)) => Self::NotFound(format!("no open alarm with id {id}")),
+            PipelineError::Command(c @ CommandError::Conflict { .. }) => Self::Conflict(c.to_string()),
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub started: chrono::DateTime<chrono::Utc>,
     /// Names of collectors that must be connected for the service to be healthy.
     pub collectors: Vec<&'static str>,
+    /// Device commands to Modbus controllers.
+    pub commander: crate::collect::modbus::Commander,
 }
 
 /// `(method, path)` of every route the router serves; the OpenAPI test checks
@@ -45,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/session"),
     ("GET", "/api/v1/sites"),
     ("GET", "/api/v1/sites/{id}"),
+    ("POST", "/api/v1/sites/{id}/commands"),
     ("GET", "/api/v1/alarms"),
     ("GET", "/api/v1/alarms/{id}"),
     ("GET", "/api/v1/alarms/{id}/journal"),
@@ -73,20 +76,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/session", get(routes::session))
         .route("/api/v1/sites", get(routes::sites))
         .route("/api/v1/sites/{id}", get(routes::site))
+        .route("/api/v1/sites/{id}/commands", post(routes::command))
         .route("/api/v1/alarms", get(routes::alarms))
         .route("/api/v1/alarms/{id}", get(routes::alarm))
         .route("/api/v1/alarms/{id}/journal", get(routes::alarm_journal))
         .route("/api/v1/alarms/{id}/ack", post(routes::ack))
         .route("/api/v1/alarms/{id}/shelve", post(routes::shelve))
         .route("/api/v1/alarms/{id}/unshelve", post(routes::unshelve))
-        .route(
-            "/api/v1/alarms/{id}/out_of_service",
-            post(routes::out_of_service),
-        )
-        .route(
-            "/api/v1/alarms/{id}/return_to_service",
-            post(routes::return_to_service),
-        )
+        .route("/api/v1/alarms/{id}/out_of_service", post(routes::out_of_service))
+        .route("/api/v1/alarms/{id}/return_to_service", post(routes::return_to_service))
         .route("/api/v1/points/{id}/readings", get(routes::readings))
         .route("/api/v1/journal", get(routes::journal))
         .route("/api/v1/quarantine", get(routes::quarantine))

@@ -51,8 +51,7 @@ fn op(
         o["x-required-role"] = json!(r);
     }
     if let Some(b) = body {
-        o["requestBody"] =
-            json!({"required": false, "content": {"application/json": {"schema": b}}});
+        o["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": b}}});
     }
     o
 }
@@ -143,6 +142,10 @@ pub fn document() -> Value {
             "/api/v1/session": {"get": op("Who am I", Some("viewer"), json!([]), None, ok_json("caller", json!({"type": "object"})), &[])},
             "/api/v1/sites": {"get": op("All sites with status", Some("viewer"), json!([]), None, ok_json("sites", json!({"type": "array", "items": {"$ref": "#/components/schemas/Site"}})), &[])},
             "/api/v1/sites/{id}": {"get": op("One site: configuration, status, open alarms, points, latest raw message", Some("viewer"), path_id("site id"), None, ok_json("site", json!({"type": "object"})), &[("404", "no such site")])},
+            "/api/v1/sites/{id}/commands": {"post": op("Device command to a Modbus controller (alarm_reset, p1_inhibit, p2_inhibit, remote_pump_down), confirmed by read-back and journaled", Some("engineer"), path_id("site id"),
+                Some(json!({"type": "object", "required": ["command", "reason"], "properties": {"command": {"type": "string"}, "value": {"type": "boolean", "description": "for inhibits: true inhibits, false releases"}, "reason": {"type": "string"}}})),
+                ok_json("confirmed", json!({"type": "object"})),
+                &[("404", "no such site"), ("409", "not a Modbus site, refused by the controller, or not confirmed"), ("422", "unknown command or no reason"), ("503", "controller unreachable")])},
             "/api/v1/alarms": {"get": op("Alarms operators must see, highest priority first, then newest", Some("viewer"), json!([
                     {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated states"},
                     {"name": "site", "in": "query", "schema": {"type": "string"}},

@@ -32,8 +32,7 @@ fn body<T: DeserializeOwned + Default>(b: Result<Bytes, BytesRejection>) -> Resu
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    let v: Value = serde_json::from_slice(&b)
-        .map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(&b).map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))?;
     serde_json::from_value(v).map_err(|e| ApiError::Unprocessable(format!("body: {e}")))
 }
 
@@ -42,9 +41,7 @@ fn parse_time(name: &str, s: &Option<String>) -> Result<Option<Timestamp>, ApiEr
         None => Ok(None),
         Some(s) => DateTime::parse_from_rfc3339(s)
             .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|e| {
-                ApiError::BadRequest(format!("{name}: {s:?} is not an RFC 3339 time: {e}"))
-            }),
+            .map_err(|e| ApiError::BadRequest(format!("{name}: {s:?} is not an RFC 3339 time: {e}"))),
     }
 }
 
@@ -54,7 +51,10 @@ pub async fn not_found() -> ApiError {
 
 pub async fn board() -> impl IntoResponse {
     (
-        [(header::CONTENT_SECURITY_POLICY, "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'")],
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'",
+        )],
         Html(include_str!("board.html")),
     )
 }
@@ -77,10 +77,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
             .set(counts.get(&s).copied().unwrap_or(0));
     }
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         st.metrics.encode(),
     )
         .into_response()
@@ -120,10 +117,7 @@ pub struct LoginBody {
     password: String,
 }
 
-pub async fn login(
-    State(st): State<AppState>,
-    b: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
+pub async fn login(State(st): State<AppState>, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     let req: LoginBody = body(b)?;
     if !st.sessions.login_allowed(&req.user) {
         return Err(ApiError::TooMany);
@@ -171,11 +165,7 @@ pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response 
         .into_response()
 }
 
-pub async fn session(
-    State(st): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-) -> Json<Value> {
+pub async fn session(State(st): State<AppState>, caller: Caller, headers: HeaderMap) -> Json<Value> {
     let (mut parts, _) = axum::http::Request::new(()).into_parts();
     parts.headers = headers;
     let csrf = cookie_value(&parts, COOKIE)
@@ -214,11 +204,7 @@ pub async fn sites(State(st): State<AppState>, caller: Caller) -> Result<Json<Va
     Ok(Json(Value::Array(out)))
 }
 
-pub async fn site(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+pub async fn site(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Viewer)?;
     let s = st
         .cfg
@@ -276,8 +262,7 @@ pub async fn alarms(
         Some(s) => Some(
             s.split(',')
                 .map(|x| {
-                    AlarmState::parse(x.trim())
-                        .ok_or_else(|| ApiError::BadRequest(format!("unknown state {x:?}")))
+                    AlarmState::parse(x.trim()).ok_or_else(|| ApiError::BadRequest(format!("unknown state {x:?}")))
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -410,9 +395,7 @@ pub async fn shelve(
         .minutes
         .ok_or_else(|| ApiError::Unprocessable("minutes is required".into()))?;
     if !(1..=MAX_SHELVE_MIN).contains(&minutes) {
-        return Err(ApiError::Unprocessable(format!(
-            "minutes must be 1..={MAX_SHELVE_MIN}"
-        )));
+        return Err(ApiError::Unprocessable(format!("minutes must be 1..={MAX_SHELVE_MIN}")));
     }
     let reason = required_reason(req.reason)?;
     Ok(Json(
@@ -434,12 +417,7 @@ pub async fn unshelve(
 ) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Operator)?;
     Ok(Json(
-        st.pipeline
-            .command(Command::Unshelve {
-                id,
-                who: caller.name,
-            })
-            .await?,
+        st.pipeline.command(Command::Unshelve { id, who: caller.name }).await?,
     ))
 }
 
@@ -583,4 +561,67 @@ pub async fn quarantine(
         .pipeline
         .quarantine
         .list(q.limit.unwrap_or(100).clamp(1, 10_000)))))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    command: String,
+    #[serde(default)]
+    value: Option<bool>,
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/sites/{id}/commands`: a device command (engineer), confirmed
+/// by read-back and journaled with who and why whatever the outcome.
+pub async fn command(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    use crate::collect::modbus::CommandFailure as F;
+    caller.require(Role::Engineer)?;
+    let site = st
+        .cfg
+        .site(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no site {id}")))?
+        .clone();
+    let req: CommandBody = body(b)?;
+    let reason = required_reason(req.reason)?;
+    let value = req.value.unwrap_or(true);
+    let result = st.commander.send(&id, &req.command, value).await;
+    let outcome = match &result {
+        Ok(_) => "confirmed".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    if !matches!(result, Err(F::NotModbus(_)) | Err(F::Unknown { .. })) {
+        let rec = crate::store::CommandRecord {
+            at: chrono::Utc::now(),
+            site: id.clone(),
+            device: site.device.to_string(),
+            command: req.command.clone(),
+            value,
+            who: caller.name.clone(),
+            why: reason.clone(),
+            result: outcome.clone(),
+        };
+        st.store
+            .submit(
+                crate::store::Batch {
+                    commands: vec![rec],
+                    ..Default::default()
+                },
+                &st.metrics,
+            )
+            .await?;
+    }
+    match result {
+        Ok(readback) => Ok(Json(
+            json!({"site": id, "command": req.command, "value": readback, "result": "confirmed", "by": caller.name}),
+        )),
+        Err(e @ (F::NotModbus(_) | F::Exception(_) | F::NotConfirmed { .. })) => Err(ApiError::Conflict(e.to_string())),
+        Err(e @ F::Unknown { .. }) => Err(ApiError::Unprocessable(e.to_string())),
+        Err(e @ (F::Unreachable(_) | F::Stopped)) => Err(ApiError::Unavailable(format!("site {id}: {e}"))),
+    }
 }

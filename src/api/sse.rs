@@ -38,6 +38,5 @@ pub async fn events(
             }
         })
     });
-    Ok(Sse::new(stream::once(async move { Ok(first) }).chain(live))
-        .keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream::once(async move { Ok(first) }).chain(live)).keep_alive(KeepAlive::default()))
 }

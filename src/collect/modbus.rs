@@ -15,10 +15,11 @@ use crate::device::{Decoded, MessageKind, Profile, RawReading};
 use crate::model::Clock;
 use crate::pipeline::{Incoming, Pipeline};
 use crate::telemetry::Metrics;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_modbus::client::{Context, Reader};
 use tokio_modbus::prelude::{ExceptionCode, Slave, SlaveContext};
@@ -52,6 +53,81 @@ impl PollError {
     }
 }
 
+/// Why a device command did not take effect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandFailure {
+    #[error("site {0} is not polled over Modbus")]
+    NotModbus(String),
+    #[error("unknown command {name:?}; this controller takes: {known}")]
+    Unknown { name: String, known: String },
+    #[error("controller unreachable: {0}")]
+    Unreachable(String),
+    #[error("the controller refused the command (Modbus exception {0:#04x})")]
+    Exception(u8),
+    #[error("the command was written but reading it back gave {got}, not {want}")]
+    NotConfirmed { want: bool, got: bool },
+    #[error("the Modbus collector is not running")]
+    Stopped,
+}
+
+struct CommandRequest {
+    unit: u8,
+    coil: u16,
+    value: bool,
+    pulse: bool,
+    timeout: Duration,
+    reply: oneshot::Sender<Result<bool, CommandFailure>>,
+}
+
+/// Sends commands to controllers through the endpoint task that owns their
+/// connection, so a command never races a poll on the same socket.
+#[derive(Clone, Default)]
+pub struct Commander {
+    sites: HashMap<String, (mpsc::Sender<CommandRequest>, u8, ModbusMap)>,
+}
+
+impl Commander {
+    /// Writes the command's coil and reads it back. `value` is ignored for
+    /// pulse commands (they always pulse).
+    pub async fn send(&self, site: &str, command: &str, value: bool) -> Result<bool, CommandFailure> {
+        let (tx, unit, map) = self
+            .sites
+            .get(site)
+            .ok_or_else(|| CommandFailure::NotModbus(site.into()))?;
+        let spec = map
+            .commands
+            .iter()
+            .find(|c| c.name == command)
+            .ok_or_else(|| CommandFailure::Unknown {
+                name: command.into(),
+                known: map
+                    .commands
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let (reply, rx) = oneshot::channel();
+        let req = CommandRequest {
+            unit: *unit,
+            coil: spec.coil,
+            value: spec.pulse || value,
+            pulse: spec.pulse,
+            timeout: Duration::from_millis(map.timeout_ms),
+            reply,
+        };
+        tx.send(req).await.map_err(|_| CommandFailure::Stopped)?;
+        rx.await.map_err(|_| CommandFailure::Stopped)?
+    }
+
+    pub fn commands(&self, site: &str) -> Vec<crate::device::modbus::CommandSpec> {
+        self.sites
+            .get(site)
+            .map(|(_, _, m)| m.commands.clone())
+            .unwrap_or_default()
+    }
+}
+
 struct Unit {
     site: Arc<Site>,
     map: ModbusMap,
@@ -65,33 +141,46 @@ pub struct ModbusCollector {
     pipeline: Pipeline,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    commander: Commander,
+    /// Command queues of the endpoints, taken by their tasks at start.
+    inboxes: std::sync::Mutex<HashMap<(String, u16), mpsc::Receiver<CommandRequest>>>,
 }
 
 impl ModbusCollector {
-    pub fn new(
-        cfg: Arc<Config>,
-        pipeline: Pipeline,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    pub fn new(cfg: Arc<Config>, pipeline: Pipeline, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+        let mut me = Self {
             cfg,
             pipeline,
             clock,
             metrics,
+            commander: Commander::default(),
+            inboxes: Default::default(),
+        };
+        let mut inboxes = HashMap::new();
+        for (ep, units) in me.endpoints() {
+            // A handful of commands at a time per endpoint is plenty; more waits (policy: block).
+            let (tx, rx) = mpsc::channel(8);
+            inboxes.insert(ep, rx);
+            for (unit, site, p) in units {
+                if let Some(map) = p.modbus.clone() {
+                    me.commander.sites.insert(site.id.to_string(), (tx.clone(), unit, map));
+                }
+            }
         }
+        me.inboxes = std::sync::Mutex::new(inboxes);
+        me
+    }
+
+    pub fn commander(&self) -> Commander {
+        self.commander.clone()
     }
 
     /// Endpoints and their units, from the sites that have a `modbus` address.
     fn endpoints(&self) -> BTreeMap<(String, u16), Vec<(u8, Arc<Site>, Arc<Profile>)>> {
         let mut m: BTreeMap<(String, u16), Vec<_>> = BTreeMap::new();
         for s in &self.cfg.sites {
-            if let (
-                Some(ModbusEndpoint {
-                    host, port, unit, ..
-                }),
-                Some(p),
-            ) = (&s.modbus, self.cfg.profiles.get(&s.profile))
+            if let (Some(ModbusEndpoint { host, port, unit, .. }), Some(p)) =
+                (&s.modbus, self.cfg.profiles.get(&s.profile))
             {
                 if p.modbus.is_some() {
                     m.entry((host.clone(), *port))
@@ -113,8 +202,13 @@ impl ModbusCollector {
         for ((host, port), units) in me.endpoints() {
             let me = me.clone();
             let cancel = cancel.clone();
+            let inbox = me
+                .inboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(host.clone(), port));
             tasks.push(tokio::spawn(async move {
-                me.poll_endpoint(host, port, units, cancel).await
+                me.poll_endpoint(host, port, units, inbox, cancel).await
             }));
         }
         for t in tasks {
@@ -125,12 +219,7 @@ impl ModbusCollector {
         tracing::info!("modbus collector stopped");
     }
 
-    async fn connect(
-        &self,
-        host: &str,
-        port: u16,
-        timeout: Duration,
-    ) -> Result<Context, PollError> {
+    async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<Context, PollError> {
         let addr: SocketAddr = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| PollError::Transport(e.to_string()))?
@@ -138,25 +227,16 @@ impl ModbusCollector {
             .ok_or_else(|| PollError::Transport(format!("{host} has no address")))?;
         match tokio::time::timeout(timeout, tokio_modbus::client::tcp::connect(addr)).await {
             Err(_) => Err(PollError::Timeout),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                Err(PollError::Refused)
-            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(PollError::Refused),
             Ok(Err(e)) => Err(PollError::Transport(e.to_string())),
             Ok(Ok(ctx)) => Ok(ctx),
         }
     }
 
-    async fn read(
-        ctx: &mut Context,
-        r: ReadRange,
-        timeout: Duration,
-    ) -> Result<RangeData, PollError> {
+    async fn read(ctx: &mut Context, r: ReadRange, timeout: Duration) -> Result<RangeData, PollError> {
         let fut = async {
             match r.table {
-                Table::Coil => ctx
-                    .read_coils(r.address, r.count)
-                    .await
-                    .map(|x| x.map(RangeData::Bits)),
+                Table::Coil => ctx.read_coils(r.address, r.count).await.map(|x| x.map(RangeData::Bits)),
                 Table::Discrete => ctx
                     .read_discrete_inputs(r.address, r.count)
                     .await
@@ -180,10 +260,7 @@ impl ModbusCollector {
     }
 
     /// One poll of one unit: every planned range, each with its retries.
-    async fn poll(
-        ctx: &mut Context,
-        unit: &Unit,
-    ) -> Result<Vec<(ReadRange, RangeData)>, PollError> {
+    async fn poll(ctx: &mut Context, unit: &Unit) -> Result<Vec<(ReadRange, RangeData)>, PollError> {
         let timeout = Duration::from_millis(unit.map.timeout_ms);
         let mut out = Vec::with_capacity(unit.plan.len());
         for r in &unit.plan {
@@ -196,8 +273,7 @@ impl ModbusCollector {
                     }
                     // Busy is worth asking again; other exceptions are answers.
                     Err(PollError::Exception(c))
-                        if c == u8::from(ExceptionCode::ServerDeviceBusy)
-                            && attempt < unit.map.retries => {}
+                        if c == u8::from(ExceptionCode::ServerDeviceBusy) && attempt < unit.map.retries => {}
                     Err(e @ PollError::Exception(_)) => return Err(e),
                     // A timeout may leave an answer in flight: retrying on the
                     // same connection risks reading it as the next answer.
@@ -214,6 +290,7 @@ impl ModbusCollector {
         host: String,
         port: u16,
         units: Vec<(u8, Arc<Site>, Arc<Profile>)>,
+        mut inbox: Option<mpsc::Receiver<CommandRequest>>,
         cancel: CancellationToken,
     ) {
         let now = Instant::now();
@@ -224,11 +301,8 @@ impl ModbusCollector {
                 let ep = site.modbus.as_ref()?;
                 map.timeout_ms = ep.timeout_ms.unwrap_or(map.timeout_ms);
                 map.retries = ep.retries.unwrap_or(map.retries);
-                let interval = Duration::from_millis(
-                    ep.poll_interval_ms
-                        .unwrap_or(map.poll_interval_s as u64 * 1000)
-                        .max(10),
-                );
+                let interval =
+                    Duration::from_millis(ep.poll_interval_ms.unwrap_or(map.poll_interval_s as u64 * 1000).max(10));
                 let plan = map.plan();
                 Some((
                     id,
@@ -246,16 +320,27 @@ impl ModbusCollector {
         let mut not_before = Instant::now();
         let mut backoff = Duration::from_millis(200);
         loop {
-            let Some((&id, due)) = units
-                .iter()
-                .map(|(id, u)| (id, u.next))
-                .min_by_key(|(_, n)| *n)
-            else {
+            let Some((&id, due)) = units.iter().map(|(id, u)| (id, u.next)).min_by_key(|(_, n)| *n) else {
                 return;
+            };
+            let cmd = async {
+                match inbox.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
             };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(due) => {}
+                Some(req) = cmd => {
+                    let r = self.command(&mut ctx, &host, port, &req).await;
+                    if matches!(r, Err(CommandFailure::Unreachable(_))) {
+                        ctx = None;
+                    }
+                    // The API caller may have hung up; the command stands either way.
+                    let _ = req.reply.send(r);
+                    continue;
+                }
             }
             let unit = units.get_mut(&id).expect("chosen from the map");
             let interval = unit.interval;
@@ -311,6 +396,61 @@ impl ModbusCollector {
                     }
                 }
             }
+        }
+    }
+
+    /// Executes one command on this endpoint's connection: write the coil,
+    /// read it back, and for a pulse write it back to 0.
+    async fn command(
+        &self,
+        ctx: &mut Option<Context>,
+        host: &str,
+        port: u16,
+        req: &CommandRequest,
+    ) -> Result<bool, CommandFailure> {
+        let unreachable = |e: PollError| CommandFailure::Unreachable(format!("{} ({:?})", e.kind(), e));
+        if ctx.is_none() {
+            *ctx = Some(self.connect(host, port, req.timeout).await.map_err(unreachable)?);
+        }
+        let c = ctx.as_mut().expect("connected above");
+        c.set_slave(Slave(req.unit));
+        let t = req.timeout;
+        Self::write_coil(c, req.coil, req.value, t).await?;
+        let back = match Self::read(
+            c,
+            ReadRange {
+                table: Table::Coil,
+                address: req.coil,
+                count: 1,
+            },
+            t,
+        )
+        .await
+        {
+            Ok(RangeData::Bits(b)) if !b.is_empty() => b[0],
+            Ok(_) => return Err(CommandFailure::Unreachable("read-back returned no coil".into())),
+            Err(PollError::Exception(code)) => return Err(CommandFailure::Exception(code)),
+            Err(e) => return Err(unreachable(e)),
+        };
+        if back != req.value {
+            return Err(CommandFailure::NotConfirmed {
+                want: req.value,
+                got: back,
+            });
+        }
+        if req.pulse {
+            Self::write_coil(c, req.coil, false, t).await?;
+        }
+        Ok(back)
+    }
+
+    async fn write_coil(c: &mut Context, coil: u16, v: bool, t: Duration) -> Result<(), CommandFailure> {
+        let unreachable = |e: PollError| CommandFailure::Unreachable(format!("{} ({:?})", e.kind(), e));
+        match tokio::time::timeout(t, tokio_modbus::client::Writer::write_single_coil(c, coil, v)).await {
+            Err(_) => Err(unreachable(PollError::Timeout)),
+            Ok(Err(e)) => Err(unreachable(PollError::Transport(e.to_string()))),
+            Ok(Ok(Err(code))) => Err(CommandFailure::Exception(u8::from(code))),
+            Ok(Ok(Ok(()))) => Ok(()),
         }
     }
 

@@ -149,12 +149,7 @@ pub fn filters(cfg: &Config) -> Vec<String> {
 }
 
 impl MqttCollector {
-    pub fn new(
-        cfg: Arc<Config>,
-        pipeline: Pipeline,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(cfg: Arc<Config>, pipeline: Pipeline, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
         let mut profiles: Vec<Arc<Profile>> = cfg.profiles.values().cloned().collect();
         profiles.sort_by(|a, b| a.device.model.cmp(&b.device.model));
         Self {
@@ -199,8 +194,7 @@ impl MqttCollector {
                         rumqttc::ConnectionError::Io(_) => "io",
                         rumqttc::ConnectionError::ConnectionRefused(_) => "refused",
                         rumqttc::ConnectionError::MqttState(_) => "protocol",
-                        rumqttc::ConnectionError::NetworkTimeout
-                        | rumqttc::ConnectionError::FlushTimeout => "timeout",
+                        rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::FlushTimeout => "timeout",
                         _ => "other",
                     };
                     let jitter = rand::random::<u64>() % (backoff / 4 + 1);
@@ -256,23 +250,14 @@ impl MqttCollector {
         let Some(local_topic) = topic.strip_prefix(self.cfg.mqtt.topic_prefix.as_str()) else {
             quarantine(
                 "unknown_topic",
-                format!(
-                    "topic {topic:?} is outside the prefix {:?}",
-                    self.cfg.mqtt.topic_prefix
-                ),
+                format!("topic {topic:?} is outside the prefix {:?}", self.cfg.mqtt.topic_prefix),
             );
             ack.ack();
             return;
         };
         let mut decoded = None;
         for prof in &self.profiles {
-            match device::decode(
-                prof,
-                local_topic,
-                &p.payload,
-                arrived,
-                self.cfg.mqtt.max_payload_bytes,
-            ) {
+            match device::decode(prof, local_topic, &p.payload, arrived, self.cfg.mqtt.max_payload_bytes) {
                 Ok(Some(d)) => {
                     decoded = Some(d);
                     break;
@@ -286,20 +271,14 @@ impl MqttCollector {
             }
         }
         let Some(d) = decoded else {
-            quarantine(
-                "unknown_topic",
-                format!("topic {topic:?} matches no device profile"),
-            );
+            quarantine("unknown_topic", format!("topic {topic:?} matches no device profile"));
             ack.ack();
             return;
         };
         let site = match SiteId::new(&d.site) {
             Ok(s) if self.cfg.site(s.as_str()).is_some() => s,
             _ => {
-                quarantine(
-                    "unknown_site",
-                    format!("site {:?} is not configured", d.site),
-                );
+                quarantine("unknown_site", format!("site {:?} is not configured", d.site));
                 ack.ack();
                 return;
             }

@@ -15,40 +15,19 @@ pub struct SourceError {
 impl fmt::Display for SourceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.line {
-            Some(l) => write!(
-                f,
-                "{}:{}: {}: {}",
-                self.file.display(),
-                l,
-                self.field,
-                self.message
-            ),
-            None => write!(
-                f,
-                "{}: {}: {}",
-                self.file.display(),
-                self.field,
-                self.message
-            ),
+            Some(l) => write!(f, "{}:{}: {}: {}", self.file.display(), l, self.field, self.message),
+            None => write!(f, "{}: {}: {}", self.file.display(), self.field, self.message),
         }
     }
 }
 
 pub(crate) fn line_of_offset(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|b| *b == b'\n')
-        .count()
-        + 1
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
 
 /// The key on a line (`name` in `name = "x"`), or the table header.
 fn key_on_line(text: &str, line: usize) -> String {
-    let l = text
-        .lines()
-        .nth(line.saturating_sub(1))
-        .unwrap_or("")
-        .trim();
+    let l = text.lines().nth(line.saturating_sub(1)).unwrap_or("").trim();
     match l.split_once('=') {
         Some((k, _)) => k.trim().to_string(),
         None => l.to_string(),
@@ -94,9 +73,7 @@ impl SourceError {
     /// first line holding `needle`.
     pub fn field(path: &Path, text: &str, needle: &str, message: String) -> Self {
         let line = text.find(needle).map(|o| line_of_offset(text, o));
-        let field = line
-            .map(|l| key_on_line(text, l))
-            .unwrap_or_else(|| needle.to_string());
+        let field = line.map(|l| key_on_line(text, l)).unwrap_or_else(|| needle.to_string());
         Self {
             file: path.into(),
             line,
@@ -106,13 +83,7 @@ impl SourceError {
     }
 
     /// An error about a value known by its exact byte span.
-    pub fn spanned(
-        path: &Path,
-        text: &str,
-        span: std::ops::Range<usize>,
-        field: &str,
-        message: String,
-    ) -> Self {
+    pub fn spanned(path: &Path, text: &str, span: std::ops::Range<usize>, field: &str, message: String) -> Self {
         Self {
             file: path.into(),
             line: Some(line_of_offset(text, span.start)),

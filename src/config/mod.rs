@@ -306,14 +306,8 @@ pub struct EmbeddedSource;
 
 pub const EMBEDDED: &[(&str, &str)] = &[
     ("config/akita.toml", include_str!("../../config/akita.toml")),
-    (
-        "config/akita-sites.toml",
-        include_str!("../../config/akita-sites.toml"),
-    ),
-    (
-        "config/akita-rules.toml",
-        include_str!("../../config/akita-rules.toml"),
-    ),
+    ("config/akita-sites.toml", include_str!("../../config/akita-sites.toml")),
+    ("config/akita-rules.toml", include_str!("../../config/akita-rules.toml")),
     (
         "devices/akita-dma-logger.toml",
         include_str!("../../devices/akita-dma-logger.toml"),
@@ -377,8 +371,7 @@ impl Config {
 
     pub fn load_from(src: &dyn Source, path: &Path) -> Result<Self, Vec<SourceError>> {
         let text = src.read(path).map_err(|e| vec![e])?;
-        let raw: RawMain =
-            toml::from_str(&text).map_err(|e| vec![SourceError::toml(path, &text, &e)])?;
+        let raw: RawMain = toml::from_str(&text).map_err(|e| vec![SourceError::toml(path, &text, &e)])?;
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let mut errors = Vec::new();
         let fe = |needle: &str, msg: String| SourceError::field(path, &text, needle, msg);
@@ -414,10 +407,7 @@ impl Config {
             ));
         }
         if raw.mqtt.backoff_min_ms == 0 || raw.mqtt.backoff_min_ms > raw.mqtt.backoff_max_ms {
-            errors.push(fe(
-                "backoff_min_ms",
-                "need 0 < backoff_min_ms <= backoff_max_ms".into(),
-            ));
+            errors.push(fe("backoff_min_ms", "need 0 < backoff_min_ms <= backoff_max_ms".into()));
         }
         let mut seen_tokens = HashSet::new();
         for t in &raw.tokens {
@@ -449,10 +439,7 @@ impl Config {
                     &text,
                     u.span(),
                     "password_hash",
-                    format!(
-                        "user {:?}: password_hash is not an argon2 PHC string",
-                        u.get_ref().name
-                    ),
+                    format!("user {:?}: password_hash is not an argon2 PHC string", u.get_ref().name),
                 ));
             }
         }
@@ -494,11 +481,7 @@ impl Config {
         // Profiles that borrow another's alarm table.
         let borrowed: Vec<(String, String)> = profiles
             .values()
-            .filter_map(|p| {
-                p.conditions_from
-                    .clone()
-                    .map(|f| (p.device.model.clone(), f))
-            })
+            .filter_map(|p| p.conditions_from.clone().map(|f| (p.device.model.clone(), f)))
             .collect();
         for (model, from) in borrowed {
             match profiles.get(&from).map(|p| p.conditions.clone()) {
@@ -514,9 +497,7 @@ impl Config {
                     file: dev_dir.clone(),
                     line: None,
                     field: "conditions_from".into(),
-                    message: format!(
-                        "profile {model:?}: conditions_from names unknown profile {from:?}"
-                    ),
+                    message: format!("profile {model:?}: conditions_from names unknown profile {from:?}"),
                 }),
             }
         }
@@ -594,11 +575,7 @@ impl Config {
                             _ => {}
                         }
                         if !(-90.0..=90.0).contains(&s.lat) || !(-180.0..=180.0).contains(&s.lon) {
-                            errors.push(se(
-                                s.id.span(),
-                                "lat/lon",
-                                format!("site {id}: lat/lon out of range"),
-                            ));
+                            errors.push(se(s.id.span(), "lat/lon", format!("site {id}: lat/lon out of range")));
                         }
                         sites.push(Arc::new(Site {
                             id,
@@ -644,13 +621,7 @@ impl Config {
                             }
                             Err(problems) => {
                                 for (field, msg) in problems {
-                                    errors.push(SourceError::spanned(
-                                        &rules_path,
-                                        &rt,
-                                        span.clone(),
-                                        &field,
-                                        msg,
-                                    ));
+                                    errors.push(SourceError::spanned(&rules_path, &rt, span.clone(), &field, msg));
                                 }
                             }
                         }
@@ -707,17 +678,8 @@ mod tests {
     #[test]
     fn embedded_config_is_valid() {
         let c = Config::load_embedded().unwrap_or_else(|e| panic!("{e:#?}"));
-        assert_eq!(
-            c.sites.iter().filter(|s| s.kind == SiteKind::Dma).count(),
-            41
-        );
-        assert_eq!(
-            c.sites
-                .iter()
-                .filter(|s| s.kind == SiteKind::PumpStation)
-                .count(),
-            200
-        );
+        assert_eq!(c.sites.iter().filter(|s| s.kind == SiteKind::Dma).count(), 41);
+        assert_eq!(c.sites.iter().filter(|s| s.kind == SiteKind::PumpStation).count(), 200);
         assert!(c.profiles.contains_key("akita-dma-logger"));
         assert!(!c.rules.is_empty());
     }

@@ -141,10 +141,7 @@ pub struct RuleSpec {
 
 impl RuleSpec {
     pub fn priority(&self, suffix: &str) -> Priority {
-        self.priorities
-            .get(suffix)
-            .copied()
-            .unwrap_or(Priority::Medium)
+        self.priorities.get(suffix).copied().unwrap_or(Priority::Medium)
     }
 }
 
@@ -157,8 +154,7 @@ pub(super) fn validate(
 ) -> Result<RuleSpec, Problems> {
     let mut p: Problems = Vec::new();
     let id = r.id.clone();
-    let mut bad =
-        |field: &str, msg: String| p.push((field.to_string(), format!("rule {id:?}: {msg}")));
+    let mut bad = |field: &str, msg: String| p.push((field.to_string(), format!("rule {id:?}: {msg}")));
     let matching: Vec<&Arc<Site>> = sites.iter().filter(|s| r.applies_to.matches(s)).collect();
     // A rule that matches no site is allowed: nodes that each own a share of
     // the sites share one rules file.
@@ -184,10 +180,7 @@ pub(super) fn validate(
     }
     let only = |name: &str, present: bool, allowed: bool, bad: &mut dyn FnMut(&str, String)| {
         if present && !allowed {
-            bad(
-                name,
-                format!("`{name}` does not apply to rule type {:?}", r.rule_type),
-            );
+            bad(name, format!("`{name}` does not apply to rule type {:?}", r.rule_type));
         }
     };
     let t = r.rule_type;
@@ -196,43 +189,13 @@ pub(super) fn validate(
     only("h", r.h.is_some(), is(RuleType::Limits), &mut bad);
     only("l", r.l.is_some(), is(RuleType::Limits), &mut bad);
     only("ll", r.ll.is_some(), is(RuleType::Limits), &mut bad);
-    only(
-        "high",
-        r.high.is_some(),
-        is(RuleType::HourlyLimits),
-        &mut bad,
-    );
+    only("high", r.high.is_some(), is(RuleType::HourlyLimits), &mut bad);
     only("low", r.low.is_some(), is(RuleType::HourlyLimits), &mut bad);
-    only(
-        "scale_by",
-        r.scale_by.is_some(),
-        is(RuleType::HourlyLimits),
-        &mut bad,
-    );
-    only(
-        "max_rise",
-        r.max_rise.is_some(),
-        is(RuleType::RateOfChange),
-        &mut bad,
-    );
-    only(
-        "max_fall",
-        r.max_fall.is_some(),
-        is(RuleType::RateOfChange),
-        &mut bad,
-    );
-    only(
-        "window_s",
-        r.window_s.is_some(),
-        is(RuleType::RateOfChange),
-        &mut bad,
-    );
-    only(
-        "duration_s",
-        r.duration_s.is_some(),
-        is(RuleType::Frozen),
-        &mut bad,
-    );
+    only("scale_by", r.scale_by.is_some(), is(RuleType::HourlyLimits), &mut bad);
+    only("max_rise", r.max_rise.is_some(), is(RuleType::RateOfChange), &mut bad);
+    only("max_fall", r.max_fall.is_some(), is(RuleType::RateOfChange), &mut bad);
+    only("window_s", r.window_s.is_some(), is(RuleType::RateOfChange), &mut bad);
+    only("duration_s", r.duration_s.is_some(), is(RuleType::Frozen), &mut bad);
 
     let kind = match r.rule_type {
         RuleType::Limits => {
@@ -243,10 +206,7 @@ pub(super) fn validate(
                 ll: r.ll,
             };
             if l.hh.is_none() && l.h.is_none() && l.l.is_none() && l.ll.is_none() {
-                bad(
-                    "hh",
-                    "a limits rule needs at least one of hh, h, l, ll".into(),
-                );
+                bad("hh", "a limits rule needs at least one of hh, h, l, ll".into());
             }
             let order = [l.ll, l.l, l.h, l.hh];
             let present: Vec<f64> = order.iter().flatten().copied().collect();
@@ -259,10 +219,7 @@ pub(super) fn validate(
             for (name, v) in [("high", &r.high), ("low", &r.low)] {
                 if let Some(v) = v {
                     if v.len() != 24 {
-                        bad(
-                            name,
-                            format!("needs 24 values (local hours 0..23), has {}", v.len()),
-                        );
+                        bad(name, format!("needs 24 values (local hours 0..23), has {}", v.len()));
                     }
                 }
             }
@@ -283,16 +240,10 @@ pub(super) fn validate(
         RuleType::RateOfChange => {
             let w = r.window_s.unwrap_or(0);
             if w == 0 {
-                bad(
-                    "window_s",
-                    "a rate_of_change rule needs window_s > 0".into(),
-                );
+                bad("window_s", "a rate_of_change rule needs window_s > 0".into());
             }
             if r.max_rise.is_none() && r.max_fall.is_none() {
-                bad(
-                    "max_rise",
-                    "a rate_of_change rule needs max_rise or max_fall".into(),
-                );
+                bad("max_rise", "a rate_of_change rule needs max_rise or max_fall".into());
             }
             RuleKind::RateOfChange {
                 max_rise: r.max_rise,

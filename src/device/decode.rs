@@ -128,9 +128,7 @@ const MAX_FUTURE_S: i64 = 24 * 3600;
 
 pub fn parse_time(v: Option<&Value>) -> Option<Timestamp> {
     let s = v?.as_str()?;
-    DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
 }
 
 fn plausible(t: Timestamp, arrived: Timestamp) -> bool {
@@ -161,9 +159,7 @@ fn select<'p>(
         let fits = match (&m.schema, schema) {
             (Some(s), Some(p)) => s == p,
             // The last will is the one message with no schema (and no boot/seq).
-            (None, None) => {
-                m.kind == MessageKind::Will && v.get("online") == Some(&Value::Bool(false))
-            }
+            (None, None) => m.kind == MessageKind::Will && v.get("online") == Some(&Value::Bool(false)),
             _ => false,
         };
         if fits {
@@ -183,10 +179,7 @@ pub fn topic_belongs(profile: &Profile, topic: &str) -> bool {
     profile.topics.iter().any(|t| t.matches(topic).is_some())
 }
 
-fn read_value(
-    spec: &PointSpec,
-    raw: Option<&Value>,
-) -> Option<(Option<f64>, Quality, Option<SampleProblem>)> {
+fn read_value(spec: &PointSpec, raw: Option<&Value>) -> Option<(Option<f64>, Quality, Option<SampleProblem>)> {
     let raw = raw?;
     let num = match (raw, spec.value_type) {
         (Value::Null, _) => return Some((None, Quality::Bad, Some(SampleProblem::NotANumber))),
@@ -242,8 +235,7 @@ fn push_points(
                 _ => Quality::Good,
             };
             if let Some(p) = problem {
-                out.problems
-                    .push((p, format!("{} at {}", spec.point, t.to_rfc3339())));
+                out.problems.push((p, format!("{} at {}", spec.point, t.to_rfc3339())));
             }
             out.readings.push(RawReading {
                 point: spec.point.clone(),
@@ -327,16 +319,8 @@ pub fn decode(
     }
     out.ident = match (u64_field(&v, "boot"), u64_field(&v, "seq")) {
         (Some(boot), Some(seq)) => Some(MessageIdent { boot, seq }),
-        (None, _) => {
-            return Err(DecodeError::MissingField {
-                field: "boot".into(),
-            })
-        }
-        (_, None) => {
-            return Err(DecodeError::MissingField {
-                field: "seq".into(),
-            })
-        }
+        (None, _) => return Err(DecodeError::MissingField { field: "boot".into() }),
+        (_, None) => return Err(DecodeError::MissingField { field: "seq".into() }),
     };
     let sent_at = parse_time(v.get("sent_at"));
 
@@ -344,42 +328,29 @@ pub fn decode(
         MessageKind::Samples => {
             let field = spec.samples.as_deref().unwrap_or("samples");
             let Some(samples) = v.get(field).and_then(Value::as_array) else {
-                return Err(DecodeError::MissingField {
-                    field: field.into(),
-                });
+                return Err(DecodeError::MissingField { field: field.into() });
             };
             let mut newest: Option<Timestamp> = None;
             for s in samples {
                 let Some(t) = parse_time(s.get(&spec.time)) else {
-                    out.problems.push((
-                        SampleProblem::BadTimestamp,
-                        format!("{:.80}", s.to_string()),
-                    ));
+                    out.problems
+                        .push((SampleProblem::BadTimestamp, format!("{:.80}", s.to_string())));
                     continue;
                 };
                 if !plausible(t, arrived) {
-                    out.problems
-                        .push((SampleProblem::ImplausibleTime, t.to_rfc3339()));
+                    out.problems.push((SampleProblem::ImplausibleTime, t.to_rfc3339()));
                     continue;
                 }
                 let mut quality = Quality::Good;
-                if let Some(flags) = spec
-                    .flags
-                    .as_ref()
-                    .and_then(|f| s.get(f))
-                    .and_then(Value::as_array)
-                {
+                if let Some(flags) = spec.flags.as_ref().and_then(|f| s.get(f)).and_then(Value::as_array) {
                     for f in flags.iter().filter_map(Value::as_str) {
                         match spec.flag_quality.get(f) {
                             Some(Quality::Bad) => quality = Quality::Bad,
-                            Some(Quality::Uncertain) if quality == Quality::Good => {
-                                quality = Quality::Uncertain
-                            }
+                            Some(Quality::Uncertain) if quality == Quality::Good => quality = Quality::Uncertain,
                             _ => {}
                         }
                         if f == "sensor_fault" {
-                            out.problems
-                                .push((SampleProblem::SensorFault, t.to_rfc3339()));
+                            out.problems.push((SampleProblem::SensorFault, t.to_rfc3339()));
                         }
                     }
                 }
@@ -397,12 +368,8 @@ pub fn decode(
             let t = parse_time(v.get(&spec.time));
             match t {
                 Some(t) if plausible(t, arrived) => out.t = Some(t),
-                Some(t) => out
-                    .problems
-                    .push((SampleProblem::ImplausibleTime, t.to_rfc3339())),
-                None => out
-                    .problems
-                    .push((SampleProblem::BadTimestamp, spec.time.clone())),
+                Some(t) => out.problems.push((SampleProblem::ImplausibleTime, t.to_rfc3339())),
+                None => out.problems.push((SampleProblem::BadTimestamp, spec.time.clone())),
             }
             if let Some(t) = out.t {
                 push_points(&spec.points, false, &v, t, Quality::Good, &mut out);
@@ -415,27 +382,16 @@ pub fn decode(
                     }
                 }
                 if spec.kind == MessageKind::Event {
-                    let code = spec
-                        .code
-                        .as_ref()
-                        .and_then(|f| v.get(f))
-                        .and_then(Value::as_str);
-                    let state = spec
-                        .state
-                        .as_ref()
-                        .and_then(|f| v.get(f))
-                        .and_then(Value::as_str);
+                    let code = spec.code.as_ref().and_then(|f| v.get(f)).and_then(Value::as_str);
+                    let state = spec.state.as_ref().and_then(|f| v.get(f)).and_then(Value::as_str);
                     match (code, state) {
                         (Some(code), Some(state @ ("raise" | "clear"))) => {
                             if profile.condition(code).is_none() {
-                                out.problems.push((
-                                    SampleProblem::UnknownCode,
-                                    code.chars().take(64).collect(),
-                                ));
+                                out.problems
+                                    .push((SampleProblem::UnknownCode, code.chars().take(64).collect()));
                             } else {
-                                let num = |f: &Option<String>| {
-                                    f.as_ref().and_then(|f| v.get(f)).and_then(Value::as_f64)
-                                };
+                                let num =
+                                    |f: &Option<String>| f.as_ref().and_then(|f| v.get(f)).and_then(Value::as_f64);
                                 out.events.push(DeviceEvent {
                                     t,
                                     code: code.to_string(),
@@ -454,11 +410,7 @@ pub fn decode(
                 }
             }
             if spec.kind == MessageKind::Status {
-                out.online = spec
-                    .online
-                    .as_ref()
-                    .and_then(|f| v.get(f))
-                    .and_then(Value::as_bool);
+                out.online = spec.online.as_ref().and_then(|f| v.get(f)).and_then(Value::as_bool);
             }
         }
         // Returned early above: a will carries nothing else.

@@ -9,13 +9,11 @@ pub mod modbus;
 mod path;
 mod profile;
 
-pub use decode::{
-    decode, DecodeError, Decoded, DeviceEvent, MessageIdent, RawReading, SampleProblem,
-};
+pub use decode::{decode, DecodeError, Decoded, DeviceEvent, MessageIdent, RawReading, SampleProblem};
 pub use path::JsonPath;
 pub use profile::{
-    CommSpec, ConditionSpec, MessageKind, MessageSpec, PointSpec, Priority, Profile, ProfileError,
-    TopicTemplate, ValueType,
+    CommSpec, ConditionSpec, MessageKind, MessageSpec, PointSpec, Priority, Profile, ProfileError, TopicTemplate,
+    ValueType,
 };
 
 #[cfg(test)]
@@ -120,11 +118,7 @@ ja = "低圧"
 
     #[test]
     fn shipped_profiles_decode_the_spec_examples() {
-        let dma = Profile::parse(
-            Path::new("dma"),
-            include_str!("../../devices/akita-dma-logger.toml"),
-        )
-        .unwrap();
+        let dma = Profile::parse(Path::new("dma"), include_str!("../../devices/akita-dma-logger.toml")).unwrap();
         let arrived = DateTime::parse_from_rfc3339("2025-01-21T18:00:10Z")
             .unwrap()
             .with_timezone(&Utc);
@@ -147,13 +141,7 @@ ja = "低圧"
         .unwrap();
         assert_eq!(d.readings.len(), 6 + 3);
         assert_eq!(d.interval_s, Some(3600));
-        assert_eq!(
-            d.readings
-                .iter()
-                .filter(|r| r.quality == Quality::Uncertain)
-                .count(),
-            3
-        );
+        assert_eq!(d.readings.iter().filter(|r| r.quality == Quality::Uncertain).count(), 3);
         let will = decode(
             &dma,
             "akita/v1/dma/B17/AKT-DMA-017/status",
@@ -166,36 +154,20 @@ ja = "低圧"
         assert_eq!(will.kind, MessageKind::Will);
         assert_eq!(will.ident, None);
 
-        let mps = Profile::parse(
-            Path::new("mps"),
-            include_str!("../../devices/akita-mps-notifier.toml"),
-        )
-        .unwrap();
+        let mps = Profile::parse(Path::new("mps"), include_str!("../../devices/akita-mps-notifier.toml")).unwrap();
         let arrived = DateTime::parse_from_rfc3339("2025-07-03T05:40:05Z")
             .unwrap()
             .with_timezone(&Utc);
-        let status = br#"{"schema":"mps-status/1","station_id":"MP-0123","device_id":"AKT-MPN-0123","boot":3,"seq":90211,
+        let status =
+            br#"{"schema":"mps-status/1","station_id":"MP-0123","device_id":"AKT-MPN-0123","boot":3,"seq":90211,
  "t":"2025-07-03T05:40:00Z","backlog":0,"alarm_bits":0,"status_bits":13,"level_cm":48,
  "pumps":[{"n":1,"run":true,"auto":true,"current_a":6.4,"run_min":184233,"starts":61877},
           {"n":2,"run":false,"auto":true,"current_a":0.0,"run_min":181020,"starts":61105}],
  "power":{"mains":true,"on_battery":false,"batt_v":13.1},"rssi_dbm":-79}"#;
-        let d = decode(
-            &mps,
-            "akita/v1/mps/MP-0123/status",
-            status,
-            arrived,
-            1 << 20,
-        )
-        .unwrap()
-        .unwrap();
-        let get = |n: &str| {
-            d.readings
-                .iter()
-                .find(|r| r.point == n)
-                .unwrap()
-                .value
-                .unwrap()
-        };
+        let d = decode(&mps, "akita/v1/mps/MP-0123/status", status, arrived, 1 << 20)
+            .unwrap()
+            .unwrap();
+        let get = |n: &str| d.readings.iter().find(|r| r.point == n).unwrap().value.unwrap();
         assert_eq!(
             (
                 get("level"),

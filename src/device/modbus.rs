@@ -91,6 +91,22 @@ pub struct ModbusMap {
     pub points: Vec<ModbusPoint>,
     #[serde(default)]
     pub alarm_bits: Option<BitBlock>,
+    /// Commands an engineer may send (each one coil).
+    #[serde(rename = "command", default)]
+    pub commands: Vec<CommandSpec>,
+}
+
+/// A device command: write one coil, confirmed by reading it back.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    pub name: String,
+    pub coil: u16,
+    /// The device acts on the rising edge: write 1, confirm, write 0 again.
+    #[serde(default)]
+    pub pulse: bool,
+    pub en: String,
+    pub ja: String,
 }
 
 fn default_poll() -> u32 {
@@ -196,12 +212,8 @@ pub fn decode_poll(
         };
         let raw: Option<f64> = match (d, p.reg_type) {
             (RangeData::Bits(b), RegType::Bool) => b.get(i).map(|x| if *x { 1.0 } else { 0.0 }),
-            (RangeData::Words(w), RegType::U16) => {
-                w.get(i).and_then(|x| (*x != 0xFFFF).then_some(*x as f64))
-            }
-            (RangeData::Words(w), RegType::I16) => w
-                .get(i)
-                .and_then(|x| (*x != 0x8000).then_some(*x as i16 as f64)),
+            (RangeData::Words(w), RegType::U16) => w.get(i).and_then(|x| (*x != 0xFFFF).then_some(*x as f64)),
+            (RangeData::Words(w), RegType::I16) => w.get(i).and_then(|x| (*x != 0x8000).then_some(*x as i16 as f64)),
             (RangeData::Words(w), RegType::U32) => match (w.get(i), w.get(i + 1)) {
                 (Some(hi), Some(lo)) if !(*hi == 0xFFFF && *lo == 0xFFFF) => {
                     Some(((*hi as u32) << 16 | *lo as u32) as f64)
@@ -381,10 +393,7 @@ count = 19
             ),
         ];
         let (vals, word) = decode_poll(&m, &data);
-        assert_eq!(
-            vals.iter().find(|v| v.0 == "level").unwrap().2,
-            Quality::Bad
-        );
+        assert_eq!(vals.iter().find(|v| v.0 == "level").unwrap().2, Quality::Bad);
         assert_eq!(vals.iter().find(|v| v.0 == "panel_temp").unwrap().1, None);
         assert_eq!(word, None);
     }

@@ -8,11 +8,7 @@ use serde_json::Value;
 enum Step {
     Key(String),
     Index(usize),
-    Select {
-        key: String,
-        field: String,
-        equals: String,
-    },
+    Select { key: String, field: String, equals: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,19 +60,18 @@ impl JsonPath {
 
     pub fn get<'a>(&self, mut v: &'a Value) -> Option<&'a Value> {
         for step in &self.steps {
-            v = match step {
-                Step::Key(k) => v.get(k.as_str())?,
-                Step::Index(i) => v.get(*i)?,
-                Step::Select { key, field, equals } => {
-                    v.get(key.as_str())?.as_array()?.iter().find(|e| {
-                        match e.get(field.as_str()) {
-                            Some(Value::String(s)) => s == equals,
-                            Some(Value::Number(n)) => n.to_string() == *equals,
-                            _ => false,
-                        }
-                    })?
-                }
-            };
+            v =
+                match step {
+                    Step::Key(k) => v.get(k.as_str())?,
+                    Step::Index(i) => v.get(*i)?,
+                    Step::Select { key, field, equals } => v.get(key.as_str())?.as_array()?.iter().find(|e| match e
+                        .get(field.as_str())
+                    {
+                        Some(Value::String(s)) => s == equals,
+                        Some(Value::Number(n)) => n.to_string() == *equals,
+                        _ => false,
+                    })?,
+                };
         }
         Some(v)
     }
@@ -90,18 +85,9 @@ mod tests {
     #[test]
     fn paths_select() {
         let v = json!({"diag":{"batt_v":3.5},"pumps":[{"n":2,"a":1.0},{"n":1,"a":6.4}]});
-        assert_eq!(
-            JsonPath::parse("diag.batt_v").unwrap().get(&v),
-            Some(&json!(3.5))
-        );
-        assert_eq!(
-            JsonPath::parse("pumps[n=1].a").unwrap().get(&v),
-            Some(&json!(6.4))
-        );
-        assert_eq!(
-            JsonPath::parse("pumps.0.n").unwrap().get(&v),
-            Some(&json!(2))
-        );
+        assert_eq!(JsonPath::parse("diag.batt_v").unwrap().get(&v), Some(&json!(3.5)));
+        assert_eq!(JsonPath::parse("pumps[n=1].a").unwrap().get(&v), Some(&json!(6.4)));
+        assert_eq!(JsonPath::parse("pumps.0.n").unwrap().get(&v), Some(&json!(2)));
         assert_eq!(JsonPath::parse("pumps[n=3].a").unwrap().get(&v), None);
         assert!(JsonPath::parse("a..b").is_err());
         assert!(JsonPath::parse("a[n1]").is_err());

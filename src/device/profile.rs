@@ -276,8 +276,7 @@ impl Profile {
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Self, Vec<SourceError>> {
-        let mut p: Profile =
-            toml::from_str(text).map_err(|e| vec![SourceError::toml(path, text, &e)])?;
+        let mut p: Profile = toml::from_str(text).map_err(|e| vec![SourceError::toml(path, text, &e)])?;
         let mut errors = Vec::new();
         let err = |field: String, msg: String| SourceError::field(path, text, &field, msg);
         let mut codes = std::collections::HashSet::new();
@@ -302,10 +301,7 @@ impl Profile {
                 if !codes.contains(s) {
                     errors.push(err(
                         format!("\"{s}\""),
-                        format!(
-                            "condition {:?}: suppressed_by names unknown condition {s:?}",
-                            c.code
-                        ),
+                        format!("condition {:?}: suppressed_by names unknown condition {s:?}", c.code),
                     ));
                 }
             }
@@ -343,10 +339,7 @@ impl Profile {
                         path,
                         text,
                         &format!("name = \"{}\"", m.name),
-                        format!(
-                            "message {:?} of kind {:?} needs field `{name}`",
-                            m.name, m.kind
-                        ),
+                        format!("message {:?} of kind {:?} needs field `{name}`", m.name, m.kind),
                     ));
                 }
             };
@@ -366,10 +359,7 @@ impl Profile {
                 ));
             }
             for pt in &mut m.points {
-                if let Err(e) = crate::model::PointId::new(
-                    &crate::model::SiteId::new("S").expect("valid"),
-                    &pt.point,
-                ) {
+                if let Err(e) = crate::model::PointId::new(&crate::model::SiteId::new("S").expect("valid"), &pt.point) {
                     errors.push(err(format!("point = \"{}\"", pt.point), e.to_string()));
                 }
                 match JsonPath::parse(&pt.path) {

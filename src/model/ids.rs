@@ -126,10 +126,7 @@ mod tests {
         assert!(SiteId::new("MP-0123").is_ok());
         assert_eq!(SiteId::new(""), Err(IdError::Empty { kind: "site" }));
         assert!(matches!(DeviceId::new("a/b"), Err(IdError::BadChar { .. })));
-        assert!(matches!(
-            DeviceId::new(&"x".repeat(65)),
-            Err(IdError::TooLong { .. })
-        ));
+        assert!(matches!(DeviceId::new(&"x".repeat(65)), Err(IdError::TooLong { .. })));
         let p = PointId::new(&SiteId::new("B17").unwrap(), "p").unwrap();
         assert_eq!(p.as_str(), "B17.p");
         assert_eq!(p.local(), "p");

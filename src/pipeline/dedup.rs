@@ -62,10 +62,7 @@ mod tests {
         assert!(d.first_time(12, 48213));
         assert!(!d.first_time(12, 48213));
         assert!(d.first_time(13, 0));
-        assert!(
-            d.first_time(12, 0),
-            "seq 0 of the old boot is a different message"
-        );
+        assert!(d.first_time(12, 0), "seq 0 of the old boot is a different message");
         assert!(!d.first_time(13, 0));
         let mut s = SampleDedup::default();
         assert!(s.first_time("B17.p", 1));

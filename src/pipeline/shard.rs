@@ -3,9 +3,7 @@
 use super::dedup::{MessageDedup, SampleDedup};
 use super::view::{LatestValue, ShardView, SiteStatus};
 use super::{Incoming, Input, Quarantine, QuarantineEntry};
-use crate::alarm::{
-    Alarm, AlarmKey, AlarmOrigin, AlarmState, CommandError, RaiseSpec, Registry, Transition,
-};
+use crate::alarm::{Alarm, AlarmKey, AlarmOrigin, AlarmState, CommandError, RaiseSpec, Registry, Transition};
 use crate::config::{Config, Site};
 use crate::device::{MessageKind, Profile};
 use crate::model::{Clock, PointId, Reading, SiteId, Timestamp};
@@ -57,10 +55,9 @@ struct DeviceState {
 
 impl DeviceState {
     fn known_episode(&self, code: &str, t: Timestamp) -> bool {
-        self.episodes.get(code).is_some_and(|eps| {
-            eps.iter()
-                .any(|(from, to)| *from <= t && to.is_none_or(|to| t <= to))
-        })
+        self.episodes
+            .get(code)
+            .is_some_and(|eps| eps.iter().any(|(from, to)| *from <= t && to.is_none_or(|to| t <= to)))
     }
     fn episode(&mut self, code: &str, from: Timestamp, to: Option<Timestamp>) {
         let eps = self.episodes.entry(code.to_string()).or_default();
@@ -117,11 +114,7 @@ impl Shard {
         let now = clock.now();
         let mut registry = Registry::new();
         let mut sites = HashMap::new();
-        for site in cfg
-            .sites
-            .iter()
-            .filter(|s| super::shard_of(s.id.as_str(), n) == idx)
-        {
+        for site in cfg.sites.iter().filter(|s| super::shard_of(s.id.as_str(), n) == idx) {
             let Some(profile) = cfg.profiles.get(&site.profile).cloned() else {
                 continue;
             };
@@ -135,7 +128,13 @@ impl Shard {
                 let state = restored
                     .rule_states
                     .remove(&key)
-                    .and_then(|j| serde_json::from_str(&j).map_err(|e| tracing::warn!(%key, error = %e, "stored rule state unreadable; starting fresh")).ok())
+                    .and_then(|j| {
+                        serde_json::from_str(&j)
+                            .map_err(
+                                |e| tracing::warn!(%key, error = %e, "stored rule state unreadable; starting fresh"),
+                            )
+                            .ok()
+                    })
                     .unwrap_or_default();
                 rules.push(BoundRule {
                     key,
@@ -273,10 +272,7 @@ impl Shard {
             }
             if a.state == AlarmState::OutOfService {
                 any_oos = true;
-            } else if a.active
-                && a.state != AlarmState::Shelved
-                && a.state != AlarmState::Suppressed
-            {
+            } else if a.active && a.state != AlarmState::Shelved && a.state != AlarmState::Suppressed {
                 status = "alarm";
             }
         }
@@ -321,11 +317,7 @@ impl Shard {
         }
         let now = self.clock.now();
         let Ok(site_id) = SiteId::new(&m.decoded.site) else {
-            self.quarantine_msg(
-                &m,
-                "unknown_site",
-                format!("site {:?} is not valid", m.decoded.site),
-            );
+            self.quarantine_msg(&m, "unknown_site", format!("site {:?} is not valid", m.decoded.site));
             return batch;
         };
         let Some(ctx) = self.sites.get_mut(&site_id) else {
@@ -372,9 +364,7 @@ impl Shard {
                     seq: id.seq,
                 }
                 .emit(&self.metrics);
-                batch
-                    .device_states
-                    .push((device.to_string(), state_json(&ctx.dev)));
+                batch.device_states.push((device.to_string(), state_json(&ctx.dev)));
                 self.publish(&transitions);
                 batch.transitions = transitions;
                 self.publish_site(&site_id);
@@ -386,9 +376,7 @@ impl Shard {
             if ctx.dev.boot.is_none_or(|b| id.boot > b) {
                 ctx.dev.boot = Some(id.boot);
             }
-            batch
-                .seen
-                .push((device.to_string(), id.boot, id.seq, m.arrived));
+            batch.seen.push((device.to_string(), id.boot, id.seq, m.arrived));
         }
         if let Some(i) = d.interval_s {
             ctx.dev.interval_s = Some(i);
@@ -422,11 +410,9 @@ impl Shard {
                 size: m.raw.len(),
             });
         }
-        batch.raw.push((
-            site_id.to_string(),
-            format!("{}\n{}", m.topic, m.raw),
-            m.arrived,
-        ));
+        batch
+            .raw
+            .push((site_id.to_string(), format!("{}\n{}", m.topic, m.raw), m.arrived));
 
         // Readings, in event-time order per point.
         let mut readings = m.decoded.readings.clone();
@@ -436,10 +422,7 @@ impl Shard {
             let Ok(point) = PointId::new(&site_id, &r.point) else {
                 continue;
             };
-            if !ctx
-                .samples
-                .first_time(point.as_str(), r.t.timestamp_millis())
-            {
+            if !ctx.samples.first_time(point.as_str(), r.t.timestamp_millis()) {
                 self.metrics.duplicate_samples.inc();
                 continue;
             }
@@ -454,12 +437,7 @@ impl Shard {
                     },
                 );
             }
-            for (i, br) in ctx
-                .rules
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, br)| br.point == point)
-            {
+            for (i, br) in ctx.rules.iter_mut().enumerate().filter(|(_, br)| br.point == point) {
                 if br.eval.is_out_of_order(&br.state, r.t) {
                     self.metrics.late_samples.inc();
                     if let (Some(v), crate::model::Quality::Good) = (r.value, r.quality) {
@@ -588,9 +566,10 @@ impl Shard {
             }
         }
 
-        let late_msg = m.decoded.t.is_some_and(|t| {
-            m.arrived - t > Duration::seconds(self.cfg.service.late_after_s as i64)
-        });
+        let late_msg = m
+            .decoded
+            .t
+            .is_some_and(|t| m.arrived - t > Duration::seconds(self.cfg.service.late_after_s as i64));
         self.finish_late(&mut transitions, late_msg, now);
         if !late_msg && m.decoded.kind != MessageKind::Will {
             transitions.extend(self.registry.confirm_late(&device, now));
@@ -598,15 +577,11 @@ impl Shard {
         let ctx = self.sites.get_mut(&site_id).expect("present");
         for br in ctx.rules.iter_mut().filter(|b| b.dirty) {
             br.dirty = false;
-            batch
-                .rule_states
-                .push((br.key.clone(), state_json(&br.state)));
+            batch.rule_states.push((br.key.clone(), state_json(&br.state)));
         }
         if ctx.dev_dirty {
             ctx.dev_dirty = false;
-            batch
-                .device_states
-                .push((device.to_string(), state_json(&ctx.dev)));
+            batch.device_states.push((device.to_string(), state_json(&ctx.dev)));
         }
         self.publish(&transitions);
         batch.transitions = transitions;
@@ -621,21 +596,14 @@ impl Shard {
     /// once current data shows it).
     fn finish_late(&mut self, transitions: &mut Vec<Transition>, late_msg: bool, now: Timestamp) {
         let mut raised: Vec<String> = Vec::new();
-        for t in transitions
-            .iter()
-            .filter(|t| t.action == "raise" && !t.alarm.late)
-        {
+        for t in transitions.iter().filter(|t| t.action == "raise" && !t.alarm.late) {
             if !raised.contains(&t.alarm.id) {
                 raised.push(t.alarm.id.clone());
             }
         }
         let mut extra = Vec::new();
         for id in raised {
-            let last = transitions
-                .iter()
-                .rev()
-                .find(|t| t.alarm.id == id)
-                .expect("present");
+            let last = transitions.iter().rev().find(|t| t.alarm.id == id).expect("present");
             if last.alarm.active && !late_msg {
                 continue;
             }
@@ -672,10 +640,7 @@ impl Shard {
         let mut lost = 0;
         let mut changed_sites = Vec::new();
         for (id, ctx) in &self.sites {
-            let interval = ctx
-                .dev
-                .interval_s
-                .unwrap_or(ctx.profile.comm.expected_interval_s) as i64;
+            let interval = ctx.dev.interval_s.unwrap_or(ctx.profile.comm.expected_interval_s) as i64;
             let grace = ctx.profile.comm.grace_s.unwrap_or(service_grace) as i64;
             let after = interval * ctx.profile.comm.missed_intervals as i64 + grace;
             let last = ctx.dev.last_seen.unwrap_or(now);
@@ -706,11 +671,7 @@ impl Shard {
                         c.en,
                         interval / 60
                     ),
-                    message_ja: format!(
-                        "{}：{mins}分間受信なし（通常{}分毎）",
-                        c.ja,
-                        interval / 60
-                    ),
+                    message_ja: format!("{}：{mins}分間受信なし（通常{}分毎）", c.ja, interval / 60),
                     suppressed_by: vec![],
                 };
                 transitions.extend(self.registry.raise(spec, now, now));
@@ -746,14 +707,7 @@ impl Shard {
                 who,
             } => self.registry.shelve(&id, minutes, reason, &who, now),
             C::Unshelve { id, who } => self.registry.unshelve(&id, &who, now),
-            C::OutOfService {
-                id,
-                oos,
-                who,
-                reason,
-            } => self
-                .registry
-                .set_out_of_service(&id, oos, &who, reason, now),
+            C::OutOfService { id, oos, who, reason } => self.registry.set_out_of_service(&id, oos, &who, reason, now),
         };
         match res {
             Ok(t) => {

@@ -34,10 +34,7 @@ pub struct ShardView {
 
 impl ShardView {
     pub fn has_alarm(&self, id: &str) -> bool {
-        self.alarms
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(id)
+        self.alarms.read().unwrap_or_else(|p| p.into_inner()).contains_key(id)
     }
     pub fn alarms(&self) -> Vec<Alarm> {
         self.alarms
@@ -70,12 +67,7 @@ impl ShardView {
             .insert(s.id.clone(), s);
     }
     pub fn count_by_state(&self, out: &mut HashMap<AlarmState, i64>) {
-        for a in self
-            .alarms
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-        {
+        for a in self.alarms.read().unwrap_or_else(|p| p.into_inner()).values() {
             *out.entry(a.state).or_default() += 1;
         }
     }

@@ -76,9 +76,7 @@ fn low(value: f64, limit: f64, deadband: f64, was: bool) -> bool {
 impl Evaluator {
     pub fn new(rule: Arc<RuleSpec>, site: &Site, utc_offset_hours: i32) -> Self {
         let scale = match &rule.kind {
-            RuleKind::HourlyLimits {
-                scale_by: Some(a), ..
-            } => site.attrs.get(a).copied().unwrap_or(1.0),
+            RuleKind::HourlyLimits { scale_by: Some(a), .. } => site.attrs.get(a).copied().unwrap_or(1.0),
             _ => 1.0,
         };
         Self {
@@ -99,16 +97,11 @@ impl Evaluator {
     /// Every condition name this rule can raise.
     pub fn condition_names(&self) -> Vec<String> {
         let suffixes: Vec<&str> = match &self.rule.kind {
-            RuleKind::Limits { limits } => [
-                ("hh", limits.hh),
-                ("h", limits.h),
-                ("l", limits.l),
-                ("ll", limits.ll),
-            ]
-            .iter()
-            .filter(|(_, v)| v.is_some())
-            .map(|(s, _)| *s)
-            .collect(),
+            RuleKind::Limits { limits } => [("hh", limits.hh), ("h", limits.h), ("l", limits.l), ("ll", limits.ll)]
+                .iter()
+                .filter(|(_, v)| v.is_some())
+                .map(|(s, _)| *s)
+                .collect(),
             RuleKind::HourlyLimits { high, low, .. } => {
                 let mut v = vec![];
                 if high.is_some() {
@@ -119,9 +112,7 @@ impl Evaluator {
                 }
                 v
             }
-            RuleKind::RateOfChange {
-                max_rise, max_fall, ..
-            } => {
+            RuleKind::RateOfChange { max_rise, max_fall, .. } => {
                 let mut v = vec![];
                 if max_rise.is_some() {
                     v.push("rise")
@@ -133,10 +124,7 @@ impl Evaluator {
             }
             RuleKind::Frozen { .. } => vec![""],
         };
-        suffixes
-            .into_iter()
-            .map(|s| self.condition_name(s))
-            .collect()
+        suffixes.into_iter().map(|s| self.condition_name(s)).collect()
     }
 
     /// True when this reading is older than what the rule has already seen: it
@@ -158,12 +146,7 @@ impl Evaluator {
     fn wants(&self, state: &RuleState, t: Timestamp, v: f64) -> Vec<Want> {
         let r = &self.rule;
         let db = r.deadband;
-        let was = |suffix: &str| {
-            state
-                .conds
-                .get(&self.condition_name(suffix))
-                .is_some_and(|c| c.active)
-        };
+        let was = |suffix: &str| state.conds.get(&self.condition_name(suffix)).is_some_and(|c| c.active);
         let mut out = Vec::new();
         match &r.kind {
             RuleKind::Limits { limits } => {
@@ -196,9 +179,7 @@ impl Evaluator {
                     });
                 }
             }
-            RuleKind::HourlyLimits {
-                high: hi, low: lo, ..
-            } => {
+            RuleKind::HourlyLimits { high: hi, low: lo, .. } => {
                 let h = local_hour(t, self.utc_offset_hours) as usize;
                 if let Some(hv) = hi {
                     let l = hv[h] * self.scale;
@@ -246,10 +227,7 @@ impl Evaluator {
                     });
                 }
             }
-            RuleKind::Frozen {
-                duration_s,
-                tolerance,
-            } => {
+            RuleKind::Frozen { duration_s, tolerance } => {
                 let active = match state.frozen_ref {
                     Some((since, rv)) if (v - rv).abs() <= *tolerance => {
                         (t - since).num_seconds() >= *duration_s as i64
@@ -296,11 +274,7 @@ impl Evaluator {
                 cs.pending_since = None;
                 continue;
             }
-            let delay = if w.active {
-                r.on_delay_s
-            } else {
-                r.off_delay_s
-            } as i64;
+            let delay = if w.active { r.on_delay_s } else { r.off_delay_s } as i64;
             let since = *cs.pending_since.get_or_insert(t);
             if (t - since).num_seconds() >= delay {
                 cs.active = w.active;
@@ -421,11 +395,7 @@ mod tests {
             l: Some(0.18),
             ll: Some(0.147),
         };
-        let e = Evaluator::new(
-            rule(RuleKind::Limits { limits: lim }, 0.01, 0, 0),
-            &site(),
-            9,
-        );
+        let e = Evaluator::new(rule(RuleKind::Limits { limits: lim }, 0.01, 0, 0), &site(), 9);
         let mut st = RuleState::default();
         let got = run(
             &e,
@@ -462,11 +432,7 @@ mod tests {
             l: None,
             ll: None,
         };
-        let e = Evaluator::new(
-            rule(RuleKind::Limits { limits: lim }, 0.0, 600, 300),
-            &site(),
-            9,
-        );
+        let e = Evaluator::new(rule(RuleKind::Limits { limits: lim }, 0.0, 600, 300), &site(), 9);
         let mut st = RuleState::default();
         // A single spike (chattering) never raises; a sustained one raises after 10 min.
         let got = run(
@@ -484,16 +450,12 @@ mod tests {
         );
         assert_eq!(
             got,
-            vec![
-                ("pressure_hh".into(), true, 20),
-                ("pressure_hh".into(), false, 30)
-            ]
+            vec![("pressure_hh".into(), true, 20), ("pressure_hh".into(), false, 30)]
         );
         // Timers are part of the state: a restored state continues them.
         let mut st2 = RuleState::default();
         run(&e, &mut st2, &[(0, 0.8), (5, 0.8)]);
-        let mut restored: RuleState =
-            serde_json::from_str(&serde_json::to_string(&st2).unwrap()).unwrap();
+        let mut restored: RuleState = serde_json::from_str(&serde_json::to_string(&st2).unwrap()).unwrap();
         assert_eq!(
             run(&e, &mut restored, &[(10, 0.8)]),
             vec![("pressure_hh".into(), true, 10)]
@@ -521,9 +483,7 @@ mod tests {
         let mut st = RuleState::default();
         // 18:00 UTC = 03:00 JST
         let at = |h: i64, m: i64| {
-            Utc.with_ymd_and_hms(2025, 1, 21, 0, 0, 0).unwrap()
-                + Duration::hours(h)
-                + Duration::minutes(m)
+            Utc.with_ymd_and_hms(2025, 1, 21, 0, 0, 0).unwrap() + Duration::hours(h) + Duration::minutes(m)
         };
         assert!(e.evaluate(&mut st, at(18, 0), Some(60.0), Quality::Good)[0].active);
         // 23:00 UTC = 08:00 JST: 60 m3/h is fine
@@ -553,21 +513,11 @@ mod tests {
         let got = run(
             &e,
             &mut st,
-            &[
-                (0, 40.0),
-                (5, 42.0),
-                (10, 110.0),
-                (15, 111.0),
-                (20, 112.0),
-                (30, 112.0),
-            ],
+            &[(0, 40.0), (5, 42.0), (10, 110.0), (15, 111.0), (20, 112.0), (30, 112.0)],
         );
         assert_eq!(
             got,
-            vec![
-                ("pressure_rise".into(), true, 10),
-                ("pressure_rise".into(), false, 30)
-            ]
+            vec![("pressure_rise".into(), true, 10), ("pressure_rise".into(), false, 30)]
         );
 
         let f = Evaluator::new(
@@ -584,16 +534,10 @@ mod tests {
             9,
         );
         let mut st = RuleState::default();
-        let vals: Vec<(i64, f64)> = (0..=13)
-            .map(|i| (i * 5, 0.412))
-            .chain([(70, 0.42)])
-            .collect();
+        let vals: Vec<(i64, f64)> = (0..=13).map(|i| (i * 5, 0.412)).chain([(70, 0.42)]).collect();
         assert_eq!(
             run(&f, &mut st, &vals),
-            vec![
-                ("pressure".into(), true, 60),
-                ("pressure".into(), false, 70)
-            ]
+            vec![("pressure".into(), true, 60), ("pressure".into(), false, 70)]
         );
     }
 
@@ -605,26 +549,13 @@ mod tests {
             l: Some(0.18),
             ll: None,
         };
-        let e = Evaluator::new(
-            rule(RuleKind::Limits { limits: lim }, 0.0, 0, 0),
-            &site(),
-            9,
-        );
+        let e = Evaluator::new(rule(RuleKind::Limits { limits: lim }, 0.0, 0, 0), &site(), 9);
         let mut st = RuleState::default();
-        assert!(e
-            .evaluate(&mut st, t(0), Some(0.01), Quality::Bad)
-            .is_empty());
+        assert!(e.evaluate(&mut st, t(0), Some(0.01), Quality::Bad).is_empty());
         assert!(e.evaluate(&mut st, t(5), None, Quality::Bad).is_empty());
-        assert!(e
-            .evaluate(&mut st, t(10), Some(0.3), Quality::Good)
-            .is_empty());
+        assert!(e.evaluate(&mut st, t(10), Some(0.3), Quality::Good).is_empty());
         assert!(e.is_out_of_order(&st, t(7)));
-        assert!(e
-            .evaluate(&mut st, t(7), Some(0.01), Quality::Good)
-            .is_empty());
-        assert_eq!(
-            e.violations(t(7), 0.01),
-            vec![("pressure_l".to_string(), 0.18)]
-        );
+        assert!(e.evaluate(&mut st, t(7), Some(0.01), Quality::Good).is_empty());
+        assert_eq!(e.violations(t(7), 0.01), vec![("pressure_l".to_string(), 0.18)]);
     }
 }

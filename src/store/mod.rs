@@ -19,6 +19,20 @@ pub trait Ack: Send {
     fn ack(self: Box<Self>);
 }
 
+/// A device command as journaled: who sent what, why, and how it ended.
+#[derive(Debug, Clone)]
+pub struct CommandRecord {
+    pub at: Timestamp,
+    pub site: String,
+    pub device: String,
+    pub command: String,
+    pub value: bool,
+    pub who: String,
+    pub why: String,
+    /// `confirmed`, or why it failed.
+    pub result: String,
+}
+
 /// Everything one pipeline step wants stored atomically.
 #[derive(Default)]
 pub struct Batch {
@@ -33,6 +47,8 @@ pub struct Batch {
     /// Raw payloads kept per site (the "latest raw message" for engineers).
     pub raw: Vec<(String, String, Timestamp)>,
     pub acks: Vec<Box<dyn Ack>>,
+    /// Device commands, journaled beside the alarm transitions.
+    pub commands: Vec<CommandRecord>,
     /// When the collector received the message behind the batch (monotonic),
     /// for the pipeline latency metric.
     pub received: Option<std::time::Instant>,
@@ -47,5 +63,6 @@ impl Batch {
             && self.seen.is_empty()
             && self.raw.is_empty()
             && self.acks.is_empty()
+            && self.commands.is_empty()
     }
 }

@@ -13,15 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("store {path}: cannot create directory: {source}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Dir { path: PathBuf, source: std::io::Error },
     #[error("store writer has stopped")]
     Closed,
     #[error("store query failed: {0}")]
@@ -136,11 +130,7 @@ impl Store {
     /// Opens (creating if needed) the database and starts the writer thread.
     /// `queue` bounds the batches waiting for the writer; a full queue makes the
     /// pipeline wait (policy: block), which in turn holds back MQTT acks.
-    pub fn open(
-        path: &Path,
-        queue: usize,
-        metrics: Arc<Metrics>,
-    ) -> Result<(Self, Restored), StoreError> {
+    pub fn open(path: &Path, queue: usize, metrics: Arc<Metrics>) -> Result<(Self, Restored), StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir {
@@ -155,12 +145,9 @@ impl Store {
         };
         let write = Connection::open(path).map_err(sq)?;
         write.execute_batch(SCHEMA).map_err(sq)?;
-        write
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sq)?;
+        write.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
         let read = Connection::open(path).map_err(sq)?;
-        read.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sq)?;
+        read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
         let restored = Self::restore(&write).map_err(sq)?;
         let (tx, rx) = mpsc::channel(queue);
         let healthy = Arc::new(AtomicBool::new(true));
@@ -204,11 +191,7 @@ impl Store {
         c.execute("DELETE FROM msg_seen WHERE arrived < ?1", [cutoff])?;
         let mut st = c.prepare("SELECT device, boot, seq FROM msg_seen")?;
         for row in st.query_map([], |row| {
-            Ok((
-                row.get(0)?,
-                row.get::<_, i64>(1)? as u64,
-                row.get::<_, i64>(2)? as u64,
-            ))
+            Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get::<_, i64>(2)? as u64))
         })? {
             r.seen.push(row?);
         }
@@ -241,17 +224,11 @@ impl Store {
     /// Resolves once everything queued before it is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Flush(tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.tx.send(Op::Flush(tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
     }
 
-    fn with_read<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
+    fn with_read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         // A std Mutex: queries run on a blocking thread and nothing awaits while it is held.
         let c = self
             .read
@@ -293,16 +270,11 @@ impl Store {
     /// Closed occurrences, newest first (the open ones live in the pipeline).
     pub fn closed_alarms(&self, limit: usize) -> Result<Vec<Alarm>, StoreError> {
         let rows: Vec<String> = self.with_read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT json FROM alarms WHERE open = 0 ORDER BY updated DESC LIMIT ?1",
-            )?;
+            let mut st = c.prepare_cached("SELECT json FROM alarms WHERE open = 0 ORDER BY updated DESC LIMIT ?1")?;
             let rows = st.query_map([limit as i64], |r| r.get(0))?;
             rows.collect()
         })?;
-        Ok(rows
-            .iter()
-            .filter_map(|j| serde_json::from_str(j).ok())
-            .collect())
+        Ok(rows.iter().filter_map(|j| serde_json::from_str(j).ok()).collect())
     }
 
     pub fn journal(&self, f: &JournalFilter) -> Result<Vec<JournalRow>, StoreError> {
@@ -380,16 +352,12 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
             "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
-        let mut up_rs =
-            tx.prepare_cached("INSERT OR REPLACE INTO rule_state (key, json) VALUES (?1, ?2)")?;
-        let mut up_ds = tx
-            .prepare_cached("INSERT OR REPLACE INTO device_state (device, json) VALUES (?1, ?2)")?;
-        let mut ins_s = tx.prepare_cached(
-            "INSERT OR IGNORE INTO msg_seen (device, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4)",
-        )?;
-        let mut up_raw = tx.prepare_cached(
-            "INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)",
-        )?;
+        let mut up_rs = tx.prepare_cached("INSERT OR REPLACE INTO rule_state (key, json) VALUES (?1, ?2)")?;
+        let mut up_ds = tx.prepare_cached("INSERT OR REPLACE INTO device_state (device, json) VALUES (?1, ?2)")?;
+        let mut ins_s =
+            tx.prepare_cached("INSERT OR IGNORE INTO msg_seen (device, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4)")?;
+        let mut up_raw =
+            tx.prepare_cached("INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)")?;
         for b in ops {
             for r in &b.readings {
                 ins_r.execute(params![
@@ -402,8 +370,8 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
             }
             for t in &b.transitions {
                 let a = &t.alarm;
-                let json = serde_json::to_string(a)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                let json =
+                    serde_json::to_string(a).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
                 up_a.execute(params![
                     a.id,
                     a.site.as_str(),
@@ -437,6 +405,23 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
             }
             for (d, boot, seq, arrived) in &b.seen {
                 ins_s.execute(params![d, *boot as i64, *seq as i64, ms(*arrived)])?;
+            }
+            for c in &b.commands {
+                ins_j.execute(params![
+                    ms(c.at),
+                    "",
+                    c.site,
+                    c.device,
+                    c.command,
+                    "command",
+                    if c.value { "true" } else { "false" },
+                    c.result,
+                    c.who,
+                    c.why,
+                    Option::<i64>::None,
+                    0i64,
+                    0i64
+                ])?;
             }
             for (site, raw, arrived) in &b.raw {
                 up_raw.execute(params![site, raw, ms(*arrived)])?;
@@ -475,9 +460,7 @@ fn writer(
             let started = std::time::Instant::now();
             match apply(&mut c, &batches) {
                 Ok(()) => {
-                    metrics
-                        .store_commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                    metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
                     healthy.store(true, Ordering::Relaxed);
                     backoff_ms = 50;
                     break;

@@ -16,9 +16,7 @@ impl Quarantined<'_> {
             error = self.error,
             "message quarantined"
         );
-        m.quarantined
-            .get_or_create(&Metrics::reason(self.reason))
-            .inc();
+        m.quarantined.get_or_create(&Metrics::reason(self.reason)).inc();
     }
 }
 
@@ -35,9 +33,7 @@ impl SampleProblem<'_> {
             detail = self.detail,
             "sample problem"
         );
-        m.sample_problems
-            .get_or_create(&Metrics::reason(self.reason))
-            .inc();
+        m.sample_problems.get_or_create(&Metrics::reason(self.reason)).inc();
     }
 }
 

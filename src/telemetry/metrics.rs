@@ -108,7 +108,11 @@ impl Metrics {
             modbus_overruns: Counter::default(),
             registry: Registry::default(),
         };
-        r.register("messages", "Device messages handled by the pipeline (duplicates included, collector-level quarantine not)", m.messages.clone());
+        r.register(
+            "messages",
+            "Device messages handled by the pipeline (duplicates included, collector-level quarantine not)",
+            m.messages.clone(),
+        );
         r.register(
             "duplicate_messages",
             "Messages dropped as already seen by (device, boot, seq)",
@@ -140,11 +144,7 @@ impl Metrics {
             "Alarm transitions journaled, by action",
             m.alarm_transitions.clone(),
         );
-        r.register(
-            "alarms",
-            "Open alarm occurrences by ISA-18.2 state",
-            m.alarms.clone(),
-        );
+        r.register("alarms", "Open alarm occurrences by ISA-18.2 state", m.alarms.clone());
         r.register(
             "pipeline_latency_seconds",
             "From message arrival to alarms evaluated and stored",
@@ -155,11 +155,7 @@ impl Metrics {
             "Duration of one store transaction",
             m.store_commit_seconds.clone(),
         );
-        r.register(
-            "store_errors",
-            "Failed store transactions",
-            m.store_errors.clone(),
-        );
+        r.register("store_errors", "Failed store transactions", m.store_errors.clone());
         r.register(
             "mqtt_connected",
             "1 while the MQTT collector is connected",
@@ -170,11 +166,7 @@ impl Metrics {
             "MQTT reconnect attempts after a failure",
             m.mqtt_reconnects.clone(),
         );
-        r.register(
-            "mqtt_errors",
-            "MQTT connection errors, by kind",
-            m.mqtt_errors.clone(),
-        );
+        r.register("mqtt_errors", "MQTT connection errors, by kind", m.mqtt_errors.clone());
         r.register(
             "queue_full",
             "Times a bounded queue was full and the sender waited (backpressure), by edge",
@@ -215,8 +207,7 @@ impl Metrics {
 
     pub fn encode(&self) -> String {
         let mut s = String::new();
-        prometheus_client::encoding::text::encode(&mut s, &self.registry)
-            .expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut s, &self.registry).expect("writing to a String cannot fail");
         s
     }
 

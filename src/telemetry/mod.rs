@@ -28,9 +28,7 @@ pub fn init_tracing_default(default: &str) {
 pub use metrics::StateLabel as StateLabelPub;
 
 pub fn metrics_edge(edge: &str) -> metrics::EdgeLabel {
-    metrics::EdgeLabel {
-        edge: edge.to_string(),
-    }
+    metrics::EdgeLabel { edge: edge.to_string() }
 }
 
 pub fn device_label(device: &str) -> metrics::DeviceLabel {

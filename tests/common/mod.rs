@@ -35,9 +35,7 @@ pub fn t0() -> DateTime<Utc> {
 /// Where the broker is: `MIZUBAN_TEST_MQTT=host:port` for an external one.
 pub fn broker() -> (String, u16) {
     if let Ok(addr) = std::env::var("MIZUBAN_TEST_MQTT") {
-        let (h, p) = addr
-            .rsplit_once(':')
-            .expect("MIZUBAN_TEST_MQTT is host:port");
+        let (h, p) = addr.rsplit_once(':').expect("MIZUBAN_TEST_MQTT is host:port");
         return (h.to_string(), p.parse().expect("port"));
     }
     static BROKER: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
@@ -338,8 +336,7 @@ impl Harness {
         // Distinct messages: a QoS 1 redelivery is handled (and counted as a
         // duplicate) but is not a message of its own.
         self.wait_until(&format!("{at_least} messages processed"), || async {
-            let m = self.metric("mizuban_messages_total").await
-                - self.metric("mizuban_duplicate_messages_total").await
+            let m = self.metric("mizuban_messages_total").await - self.metric("mizuban_duplicate_messages_total").await
                 + self.offset.load(std::sync::atomic::Ordering::SeqCst) as f64;
             m >= at_least
         })
@@ -376,24 +373,16 @@ impl Harness {
         let r = rq.send().await.unwrap();
         let code = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (
-            code,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
-        self.request(reqwest::Method::POST, path, Some(token), Some(body))
-            .await
+        self.request(reqwest::Method::POST, path, Some(token), Some(body)).await
     }
 
     /// All alarm occurrences (open and closed) as (site, condition, state).
     pub async fn alarms_all(&self) -> Vec<Value> {
-        self.get("/api/v1/alarms?all=true")
-            .await
-            .as_array()
-            .unwrap()
-            .clone()
+        self.get("/api/v1/alarms?all=true").await.as_array().unwrap().clone()
     }
 
     /// `site/condition` of every occurrence, sorted, for exact comparisons.
@@ -402,13 +391,7 @@ impl Harness {
             .alarms_all()
             .await
             .iter()
-            .map(|a| {
-                format!(
-                    "{}/{}",
-                    a["site"].as_str().unwrap(),
-                    a["condition"].as_str().unwrap()
-                )
-            })
+            .map(|a| format!("{}/{}", a["site"].as_str().unwrap(), a["condition"].as_str().unwrap()))
             .collect();
         v.sort();
         v
@@ -417,9 +400,7 @@ impl Harness {
     /// The journal's actions for one site/condition, oldest first.
     pub async fn actions(&self, site: &str, condition: &str) -> Vec<String> {
         let rows = self
-            .get(&format!(
-                "/api/v1/journal?site={site}&condition={condition}&limit=1000"
-            ))
+            .get(&format!("/api/v1/journal?site={site}&condition={condition}&limit=1000"))
             .await;
         let mut v: Vec<(i64, String)> = rows
             .as_array()
@@ -428,11 +409,7 @@ impl Harness {
             .map(|r| {
                 (
                     r["seq"].as_i64().unwrap(),
-                    format!(
-                        "{}:{}",
-                        r["action"].as_str().unwrap(),
-                        r["to"].as_str().unwrap()
-                    ),
+                    format!("{}:{}", r["action"].as_str().unwrap(), r["to"].as_str().unwrap()),
                 )
             })
             .collect();
@@ -479,8 +456,7 @@ impl Harness {
             left -= step;
             // Processed before the clock moves on, so arrival times stay true.
             let total: usize = sims.iter().map(|s| s.sent()).sum();
-            self.wait_messages((self.baseline_messages() + total) as f64)
-                .await;
+            self.wait_messages((self.baseline_messages() + total) as f64).await;
         }
     }
 
@@ -491,8 +467,8 @@ impl Harness {
 
     /// Stops the service only (the broker and the devices go on).
     pub async fn stop_service(&mut self) {
-        let handled = self.metric("mizuban_messages_total").await
-            - self.metric("mizuban_duplicate_messages_total").await;
+        let handled =
+            self.metric("mizuban_messages_total").await - self.metric("mizuban_duplicate_messages_total").await;
         self.offset
             .fetch_add(handled as usize, std::sync::atomic::Ordering::SeqCst);
         self.app.take().unwrap().shutdown().await;
@@ -503,8 +479,8 @@ impl Harness {
     }
 
     pub async fn restart(&mut self) {
-        let handled = self.metric("mizuban_messages_total").await
-            - self.metric("mizuban_duplicate_messages_total").await;
+        let handled =
+            self.metric("mizuban_messages_total").await - self.metric("mizuban_duplicate_messages_total").await;
         self.offset
             .fetch_add(handled as usize, std::sync::atomic::Ordering::SeqCst);
         let app = self.app.take().unwrap();

@@ -53,6 +53,46 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
         role: Role::Engineer,
     }];
 
+    // Stations 181-200 are reached by polling their controllers over Modbus
+    // TCP, all behind one simulated gateway (unit ids 1-20).
+    let polled: Vec<(u8, String, String)> = (181..=200u32)
+        .map(|n| ((n - 180) as u8, format!("MP-{n:04}"), format!("AKT-MPC-{n:04}")))
+        .collect();
+    let gateway = mizuban_sim::modbus::Controllers::start(
+        0,
+        polled
+            .iter()
+            .map(|(unit, site, dev)| {
+                let mut o = mizuban_sim::mps::MpsOptions::new(site, dev);
+                o.seed = 1000 + *unit as u64;
+                (*unit, o)
+            })
+            .collect(),
+        chrono::Utc::now(),
+    )
+    .await?;
+    // One slow station on the gateway, as over LTE.
+    gateway.set_fault(
+        7,
+        mizuban_sim::modbus::Fault::SlowRange(Duration::from_millis(100), Duration::from_millis(800)),
+    );
+    gateway.run_realtime(Duration::from_secs(2));
+    for (unit, site_id, dev) in &polled {
+        if let Some(site) = cfg.sites.iter_mut().find(|s| s.id.as_str() == site_id) {
+            let s = std::sync::Arc::make_mut(site);
+            s.profile = "akita-mps-controller".into();
+            s.device = mizuban::model::DeviceId::new(dev)?;
+            s.modbus = Some(mizuban::config::ModbusEndpoint {
+                host: "127.0.0.1".into(),
+                port: gateway.addr.port(),
+                unit: *unit,
+                poll_interval_ms: Some(5_000),
+                timeout_ms: Some(1_500),
+                retries: Some(2),
+            });
+        }
+    }
+
     let running = mizuban::app::start(
         cfg,
         mizuban::app::Options {
@@ -65,7 +105,7 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
         host: broker.addr.ip().to_string(),
         port: broker.addr.port(),
         blocks: 41,
-        stations: 200,
+        stations: 180,
         // Demo cadence: samples every minute, uploads every two, so the board
         // moves within a minute of starting (field default: 300 s / 3600 s).
         log_interval_s: 60,
@@ -81,9 +121,11 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
     println!("Token: {token}");
     println!("MQTT broker: {} (embedded)   data: {}", broker.addr, dir.display());
     println!(
-        "Fleet: {} distribution-block loggers, {} pump-station notifiers. Ctrl-C to stop.",
+        "Fleet: {} distribution-block loggers and {} pump-station notifiers over MQTT; {} pump controllers polled over Modbus TCP behind gateway {}. Ctrl-C to stop.",
         fleet.loggers.len(),
-        fleet.stations.len()
+        fleet.stations.len(),
+        polled.len(),
+        gateway.addr
     );
     let mut every = tokio::time::interval(Duration::from_secs(incident_every_s.max(10)));
     every.tick().await;

@@ -25,6 +25,8 @@ pub enum Fault {
     None,
     /// Answer after this long (LTE: 100-800 ms).
     Slow(Duration),
+    /// Answer after a random time in this range, per request.
+    SlowRange(Duration, Duration),
     /// Drop requests: the client times out.
     NoAnswer,
     /// Answer every request with this exception.
@@ -104,6 +106,11 @@ impl tokio_modbus::server::Service for Svc {
                 Fault::None => answer,
                 Fault::Slow(d) => {
                     tokio::time::sleep(d).await;
+                    answer
+                }
+                Fault::SlowRange(lo, hi) => {
+                    let ms = rand::random_range(lo.as_millis() as u64..=hi.as_millis().max(lo.as_millis()) as u64);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
                     answer
                 }
                 Fault::NoAnswer => Ok(None),
@@ -186,6 +193,18 @@ impl Controllers {
             // The controller's MQTT-side output is not used here.
             u.station.step(now);
         }
+    }
+
+    /// Follows the wall clock (demo): steps the physics every `every`.
+    pub fn run_realtime(&self, every: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            loop {
+                iv.tick().await;
+                me.step_to(Utc::now());
+            }
+        });
     }
 
     pub fn coil(&self, unit: u8, addr: usize) -> Option<bool> {

@@ -9,6 +9,7 @@ pub mod app;
 pub mod collect;
 pub mod config;
 pub mod device;
+pub mod health;
 pub mod model;
 pub mod pipeline;
 pub mod rules;

@@ -54,6 +54,11 @@ pub enum Scenario {
         pump: u8,
     },
     BothPumpsFail,
+    /// Bearing/impeller wear: running current creeps up by `pct_per_day` % a day.
+    PumpWear {
+        pump: u8,
+        pct_per_day: f64,
+    },
     Ragging {
         pump: u8,
     },

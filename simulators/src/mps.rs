@@ -94,6 +94,9 @@ struct Pump {
     run: bool,
     fault: bool,
     ragging: bool,
+    /// Extra current from wear, as a fraction, growing `wear_per_day` a day.
+    wear: f64,
+    wear_per_day: f64,
     run_s: f64,
     starts: u64,
     current: f64,
@@ -250,6 +253,9 @@ impl MpsNotifier {
         let lead = self.lead;
         let lag = 1 - lead;
         let mut pumped = 0.0;
+        for p in self.pumps.iter_mut() {
+            p.wear += p.wear_per_day * dt / 86_400.0;
+        }
         for (i, p) in self.pumps.iter_mut().enumerate() {
             let demanded = if stop {
                 false
@@ -270,7 +276,7 @@ impl MpsNotifier {
                 p.run_s += dt;
                 let rate = if p.ragging { 0.35 } else { 1.0 };
                 pumped += rate;
-                p.current = if p.ragging { 9.5 } else { 7.2 };
+                p.current = if p.ragging { 9.5 } else { 7.2 } * (1.0 + p.wear);
             } else {
                 p.current = 0.0;
             }
@@ -433,6 +439,9 @@ impl Device for MpsNotifier {
                 self.pumps[1].fault = true;
             }
             Scenario::Ragging { pump } => self.pumps[(pump.clamp(1, 2) - 1) as usize].ragging = true,
+            Scenario::PumpWear { pump, pct_per_day } => {
+                self.pumps[(pump.clamp(1, 2) - 1) as usize].wear_per_day = pct_per_day / 100.0
+            }
             Scenario::PowerCut { duration } => self.power_until = Some(now + duration),
             Scenario::RainInflow { factor, duration } => self.rain = Some((factor, now + duration)),
             Scenario::DoorOpen { duration } => self.door_until = Some(now + duration),
@@ -451,6 +460,8 @@ impl Device for MpsNotifier {
                 for p in &mut self.pumps {
                     p.fault = false;
                     p.ragging = false;
+                    p.wear = 0.0;
+                    p.wear_per_day = 0.0;
                 }
                 self.power_until = None;
                 self.rain = None;

@@ -487,11 +487,15 @@ pub async fn readings(
         .cfg
         .site(site)
         .ok_or_else(|| ApiError::NotFound(format!("no site {site}")))?;
-    let known = st
-        .cfg
-        .profiles
-        .get(&s.profile)
-        .is_some_and(|p| p.point_names().contains(&point.local()));
+    // Pump stations also have the pump-health points derived from their data.
+    let derived =
+        s.kind == crate::model::SiteKind::PumpStation && crate::health::DERIVED_POINTS.contains(&point.local());
+    let known = derived
+        || st
+            .cfg
+            .profiles
+            .get(&s.profile)
+            .is_some_and(|p| p.point_names().contains(&point.local()));
     if !known {
         return Err(ApiError::NotFound(format!(
             "site {site} has no point {:?}",

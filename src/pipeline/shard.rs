@@ -82,6 +82,8 @@ struct SiteCtx {
     msgs: MessageDedup,
     samples: SampleDedup,
     values: BTreeMap<String, LatestValue>,
+    /// Pump-health analytics (pump stations only).
+    health: Option<crate::health::StationHealth>,
 }
 
 pub(super) struct Shard {
@@ -152,6 +154,13 @@ impl Shard {
             // A device never heard from is given its first full period from now.
             let dev_dirty = dev.last_seen.is_none();
             dev.last_seen.get_or_insert(now);
+            let health = (site.kind == crate::model::SiteKind::PumpStation).then(|| {
+                restored
+                    .rule_states
+                    .remove(&format!("health|{}", site.id))
+                    .and_then(|j| serde_json::from_str(&j).ok())
+                    .unwrap_or_default()
+            });
             let mut ctx = SiteCtx {
                 site: site.clone(),
                 profile,
@@ -161,6 +170,7 @@ impl Shard {
                 msgs: MessageDedup::default(),
                 samples: SampleDedup::default(),
                 values: BTreeMap::new(),
+                health,
             };
             for (d, boot, seq) in &restored.seen {
                 if d == site.device.as_str() {
@@ -479,6 +489,72 @@ impl Shard {
                 quality: r.quality,
                 arrived: m.arrived,
             });
+        }
+        // Pump health from the same readings, instant by instant.
+        if let Some(health) = ctx.health.as_mut() {
+            let mut by_t: BTreeMap<Timestamp, HashMap<String, f64>> = BTreeMap::new();
+            for r in batch
+                .readings
+                .iter()
+                .filter(|r| r.quality == crate::model::Quality::Good)
+            {
+                if let Some(v) = r.value {
+                    by_t.entry(r.t).or_default().insert(r.point.local().to_string(), v);
+                }
+            }
+            let area = ctx.site.attrs.get("well_area_m2").copied();
+            for (t, values) in by_t
+                .into_iter()
+                .filter(|(_, v)| v.contains_key("p1_run") || v.contains_key("p2_run"))
+            {
+                let out = health.update(t, &values, area);
+                for (name, v) in out.readings {
+                    if let Ok(point) = PointId::new(&site_id, &name) {
+                        ctx.values.insert(
+                            name,
+                            LatestValue {
+                                t,
+                                value: Some(v),
+                                quality: crate::model::Quality::Good,
+                            },
+                        );
+                        batch.readings.push(Reading {
+                            point,
+                            t,
+                            value: Some(v),
+                            quality: crate::model::Quality::Good,
+                            arrived: m.arrived,
+                        });
+                    }
+                }
+                for c in out.changes {
+                    let pump = c.condition.split('_').next().unwrap_or("pump").to_string();
+                    // A pump the controller already reports faulted, or a power
+                    // cut, explains its health symptoms: suppressed, not flooded.
+                    let parents = vec![format!("{}_FAULT", pump.to_uppercase()), "POWER_FAIL".to_string()];
+                    let spec = RaiseSpec {
+                        site: site_id.clone(),
+                        device: device.clone(),
+                        source: format!("{site_id}.{pump}"),
+                        condition: c.condition,
+                        origin: AlarmOrigin::Rule,
+                        priority: c.priority,
+                        value: c.value,
+                        limit: c.limit,
+                        message: c.en,
+                        message_ja: c.ja,
+                        suppressed_by: parents,
+                    };
+                    if c.active {
+                        transitions.extend(self.registry.raise(spec, t, now));
+                    } else {
+                        transitions.extend(self.registry.clear(&spec.key(), t, now, c.value));
+                    }
+                }
+            }
+            batch
+                .rule_states
+                .push((format!("health|{site_id}"), state_json(health)));
         }
         for ((i, cond), (from, to, v, limit)) in late {
             let br = &ctx.rules[i];

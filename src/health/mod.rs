@@ -1,0 +1,395 @@
+//! Pump health: preventive-maintenance analytics for a two-pump station,
+//! computed the same way whether the readings came from the notifier's MQTT
+//! status or from the controller's Modbus registers. Pure and in event time:
+//! `update(t, values)` takes the station's run states, currents and level at
+//! one instant and returns derived readings (stored and trended like any
+//! point) and the health conditions that changed.
+//!
+//! Conditions per pump N: `pN_starts_high` (more than 6 starts in the last
+//! hour), `pN_long_run` (one run longer than 2 h), `pN_idle` (no start for 16
+//! cycles of its partner: alternation broken), `pN_current_drift` (mean
+//! running current of its last 10 runs more than 25 % off its own baseline:
+//! the runs of the 30 days before the last week), `pN_no_current` (running,
+//! i.e. commanded, but drawing no current for 30 s: fail to run).
+
+use crate::device::Priority;
+use crate::model::Timestamp;
+use chrono::Duration;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+pub const MAX_STARTS_PER_H: usize = 6;
+pub const MAX_RUN_S: i64 = 2 * 3600;
+pub const IDLE_CYCLES: u32 = 16;
+pub const DRIFT: f64 = 0.25;
+pub const RECENT_RUNS: usize = 10;
+pub const NO_CURRENT_S: i64 = 30;
+/// Below this a running pump draws no current (amps).
+pub const NO_CURRENT_A: f64 = 0.5;
+
+/// Derived points, per pump (`p1_…`, `p2_…`) and per station.
+pub const DERIVED_POINTS: &[&str] = &[
+    "p1_starts_h",
+    "p2_starts_h",
+    "p1_run_s",
+    "p2_run_s",
+    "p1_run_current",
+    "p2_run_current",
+    "p1_current_drift",
+    "p2_current_drift",
+    "p1_duty",
+    "p2_duty",
+    "inflow_est_m3h",
+];
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PumpState {
+    running: bool,
+    run_started: Option<Timestamp>,
+    starts: VecDeque<Timestamp>,
+    cur_sum: f64,
+    cur_n: u32,
+    no_current_since: Option<Timestamp>,
+    /// Partner starts since this pump last started.
+    partner_cycles: u32,
+    /// (end time, mean running current) of runs in the last 30 days.
+    runs: VecDeque<(Timestamp, f64)>,
+    /// (end time, run seconds) in the last 24 h, for the duty share.
+    run_secs: VecDeque<(Timestamp, f64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StationHealth {
+    pumps: [PumpState; 2],
+    /// Level and time when the last run ended (both pumps stopped).
+    last_stop: Option<(Timestamp, f64)>,
+    active: BTreeSet<String>,
+    /// Newest instant fed; older ones (backlog) are history only.
+    pub last_t: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthChange {
+    pub condition: String,
+    pub active: bool,
+    pub value: Option<f64>,
+    pub limit: Option<f64>,
+    pub priority: Priority,
+    pub en: String,
+    pub ja: String,
+}
+
+#[derive(Debug, Default)]
+pub struct HealthOut {
+    pub readings: Vec<(String, f64)>,
+    pub changes: Vec<HealthChange>,
+}
+
+fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (s, n) = v.fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| s / n as f64)
+}
+
+impl StationHealth {
+    fn set(
+        &mut self,
+        out: &mut HealthOut,
+        cond: String,
+        on: bool,
+        value: Option<f64>,
+        limit: Option<f64>,
+        texts: (Priority, String, String),
+    ) {
+        if on == self.active.contains(&cond) {
+            return;
+        }
+        if on {
+            self.active.insert(cond.clone());
+        } else {
+            self.active.remove(&cond);
+        }
+        out.changes.push(HealthChange {
+            condition: cond,
+            active: on,
+            value,
+            limit,
+            priority: texts.0,
+            en: texts.1,
+            ja: texts.2,
+        });
+    }
+
+    /// Feeds one instant of the station. `values` holds what the message had:
+    /// `p1_run`, `p2_run` (0/1), `p1_current`, `p2_current` (A), `level` (cm).
+    /// `well_area_m2` turns the level rise between cycles into inflow.
+    pub fn update(&mut self, t: Timestamp, values: &HashMap<String, f64>, well_area_m2: Option<f64>) -> HealthOut {
+        let mut out = HealthOut::default();
+        if self.last_t.is_some_and(|l| t <= l) {
+            return out;
+        }
+        self.last_t = Some(t);
+        let level = values.get("level").copied();
+        let mut any_start = false;
+        for n in 0..2 {
+            let name = format!("p{}", n + 1);
+            let Some(run) = values.get(&format!("{name}_run")).map(|v| *v > 0.5) else {
+                continue;
+            };
+            let current = values.get(&format!("{name}_current")).copied();
+            let was = self.pumps[n].running;
+            if run && !was {
+                any_start = true;
+                let p = &mut self.pumps[n];
+                p.running = true;
+                p.run_started = Some(t);
+                p.cur_sum = 0.0;
+                p.cur_n = 0;
+                p.partner_cycles = 0;
+                p.starts.push_back(t);
+                while p.starts.front().is_some_and(|s| t - *s > Duration::hours(1)) {
+                    p.starts.pop_front();
+                }
+                let per_h = p.starts.len();
+                out.readings.push((format!("{name}_starts_h"), per_h as f64));
+                self.pumps[1 - n].partner_cycles += 1;
+                let partner_idle = self.pumps[1 - n].partner_cycles;
+                let pn = format!("p{}", 2 - n);
+                self.set(
+                    &mut out,
+                    format!("{pn}_idle"),
+                    partner_idle >= IDLE_CYCLES && !self.pumps[1 - n].running,
+                    Some(partner_idle as f64),
+                    Some(IDLE_CYCLES as f64),
+                    (
+                        Priority::Medium,
+                        format!(
+                            "Pump {} has not started for {partner_idle} cycles of its partner",
+                            2 - n
+                        ),
+                        format!("{}号ポンプ交互運転異常（{partner_idle}サイクル未始動）", 2 - n),
+                    ),
+                );
+                self.set(
+                    &mut out,
+                    format!("{name}_idle"),
+                    false,
+                    None,
+                    None,
+                    (Priority::Medium, String::new(), String::new()),
+                );
+                self.set(
+                    &mut out,
+                    format!("{name}_starts_high"),
+                    per_h > MAX_STARTS_PER_H,
+                    Some(per_h as f64),
+                    Some(MAX_STARTS_PER_H as f64),
+                    (
+                        Priority::Medium,
+                        format!("Pump {} started {per_h} times in an hour", n + 1),
+                        format!("{}号ポンプ始動頻度過多（{per_h}回/時）", n + 1),
+                    ),
+                );
+            }
+            if run {
+                let p = &mut self.pumps[n];
+                if let Some(c) = current {
+                    p.cur_sum += c;
+                    p.cur_n += 1;
+                    if c < NO_CURRENT_A {
+                        p.no_current_since.get_or_insert(t);
+                    } else {
+                        p.no_current_since = None;
+                    }
+                }
+                let no_cur = p
+                    .no_current_since
+                    .is_some_and(|s| (t - s).num_seconds() >= NO_CURRENT_S);
+                let long = p.run_started.map(|s| (t - s).num_seconds()).unwrap_or(0);
+                self.set(
+                    &mut out,
+                    format!("{name}_no_current"),
+                    no_cur,
+                    current,
+                    Some(NO_CURRENT_A),
+                    (
+                        Priority::High,
+                        format!("Pump {} running but drawing no current (fail to run)", n + 1),
+                        format!("{}号ポンプ始動不良（電流なし）", n + 1),
+                    ),
+                );
+                self.set(
+                    &mut out,
+                    format!("{name}_long_run"),
+                    long > MAX_RUN_S,
+                    Some(long as f64 / 60.0),
+                    Some(MAX_RUN_S as f64 / 60.0),
+                    (
+                        Priority::High,
+                        format!("Pump {} running continuously for over 2 h", n + 1),
+                        format!("{}号ポンプ連続運転2時間超過", n + 1),
+                    ),
+                );
+            }
+            if !run && was {
+                let p = &mut self.pumps[n];
+                p.running = false;
+                p.no_current_since = None;
+                let secs = p
+                    .run_started
+                    .map(|s| (t - s).num_milliseconds() as f64 / 1000.0)
+                    .unwrap_or(0.0);
+                out.readings.push((format!("{name}_run_s"), secs));
+                p.run_secs.push_back((t, secs));
+                while p.run_secs.front().is_some_and(|(e, _)| t - *e > Duration::hours(24)) {
+                    p.run_secs.pop_front();
+                }
+                let avg = (p.cur_n > 0).then(|| p.cur_sum / p.cur_n as f64);
+                if let Some(avg) = avg {
+                    out.readings.push((format!("{name}_run_current"), avg));
+                    p.runs.push_back((t, avg));
+                    while p.runs.front().is_some_and(|(e, _)| t - *e > Duration::days(37)) {
+                        p.runs.pop_front();
+                    }
+                    // Baseline: runs of the 30 days before the last week, so a
+                    // slow wear of the last days stands out against it.
+                    let week_ago = t - Duration::days(7);
+                    let baseline_runs: Vec<f64> = p.runs.iter().filter(|(e, _)| *e < week_ago).map(|r| r.1).collect();
+                    if baseline_runs.len() >= 50 {
+                        let base = mean(baseline_runs.into_iter()).expect("non-empty");
+                        let recent = mean(p.runs.iter().rev().take(RECENT_RUNS).map(|r| r.1)).expect("just pushed");
+                        let drift = (recent - base) / base;
+                        out.readings.push((format!("{name}_current_drift"), drift * 100.0));
+                        self.set(
+                            &mut out,
+                            format!("{name}_current_drift"),
+                            drift.abs() > DRIFT,
+                            Some(drift * 100.0),
+                            Some(DRIFT * 100.0),
+                            (
+                                Priority::Medium,
+                                format!(
+                                    "Pump {} running current {:+.0} % from its baseline",
+                                    n + 1,
+                                    drift * 100.0
+                                ),
+                                format!("{}号ポンプ運転電流変動（基準比{:+.0}%）", n + 1, drift * 100.0),
+                            ),
+                        );
+                    }
+                }
+                let mine: f64 = self.pumps[n].run_secs.iter().map(|r| r.1).sum();
+                let theirs: f64 = self.pumps[1 - n].run_secs.iter().map(|r| r.1).sum();
+                if mine + theirs > 0.0 {
+                    out.readings
+                        .push((format!("{name}_duty"), 100.0 * mine / (mine + theirs)));
+                }
+                self.set(
+                    &mut out,
+                    format!("{name}_long_run"),
+                    false,
+                    None,
+                    None,
+                    (Priority::High, String::new(), String::new()),
+                );
+                self.set(
+                    &mut out,
+                    format!("{name}_no_current"),
+                    false,
+                    None,
+                    None,
+                    (Priority::High, String::new(), String::new()),
+                );
+            }
+        }
+        // Inflow from the level rise between the end of one cycle and the start of the next.
+        let both_stopped = !self.pumps[0].running && !self.pumps[1].running;
+        if let Some(l) = level {
+            if any_start {
+                if let (Some((t0, l0)), Some(area)) = (self.last_stop, well_area_m2) {
+                    let secs = (t - t0).num_milliseconds() as f64 / 1000.0;
+                    if secs > 0.0 && l > l0 {
+                        out.readings
+                            .push(("inflow_est_m3h".into(), (l - l0) / 100.0 * area / secs * 3600.0));
+                    }
+                }
+                self.last_stop = None;
+            } else if both_stopped && self.last_stop.is_none() {
+                self.last_stop = Some((t, l));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn at(s: i64) -> Timestamp {
+        Utc.with_ymd_and_hms(2025, 7, 1, 0, 0, 0).unwrap() + Duration::seconds(s)
+    }
+    fn v(p1: bool, p2: bool, c1: f64, c2: f64, level: f64) -> HashMap<String, f64> {
+        [
+            ("p1_run", p1 as u8 as f64),
+            ("p2_run", p2 as u8 as f64),
+            ("p1_current", c1),
+            ("p2_current", c2),
+            ("level", level),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    #[test]
+    fn starts_per_hour_run_time_duty_inflow() {
+        let mut h = StationHealth::default();
+        let mut changes = vec![];
+        let mut readings = vec![];
+        // 8 cycles in an hour, all on pump 1 (pump 2 idle): starts high, and after 16 cycles pump 2 idle.
+        let mut s = 0;
+        for _ in 0..17 {
+            h.update(at(s), &v(false, false, 0.0, 0.0, 40.0), Some(1.77));
+            let o = h.update(at(s + 240), &v(true, false, 7.0, 0.0, 90.0), Some(1.77));
+            readings.extend(o.readings);
+            changes.extend(o.changes);
+            let o = h.update(at(s + 420), &v(false, false, 0.0, 0.0, 40.0), Some(1.77));
+            readings.extend(o.readings);
+            changes.extend(o.changes);
+            s += 450;
+        }
+        let names: Vec<(String, bool)> = changes.iter().map(|c| (c.condition.clone(), c.active)).collect();
+        assert_eq!(
+            names,
+            vec![("p1_starts_high".to_string(), true), ("p2_idle".to_string(), true)]
+        );
+        let run_s = readings.iter().find(|r| r.0 == "p1_run_s").unwrap().1;
+        assert_eq!(run_s, 180.0);
+        assert_eq!(readings.iter().find(|r| r.0 == "p1_duty").unwrap().1, 100.0);
+        // 50 cm over 240 s in 1.77 m2 = 13.3 m3/h
+        let inflow = readings.iter().find(|r| r.0 == "inflow_est_m3h").unwrap().1;
+        assert!((inflow - 13.275).abs() < 0.01, "{inflow}");
+    }
+
+    #[test]
+    fn long_run_and_fail_to_run() {
+        let mut h = StationHealth::default();
+        h.update(at(0), &v(true, false, 0.0, 0.0, 90.0), None);
+        let o = h.update(at(20), &v(true, false, 0.0, 0.0, 90.0), None);
+        assert!(o.changes.is_empty(), "not yet 30 s");
+        let o = h.update(at(40), &v(true, false, 0.1, 0.0, 90.0), None);
+        assert_eq!(o.changes[0].condition, "p1_no_current");
+        let o = h.update(at(7300), &v(true, false, 7.0, 0.0, 90.0), None);
+        let c: Vec<(&str, bool)> = o.changes.iter().map(|c| (c.condition.as_str(), c.active)).collect();
+        assert_eq!(c, vec![("p1_no_current", false), ("p1_long_run", true)]);
+        let o = h.update(at(7310), &v(false, false, 0.0, 0.0, 40.0), None);
+        assert_eq!(
+            o.changes
+                .iter()
+                .map(|c| (c.condition.as_str(), c.active))
+                .collect::<Vec<_>>(),
+            vec![("p1_long_run", false)]
+        );
+    }
+}

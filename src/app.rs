@@ -43,6 +43,8 @@ pub struct Running {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub config: Arc<Config>,
+    /// Device commands to Modbus controllers.
+    pub commander: crate::collect::modbus::Commander,
     collectors: (CancellationToken, Vec<JoinHandle<()>>),
     shards: (CancellationToken, Vec<JoinHandle<()>>),
     http: (CancellationToken, JoinHandle<()>),
@@ -86,6 +88,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         metrics.clone(),
     );
     let commander = modbus.commander();
+    let state_commander = commander.clone();
     if modbus.has_work() {
         coll_tasks.push(tokio::spawn(modbus.run(coll_cancel.clone())));
     }
@@ -123,6 +126,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         store,
         metrics,
         config: cfg,
+        commander: state_commander,
         collectors: (coll_cancel, coll_tasks),
         shards: (shard_cancel, shard_tasks),
         http: (http_cancel, http_task),

@@ -259,3 +259,37 @@ async fn commands_are_confirmed_by_read_back_journaled_and_refused_when_unreacha
         .any(|r| r["action"] == "command" && r["to"].as_str().unwrap().contains("unreachable")));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_stops_polling_is_itself_an_alarm() {
+    let c = Controllers::start(0, vec![(1, quiet_mps("MP-0601", "AKT-MPC-0601"))], t0())
+        .await
+        .unwrap();
+    let h = Harness::start(
+        "mb-stall",
+        &[controller("MP-0601", "AKT-MPC-0601", c.addr.port(), 1, 50, 300)],
+    )
+    .await;
+    run(&h, &c, &["AKT-MPC-0601"], Duration::seconds(20)).await;
+    assert_eq!(h.occurrences().await, Vec::<String>::new());
+    // Hold the endpoint's task (as a hung task would): after its budget
+    // (1.5 x (50 ms + 3 reads x 2 tries x 300 ms) + 1 s, about 3.8 s) the watchdog raises.
+    let app = h.app.as_ref().unwrap();
+    let commander = app.commander.clone();
+    let pause = tokio::spawn(async move { commander.pause("MP-0601", std::time::Duration::from_secs(6)).await });
+    h.wait_until("stall raised", || async {
+        h.occurrences().await == vec!["MP-0601/collector_stalled"]
+    })
+    .await;
+    assert_eq!(h.metric("mizuban_modbus_stalled_endpoints").await, 1.0);
+    pause.await.unwrap().unwrap();
+    h.wait_until("stall cleared", || async {
+        h.actions("MP-0601", "collector_stalled").await.len() == 2
+    })
+    .await;
+    assert_eq!(
+        h.actions("MP-0601", "collector_stalled").await,
+        vec!["raise:unack_active", "clear:unack_rtn"]
+    );
+    h.stop().await;
+}

@@ -9,8 +9,10 @@
 //! a message from the device: it keeps comm loss away; polls that fail leave
 //! the pipeline to raise comm loss after the profile's missed intervals.
 
+use crate::alarm::{AlarmOrigin, RaiseSpec};
 use crate::config::{Config, ModbusEndpoint, Site};
 use crate::device::modbus::{decode_poll, ModbusMap, RangeData, ReadRange, Table};
+use crate::device::Priority;
 use crate::device::{Decoded, MessageKind, Profile, RawReading};
 use crate::model::Clock;
 use crate::pipeline::{Incoming, Pipeline};
@@ -71,6 +73,8 @@ pub enum CommandFailure {
 }
 
 struct CommandRequest {
+    /// Hold the endpoint's polling for this long (maintenance); no coil.
+    pause: Option<Duration>,
     unit: u8,
     coil: u16,
     value: bool,
@@ -109,6 +113,7 @@ impl Commander {
             })?;
         let (reply, rx) = oneshot::channel();
         let req = CommandRequest {
+            pause: None,
             unit: *unit,
             coil: spec.coil,
             value: spec.pulse || value,
@@ -118,6 +123,28 @@ impl Commander {
         };
         tx.send(req).await.map_err(|_| CommandFailure::Stopped)?;
         rx.await.map_err(|_| CommandFailure::Stopped)?
+    }
+
+    /// Holds all polling of the site's endpoint for `d` (a maintenance
+    /// window on the router). The collector's watchdog reports a hold longer
+    /// than the schedule allows as `collector_stalled` on every site there.
+    pub async fn pause(&self, site: &str, d: Duration) -> Result<(), CommandFailure> {
+        let (tx, unit, _) = self
+            .sites
+            .get(site)
+            .ok_or_else(|| CommandFailure::NotModbus(site.into()))?;
+        let (reply, rx) = oneshot::channel();
+        let req = CommandRequest {
+            pause: Some(d),
+            unit: *unit,
+            coil: 0,
+            value: false,
+            pulse: false,
+            timeout: d,
+            reply,
+        };
+        tx.send(req).await.map_err(|_| CommandFailure::Stopped)?;
+        rx.await.map_err(|_| CommandFailure::Stopped)?.map(|_| ())
     }
 
     pub fn commands(&self, site: &str) -> Vec<crate::device::modbus::CommandSpec> {
@@ -142,6 +169,8 @@ pub struct ModbusCollector {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     commander: Commander,
+    /// When each endpoint task last finished a poll (or command), for the watchdog.
+    progress: Arc<std::sync::Mutex<HashMap<(String, u16), Instant>>>,
     /// Command queues of the endpoints, taken by their tasks at start.
     inboxes: std::sync::Mutex<HashMap<(String, u16), mpsc::Receiver<CommandRequest>>>,
 }
@@ -155,6 +184,7 @@ impl ModbusCollector {
             metrics,
             commander: Commander::default(),
             inboxes: Default::default(),
+            progress: Default::default(),
         };
         let mut inboxes = HashMap::new();
         for (ep, units) in me.endpoints() {
@@ -199,6 +229,11 @@ impl ModbusCollector {
     pub async fn run(self, cancel: CancellationToken) {
         let me = Arc::new(self);
         let mut tasks = Vec::new();
+        {
+            let me = me.clone();
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move { me.watchdog(cancel).await }));
+        }
         for ((host, port), units) in me.endpoints() {
             let me = me.clone();
             let cancel = cancel.clone();
@@ -217,6 +252,88 @@ impl ModbusCollector {
             }
         }
         tracing::info!("modbus collector stopped");
+    }
+
+    /// No silent stall: an endpoint whose task has not finished a poll for
+    /// longer than its schedule allows raises `collector_stalled` on each of
+    /// its sites (and clears it when polling resumes).
+    async fn watchdog(&self, cancel: CancellationToken) {
+        let endpoints = self.endpoints();
+        // Budget: the longest interval plus every unit's worst-case poll (the
+        // requests of a gateway are serialized), with half again as margin.
+        let budget: HashMap<(String, u16), Duration> = endpoints
+            .iter()
+            .map(|(ep, units)| {
+                let mut worst = Duration::ZERO;
+                let mut longest = Duration::ZERO;
+                for (_, site, p) in units {
+                    if let (Some(map), Some(e)) = (p.modbus.as_ref(), site.modbus.as_ref()) {
+                        let timeout = Duration::from_millis(e.timeout_ms.unwrap_or(map.timeout_ms));
+                        let retries = e.retries.unwrap_or(map.retries);
+                        worst += timeout * (retries + 1) * map.plan().len() as u32;
+                        longest = longest.max(Duration::from_millis(
+                            e.poll_interval_ms.unwrap_or(map.poll_interval_s as u64 * 1000),
+                        ));
+                    }
+                }
+                (ep.clone(), (longest + worst) * 3 / 2 + Duration::from_secs(1))
+            })
+            .collect();
+        let started = Instant::now();
+        let mut stalled: HashMap<(String, u16), bool> = HashMap::new();
+        let mut iv = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = iv.tick() => {}
+            }
+            for (ep, units) in &endpoints {
+                let last = self
+                    .progress
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(ep)
+                    .copied()
+                    .unwrap_or(started);
+                let idle = last.elapsed();
+                let is = idle > budget[ep];
+                if stalled.get(ep).copied().unwrap_or(false) == is {
+                    continue;
+                }
+                stalled.insert(ep.clone(), is);
+                self.metrics
+                    .modbus_stalled
+                    .set(stalled.values().filter(|v| **v).count() as i64);
+                if is {
+                    tracing::error!(endpoint = %format!("{}:{}", ep.0, ep.1), idle_s = idle.as_secs(), "modbus collector stalled");
+                } else {
+                    tracing::info!(endpoint = %format!("{}:{}", ep.0, ep.1), "modbus collector polling again");
+                }
+                for (_, site, _) in units {
+                    let spec = RaiseSpec {
+                        site: site.id.clone(),
+                        device: site.device.clone(),
+                        source: format!("modbus://{}:{}", ep.0, ep.1),
+                        condition: "collector_stalled".into(),
+                        origin: AlarmOrigin::Comm,
+                        priority: Priority::High,
+                        value: Some(idle.as_secs_f64()),
+                        limit: Some(budget[ep].as_secs_f64()),
+                        message: format!(
+                            "Modbus collector not polling {}:{} (idle {} s)",
+                            ep.0,
+                            ep.1,
+                            idle.as_secs()
+                        ),
+                        message_ja: format!("Modbus収集停止 {}:{}（{}秒無応答）", ep.0, ep.1, idle.as_secs()),
+                        suppressed_by: vec![],
+                    };
+                    if let Err(e) = self.pipeline.external(spec, is).await {
+                        tracing::error!(error = %e, "cannot report collector stall");
+                    }
+                }
+            }
+        }
     }
 
     async fn connect(&self, host: &str, port: u16, timeout: Duration) -> Result<Context, PollError> {
@@ -333,6 +450,14 @@ impl ModbusCollector {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep_until(due) => {}
                 Some(req) = cmd => {
+                    if let Some(d) = req.pause {
+                        let _ = req.reply.send(Ok(false));
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(d) => {}
+                        }
+                        continue;
+                    }
                     let r = self.command(&mut ctx, &host, port, &req).await;
                     if matches!(r, Err(CommandFailure::Unreachable(_))) {
                         ctx = None;
@@ -343,6 +468,7 @@ impl ModbusCollector {
                 }
             }
             let unit = units.get_mut(&id).expect("chosen from the map");
+            let progress_key = (host.clone(), port);
             let interval = unit.interval;
             unit.next = due + interval;
             if unit.next < Instant::now() {
@@ -371,6 +497,10 @@ impl ModbusCollector {
                 .modbus_polls
                 .get_or_create(&crate::telemetry::device_label(&device))
                 .inc();
+            self.progress
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(progress_key, Instant::now());
             match result {
                 Ok(data) => {
                     backoff = Duration::from_millis(200);

@@ -81,6 +81,9 @@ pub(crate) enum Input {
     Command(Command, oneshot::Sender<Result<Alarm, CommandError>>),
     /// Check comm loss and shelve expiry against the clock.
     Tick,
+    /// A condition found outside the data (e.g. a collector that stopped
+    /// polling): raise (`true`) or clear it at processing time.
+    External(crate::alarm::RaiseSpec, bool),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +220,15 @@ impl Pipeline {
             .await
             .map_err(|_| PipelineError::Stopped)?;
         Ok(rx.await.map_err(|_| PipelineError::Stopped)??)
+    }
+
+    /// Raises or clears a condition that no device reported (the collector's
+    /// own watchdog), on the shard that owns the site.
+    pub async fn external(&self, spec: crate::alarm::RaiseSpec, active: bool) -> Result<(), PipelineError> {
+        let tx = &self.senders[shard_of(spec.site.as_str(), self.senders.len())];
+        tx.send(Input::External(spec, active))
+            .await
+            .map_err(|_| PipelineError::Stopped)
     }
 
     /// Every open alarm occurrence, across shards.

@@ -227,6 +227,7 @@ impl Shard {
                     b
                 }
                 Input::Tick => self.on_tick(),
+                Input::External(spec, active) => self.on_external(spec, active),
             };
             if !batch.is_empty() {
                 if let Err(e) = self.store.submit(batch, &self.metrics).await {
@@ -251,6 +252,7 @@ impl Shard {
                     b
                 }
                 Input::Tick => Batch::default(),
+                Input::External(spec, active) => self.on_external(spec, active),
             };
             if !batch.is_empty() && self.store.submit(batch, &self.metrics).await.is_err() {
                 break;
@@ -707,6 +709,22 @@ impl Shard {
             });
         }
         transitions.extend(extra);
+    }
+
+    fn on_external(&mut self, spec: RaiseSpec, active: bool) -> Batch {
+        let now = self.clock.now();
+        let site = spec.site.clone();
+        let transitions = if active {
+            self.registry.raise(spec, now, now)
+        } else {
+            self.registry.clear(&spec.key(), now, now, None)
+        };
+        self.publish(&transitions);
+        self.publish_site(&site);
+        Batch {
+            transitions,
+            ..Default::default()
+        }
     }
 
     fn on_tick(&mut self) -> Batch {

@@ -72,6 +72,7 @@ pub struct Metrics {
     pub modbus_errors: Family<DeviceKindLabel, Counter>,
     pub modbus_latency: HistogramFamily<DeviceLabel>,
     pub modbus_overruns: Counter,
+    pub modbus_stalled: Gauge,
 }
 
 impl Default for Metrics {
@@ -106,6 +107,7 @@ impl Metrics {
             modbus_errors: Family::default(),
             modbus_latency: Family::new_with_constructor(modbus_latency_histogram),
             modbus_overruns: Counter::default(),
+            modbus_stalled: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -201,6 +203,11 @@ impl Metrics {
             "modbus_overruns",
             "Modbus polls that were due before the previous one finished (schedule skipped ahead)",
             m.modbus_overruns.clone(),
+        );
+        r.register(
+            "modbus_stalled_endpoints",
+            "Modbus endpoints whose polling task has stopped making progress",
+            m.modbus_stalled.clone(),
         );
         Self { registry: r, ..m }
     }

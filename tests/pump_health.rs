@@ -76,8 +76,8 @@ fn station(i: u64) -> MpsOptions {
 
 #[test]
 fn a_healthy_fleet_raises_nothing_in_five_weeks() {
-    // Dry-weather stations (peak inflow up to 0.24 m3/min against 0.45 m3/min pumps).
-    for i in [1, 2, 4, 5] {
+    // Inflows from 0.07 to 0.23 m3/min (x1.6 at the morning peak) against 0.45 m3/min pumps.
+    for i in [1, 4, 7, 9] {
         let raised = simulate(station(i), 35, &[]);
         assert_eq!(raised, vec![], "station {i}: false alarms");
     }

@@ -252,6 +252,7 @@ impl MpsNotifier {
         let stop = self.level <= self.o.stop_cm;
         let lead = self.lead;
         let lag = 1 - lead;
+        let any_ran = self.pumps.iter().any(|p| p.run);
         let mut pumped = 0.0;
         for p in self.pumps.iter_mut() {
             p.wear += p.wear_per_day * dt / 86_400.0;
@@ -282,11 +283,12 @@ impl MpsNotifier {
             }
         }
         let pumped_m3_min = pumped * self.o.pump_m3_min;
-        let before = self.level;
         self.level =
             (self.level + (inflow - pumped_m3_min) * dt / 60.0 / self.o.well_area_m2 * 100.0).clamp(0.0, 400.0);
-        if before > self.o.stop_cm && self.level <= self.o.stop_cm {
-            // Cycle ended: alternate the lead pump.
+        if stop && any_ran && !self.pumps.iter().any(|p| p.run) {
+            // The cycle ended (pumps stopped at the stop level): alternate the
+            // lead pump. Keyed on the stop itself, not on the level crossing,
+            // which sensor noise can cross twice.
             self.lead = 1 - self.lead;
         }
         if self.o.noise {

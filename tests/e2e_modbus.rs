@@ -180,6 +180,12 @@ async fn faults_are_told_apart_and_a_hung_connection_is_replaced() {
     })
     .await;
     assert_eq!(h.metric(&metric("refused")).await, 0.0);
+    // The alarms: the controller nobody answers for is lost after 3 x 10 s of
+    // station time; exceptions and the brief hang raised nothing at MP-0301.
+    h.wait_until("comm loss of the dead one", || async {
+        h.occurrences().await == vec!["MP-0302/comm_loss"]
+    })
+    .await;
     h.stop().await;
 }
 
@@ -206,6 +212,19 @@ async fn commands_are_confirmed_by_read_back_journaled_and_refused_when_unreacha
     let (code, r) = h.post(&cmd("MP-0501"), ENG_TOKEN, body("p1_inhibit", true)).await;
     assert_eq!((code, r["result"].as_str()), (200, Some("confirmed")), "{r}");
     assert_eq!(c.coil(1, 1), Some(true), "the controller's coil is set");
+    // The controller obeys: with pump 1 inhibited only pump 2 starts.
+    let starts =
+        |v: &serde_json::Value, n: u8| v["status"]["values"][format!("p{n}_starts")]["value"].as_f64().unwrap();
+    run(&h, &c, &["AKT-MPC-0501"], Duration::minutes(2)).await;
+    let before = h.get("/api/v1/sites/MP-0501").await;
+    run(&h, &c, &["AKT-MPC-0501"], Duration::minutes(40)).await;
+    let after = h.get("/api/v1/sites/MP-0501").await;
+    assert_eq!(starts(&after, 1), starts(&before, 1), "pump 1 held off");
+    assert!(starts(&after, 2) >= starts(&before, 2) + 2.0, "pump 2 does the work");
+    assert_eq!(
+        after["status"]["values"]["start_cm"]["value"], 90.0,
+        "setpoints (holding registers) are read too"
+    );
     let (code, _) = h.post(&cmd("MP-0501"), ENG_TOKEN, body("p1_inhibit", false)).await;
     assert_eq!(code, 200);
     assert_eq!(c.coil(1, 1), Some(false));

@@ -83,7 +83,9 @@ impl Svc {
             Request::ReadInputRegisters(a, c) => slice(&img.input, a, c).map(Response::ReadInputRegisters),
             Request::ReadHoldingRegisters(a, c) => slice(&img.holding, a, c).map(Response::ReadHoldingRegisters),
             Request::WriteSingleCoil(a, v) if (a as usize) < u.coils.len() => {
+                let previous = u.coils[a as usize];
                 u.coils[a as usize] = v;
+                u.station.coil_written(a, v, previous);
                 Ok(Response::WriteSingleCoil(a, v))
             }
             Request::WriteSingleCoil(..) => Err(ExceptionCode::IllegalDataAddress),

@@ -93,6 +93,8 @@ impl MpsOptions {
 struct Pump {
     run: bool,
     fault: bool,
+    /// Held off by the master station (Modbus coil p1/p2_inhibit).
+    inhibit: bool,
     ragging: bool,
     /// Extra current from wear, as a fraction, growing `wear_per_day` a day.
     wear: f64,
@@ -263,7 +265,7 @@ impl MpsNotifier {
             } else {
                 p.run || (i == lead && want_lead) || (i == lag && want_lag)
             };
-            let can = mains && !p.fault;
+            let can = mains && !p.fault && !p.inhibit;
             let run = demanded && can;
             if run && !p.run {
                 p.starts += 1;
@@ -368,6 +370,31 @@ impl MpsNotifier {
             discrete,
             input,
             holding,
+        }
+    }
+}
+
+impl MpsNotifier {
+    /// Coil writes from the master station: 0 alarm reset (rising edge clears
+    /// tripped pumps), 1/2 inhibit pump 1/2, 3 remote pump-down (rising edge
+    /// starts the lead pump now; it stops at the stop level as usual).
+    pub fn coil_written(&mut self, coil: u16, value: bool, previous: bool) {
+        match (coil, value, previous) {
+            (0, true, false) => {
+                for p in &mut self.pumps {
+                    p.fault = false;
+                }
+            }
+            (1, v, _) => self.pumps[0].inhibit = v,
+            (2, v, _) => self.pumps[1].inhibit = v,
+            (3, true, false) => {
+                let lead = self.lead;
+                if !self.pumps[lead].inhibit && !self.pumps[lead].fault {
+                    self.pumps[lead].run = true;
+                    self.pumps[lead].starts += 1;
+                }
+            }
+            _ => {}
         }
     }
 }

@@ -401,10 +401,7 @@ async fn openapi_documents_exactly_the_routes_served() {
 async fn health_reports_a_collector_that_cannot_connect() {
     // Point the service at a port where no broker listens: 503 with a reason,
     // reconnect attempts counted, and it connects by itself once a broker is there.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), "health", "health/", &[dma("B01", "AKT-DMA-001")], None);
     let text = std::fs::read_to_string(&path).unwrap();

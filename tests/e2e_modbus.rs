@@ -144,10 +144,7 @@ async fn faults_are_told_apart_and_a_hung_connection_is_replaced() {
     let c = Controllers::start(0, vec![(1, quiet_mps("MP-0301", "AKT-MPC-0301"))], t0())
         .await
         .unwrap();
-    let dead_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let dead_port = free_port();
     let sites = [
         controller("MP-0301", "AKT-MPC-0301", c.addr.port(), 1, 50, 300),
         controller("MP-0302", "AKT-MPC-0302", dead_port, 1, 50, 300),
@@ -194,10 +191,7 @@ async fn commands_are_confirmed_by_read_back_journaled_and_refused_when_unreacha
     let c = Controllers::start(0, vec![(1, quiet_mps("MP-0501", "AKT-MPC-0501"))], t0())
         .await
         .unwrap();
-    let dead_port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let dead_port = free_port();
     let sites = [
         controller("MP-0501", "AKT-MPC-0501", c.addr.port(), 1, 50, 300),
         controller("MP-0502", "AKT-MPC-0502", dead_port, 1, 50, 300),

@@ -37,10 +37,7 @@ async fn polls_a_pymodbus_controller() {
         eprintln!("SKIPPED: pymodbus not installed");
         return;
     }
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_controller.py");
     let _peer = Peer(
         Command::new("python3")

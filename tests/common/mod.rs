@@ -506,6 +506,12 @@ impl NowForTest for ManualClock {
     }
 }
 
+/// A loopback port nobody listens on (bound, read, released).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 pub fn rand_id() -> String {
     format!("{:08x}", rand::random::<u32>())
 }

@@ -19,6 +19,23 @@ use tokio_util::sync::CancellationToken;
 
 const COMM_LOSS: &str = "comm_loss";
 
+/// A duration for people: "45 s", "12 min", "3 h 20 min".
+fn span_en(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s} s"),
+        s if s < 3 * 3600 => format!("{} min", s / 60),
+        s => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn span_ja(s: i64) -> String {
+    match s {
+        s if s < 120 => format!("{s}秒"),
+        s if s < 3 * 3600 => format!("{}分", s / 60),
+        s => format!("{}時間{}分", s / 3600, (s % 3600) / 60),
+    }
+}
+
 /// Rule and device state are plain data (strings, numbers, times, string-keyed
 /// maps): serializing them cannot fail.
 fn state_json<T: Serialize>(v: &T) -> String {
@@ -750,7 +767,7 @@ impl Shard {
             }
             if now - last > Duration::seconds(after) {
                 let c = &ctx.profile.comm;
-                let mins = (now - last).num_minutes();
+                let silent_s = (now - last).num_seconds();
                 let spec = RaiseSpec {
                     site: id.clone(),
                     device: ctx.site.device.clone(),
@@ -758,14 +775,16 @@ impl Shard {
                     condition: c.condition.clone(),
                     origin: AlarmOrigin::Comm,
                     priority: c.priority,
-                    value: Some(mins as f64),
-                    limit: Some((after / 60) as f64),
+                    // Seconds of silence against the allowed silence.
+                    value: Some(silent_s as f64),
+                    limit: Some(after as f64),
                     message: format!(
-                        "{}: nothing received for {mins} min (expected every {} min)",
+                        "{}: nothing received for {} (expected every {})",
                         c.en,
-                        interval / 60
+                        span_en(silent_s),
+                        span_en(interval)
                     ),
-                    message_ja: format!("{}：{mins}分間受信なし（通常{}分毎）", c.ja, interval / 60),
+                    message_ja: format!("{}：{}受信なし（通常{}毎）", c.ja, span_ja(silent_s), span_ja(interval)),
                     suppressed_by: vec![],
                 };
                 transitions.extend(self.registry.raise(spec, now, now));

@@ -98,6 +98,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding HTTP on {addr}"))?;
     let http_addr = listener.local_addr()?;
+    let http_cancel = CancellationToken::new();
     let state = AppState {
         cfg: cfg.clone(),
         pipeline: pipeline.clone(),
@@ -107,8 +108,8 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         started: chrono::Utc::now(),
         collectors,
         commander,
+        shutdown: http_cancel.clone(),
     };
-    let http_cancel = CancellationToken::new();
     let hc = http_cancel.clone();
     let http_task = tokio::spawn(async move {
         let app = api::router(state);
@@ -152,9 +153,11 @@ impl Running {
             tracing::error!(error = %e, "final store flush failed");
         }
         self.http.0.cancel();
-        // SSE streams keep connections open; don't wait for clients for ever.
-        if tokio::time::timeout(Duration::from_secs(5), self.http.1).await.is_err() {
-            tracing::warn!("HTTP connections still open at shutdown; closing anyway");
+        // Event streams end on the cancellation; other requests get 5 s to finish.
+        let mut task = self.http.1;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+            tracing::warn!("HTTP connections still open at shutdown; closing them");
+            task.abort();
         }
         tracing::info!("mizuban stopped");
     }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub started: chrono::DateTime<chrono::Utc>,
     /// Names of collectors that must be connected for the service to be healthy.
     pub collectors: Vec<&'static str>,
+    /// Cancelled at shutdown: ends the event streams so the server can stop.
+    pub shutdown: tokio_util::sync::CancellationToken,
     /// Device commands to Modbus controllers.
     pub commander: crate::collect::modbus::Commander,
 }

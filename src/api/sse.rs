@@ -38,5 +38,11 @@ pub async fn events(
             }
         })
     });
-    Ok(Sse::new(stream::once(async move { Ok(first) }).chain(live)).keep_alive(KeepAlive::default()))
+    // The stream ends when the service shuts down, so browsers see the
+    // connection drop (and show "disconnected") instead of a silent stream.
+    let shutdown = st.shutdown.clone().cancelled_owned();
+    Ok(
+        Sse::new(stream::once(async move { Ok(first) }).chain(live).take_until(shutdown))
+            .keep_alive(KeepAlive::default()),
+    )
 }

@@ -1,0 +1,77 @@
+// Drives the mizuban board in headless Chromium (Debian's /usr/bin/chromium)
+// with playwright-core. Run by tests/browser.rs, which owns the service and the
+// simulated station; the two talk over stdout lines: this script prints READY
+// once logged in, the Rust test then raises HH_LEVEL, and this script checks it
+// appears without a reload, acknowledges it, switches language and checks that
+// a viewer gets no acknowledge button. Screenshots go to OUT_DIR.
+//
+// usage: node board.mjs BASE_URL USER PASS VIEWER VIEWER_PASS OUT_DIR
+import { chromium } from "playwright-core";
+
+const [base, user, pass, viewer, viewerPass, outDir] = process.argv.slice(2);
+const say = (line) => process.stdout.write(line + "\n");
+const fail = (msg) => { process.stderr.write("FAIL " + msg + "\n"); process.exit(1); };
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  headless: true,
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const ctx = await browser.newContext({ viewport: { width: 1600, height: 900 }, locale: "ja-JP" });
+  const page = await ctx.newPage();
+  await page.goto(base + "/");
+  await page.fill("#user", user);
+  await page.fill("#pass", pass);
+  await page.click("#login button");
+  await page.waitForSelector("#main:not([hidden])", { timeout: 10000 });
+  await page.waitForFunction(() => document.querySelector("#summary").textContent.length > 0);
+  await page.screenshot({ path: `${outDir}/board-empty.png` });
+  say("READY");
+
+  // The alarm arrives over the event stream: no reload.
+  const row = page.locator("tr[data-id]", { hasText: "満水" });
+  await row.waitFor({ timeout: 30000 });
+  const t0 = Date.now();
+  if (!(await row.locator(".state").textContent()).includes("未確認")) fail("new alarm is not shown unacknowledged");
+  if (!(await row.getAttribute("class")).includes("unack")) fail("unacknowledged alarm does not stand out");
+  await page.screenshot({ path: `${outDir}/board-hh-level.png` });
+  say("SEEN");
+
+  page.once("dialog", (d) => d.accept("現地確認に向かいます"));
+  await row.locator("button[data-act=ack]").click();
+  await page.waitForFunction(() => [...document.querySelectorAll("tr[data-id] .state")].some((e) => e.textContent.includes("確認済")), null, { timeout: 10000 });
+  await page.screenshot({ path: `${outDir}/board-acked.png` });
+  say("ACKED " + (Date.now() - t0));
+
+  await page.selectOption("#lang", "en");
+  const th = await page.locator("th[data-t=prio]").textContent();
+  if (th !== "Priority") fail("language switch: header is " + th);
+  const state = await page.locator("tr[data-id] .state").first().textContent();
+  if (!state.includes("ACK ACTIVE")) fail("language switch: state is " + state);
+  await page.screenshot({ path: `${outDir}/board-en.png` });
+  say("ENGLISH");
+
+  // A viewer sees the alarm but cannot acknowledge it.
+  const vctx = await browser.newContext({ viewport: { width: 390, height: 844 } });
+  const vpage = await vctx.newPage();
+  await vpage.goto(base + "/");
+  await vpage.fill("#user", viewer);
+  await vpage.fill("#pass", viewerPass);
+  await vpage.click("#login button");
+  await vpage.locator("tr[data-id]").first().waitFor({ timeout: 10000 });
+  if (await vpage.locator("button[data-act]").count() !== 0) fail("a viewer is offered ack/shelve buttons");
+  await vpage.screenshot({ path: `${outDir}/board-viewer-phone.png` });
+  say("VIEWER");
+
+  // The service goes away: the board says so.
+  say("STOP_SERVICE");
+  await page.waitForSelector("#banner.show", { timeout: 15000 });
+  await page.screenshot({ path: `${outDir}/board-disconnected.png` });
+  say("BANNER");
+} catch (e) {
+  fail(e.stack || String(e));
+} finally {
+  await browser.close();
+}

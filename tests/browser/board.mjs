@@ -53,6 +53,20 @@ try {
   await page.screenshot({ path: `${outDir}/board-en.png` });
   say("ENGLISH");
 
+  // The site overview: every site with its status in words and shape, searchable.
+  await page.click("#tabs button[data-tab=sites]");
+  const tile = page.locator(".tile[data-site=MP-0701]");
+  await tile.waitFor({ timeout: 10000 });
+  const st = await tile.locator(".st").textContent();
+  if (!st.includes("ALARM")) fail("site tile status is " + st);
+  if (!(await tile.textContent()).includes("level")) fail("site tile has no live level");
+  await page.fill("#site-search", "no-such-site");
+  if (await page.locator(".tile").count() !== 0) fail("search did not filter");
+  await page.fill("#site-search", "");
+  await page.screenshot({ path: `${outDir}/board-sites.png` });
+  await page.click("#tabs button[data-tab=alarms]");
+  say("SITES");
+
   // A viewer sees the alarm but cannot acknowledge it.
   const vctx = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const vpage = await vctx.newPage();

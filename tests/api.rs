@@ -446,3 +446,39 @@ async fn health_reports_a_collector_that_cannot_connect() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_exports_csv() {
+    let (h, _sim, id) = with_alarm("api-csv").await;
+    h.post(
+        &format!("/api/v1/alarms/{id}/ack"),
+        OP_TOKEN,
+        json!({"comment": "見た, \"確認\""}),
+    )
+    .await;
+    let r = h
+        .http
+        .get(format!("{}/api/v1/journal?site=MP-0061&format=csv", h.base))
+        .bearer_auth(VIEW_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let text = r.text().await.unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "\u{feff}at,site,source,condition,action,from,to,who,why,event_time,notify,late,alarm_id"
+    );
+    let ack = text.lines().find(|l| l.contains(",ack,")).expect("ack row");
+    assert!(
+        ack.contains(",op,\"見た, \"\"確認\"\"\","),
+        "quoted per RFC 4180: {ack}"
+    );
+    let (code, _) = h
+        .request(Method::GET, "/api/v1/journal?format=xml", Some(VIEW_TOKEN), None)
+        .await;
+    assert_eq!(code, 400);
+    h.stop().await;
+}

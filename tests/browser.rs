@@ -85,6 +85,7 @@ async fn board_in_headless_chromium() {
     assert_eq!(hh["ack_comment"], "現地確認に向かいます");
     assert_eq!(next().await, "ENGLISH");
     assert_eq!(next().await, "SITES");
+    assert_eq!(next().await, "JOURNAL");
     assert_eq!(next().await, "VIEWER");
     assert_eq!(next().await, "STOP_SERVICE");
     h.stop_service().await;

@@ -527,13 +527,24 @@ pub struct JournalQuery {
     from: Option<String>,
     to: Option<String>,
     limit: Option<usize>,
+    /// `csv` for a spreadsheet; JSON otherwise.
+    format: Option<String>,
+}
+
+/// One CSV field, quoted when it must be (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }
 
 pub async fn journal(
     State(st): State<AppState>,
     caller: Caller,
     Query(q): Query<JournalQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let f = JournalFilter {
         alarm_id: q.alarm,
@@ -547,7 +558,46 @@ pub async fn journal(
     let rows = tokio::task::spawn_blocking(move || store.journal(&f))
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))??;
-    Ok(Json(json!(rows)))
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Json(json!(rows)).into_response()),
+        Some("csv") => {
+            // A UTF-8 BOM so spreadsheet programs read the Japanese text right.
+            let mut out = String::from(
+                "\u{feff}at,site,source,condition,action,from,to,who,why,event_time,notify,late,alarm_id\r\n",
+            );
+            for r in &rows {
+                let fields = [
+                    r.at.to_rfc3339(),
+                    r.site.clone(),
+                    r.source.clone(),
+                    r.condition.clone(),
+                    r.action.clone(),
+                    r.from.clone(),
+                    r.to.clone(),
+                    r.who.clone(),
+                    r.why.clone().unwrap_or_default(),
+                    r.event_time.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                    r.notify.to_string(),
+                    r.late.to_string(),
+                    r.alarm_id.clone(),
+                ];
+                out.push_str(&fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(","));
+                out.push_str("\r\n");
+            }
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"mizuban-journal.csv\"",
+                    ),
+                ],
+                out,
+            )
+                .into_response())
+        }
+        Some(other) => Err(ApiError::BadRequest(format!("format {other:?} is not json or csv"))),
+    }
 }
 
 #[derive(Deserialize)]

@@ -64,8 +64,23 @@ try {
   if (await page.locator(".tile").count() !== 0) fail("search did not filter");
   await page.fill("#site-search", "");
   await page.screenshot({ path: `${outDir}/board-sites.png` });
-  await page.click("#tabs button[data-tab=alarms]");
   say("SITES");
+
+  // The journal, filtered by site, with a CSV export of the same rows.
+  await page.click("#tabs button[data-tab=journal]");
+  await page.fill("#j-site", "MP-0701");
+  await page.click("#jfilter button");
+  const ackRow = page.locator("#jrows tr", { hasText: "sato" });
+  await ackRow.first().waitFor({ timeout: 10000 });
+  const href = await page.locator("#j-csv").getAttribute("href");
+  if (!href.includes("format=csv") || !href.includes("site=MP-0701")) fail("CSV link is " + href);
+  const csv = await page.request.get(base + href);
+  if (!csv.headers()["content-type"].startsWith("text/csv")) fail("CSV content type " + csv.headers()["content-type"]);
+  const text = await csv.text();
+  if (!text.includes("sato") || !text.split("\n")[0].includes("condition")) fail("CSV body: " + text.slice(0, 200));
+  await page.screenshot({ path: `${outDir}/board-journal.png` });
+  await page.click("#tabs button[data-tab=alarms]");
+  say("JOURNAL");
 
   // A viewer sees the alarm but cannot acknowledge it.
   const vctx = await browser.newContext({ viewport: { width: 390, height: 844 } });

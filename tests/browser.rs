@@ -83,6 +83,7 @@ async fn board_in_headless_chromium() {
         .clone();
     assert_eq!(hh["acked_by"], "sato");
     assert_eq!(hh["ack_comment"], "現地確認に向かいます");
+    assert_eq!(next().await, "DETAIL");
     assert_eq!(next().await, "ENGLISH");
     assert_eq!(next().await, "SITES");
     assert_eq!(next().await, "JOURNAL");

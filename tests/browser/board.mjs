@@ -45,6 +45,16 @@ try {
   await page.screenshot({ path: `${outDir}/board-acked.png` });
   say("ACKED " + (Date.now() - t0));
 
+  // The alarm's detail: value and limit at the time, and its journal.
+  await page.locator("tr[data-id]", { hasText: "満水" }).locator("td").nth(3).click();
+  await page.locator("#detail:not([hidden]) table.journal tr", { hasText: "sato" }).waitFor({ timeout: 10000 });
+  await page.screenshot({ path: `${outDir}/board-detail.png` });
+  await page.click("#detail-close");
+  // The sound can be muted, and it stays muted.
+  await page.click("#mute");
+  if ((await page.getAttribute("#mute", "aria-pressed")) !== "true") fail("mute did not toggle");
+  say("DETAIL");
+
   await page.selectOption("#lang", "en");
   const th = await page.locator("th[data-t=prio]").textContent();
   if (th !== "Priority") fail("language switch: header is " + th);

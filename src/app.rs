@@ -61,6 +61,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         rule_states = restored.rule_states.len(),
         "store opened"
     );
+    let session_key = restored.session_key.clone();
     let shard_cancel = CancellationToken::new();
     let (pipeline, shard_tasks) = Pipeline::start(PipelineDeps {
         config: cfg.clone(),
@@ -104,7 +105,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         pipeline: pipeline.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        sessions: Arc::new(Sessions::default()),
+        sessions: Arc::new(Sessions::new(session_key)),
         started: chrono::Utc::now(),
         collectors,
         commander,

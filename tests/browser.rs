@@ -89,8 +89,13 @@ async fn board_in_headless_chromium() {
     assert_eq!(next().await, "JOURNAL");
     assert_eq!(next().await, "VIEWER");
     assert_eq!(next().await, "STOP_SERVICE");
+    h.pin_http = h.app.as_ref().map(|a| a.http_addr);
     h.stop_service().await;
     assert_eq!(next().await, "BANNER");
+    // Back on the same address: the board reconnects by itself (its session
+    // survives the restart) and resynchronises from the snapshot.
+    h.start_service().await;
+    assert_eq!(next().await, "RESYNCED");
     let status = child.wait().await.unwrap();
     assert!(status.success(), "browser script failed");
     for shot in [

@@ -41,11 +41,15 @@ pub struct Session {
     pub expires: chrono::DateTime<Utc>,
 }
 
-/// In-memory sessions and the login rate limiter. A std Mutex: held for a map
-/// lookup only.
-#[derive(Default)]
+/// Sessions as signed tokens: `user.role.expires.csrf.mac`, the MAC an
+/// HMAC-SHA256 under a key kept in the store, so sessions survive a restart of
+/// the service (the board reconnects by itself) without a session table.
+/// Logged-out tokens are remembered in memory until they expire; the cookie is
+/// also cleared in the browser. Also the login rate limiter. std Mutexes: held
+/// for a map operation only.
 pub struct Sessions {
-    map: Mutex<HashMap<String, Session>>,
+    key: Vec<u8>,
+    revoked: Mutex<HashMap<String, chrono::DateTime<Utc>>>,
     failures: Mutex<HashMap<String, Vec<chrono::DateTime<Utc>>>>,
 }
 
@@ -57,35 +61,90 @@ pub fn random_token(bytes: usize) -> String {
     (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn role_of(s: &str) -> Option<Role> {
+    [Role::Viewer, Role::Operator, Role::Engineer, Role::Admin]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+}
+
 impl Sessions {
+    pub fn new(key: Vec<u8>) -> Self {
+        Self {
+            key,
+            revoked: Default::default(),
+            failures: Default::default(),
+        }
+    }
+
+    fn mac(&self, payload: &str) -> String {
+        use hmac::Mac;
+        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        m.update(payload.as_bytes());
+        hex(&m.finalize().into_bytes())
+    }
+
     pub fn create(&self, user: &str, role: Role) -> (String, Session) {
-        let id = random_token(32);
         let s = Session {
             user: user.into(),
             role,
             csrf: random_token(16),
             expires: Utc::now() + Duration::hours(SESSION_HOURS),
         };
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), s.clone());
+        let payload = format!(
+            "{}.{}.{}.{}",
+            hex(user.as_bytes()),
+            role.as_str(),
+            s.expires.timestamp(),
+            s.csrf
+        );
+        let id = format!("{payload}.{}", self.mac(&payload));
         (id, s)
     }
+
     pub fn get(&self, id: &str) -> Option<Session> {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get(id) {
-            Some(s) if s.expires > Utc::now() => Some(s.clone()),
-            Some(_) => {
-                m.remove(id);
-                None
-            }
-            None => None,
+        let (payload, mac) = id.rsplit_once('.')?;
+        if !same(&self.mac(payload), mac) {
+            return None;
+        }
+        if self.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) {
+            return None;
+        }
+        let mut parts = payload.split('.');
+        let user = String::from_utf8(unhex(parts.next()?)?).ok()?;
+        let role = role_of(parts.next()?)?;
+        let expires = chrono::DateTime::<Utc>::from_timestamp(parts.next()?.parse().ok()?, 0)?;
+        let csrf = parts.next()?.to_string();
+        (expires > Utc::now()).then_some(Session {
+            user,
+            role,
+            csrf,
+            expires,
+        })
+    }
+
+    pub fn remove(&self, id: &str) {
+        if let Some(s) = self.get(id) {
+            let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Utc::now();
+            r.retain(|_, exp| *exp > now);
+            r.insert(id.to_string(), s.expires);
         }
     }
-    pub fn remove(&self, id: &str) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-    }
+
     /// `false` when this user name has failed too often recently.
     pub fn login_allowed(&self, user: &str) -> bool {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());

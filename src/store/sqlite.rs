@@ -30,6 +30,8 @@ enum Op {
 /// What the service needs back after a restart.
 #[derive(Default)]
 pub struct Restored {
+    /// Key that signs board sessions; made once, kept so sessions survive restarts.
+    pub session_key: Vec<u8>,
     pub open_alarms: Vec<Alarm>,
     pub rule_states: HashMap<String, String>,
     pub device_states: HashMap<String, String>,
@@ -97,6 +99,7 @@ CREATE TABLE IF NOT EXISTS msg_seen (
     device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, arrived INTEGER NOT NULL,
     PRIMARY KEY (device, boot, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS msg_seen_arrived ON msg_seen(arrived);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raw_latest (site TEXT PRIMARY KEY, topic_payload TEXT NOT NULL, arrived INTEGER NOT NULL);
 ";
 
@@ -170,6 +173,18 @@ impl Store {
 
     fn restore(c: &Connection) -> rusqlite::Result<Restored> {
         let mut r = Restored::default();
+        let key: Option<String> = c
+            .query_row("SELECT value FROM meta WHERE key = 'session_key'", [], |row| row.get(0))
+            .optional()?;
+        let key = match key {
+            Some(k) => k,
+            None => {
+                let k: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+                c.execute("INSERT INTO meta (key, value) VALUES ('session_key', ?1)", [&k])?;
+                k
+            }
+        };
+        r.session_key = key.into_bytes();
         let mut st = c.prepare("SELECT json FROM alarms WHERE open = 1")?;
         for row in st.query_map([], |row| row.get::<_, String>(0))? {
             match serde_json::from_str::<Alarm>(&row?) {

@@ -26,7 +26,7 @@ try {
   await page.fill("#pass", pass);
   await page.click("#login button");
   await page.waitForSelector("#main:not([hidden])", { timeout: 10000 });
-  await page.waitForFunction(() => document.querySelector("#summary").textContent.length > 0);
+  await page.locator("#summary:not(:empty)").waitFor({ timeout: 10000 });
   await page.screenshot({ path: `${outDir}/board-empty.png` });
   say("READY");
 
@@ -41,7 +41,8 @@ try {
 
   page.once("dialog", (d) => d.accept("現地確認に向かいます"));
   await row.locator("button[data-act=ack]").click();
-  await page.waitForFunction(() => [...document.querySelectorAll("tr[data-id] .state")].some((e) => e.textContent.includes("確認済")), null, { timeout: 10000 });
+  // (Locator waits, not waitForFunction: the board's CSP forbids eval.)
+  await page.locator("tr[data-id] .state", { hasText: "確認済" }).first().waitFor({ timeout: 10000 });
   await page.screenshot({ path: `${outDir}/board-acked.png` });
   say("ACKED " + (Date.now() - t0));
 
@@ -109,6 +110,13 @@ try {
   await page.waitForSelector("#banner.show", { timeout: 15000 });
   await page.screenshot({ path: `${outDir}/board-disconnected.png` });
   say("BANNER");
+  await page.locator("#banner.show").waitFor({ state: "detached", timeout: 30000 });
+  const api = await (await page.request.get(base + "/api/v1/alarms")).json();
+  const shown = await page.locator("tr[data-id]").evaluateAll((rows) => rows.map((r) => r.dataset.id).sort());
+  const want = api.map((a) => a.id).sort();
+  if (JSON.stringify(shown) !== JSON.stringify(want)) fail(`after resync the board shows ${shown} but the API has ${want}`);
+  await page.screenshot({ path: `${outDir}/board-reconnected.png` });
+  say("RESYNCED");
 } catch (e) {
   fail(e.stack || String(e));
 } finally {

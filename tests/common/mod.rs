@@ -105,6 +105,8 @@ pub struct Harness {
     /// Distinct messages handled by earlier lives of the service (restarts
     /// reset its counters).
     pub offset: std::sync::atomic::AtomicUsize,
+    /// Set to keep the HTTP address across restarts (browsers reconnect to it).
+    pub pin_http: Option<std::net::SocketAddr>,
 }
 
 fn repo() -> PathBuf {
@@ -220,6 +222,7 @@ impl Harness {
             port,
             extra: Default::default(),
             offset: Default::default(),
+            pin_http: None,
         };
         h.boot().await;
         h
@@ -232,6 +235,7 @@ impl Harness {
             Options {
                 clock: self.clock.clone(),
                 tick: std::time::Duration::from_millis(20),
+                http: self.pin_http,
                 ..Default::default()
             },
         )

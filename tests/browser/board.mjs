@@ -71,6 +71,17 @@ try {
   const st = await tile.locator(".st").textContent();
   if (!st.includes("ALARM")) fail("site tile status is " + st);
   if (!(await tile.textContent()).includes("level")) fail("site tile has no live level");
+  // Site detail: trends with alarm markers, and the latest raw message.
+  await tile.click();
+  const level = page.locator("#site-detail svg[data-point=level] path");
+  await level.waitFor({ timeout: 10000 });
+  if (((await level.getAttribute("d")) || "").split("L").length < 10) fail("level trend has too few points");
+  if (await page.locator("#site-detail svg[data-point=level] .mark").count() < 1) fail("no alarm marker on the trend");
+  if (!(await page.locator("#site-detail pre.raw").textContent()).includes("mps-")) fail("no latest raw message");
+  await page.screenshot({ path: `${outDir}/board-site-detail.png` });
+  await page.selectOption("#trend-range", "168");
+  await page.locator("#site-detail svg[data-point=level] path").waitFor({ timeout: 10000 });
+  await page.click("#site-detail-close");
   await page.fill("#site-search", "no-such-site");
   if (await page.locator(".tile").count() !== 0) fail("search did not filter");
   await page.fill("#site-search", "");

@@ -71,8 +71,8 @@ fn slice<T: Clone>(v: &[T], addr: u16, cnt: u16) -> Result<Vec<T>, ExceptionCode
 
 impl Svc {
     fn answer(&self, unit: u8, req: Request<'static>) -> (Fault, Answer) {
-        let now = *self.inner.now.lock().unwrap_or_else(|p| p.into_inner());
-        let mut units = self.inner.units.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.inner.now();
+        let mut units = self.inner.units();
         let Some(u) = units.get_mut(&unit) else {
             return (Fault::None, Err(ExceptionCode::GatewayTargetDevice));
         };
@@ -125,6 +125,16 @@ impl tokio_modbus::server::Service for Svc {
     }
 }
 
+impl Inner {
+    // Poisoning only means a panic elsewhere; the simulated state is still usable.
+    fn units(&self) -> std::sync::MutexGuard<'_, BTreeMap<u8, Unit>> {
+        self.units.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 impl Controllers {
     /// Starts a server on `127.0.0.1:port` (0: ephemeral) with the given units
     /// (`unit id -> station options`), device time starting at `start`.
@@ -164,26 +174,14 @@ impl Controllers {
     }
 
     pub fn set_fault(&self, unit: u8, fault: Fault) {
-        if let Some(u) = self
-            .inner
-            .units
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&unit)
-        {
+        if let Some(u) = self.inner.units().get_mut(&unit) {
             u.fault = fault;
         }
     }
 
     pub fn inject(&self, unit: u8, s: Scenario) {
-        let now = *self.inner.now.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(u) = self
-            .inner
-            .units
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&unit)
-        {
+        let now = self.inner.now();
+        if let Some(u) = self.inner.units().get_mut(&unit) {
             u.station.inject(s, now);
         }
     }
@@ -191,7 +189,7 @@ impl Controllers {
     /// Moves every station's physics to `now`.
     pub fn step_to(&self, now: DateTime<Utc>) {
         *self.inner.now.lock().unwrap_or_else(|p| p.into_inner()) = now;
-        for u in self.inner.units.lock().unwrap_or_else(|p| p.into_inner()).values_mut() {
+        for u in self.inner.units().values_mut() {
             // The controller's MQTT-side output is not used here.
             u.station.step(now);
         }
@@ -210,11 +208,6 @@ impl Controllers {
     }
 
     pub fn coil(&self, unit: u8, addr: usize) -> Option<bool> {
-        self.inner
-            .units
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&unit)
-            .and_then(|u| u.coils.get(addr).copied())
+        self.inner.units().get(&unit).and_then(|u| u.coils.get(addr).copied())
     }
 }

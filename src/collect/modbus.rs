@@ -40,6 +40,16 @@ pub enum PollError {
     Transport(String),
 }
 
+impl From<PollError> for CommandFailure {
+    /// A command that could not reach the controller (or got no answer).
+    fn from(e: PollError) -> Self {
+        match e {
+            PollError::Exception(code) => CommandFailure::Exception(code),
+            e => CommandFailure::Unreachable(format!("{} ({e:?})", e.kind())),
+        }
+    }
+}
+
 impl PollError {
     pub fn kind(&self) -> String {
         match self {
@@ -145,13 +155,6 @@ impl Commander {
         };
         tx.send(req).await.map_err(|_| CommandFailure::Stopped)?;
         rx.await.map_err(|_| CommandFailure::Stopped)?.map(|_| ())
-    }
-
-    pub fn commands(&self, site: &str) -> Vec<crate::device::modbus::CommandSpec> {
-        self.sites
-            .get(site)
-            .map(|(_, _, m)| m.commands.clone())
-            .unwrap_or_default()
     }
 }
 
@@ -538,9 +541,8 @@ impl ModbusCollector {
         port: u16,
         req: &CommandRequest,
     ) -> Result<bool, CommandFailure> {
-        let unreachable = |e: PollError| CommandFailure::Unreachable(format!("{} ({:?})", e.kind(), e));
         if ctx.is_none() {
-            *ctx = Some(self.connect(host, port, req.timeout).await.map_err(unreachable)?);
+            *ctx = Some(self.connect(host, port, req.timeout).await?);
         }
         let c = ctx.as_mut().expect("connected above");
         c.set_slave(Slave(req.unit));
@@ -559,8 +561,7 @@ impl ModbusCollector {
         {
             Ok(RangeData::Bits(b)) if !b.is_empty() => b[0],
             Ok(_) => return Err(CommandFailure::Unreachable("read-back returned no coil".into())),
-            Err(PollError::Exception(code)) => return Err(CommandFailure::Exception(code)),
-            Err(e) => return Err(unreachable(e)),
+            Err(e) => return Err(e.into()),
         };
         if back != req.value {
             return Err(CommandFailure::NotConfirmed {
@@ -575,10 +576,9 @@ impl ModbusCollector {
     }
 
     async fn write_coil(c: &mut Context, coil: u16, v: bool, t: Duration) -> Result<(), CommandFailure> {
-        let unreachable = |e: PollError| CommandFailure::Unreachable(format!("{} ({:?})", e.kind(), e));
         match tokio::time::timeout(t, tokio_modbus::client::Writer::write_single_coil(c, coil, v)).await {
-            Err(_) => Err(unreachable(PollError::Timeout)),
-            Ok(Err(e)) => Err(unreachable(PollError::Transport(e.to_string()))),
+            Err(_) => Err(PollError::Timeout.into()),
+            Ok(Err(e)) => Err(PollError::Transport(e.to_string()).into()),
             Ok(Ok(Err(code))) => Err(CommandFailure::Exception(u8::from(code))),
             Ok(Ok(Ok(()))) => Ok(()),
         }

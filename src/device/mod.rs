@@ -12,8 +12,7 @@ mod profile;
 pub use decode::{decode, DecodeError, Decoded, DeviceEvent, MessageIdent, RawReading, SampleProblem};
 pub use path::JsonPath;
 pub use profile::{
-    CommSpec, ConditionSpec, MessageKind, MessageSpec, PointSpec, Priority, Profile, ProfileError, TopicTemplate,
-    ValueType,
+    CommSpec, ConditionSpec, MessageKind, MessageSpec, PointSpec, Priority, Profile, TopicTemplate, ValueType,
 };
 
 #[cfg(test)]

@@ -211,12 +211,6 @@ pub struct Profile {
     pub topics: Vec<TopicTemplate>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-}
-
 /// `akita/v1/dma/{site}/{device}/telemetry` split into levels.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopicTemplate {
@@ -268,13 +262,8 @@ impl TopicTemplate {
 }
 
 impl Profile {
-    /// Loads and validates one profile file. Every problem names the file, the
-    /// line and the field.
-    pub fn load(path: &Path) -> Result<Self, Vec<SourceError>> {
-        let text = std::fs::read_to_string(path).map_err(|e| vec![SourceError::io(path, &e)])?;
-        Self::parse(path, &text)
-    }
-
+    /// Validates one profile's text. Every problem names the file, the line and
+    /// the field.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Vec<SourceError>> {
         let mut p: Profile = toml::from_str(text).map_err(|e| vec![SourceError::toml(path, text, &e)])?;
         let mut errors = Vec::new();

@@ -23,9 +23,6 @@ impl ManualClock {
     pub fn new(t: Timestamp) -> Self {
         Self(Mutex::new(t))
     }
-    pub fn set(&self, t: Timestamp) {
-        *self.0.lock().expect("clock mutex poisoned") = t;
-    }
     pub fn advance(&self, d: chrono::Duration) {
         let mut g = self.0.lock().expect("clock mutex poisoned");
         *g += d;

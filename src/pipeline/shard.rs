@@ -234,48 +234,46 @@ impl Shard {
                 i = rx.recv() => match i { Some(i) => i, None => break },
                 _ = cancel.cancelled() => break,
             };
-            let is_msg = matches!(input, Input::Message(_));
-            let batch = match input {
-                Input::Message(m) => self.on_message(*m),
-                Input::Command(cmd, reply) => {
-                    let (b, res) = self.on_command(cmd);
-                    // The requester may have gone (HTTP client hung up); the change stands.
-                    let _ = reply.send(res);
-                    b
-                }
-                Input::Tick => self.on_tick(),
-                Input::External(spec, active) => self.on_external(spec, active),
-            };
-            if !batch.is_empty() {
-                if let Err(e) = self.store.submit(batch, &self.metrics).await {
-                    tracing::error!(shard = self.idx, error = %e, "store unavailable; shard stops");
-                    break;
-                }
-            }
-            if is_msg {
-                // Counted once handled and queued for the store, so a reader
-                // that sees the count and then flushes the store sees its effects.
-                self.metrics.messages.inc();
+            if let Err(e) = self.handle(input, false).await {
+                tracing::error!(shard = self.idx, error = %e, "store unavailable; shard stops");
+                break;
             }
         }
         // Drain what was already queued so accepted work is stored before exit.
         rx.close();
         while let Some(input) = rx.recv().await {
-            let batch = match input {
-                Input::Message(m) => self.on_message(*m),
-                Input::Command(cmd, reply) => {
-                    let (b, res) = self.on_command(cmd);
-                    let _ = reply.send(res);
-                    b
-                }
-                Input::Tick => Batch::default(),
-                Input::External(spec, active) => self.on_external(spec, active),
-            };
-            if !batch.is_empty() && self.store.submit(batch, &self.metrics).await.is_err() {
+            if self.handle(input, true).await.is_err() {
                 break;
             }
         }
         tracing::debug!(shard = self.idx, "shard stopped");
+    }
+
+    /// One input, start to finish: apply it, queue its batch for the store.
+    /// While draining at shutdown the clock-driven checks are skipped.
+    async fn handle(&mut self, input: Input, draining: bool) -> Result<(), crate::store::StoreError> {
+        let is_msg = matches!(input, Input::Message(_));
+        let batch = match input {
+            Input::Message(m) => self.on_message(*m),
+            Input::Command(cmd, reply) => {
+                let (b, res) = self.on_command(cmd);
+                // The requester may have gone (HTTP client hung up); the change stands.
+                let _ = reply.send(res);
+                b
+            }
+            Input::Tick if draining => Batch::default(),
+            Input::Tick => self.on_tick(),
+            Input::External(spec, active) => self.on_external(spec, active),
+        };
+        if !batch.is_empty() {
+            self.store.submit(batch, &self.metrics).await?;
+        }
+        if is_msg {
+            // Counted once handled and queued for the store, so a reader
+            // that sees the count and then flushes the store sees its effects.
+            self.metrics.messages.inc();
+        }
+        Ok(())
     }
 
     fn publish(&self, transitions: &[Transition]) {

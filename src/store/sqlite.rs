@@ -72,7 +72,6 @@ pub struct Store {
     tx: mpsc::Sender<Op>,
     read: Arc<Mutex<Connection>>,
     healthy: Arc<AtomicBool>,
-    path: PathBuf,
 }
 
 const SCHEMA: &str = "
@@ -165,7 +164,6 @@ impl Store {
                 tx,
                 read: Arc::new(Mutex::new(read)),
                 healthy,
-                path: path.into(),
             },
             restored,
         ))
@@ -211,10 +209,6 @@ impl Store {
             r.seen.push(row?);
         }
         Ok(r)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -268,10 +262,6 @@ impl Store {
             })?;
             rows.collect()
         })
-    }
-
-    pub fn reading_count(&self) -> Result<i64, StoreError> {
-        self.with_read(|c| c.query_row("SELECT count(*) FROM readings", [], |r| r.get(0)))
     }
 
     pub fn alarm(&self, id: &str) -> Result<Option<Alarm>, StoreError> {

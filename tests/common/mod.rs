@@ -295,15 +295,7 @@ impl Harness {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while !f().await {
             if std::time::Instant::now() > deadline {
-                let m = self
-                    .http
-                    .get(format!("{}/metrics", self.base))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let m = self.metrics_text().await;
                 let m: Vec<&str> = m
                     .lines()
                     .filter(|l| !l.starts_with('#') && !l.contains("_bucket"))
@@ -314,16 +306,19 @@ impl Harness {
         }
     }
 
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics_text().await;
         text.lines()
             .filter(|l| !l.starts_with('#'))
             .find_map(|l| {
@@ -483,13 +478,8 @@ impl Harness {
     }
 
     pub async fn restart(&mut self) {
-        let handled =
-            self.metric("mizuban_messages_total").await - self.metric("mizuban_duplicate_messages_total").await;
-        self.offset
-            .fetch_add(handled as usize, std::sync::atomic::Ordering::SeqCst);
-        let app = self.app.take().unwrap();
-        app.shutdown().await;
-        self.boot().await;
+        self.stop_service().await;
+        self.start_service().await;
     }
 
     pub async fn stop(mut self) {

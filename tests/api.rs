@@ -289,6 +289,16 @@ async fn browser_session_needs_csrf_for_changes() {
         + &format!("\n[[user]]\nname = \"sato\"\npassword_hash = \"{hash}\"\nrole = \"operator\"\n");
     std::fs::write(&h.config_path, cfg).unwrap();
     h.restart().await;
+    // Behind a TLS-terminating proxy the cookie is Secure.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/v1/login", h.base))
+        .header("x-forwarded-proto", "https")
+        .json(&json!({"user": "sato", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    let tls_cookie = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(tls_cookie.contains("; Secure"), "{tls_cookie}");
     let client = reqwest::Client::builder().cookie_store(true).build().unwrap();
     let r = client
         .post(format!("{}/api/v1/login", h.base))
@@ -306,7 +316,7 @@ async fn browser_session_needs_csrf_for_changes() {
     assert_eq!(r.status(), 200);
     let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(
-        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict") && !cookie.contains("Secure"),
         "{cookie}"
     );
     let csrf = r.json::<Value>().await.unwrap()["csrf"].as_str().unwrap().to_string();
@@ -469,7 +479,7 @@ async fn journal_exports_csv() {
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "\u{feff}at,site,source,condition,action,from,to,who,why,event_time,notify,late,alarm_id"
+        "\u{feff}at,site,source,condition,priority,action,from,to,who,why,event_time,notify,late,alarm_id"
     );
     let ack = text.lines().find(|l| l.contains(",ack,")).expect("ack row");
     assert!(
@@ -478,6 +488,22 @@ async fn journal_exports_csv() {
     );
     let (code, _) = h
         .request(Method::GET, "/api/v1/journal?format=xml", Some(VIEW_TOKEN), None)
+        .await;
+    assert_eq!(code, 400);
+    // The priority filter keeps the rows of that priority and only those.
+    let alarm = h.get(&format!("/api/v1/alarms/{id}")).await;
+    let prio = alarm["priority"].as_str().unwrap().to_string();
+    let rows = h.get(&format!("/api/v1/journal?site=MP-0061&priority={prio}")).await;
+    let rows = rows.as_array().unwrap();
+    assert!(rows
+        .iter()
+        .any(|r| r["alarm_id"] == id.as_str() && r["action"] == "ack"));
+    assert!(rows.iter().all(|r| r["priority"] == prio.as_str()));
+    let other = if prio == "low" { "critical" } else { "low" };
+    let rows = h.get(&format!("/api/v1/journal?site=MP-0061&priority={other}")).await;
+    assert!(rows.as_array().unwrap().iter().all(|r| r["alarm_id"] != id.as_str()));
+    let (code, _) = h
+        .request(Method::GET, "/api/v1/journal?priority=urgent", Some(VIEW_TOKEN), None)
         .await;
     assert_eq!(code, 400);
     h.stop().await;

@@ -13,7 +13,7 @@ use chrono::Duration;
 use common::*;
 use mizuban_sim::Scenario;
 use std::path::Path;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn hash(pw: &str) -> String {
     let salt = SaltString::from_b64("YnJvd3NlcnRlc3RzYWx0").unwrap();
@@ -23,8 +23,9 @@ fn hash(pw: &str) -> String {
         .to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn board_in_headless_chromium() {
+/// The screenshot directory, or `None` (skip) when Chromium or playwright-core
+/// is missing outside CI.
+fn browser_ready() -> Option<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     let ready = Path::new(&chromium).exists() && root.join("tests/browser/node_modules/playwright-core").exists();
@@ -34,12 +35,15 @@ async fn board_in_headless_chromium() {
             "Chromium and playwright-core are required under CI=true (.ci/run installs them)"
         );
         eprintln!("SKIPPED: install chromium and `npm install` in tests/browser");
-        return;
+        return None;
     }
     let out = root.join("target/browser-screenshots");
     std::fs::create_dir_all(&out).unwrap();
+    Some(out)
+}
 
-    let mut h = Harness::start("browser", &[mps("MP-0701", "AKT-MPN-0701")]).await;
+/// Adds the board users sato (operator) and kimura (viewer) and restarts.
+async fn with_users(h: &mut Harness) {
     let users = format!(
         "\n[[user]]\nname = \"sato\"\npassword_hash = \"{}\"\nrole = \"operator\"\n\n[[user]]\nname = \"kimura\"\npassword_hash = \"{}\"\nrole = \"viewer\"\n",
         hash("sato-pass-2025"),
@@ -48,6 +52,14 @@ async fn board_in_headless_chromium() {
     let cfg = std::fs::read_to_string(&h.config_path).unwrap() + &users;
     std::fs::write(&h.config_path, cfg).unwrap();
     h.restart().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_in_headless_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(out) = browser_ready() else { return };
+    let mut h = Harness::start("browser", &[mps("MP-0701", "AKT-MPN-0701")]).await;
+    with_users(&mut h).await;
     let sim = h.spawn_mps(quiet_mps("MP-0701", "AKT-MPN-0701"), t0()).await;
     h.run(&[&sim], Duration::minutes(10)).await;
 
@@ -84,6 +96,11 @@ async fn board_in_headless_chromium() {
     assert_eq!(hh["acked_by"], "sato");
     assert_eq!(hh["ack_comment"], "現地確認に向かいます");
     assert_eq!(next().await, "DETAIL");
+    let shelved = next().await;
+    let shelved_id = shelved.strip_prefix("SHELVED ").unwrap_or_else(|| panic!("{shelved}"));
+    let a = h.get(&format!("/api/v1/alarms/{shelved_id}")).await;
+    assert_eq!(a["state"], "shelved");
+    assert_eq!(a["shelved_by"], "sato", "{a}");
     assert_eq!(next().await, "ENGLISH");
     assert_eq!(next().await, "SITES");
     assert_eq!(next().await, "JOURNAL");
@@ -107,4 +124,112 @@ async fn board_in_headless_chromium() {
     ] {
         assert!(out.join(shot).exists(), "{shot}");
     }
+}
+
+/// 504 active alarms over the 241 Akita sites, then 20 more one at a time: the
+/// time from publishing each to its row on screen (median, max), and the time to
+/// draw the 241-tile overview. Reported, not asserted (no timing assertions in
+/// tests): target/browser-screenshots/responsiveness.txt and docs/PERFORMANCE.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_with_500_active_alarms() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let Some(out) = browser_ready() else { return };
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let mut sites: Vec<SiteDef> = (1..=41)
+        .map(|i| dma(leak(format!("B{i:02}")), leak(format!("AKT-DMA-{i:03}"))))
+        .collect();
+    sites.extend((1..=200).map(|i| mps(leak(format!("MP-{i:04}")), leak(format!("AKT-MPN-{i:04}")))));
+    let mut h = Harness::start("browser-load", &sites).await;
+    with_users(&mut h).await;
+    // One simulated notifier doubles as the raw MQTT client for the others.
+    let dev = h.spawn_mps(quiet_mps("MP-0001", "AKT-MPN-0001"), t0()).await;
+    let codes = [
+        (0, "HH_LEVEL"),
+        (1, "HIGH_LEVEL"),
+        (2, "LOW_LEVEL"),
+        (3, "P1_FAULT"),
+        (4, "P2_FAULT"),
+        (5, "P1_OVERCURRENT"),
+        (6, "P2_OVERCURRENT"),
+        (7, "P1_SEAL_LEAK"),
+        (8, "P2_SEAL_LEAK"),
+        (9, "EARTH_LEAKAGE"),
+        (11, "PHASE_LOSS"),
+        (13, "LEVEL_SENSOR_FAULT"),
+    ];
+    let event = |station: u32, seq: u64, bit: u32, code: &str| {
+        let t = t0() + Duration::seconds(seq as i64);
+        let body = serde_json::json!({"schema": "mps-event/1", "station_id": format!("MP-{station:04}"),
+            "device_id": format!("AKT-MPN-{station:04}"), "boot": 1, "seq": seq,
+            "t": t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "code": code, "bit": bit,
+            "state": "raise", "level_cm": 120});
+        (
+            format!("akita/v1/mps/MP-{station:04}/event"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+    };
+    let mut published = 0usize;
+    for station in 101..=142u32 {
+        for (k, (bit, code)) in codes.iter().enumerate() {
+            let (topic, body) = event(station, k as u64 + 1, *bit, code);
+            dev.publish_raw(&topic, &body).await.unwrap();
+            published += 1;
+        }
+    }
+    h.extra.fetch_add(published, std::sync::atomic::Ordering::SeqCst);
+    h.wait_messages(published as f64).await;
+    let active = h.get("/api/v1/alarms").await.as_array().unwrap().len();
+    assert!(active >= 500, "only {active} alarms active");
+
+    let mut child = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/load.mjs"))
+        .args([&h.base, "sato", "sato-pass-2025"])
+        .arg(&out)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || -> String {
+        match tokio::time::timeout(std::time::Duration::from_secs(90), lines.next_line()).await {
+            Ok(Ok(Some(l))) => l,
+            other => panic!("browser script stopped early: {other:?}"),
+        }
+    };
+    let ready = next().await;
+    assert_eq!(ready, format!("READY {active}"), "every active alarm is a row");
+    let mut lat = Vec::new();
+    for i in 0..20u32 {
+        let (topic, body) = event(150 + i, 100, 12, "DOOR_OPEN");
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        dev.publish_raw(&topic, &body).await.unwrap();
+        stdin
+            .write_all(format!("EXPECT {at} MP-{:04}\n", 150 + i).as_bytes())
+            .await
+            .unwrap();
+        let l = next().await;
+        let ms: u64 = l.strip_prefix("LAT ").unwrap_or_else(|| panic!("{l}")).parse().unwrap();
+        lat.push(ms);
+    }
+    stdin.write_all(b"END\n").await.unwrap();
+    drop(stdin);
+    let sites_ms = next().await;
+    assert!(sites_ms.starts_with("SITES "), "{sites_ms}");
+    assert!(child.wait().await.unwrap().success(), "browser script failed");
+    assert_eq!(h.get("/api/v1/alarms").await.as_array().unwrap().len(), active + 20);
+    lat.sort();
+    let report = format!(
+        "{active} active alarms, 241 sites, 4K viewport: publish -> row on screen over 20 new alarms: median {} ms, max {} ms; site overview (241 tiles) drawn in {} ms\n",
+        lat[lat.len() / 2],
+        lat[lat.len() - 1],
+        &sites_ms[6..]
+    );
+    eprint!("{report}");
+    std::fs::write(out.join("responsiveness.txt"), report).unwrap();
+    h.stop().await;
 }

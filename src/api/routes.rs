@@ -117,7 +117,29 @@ pub struct LoginBody {
     password: String,
 }
 
-pub async fn login(State(st): State<AppState>, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+/// `; Secure` when the board is reached over TLS: configured, a public https
+/// address, or a TLS-terminating proxy that says so.
+fn secure_attr(st: &AppState, headers: &HeaderMap) -> &'static str {
+    let http = &st.cfg.http;
+    let tls = http.secure_cookies.unwrap_or_else(|| {
+        http.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+            || headers
+                .get("x-forwarded-proto")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+    });
+    if tls {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+pub async fn login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let req: LoginBody = body(b)?;
     if !st.sessions.login_allowed(&req.user) {
         return Err(ApiError::TooMany);
@@ -139,8 +161,9 @@ pub async fn login(State(st): State<AppState>, b: Result<Bytes, BytesRejection>)
     };
     let (sid, s) = st.sessions.create(&user.name, user.role);
     let cookie = format!(
-        "{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        super::auth::SESSION_HOURS * 3600
+        "{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+        super::auth::SESSION_HOURS * 3600,
+        secure_attr(&st, &headers)
     );
     Ok((
         [(header::SET_COOKIE, cookie)],
@@ -151,14 +174,17 @@ pub async fn login(State(st): State<AppState>, b: Result<Bytes, BytesRejection>)
 
 pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
     let (mut parts, _) = axum::http::Request::new(()).into_parts();
-    parts.headers = headers;
+    parts.headers = headers.clone();
     if let Some(sid) = cookie_value(&parts, COOKIE) {
         st.sessions.remove(&sid);
     }
     (
         [(
             header::SET_COOKIE,
-            format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+            format!(
+                "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0{}",
+                secure_attr(&st, &headers)
+            ),
         )],
         Json(json!({"status": "logged out"})),
     )
@@ -523,6 +549,7 @@ pub async fn readings(
 pub struct JournalQuery {
     site: Option<String>,
     condition: Option<String>,
+    priority: Option<String>,
     alarm: Option<String>,
     from: Option<String>,
     to: Option<String>,
@@ -550,6 +577,15 @@ pub async fn journal(
         alarm_id: q.alarm,
         site: q.site,
         condition: q.condition,
+        priority: match q.priority.as_deref() {
+            None | Some("") => None,
+            Some(p @ ("critical" | "high" | "medium" | "low")) => Some(p.to_string()),
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "priority {other:?} is not one of critical, high, medium, low"
+                )))
+            }
+        },
         from: parse_time("from", &q.from)?,
         to: parse_time("to", &q.to)?,
         limit: q.limit.unwrap_or(500),
@@ -563,7 +599,7 @@ pub async fn journal(
         Some("csv") => {
             // A UTF-8 BOM so spreadsheet programs read the Japanese text right.
             let mut out = String::from(
-                "\u{feff}at,site,source,condition,action,from,to,who,why,event_time,notify,late,alarm_id\r\n",
+                "\u{feff}at,site,source,condition,priority,action,from,to,who,why,event_time,notify,late,alarm_id\r\n",
             );
             for r in &rows {
                 let fields = [
@@ -571,6 +607,7 @@ pub async fn journal(
                     r.site.clone(),
                     r.source.clone(),
                     r.condition.clone(),
+                    r.priority.clone(),
                     r.action.clone(),
                     r.from.clone(),
                     r.to.clone(),

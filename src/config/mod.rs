@@ -153,6 +153,14 @@ pub struct StoreSection {
 #[serde(deny_unknown_fields)]
 pub struct HttpSection {
     pub listen: String,
+    /// The address people reach the board at (e.g. `https://mizuban.example.jp`),
+    /// behind a TLS-terminating proxy; used in links sent out in alerts.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Mark session cookies `Secure`. Unset: when `public_url` is https or the
+    /// request came through a proxy that says `X-Forwarded-Proto: https`.
+    #[serde(default)]
+    pub secure_cookies: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -270,6 +278,7 @@ pub struct Config {
     pub mqtt: MqttSection,
     pub store_path: PathBuf,
     pub http_listen: SocketAddr,
+    pub http: HttpSection,
     pub tokens: Vec<TokenSpec>,
     pub users: Vec<UserSpec>,
     pub profiles: HashMap<String, Arc<Profile>>,
@@ -649,6 +658,7 @@ impl Config {
             mqtt: raw.mqtt,
             store_path,
             http_listen,
+            http: raw.http.clone(),
             tokens: raw.tokens.into_iter().map(Spanned::into_inner).collect(),
             users: raw.users.into_iter().map(Spanned::into_inner).collect(),
             profiles,

@@ -55,6 +55,9 @@ pub struct JournalRow {
     pub event_time: Option<Timestamp>,
     pub notify: bool,
     pub late: bool,
+    /// The alarm's priority at the time; empty for rows that are not alarm
+    /// transitions (device commands).
+    pub priority: String,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -62,6 +65,7 @@ pub struct JournalFilter {
     pub alarm_id: Option<String>,
     pub site: Option<String>,
     pub condition: Option<String>,
+    pub priority: Option<String>,
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
     pub limit: usize,
@@ -101,6 +105,21 @@ CREATE INDEX IF NOT EXISTS msg_seen_arrived ON msg_seen(arrived);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raw_latest (site TEXT PRIMARY KEY, topic_payload TEXT NOT NULL, arrived INTEGER NOT NULL);
 ";
+
+/// Columns added after the first release, added in place to an older database.
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    let has = |table: &str, col: &str| -> rusqlite::Result<bool> {
+        let mut st = c.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = st
+            .query_map([], |r| r.get::<_, String>(1))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(names.iter().any(|n| n == col))
+    };
+    if !has("journal", "priority")? {
+        c.execute_batch("ALTER TABLE journal ADD COLUMN priority TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
+}
 
 fn ms(t: Timestamp) -> i64 {
     t.timestamp_millis()
@@ -147,6 +166,7 @@ impl Store {
         };
         let write = Connection::open(path).map_err(sq)?;
         write.execute_batch(SCHEMA).map_err(sq)?;
+        migrate(&write).map_err(sq)?;
         write.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
         let read = Connection::open(path).map_err(sq)?;
         read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
@@ -285,7 +305,7 @@ impl Store {
     pub fn journal(&self, f: &JournalFilter) -> Result<Vec<JournalRow>, StoreError> {
         self.with_read(|c| {
             let mut sql = String::from(
-                "SELECT seq, at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late FROM journal WHERE 1=1",
+                "SELECT seq, at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late, priority FROM journal WHERE 1=1",
             );
             let mut args: Vec<rusqlite::types::Value> = Vec::new();
             let mut push = |clause: &str, v: rusqlite::types::Value| {
@@ -300,6 +320,9 @@ impl Store {
             }
             if let Some(s) = &f.condition {
                 push("condition =", s.clone().into());
+            }
+            if let Some(s) = &f.priority {
+                push("priority =", s.clone().into());
             }
             if let Some(t) = f.from {
                 push("at >=", ms(t).into());
@@ -325,6 +348,7 @@ impl Store {
                     event_time: r.get::<_, Option<i64>>(11)?.map(from_ms),
                     notify: r.get::<_, i64>(12)? != 0,
                     late: r.get::<_, i64>(13)? != 0,
+                    priority: r.get(14)?,
                 })
             })?;
             rows.collect()
@@ -354,8 +378,8 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
              ON CONFLICT(id) DO UPDATE SET open = excluded.open, updated = excluded.updated, json = excluded.json",
         )?;
         let mut ins_j = tx.prepare_cached(
-            "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late, priority)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         let mut up_rs = tx.prepare_cached("INSERT OR REPLACE INTO rule_state (key, json) VALUES (?1, ?2)")?;
         let mut up_ds = tx.prepare_cached("INSERT OR REPLACE INTO device_state (device, json) VALUES (?1, ?2)")?;
@@ -399,7 +423,8 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
                     t.why,
                     t.event_time.map(ms),
                     t.notify as i64,
-                    a.late as i64
+                    a.late as i64,
+                    a.priority.as_str()
                 ])?;
             }
             for (k, v) in &b.rule_states {
@@ -425,7 +450,8 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
                     c.why,
                     Option::<i64>::None,
                     0i64,
-                    0i64
+                    0i64,
+                    ""
                 ])?;
             }
             for (site, raw, arrived) in &b.raw {

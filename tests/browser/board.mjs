@@ -39,8 +39,12 @@ try {
   await page.screenshot({ path: `${outDir}/board-hh-level.png` });
   say("SEEN");
 
-  page.once("dialog", (d) => d.accept("現地確認に向かいます"));
   await row.locator("button[data-act=ack]").click();
+  await page.locator("#act-dialog[open]").waitFor({ timeout: 5000 });
+  if (!(await page.locator("#act-what").textContent()).includes("MP-0701")) fail("the dialog does not name the alarm");
+  await page.fill("#act-text", "現地確認に向かいます");
+  await page.screenshot({ path: `${outDir}/board-ack-dialog.png` });
+  await page.click("#act-ok");
   // (Locator waits, not waitForFunction: the board's CSP forbids eval.)
   await page.locator("tr[data-id] .state", { hasText: "確認済" }).first().waitFor({ timeout: 10000 });
   await page.screenshot({ path: `${outDir}/board-acked.png` });
@@ -56,8 +60,22 @@ try {
   if ((await page.getAttribute("#mute", "aria-pressed")) !== "true") fail("mute did not toggle");
   say("DETAIL");
 
+  // Shelve another alarm: a reason is required, the duration is chosen.
+  const other = page.locator("tr[data-id]", { hasNotText: "満水" }).first();
+  const otherId = await other.getAttribute("data-id");
+  await other.locator("button[data-act=shelve]").click();
+  await page.selectOption("#act-minutes", "30");
+  await page.click("#act-ok");
+  if (!(await page.locator("#act-err").textContent())) fail("shelve without a reason was accepted");
+  await page.fill("#act-text", "ポンプ交換作業中");
+  await page.click("#act-ok");
+  await page.locator(`tr[data-id="${otherId}"]`).waitFor({ state: "detached", timeout: 10000 });
+  const shelved = await (await page.request.get(`${base}/api/v1/alarms/${otherId}`)).json();
+  if (shelved.state !== "shelved") fail("shelved alarm is " + shelved.state);
+  say("SHELVED " + otherId);
+
   await page.selectOption("#lang", "en");
-  const th = await page.locator("th[data-t=prio]").textContent();
+  const th = await page.locator("#alarms-view th[data-t=prio]").textContent();
   if (th !== "Priority") fail("language switch: header is " + th);
   const state = await page.locator("tr[data-id] .state").first().textContent();
   if (!state.includes("ACK ACTIVE")) fail("language switch: state is " + state);
@@ -79,6 +97,24 @@ try {
   if (await page.locator("#site-detail svg[data-point=level] .mark").count() < 1) fail("no alarm marker on the trend");
   if (!(await page.locator("#site-detail pre.raw").textContent()).includes("mps-")) fail("no latest raw message");
   await page.screenshot({ path: `${outDir}/board-site-detail.png` });
+  // Zoom: drag across the last 3 % of the 24 h trend (the station's last
+  // 43 minutes, where the simulated data is).
+  const span0 = await page.locator("#trend-span").getAttribute("data-from");
+  const box = await page.locator("#site-detail svg[data-point=level]").boundingBox();
+  await page.mouse.move(box.x + box.width * 0.97, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width * 0.9999, box.y + box.height / 2, { steps: 5 });
+  await page.mouse.up();
+  await page.locator("#zoom-reset").waitFor({ timeout: 10000 });
+  const zf = new Date(await page.locator("#trend-span").getAttribute("data-from"));
+  const zt = new Date(await page.locator("#trend-span").getAttribute("data-to"));
+  const hours = (zt - zf) / 3600e3;
+  if (hours < 0.6 || hours > 0.8) fail(`zoomed span is ${hours} h, want about 0.72 h`);
+  if (zf <= new Date(span0)) fail("zoom did not move the start");
+  await page.locator("#site-detail svg[data-point=level] path").waitFor({ timeout: 10000 });
+  await page.screenshot({ path: `${outDir}/board-site-zoomed.png` });
+  await page.click("#zoom-reset");
+  await page.locator("#zoom-reset").waitFor({ state: "detached", timeout: 10000 });
   await page.selectOption("#trend-range", "168");
   await page.locator("#site-detail svg[data-point=level] path").waitFor({ timeout: 10000 });
   await page.click("#site-detail-close");
@@ -100,6 +136,12 @@ try {
   if (!csv.headers()["content-type"].startsWith("text/csv")) fail("CSV content type " + csv.headers()["content-type"]);
   const text = await csv.text();
   if (!text.includes("sato") || !text.split("\n")[0].includes("condition")) fail("CSV body: " + text.slice(0, 200));
+  // Priority filter: only critical rows, and the CSV link carries the filter.
+  await page.selectOption("#j-prio", "critical");
+  await page.click("#jfilter button");
+  await page.locator("#jrows tr .prio.critical").first().waitFor({ timeout: 10000 });
+  if (await page.locator("#jrows tr .prio:not(.critical)").count() !== 0) fail("priority filter let other priorities through");
+  if (!(await page.locator("#j-csv").getAttribute("href")).includes("priority=critical")) fail("CSV link lacks the priority filter");
   await page.screenshot({ path: `${outDir}/board-journal.png` });
   await page.click("#tabs button[data-tab=alarms]");
   say("JOURNAL");

@@ -45,6 +45,9 @@ pub struct Running {
     pub config: Arc<Config>,
     /// Device commands to Modbus controllers.
     pub commander: crate::collect::modbus::Commander,
+    /// Alerts to on-call staff, when configured.
+    pub notifier: Option<crate::notify::Notifier>,
+    notify: (CancellationToken, Option<JoinHandle<()>>),
     collectors: (CancellationToken, Vec<JoinHandle<()>>),
     shards: (CancellationToken, Vec<JoinHandle<()>>),
     http: (CancellationToken, JoinHandle<()>),
@@ -100,6 +103,30 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         .with_context(|| format!("binding HTTP on {addr}"))?;
     let http_addr = listener.local_addr()?;
     let http_cancel = CancellationToken::new();
+    let notify_cancel = CancellationToken::new();
+    let mut notify_task = None;
+    let notifier = match &cfg.notify {
+        Some(n) => {
+            let public = cfg
+                .http
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{http_addr}"));
+            let (notifier, task) = crate::notify::Notifier::start(
+                cfg.clone(),
+                n.clone(),
+                opts.clock.clone(),
+                pipeline.clone(),
+                metrics.clone(),
+                public,
+                notify_cancel.clone(),
+            )
+            .context("starting notifications")?;
+            notify_task = Some(task);
+            Some(notifier)
+        }
+        None => None,
+    };
     let state = AppState {
         cfg: cfg.clone(),
         pipeline: pipeline.clone(),
@@ -110,6 +137,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         collectors,
         commander,
         shutdown: http_cancel.clone(),
+        notifier: notifier.clone(),
     };
     let hc = http_cancel.clone();
     let http_task = tokio::spawn(async move {
@@ -129,6 +157,8 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         metrics,
         config: cfg,
         commander: state_commander,
+        notifier,
+        notify: (notify_cancel, notify_task),
         collectors: (coll_cancel, coll_tasks),
         shards: (shard_cancel, shard_tasks),
         http: (http_cancel, http_task),
@@ -142,6 +172,14 @@ impl Running {
         for t in self.collectors.1 {
             if let Err(e) = t.await {
                 tracing::error!(error = %e, "collector task ended abnormally");
+            }
+        }
+        // The notification engine keeps its place in the journal; whatever the
+        // shards still commit is picked up at the next start.
+        self.notify.0.cancel();
+        if let Some(t) = self.notify.1 {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "notification task ended abnormally");
             }
         }
         self.shards.0.cancel();

@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod health;
 pub mod model;
+pub mod notify;
 pub mod pipeline;
 pub mod rules;
 pub mod store;

@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+mod notify_routes;
 pub mod openapi;
 mod routes;
 mod sse;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Device commands to Modbus controllers.
     pub commander: crate::collect::modbus::Commander,
+    /// Alerts (ack links and codes, who was told what); `None` when not configured.
+    pub notifier: Option<crate::notify::Notifier>,
 }
 
 /// `(method, path)` of every route the router serves; the OpenAPI test checks
@@ -62,6 +65,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/journal"),
     ("GET", "/api/v1/quarantine"),
     ("GET", "/api/v1/events"),
+    ("GET", "/ack/{token}"),
+    ("POST", "/ack/{token}"),
+    ("POST", "/api/v1/ack-codes"),
+    ("GET", "/api/v1/alarms/{id}/notifications"),
+    ("GET", "/api/v1/notifications"),
+    ("GET", "/api/v1/oncall"),
 ];
 
 /// Request bodies are small JSON documents; anything bigger is refused (413).
@@ -91,6 +100,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/journal", get(routes::journal))
         .route("/api/v1/quarantine", get(routes::quarantine))
         .route("/api/v1/events", get(sse::events))
+        .route(
+            "/ack/{token}",
+            get(notify_routes::ack_page).post(notify_routes::ack_link),
+        )
+        .route("/api/v1/ack-codes", post(notify_routes::ack_code))
+        .route(
+            "/api/v1/alarms/{id}/notifications",
+            get(notify_routes::alarm_notifications),
+        )
+        .route("/api/v1/notifications", get(notify_routes::notifications))
+        .route("/api/v1/oncall", get(notify_routes::oncall))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

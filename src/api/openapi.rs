@@ -162,7 +162,7 @@ pub fn document() -> Value {
             "/api/v1/alarms/{id}/out_of_service": {"post": op("Take out of service", Some("engineer"), path_id("alarm id"),
                 Some(json!({"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
             "/api/v1/alarms/{id}/return_to_service": {"post": op("Return to service", Some("engineer"), path_id("alarm id"),
-                Some(json!({"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})), ok_json("updated alarm", alarm), alarm_cmd_errors)},
+                Some(json!({"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
             "/api/v1/points/{id}/readings": {"get": op("History of one point (`{site}.{point}`)", Some("viewer"), json!([
                     {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "example": "B17.p"},
                     {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: 24 h before to"},
@@ -182,7 +182,25 @@ pub fn document() -> Value {
             "/api/v1/quarantine": {"get": op("Rejected messages, newest first (bounded)", Some("viewer"), json!([{"name": "limit", "in": "query", "schema": {"type": "integer"}}]),
                 None, ok_json("entries", json!({"type": "array"})), &[])},
             "/api/v1/events": {"get": op("Server-sent events: `snapshot` of open alarms, then one `alarm` event per transition; `resync` if the client fell behind. Browsers may pass ?token=", Some("viewer"),
-                json!([{"name": "token", "in": "query", "schema": {"type": "string"}}]), None, json!({"description": "text/event-stream", "content": {"text/event-stream": {}}}), &[])}
+                json!([{"name": "token", "in": "query", "schema": {"type": "string"}}]), None, json!({"description": "text/event-stream", "content": {"text/event-stream": {}}}), &[])},
+            "/ack/{token}": {
+                "get": op("Page for an acknowledge link from an alert (e-mail, chat): shows the alarms and a button; looking does not acknowledge", None,
+                    json!([{"name": "token", "in": "path", "required": true, "schema": {"type": "string"}}]), None,
+                    json!({"description": "HTML page", "content": {"text/html": {}}}), &[("404", "unknown link")]),
+                "post": op("Acknowledge every alarm of the alert's incident as the person it was sent to (single use, expires); form field `comment` optional", None,
+                    json!([{"name": "token", "in": "path", "required": true, "schema": {"type": "string"}}]), None,
+                    json!({"description": "HTML page", "content": {"text/html": {}}}), &[("404", "unknown link"), ("409", "expired or already used")])},
+            "/api/v1/ack-codes": {"post": op("Acknowledge with the short code from an alert, as the person it was sent to (for SMS/phone gateways)", Some("operator"), json!([]),
+                Some(json!({"type": "object", "required": ["code"], "properties": {"code": {"type": "string"}, "comment": {"type": "string"}}})),
+                ok_json("alarms acknowledged", json!({"type": "object", "properties": {"acknowledged": {"type": "array", "items": alarm}}})),
+                &[("404", "unknown code, or notifications not configured"), ("409", "expired or already used"), ("422", "no code")])},
+            "/api/v1/alarms/{id}/notifications": {"get": op("Who was told about this alarm: type, person, channel, escalation level, created, state (pending, sent, failed, held, summarized), attempts, last error", Some("viewer"),
+                path_id("alarm id"), None, ok_json("outbox rows, oldest first", json!({"type": "array"})), &[])},
+            "/api/v1/notifications": {"get": op("The notification outbox, newest first", Some("viewer"),
+                json!([{"name": "state", "in": "query", "schema": {"enum": ["pending", "sent", "failed", "held", "summarized"]}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]),
+                None, ok_json("outbox rows", json!({"type": "array"})), &[("400", "unknown state"), ("404", "notifications not configured")])},
+            "/api/v1/oncall": {"get": op("Who is on call now, per team (rotation and overrides)", Some("viewer"), json!([]),
+                None, ok_json("teams", json!({"type": "array", "items": {"type": "object", "properties": {"team": {"type": "string"}, "person": {"type": "string"}}}})), &[("404", "notifications not configured")])}
         }
     })
 }

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 /// Parses an optional JSON body: empty means `T::default()`; bad JSON is 400,
 /// JSON of the wrong shape 422, too large 413.
-fn body<T: DeserializeOwned + Default>(b: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+pub(super) fn body<T: DeserializeOwned + Default>(b: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
     let b = b.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge

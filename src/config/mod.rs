@@ -70,6 +70,10 @@ pub struct ServiceSection {
     /// Capacity of each pipeline worker's queue (messages).
     #[serde(default = "default_queue")]
     pub shard_queue: usize,
+    /// Alert routing, on-call rosters and escalation, relative to this file
+    /// (unset: alarms are for the board only).
+    #[serde(default)]
+    pub notify_file: Option<String>,
     /// Messages kept in the quarantine for engineers to inspect.
     #[serde(default = "default_quarantine")]
     pub quarantine_capacity: usize,
@@ -284,6 +288,7 @@ pub struct Config {
     pub profiles: HashMap<String, Arc<Profile>>,
     pub sites: Vec<Arc<Site>>,
     pub rules: Vec<Arc<RuleSpec>>,
+    pub notify: Option<Arc<crate::notify::config::NotifyConfig>>,
 }
 
 /// Where configuration text comes from: the file system, or the copy built into
@@ -641,6 +646,24 @@ impl Config {
             Err(e) => errors.push(e),
         }
 
+        // Alerts.
+        let mut notify = None;
+        if let Some(f) = &raw.service.notify_file {
+            let np = base.join(f);
+            match src.read(&np) {
+                Ok(nt) => match toml::from_str::<crate::notify::config::NotifyConfig>(&nt) {
+                    Ok(n) => {
+                        for (field, msg) in n.validate() {
+                            errors.push(SourceError::field(&np, &nt, &field, msg));
+                        }
+                        notify = Some(Arc::new(n));
+                    }
+                    Err(e) => errors.push(SourceError::toml(&np, &nt, &e)),
+                },
+                Err(e) => errors.push(e),
+            }
+        }
+
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -664,6 +687,7 @@ impl Config {
             profiles,
             sites,
             rules,
+            notify,
         })
     }
 

@@ -43,6 +43,12 @@ fn modbus_latency_histogram() -> Histogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelResultLabel {
+    pub channel: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EdgeLabel {
     pub edge: String,
 }
@@ -73,6 +79,9 @@ pub struct Metrics {
     pub modbus_latency: HistogramFamily<DeviceLabel>,
     pub modbus_overruns: Counter,
     pub modbus_stalled: Gauge,
+    pub notify_attempts: Family<ChannelResultLabel, Counter>,
+    pub notify_pending: Gauge,
+    pub notify_failed: Counter,
 }
 
 impl Default for Metrics {
@@ -108,6 +117,9 @@ impl Metrics {
             modbus_latency: Family::new_with_constructor(modbus_latency_histogram),
             modbus_overruns: Counter::default(),
             modbus_stalled: Gauge::default(),
+            notify_attempts: Family::default(),
+            notify_pending: Gauge::default(),
+            notify_failed: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -208,6 +220,21 @@ impl Metrics {
             "modbus_stalled_endpoints",
             "Modbus endpoints whose polling task has stopped making progress",
             m.modbus_stalled.clone(),
+        );
+        r.register(
+            "notification_attempts",
+            "Attempts to deliver a notification, by channel (email, webhook) and result (ok, error)",
+            m.notify_attempts.clone(),
+        );
+        r.register(
+            "notifications_pending",
+            "Notifications in the outbox not yet delivered (incl. waiting for a retry)",
+            m.notify_pending.clone(),
+        );
+        r.register(
+            "notifications_failed",
+            "Notifications given up on one contact method after every retry",
+            m.notify_failed.clone(),
         );
         Self { registry: r, ..m }
     }

@@ -3,7 +3,7 @@
 //! writes the log line and bumps the metric together, so the two never disagree.
 
 pub mod events;
-mod metrics;
+pub mod metrics;
 
 pub use metrics::Metrics;
 

@@ -1,0 +1,257 @@
+//! The notification tables, in the service's SQLite file on a connection of
+//! their own (WAL lets the store's writer and this one take turns).
+//!
+//! The journal is the durable log the engine reads (a cursor of its own); every
+//! message is written to `outbox` in the same transaction that moves the cursor,
+//! before anything is sent. So a restart resumes exactly where it stopped:
+//! journal rows not yet handled are handled, unsent messages are sent, sent
+//! ones are not sent again.
+
+use crate::model::Timestamp;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS notify_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY, group_key TEXT NOT NULL, policy TEXT NOT NULL, site TEXT NOT NULL,
+    opened_at INTEGER NOT NULL, first_sent_at INTEGER, flush_at INTEGER, last_msg_at INTEGER,
+    level INTEGER NOT NULL DEFAULT 0, next_level_at INTEGER, closed INTEGER NOT NULL DEFAULT 0,
+    announced INTEGER NOT NULL DEFAULT 0, alarms TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS incidents_open ON incidents(closed, group_key);
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY, incident_id TEXT NOT NULL, kind TEXT NOT NULL, person TEXT NOT NULL,
+    contact_idx INTEGER NOT NULL, channel TEXT NOT NULL, level INTEGER NOT NULL,
+    created_at INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_at INTEGER NOT NULL, last_error TEXT, sent_at INTEGER, alarm_ids TEXT NOT NULL, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_at);
+CREATE INDEX IF NOT EXISTS outbox_person ON outbox(person, created_at);
+CREATE INDEX IF NOT EXISTS outbox_incident ON outbox(incident_id);
+CREATE TABLE IF NOT EXISTS ack_tokens (
+    token_hash TEXT PRIMARY KEY, code TEXT NOT NULL, incident_id TEXT NOT NULL, person TEXT NOT NULL,
+    channel TEXT NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER);
+CREATE INDEX IF NOT EXISTS ack_code ON ack_tokens(code);
+";
+
+pub fn ms(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+pub fn from_ms(v: i64) -> Timestamp {
+    DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+pub struct Incident {
+    pub id: String,
+    pub group_key: String,
+    pub policy: String,
+    pub site: String,
+    pub opened_at: Timestamp,
+    pub first_sent_at: Option<Timestamp>,
+    pub flush_at: Option<Timestamp>,
+    pub last_msg_at: Option<Timestamp>,
+    pub level: usize,
+    pub next_level_at: Option<Timestamp>,
+    pub closed: bool,
+    pub announced: usize,
+    pub alarms: Vec<String>,
+}
+
+const INCIDENT_COLS: &str =
+    "id, group_key, policy, site, opened_at, first_sent_at, flush_at, last_msg_at, level, next_level_at, closed, announced, alarms";
+
+fn incident_row(r: &rusqlite::Row) -> rusqlite::Result<Incident> {
+    let alarms: String = r.get(12)?;
+    Ok(Incident {
+        id: r.get(0)?,
+        group_key: r.get(1)?,
+        policy: r.get(2)?,
+        site: r.get(3)?,
+        opened_at: from_ms(r.get(4)?),
+        first_sent_at: r.get::<_, Option<i64>>(5)?.map(from_ms),
+        flush_at: r.get::<_, Option<i64>>(6)?.map(from_ms),
+        last_msg_at: r.get::<_, Option<i64>>(7)?.map(from_ms),
+        level: r.get::<_, i64>(8)? as usize,
+        next_level_at: r.get::<_, Option<i64>>(9)?.map(from_ms),
+        closed: r.get::<_, i64>(10)? != 0,
+        announced: r.get::<_, i64>(11)? as usize,
+        alarms: serde_json::from_str(&alarms).unwrap_or_default(),
+    })
+}
+
+pub fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(std::time::Duration::from_secs(10))?;
+    c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    c.execute_batch(SCHEMA)?;
+    Ok(c)
+}
+
+pub fn cursor(c: &Connection) -> rusqlite::Result<i64> {
+    Ok(
+        c.query_row("SELECT value FROM notify_meta WHERE key = 'cursor'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()?
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0),
+    )
+}
+
+pub fn set_cursor(c: &Connection, seq: i64) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT OR REPLACE INTO notify_meta (key, value) VALUES ('cursor', ?1)",
+        [seq.to_string()],
+    )?;
+    Ok(())
+}
+
+pub fn save_incident(c: &Connection, i: &Incident) -> rusqlite::Result<()> {
+    c.execute(
+        &format!("INSERT OR REPLACE INTO incidents ({INCIDENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        params![
+            i.id,
+            i.group_key,
+            i.policy,
+            i.site,
+            ms(i.opened_at),
+            i.first_sent_at.map(ms),
+            i.flush_at.map(ms),
+            i.last_msg_at.map(ms),
+            i.level as i64,
+            i.next_level_at.map(ms),
+            i.closed as i64,
+            i.announced as i64,
+            serde_json::to_string(&i.alarms).unwrap_or_default()
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn open_incidents(c: &Connection) -> rusqlite::Result<Vec<Incident>> {
+    let mut st = c.prepare_cached(&format!("SELECT {INCIDENT_COLS} FROM incidents WHERE closed = 0"))?;
+    let rows = st.query_map([], incident_row)?;
+    rows.collect()
+}
+
+pub fn incident(c: &Connection, id: &str) -> rusqlite::Result<Option<Incident>> {
+    c.query_row(
+        &format!("SELECT {INCIDENT_COLS} FROM incidents WHERE id = ?1"),
+        [id],
+        incident_row,
+    )
+    .optional()
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OutboxRow {
+    pub id: String,
+    pub incident_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub person: String,
+    pub contact_idx: usize,
+    pub channel: String,
+    pub level: usize,
+    pub created_at: Timestamp,
+    pub state: String,
+    pub attempts: u32,
+    pub next_at: Timestamp,
+    pub last_error: Option<String>,
+    pub sent_at: Option<Timestamp>,
+    pub alarm_ids: Vec<String>,
+    #[serde(skip)]
+    pub body: String,
+}
+
+const OUTBOX_COLS: &str = "id, incident_id, kind, person, contact_idx, channel, level, created_at, state, attempts, next_at, last_error, sent_at, alarm_ids, body";
+
+fn outbox_row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
+    let ids: String = r.get(13)?;
+    Ok(OutboxRow {
+        id: r.get(0)?,
+        incident_id: r.get(1)?,
+        kind: r.get(2)?,
+        person: r.get(3)?,
+        contact_idx: r.get::<_, i64>(4)? as usize,
+        channel: r.get(5)?,
+        level: r.get::<_, i64>(6)? as usize,
+        created_at: from_ms(r.get(7)?),
+        state: r.get(8)?,
+        attempts: r.get::<_, i64>(9)? as u32,
+        next_at: from_ms(r.get(10)?),
+        last_error: r.get(11)?,
+        sent_at: r.get::<_, Option<i64>>(12)?.map(from_ms),
+        alarm_ids: serde_json::from_str(&ids).unwrap_or_default(),
+        body: r.get(14)?,
+    })
+}
+
+pub fn insert_outbox(c: &Connection, o: &OutboxRow) -> rusqlite::Result<()> {
+    c.execute(
+        &format!("INSERT OR IGNORE INTO outbox ({OUTBOX_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+        params![
+            o.id,
+            o.incident_id,
+            o.kind,
+            o.person,
+            o.contact_idx as i64,
+            o.channel,
+            o.level as i64,
+            ms(o.created_at),
+            o.state,
+            o.attempts as i64,
+            ms(o.next_at),
+            o.last_error,
+            o.sent_at.map(ms),
+            serde_json::to_string(&o.alarm_ids).unwrap_or_default(),
+            o.body
+        ],
+    )?;
+    Ok(())
+}
+
+/// Messages due now. A person hears about one incident in order: a message
+/// waits while an earlier one to them about the same incident is still being
+/// retried (no "cleared" before "raised").
+pub fn due(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {OUTBOX_COLS} FROM outbox WHERE state = 'pending' AND next_at <= ?1
+         AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.person = outbox.person AND o.incident_id = outbox.incident_id
+                         AND o.state = 'pending' AND o.rowid < outbox.rowid)
+         ORDER BY created_at, rowid LIMIT ?2"
+    ))?;
+    let rows = st.query_map(params![ms(now), limit as i64], outbox_row)?;
+    rows.collect()
+}
+
+pub fn outbox_where(c: &Connection, clause: &str, arg: &str) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {OUTBOX_COLS} FROM outbox WHERE {clause} ORDER BY created_at, rowid"
+    ))?;
+    let rows = st.query_map([arg], outbox_row)?;
+    rows.collect()
+}
+
+/// Who has been told about an incident so far (any message but a summary).
+pub fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>> {
+    let mut st = c.prepare_cached(
+        "SELECT person, MIN(created_at) m FROM outbox WHERE incident_id = ?1 AND kind != 'summary' GROUP BY person ORDER BY m",
+    )?;
+    let rows = st.query_map([incident], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Messages counted against a person's rate limit since `since`.
+pub fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::Result<usize> {
+    c.query_row(
+        "SELECT COUNT(*) FROM outbox WHERE person = ?1 AND created_at > ?2 AND state NOT IN ('held', 'summarized') AND contact_idx = 0",
+        params![person, ms(since)],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as usize)
+}
+
+pub fn pending_count(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))
+}

@@ -1,0 +1,586 @@
+//! Alerts to on-call staff against real peers: a real SMTP server (aiosmtpd,
+//! tests/peers/smtp_sink.py) and a webhook receiver that checks every
+//! signature. Escalation runs in paused time (the harness's manual clock).
+//!
+//! aiosmtpd: `pip install aiosmtpd`; skipped without it, except under CI=true
+//! (.ci/run installs it). E-mails as received: target/notify-mail/.
+
+mod common;
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Duration;
+use common::*;
+use hmac::{Hmac, Mac};
+use mizuban_sim::Scenario;
+use serde_json::Value;
+use sha2::Sha256;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "s3cret-for-tests";
+
+/// A webhook receiver that verifies `X-Mizuban-Signature` and keeps every
+/// delivery (bad signatures are answered 401 and counted). It can go down
+/// (connections refused) and come back on the same port.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Value>>>,
+    bad: Arc<Mutex<usize>>,
+    port: u16,
+    stop: Arc<Mutex<Option<CancellationToken>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let mut r = Receiver {
+            port: free_port(),
+            ..Default::default()
+        };
+        r.up().await;
+        r
+    }
+    async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.unwrap();
+        let (got, bad) = (self.got.clone(), self.bad.clone());
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let (got, bad) = (got.clone(), bad.clone());
+                async move {
+                    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+                    mac.update(&body);
+                    let want = format!(
+                        "sha256={}",
+                        mac.finalize()
+                            .into_bytes()
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<String>()
+                    );
+                    let sig = headers.get("x-mizuban-signature").and_then(|v| v.to_str().ok());
+                    if sig != Some(want.as_str()) {
+                        *bad.lock().unwrap() += 1;
+                        return StatusCode::UNAUTHORIZED;
+                    }
+                    got.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                    StatusCode::OK
+                }
+            }),
+        );
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { c.cancelled().await })
+                .await
+                .unwrap();
+        });
+        *self.stop.lock().unwrap() = Some(cancel);
+    }
+    fn down(&self) {
+        if let Some(c) = self.stop.lock().unwrap().take() {
+            c.cancel();
+        }
+    }
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+    fn all(&self) -> Vec<Value> {
+        self.got.lock().unwrap().clone()
+    }
+    fn to(&self, who: &str) -> Vec<Value> {
+        self.all().into_iter().filter(|m| m["recipient"] == who).collect()
+    }
+}
+
+/// The SMTP server, or `None` (skip) without aiosmtpd outside CI.
+struct Smtp {
+    child: tokio::process::Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+async fn smtp(name: &str) -> Option<Smtp> {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "aiosmtpd is required under CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: pip install aiosmtpd");
+        return None;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("target/notify-mail").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let mut child = tokio::process::Command::new("python3")
+        .arg(root.join("tests/peers/smtp_sink.py"))
+        .arg(port.to_string())
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await;
+    assert!(
+        matches!(first, Ok(Ok(Some(ref l))) if l == "READY"),
+        "smtp sink did not start: {first:?}"
+    );
+    Some(Smtp { child, port, dir })
+}
+
+impl Smtp {
+    /// Decoded mails received so far, in order: (to, subject, body).
+    fn mails(&self) -> Vec<(String, String, String)> {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| {
+                let t = std::fs::read_to_string(p).unwrap();
+                let (head, body) = t.split_once("\n\n").unwrap_or((&t, ""));
+                let field = |k: &str| {
+                    head.lines()
+                        .find_map(|l| l.strip_prefix(k))
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                };
+                (field("To:"), field("Subject:"), body.to_string())
+            })
+            .collect()
+    }
+}
+
+/// Turns notifications on for a harness: writes `notify.toml` and restarts.
+async fn with_notify(h: &mut Harness, notify: &str) {
+    std::fs::write(h.dir.path().join("notify.toml"), notify).unwrap();
+    let cfg = std::fs::read_to_string(&h.config_path).unwrap().replacen(
+        "[service]\n",
+        "[service]\nnotify_file = \"notify.toml\"\n",
+        1,
+    );
+    std::fs::write(&h.config_path, cfg).unwrap();
+    h.restart().await;
+}
+
+/// Waits (real time) until `f` holds: the engine works every 100 ms.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Gives the engine time to act on the clock as it is now (it would have sent
+/// anything due by then), for checks that something did *not* happen.
+async fn settle() {
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+}
+
+fn types(v: &[Value]) -> Vec<String> {
+    v.iter().map(|m| m["type"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn escalates_until_acknowledged_by_link_then_tells_return_to_normal() {
+    let Some(mail) = smtp("escalation").await else { return };
+    let hook = Receiver::start().await;
+    let mut h = Harness::start("notify-esc", &[mps("MP-0061", "AKT-MPN-0061")]).await;
+    // t0 is 2025-01-21 09:00 JST: the daily rotation that started 2025-01-20
+    // 08:30 has handed over to its second member, tanaka.
+    with_notify(
+        &mut h,
+        &format!(
+            r#"
+[settings]
+group_wait_s = 30
+[smtp]
+host = "127.0.0.1"
+port = {smtp}
+from = "mizuban@akita-waterworks.example.jp"
+[[webhook]]
+name = "ops-chat"
+url = "{hook}"
+secret = "{SECRET}"
+[[person]]
+id = "sato"
+name = "佐藤 一郎"
+language = "ja"
+contact = [{{kind = "email", to = "sato@akita-waterworks.example.jp"}}]
+[[person]]
+id = "tanaka"
+name = "Tanaka Jiro"
+language = "en"
+contact = [{{kind = "email", to = "tanaka@akita-waterworks.example.jp"}}]
+[[person]]
+id = "chief"
+name = "課長"
+contact = [{{kind = "webhook", to = "ops-chat"}}]
+[[team]]
+id = "duty"
+rotation = "daily"
+handover = "08:30"
+start = "2025-01-20"
+members = ["sato", "tanaka"]
+[[policy]]
+id = "standard"
+repeat_minutes = 30
+level = [{{after_minutes = 0, notify = ["team:duty"]}}, {{after_minutes = 15, notify = ["person:sato"]}}, {{after_minutes = 30, notify = ["person:chief"]}}]
+[[route]]
+conditions = ["DOOR_OPEN"]
+policy = "standard"
+"#,
+            smtp = mail.port,
+            hook = hook.url()
+        ),
+    )
+    .await;
+    let oncall = h.get("/api/v1/oncall").await;
+    assert_eq!(oncall[0]["person"], "tanaka", "{oncall}");
+    let sim = h.spawn_mps(quiet_mps("MP-0061", "AKT-MPN-0061"), t0()).await;
+    h.run(&[&sim], Duration::minutes(10)).await;
+    sim.inject(Scenario::DoorOpen {
+        duration: Duration::minutes(60),
+    })
+    .await
+    .unwrap();
+    h.run(&[&sim], Duration::seconds(10)).await;
+    settle().await;
+    assert!(mail.mails().is_empty(), "nothing before the group wait is over");
+
+    // Level 1 after the group wait: the person on call, in English.
+    h.run(&[&sim], Duration::seconds(30)).await;
+    eventually("level 1 mail", || mail.mails().len() == 1).await;
+    let (to, subject, body) = &mail.mails()[0];
+    assert!(to.contains("tanaka@"), "{to}");
+    assert!(
+        subject.starts_with("[mizuban] Alarm [LOW] MP-0061 Door open"),
+        "{subject}"
+    );
+    assert!(body.contains("Escalation level: 1") && body.contains("/ack/"), "{body}");
+
+    // Not acknowledged: level 2 at 15 minutes, in Japanese; nobody else yet.
+    h.run(&[&sim], Duration::minutes(14)).await;
+    settle().await;
+    assert_eq!(mail.mails().len(), 1, "level 2 is not due before 15 minutes");
+    h.run(&[&sim], Duration::minutes(1)).await;
+    eventually("level 2 mail", || mail.mails().len() == 2).await;
+    let (to, subject, body) = mail.mails()[1].clone();
+    assert!(to.contains("sato@"), "{to}");
+    assert!(
+        subject.starts_with("【水番】警報（未確認のため再通知） [低] MP-0061 扉開"),
+        "{subject}"
+    );
+    assert!(body.contains("通知段階: 2"), "{body}");
+    assert!(hook.all().is_empty());
+
+    // sato acknowledges from the mail: the page shows the alarm, the POST acks.
+    let url = body.lines().find(|l| l.contains("/ack/")).unwrap().trim().to_string();
+    let page = h.http.get(&url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("MP-0061"));
+    let a = h.get("/api/v1/alarms?site=MP-0061").await;
+    assert!(a[0]["acked_by"].is_null(), "looking at the link does not acknowledge");
+    let r = h
+        .http
+        .post(&url)
+        .form(&[("comment", "向かいます")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let a = h.get("/api/v1/alarms?site=MP-0061").await;
+    let alarm = a
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["condition"] == "DOOR_OPEN")
+        .unwrap()
+        .clone();
+    let id = alarm["id"].as_str().unwrap().to_string();
+    assert_eq!(alarm["acked_by"], "sato");
+    let journal = h.get(&format!("/api/v1/alarms/{id}/journal")).await;
+    let ack = journal
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "ack")
+        .unwrap()
+        .clone();
+    assert_eq!(ack["who"], "sato");
+    assert_eq!(ack["why"], "向かいます (via email link)");
+    // Single use.
+    let again = h.http.post(&url).send().await.unwrap();
+    assert_eq!(again.status(), 409);
+
+    // Escalation stopped: the chief (level 3, due at 30 min) is never told.
+    // Both who were told hear it was acknowledged, then that it is over.
+    eventually("ack notices", || mail.mails().len() == 4).await;
+    h.run(&[&sim], Duration::minutes(20)).await;
+    settle().await;
+    assert!(hook.all().is_empty(), "level 3 told after the ack: {:?}", hook.all());
+    h.run(&[&sim], Duration::minutes(30)).await;
+    eventually("return-to-normal mails", || mail.mails().len() == 6).await;
+    let mails = mail.mails();
+    let subjects: Vec<&str> = mails.iter().map(|m| m.1.as_str()).collect();
+    assert!(
+        subjects[2..4].iter().any(|s| s.starts_with("[mizuban] Acknowledged")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects[2..4].iter().any(|s| s.starts_with("【水番】確認済")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects[4..6].iter().any(|s| s.starts_with("[mizuban] Back to normal")),
+        "{subjects:?}"
+    );
+    assert!(
+        subjects[4..6].iter().any(|s| s.starts_with("【水番】復旧")),
+        "{subjects:?}"
+    );
+    settle().await;
+    assert_eq!(mail.mails().len(), 6, "nothing more");
+
+    // The board/API shows who was told, when, through what, and delivery.
+    let told = h.get(&format!("/api/v1/alarms/{id}/notifications")).await;
+    let told = told.as_array().unwrap();
+    assert_eq!(told.len(), 6);
+    assert!(told
+        .iter()
+        .all(|n| n["state"] == "sent" && n["channel"].as_str().unwrap().starts_with("email:")));
+    assert_eq!(
+        told.iter()
+            .map(|n| (n["person"].as_str().unwrap(), n["type"].as_str().unwrap()))
+            .take(2)
+            .collect::<Vec<_>>(),
+        vec![("tanaka", "alarm.raised"), ("sato", "alarm.escalated")]
+    );
+    drop(mail.child);
+    h.stop().await;
+}
+
+fn hook_only(hook: &Receiver, extra: &str) -> String {
+    format!(
+        r#"
+[settings]
+group_wait_s = 30
+retry_base_s = 5
+retry_max_s = 60
+retry_max_attempts = 12
+{extra}
+[[webhook]]
+name = "ops"
+url = "{url}"
+secret = "{SECRET}"
+[[person]]
+id = "chief"
+name = "課長"
+contact = [{{kind = "webhook", to = "ops"}}]
+[[person]]
+id = "suzuki"
+name = "鈴木"
+contact = [{{kind = "webhook", to = "ops"}}]
+[[policy]]
+id = "p"
+repeat_minutes = 60
+level = [{{after_minutes = 0, notify = ["person:chief", "person:suzuki"]}}]
+[[route]]
+conditions = ["DOOR_OPEN", "POWER_FAIL"]
+policy = "p"
+"#,
+        url = hook.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receiver_down_for_five_minutes_gets_everything_exactly_once() {
+    let mut hook = Receiver::start().await;
+    let mut h = Harness::start("notify-down", &[mps("MP-0062", "AKT-MPN-0062")]).await;
+    with_notify(&mut h, &hook_only(&hook, "")).await;
+    let sim = h.spawn_mps(quiet_mps("MP-0062", "AKT-MPN-0062"), t0()).await;
+    h.run(&[&sim], Duration::minutes(10)).await;
+    hook.down();
+    sim.inject(Scenario::DoorOpen {
+        duration: Duration::minutes(3),
+    })
+    .await
+    .unwrap();
+    // Five minutes down, in 20 s steps: raise (after the group wait) and the
+    // clear both fail and are retried with backoff.
+    for _ in 0..15 {
+        h.run(&[&sim], Duration::seconds(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    assert!(hook.all().is_empty());
+    let pending = h.get("/api/v1/notifications?state=pending").await;
+    let pending = pending.as_array().unwrap();
+    assert_eq!(pending.len(), 4, "raised and cleared, to two people: {pending:?}");
+    for n in pending {
+        if n["type"] == "alarm.raised" {
+            assert!(
+                n["attempts"].as_u64().unwrap() >= 2 && !n["last_error"].is_null(),
+                "{n}"
+            );
+        } else {
+            assert_eq!(n["attempts"], 0, "the clear waits behind its raise: {n}");
+        }
+    }
+    hook.up().await;
+    for _ in 0..6 {
+        h.run(&[&sim], Duration::seconds(20)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    eventually("all delivered", || hook.all().len() >= 4).await;
+    settle().await;
+    let got = hook.all();
+    let mut ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), got.len(), "a notification arrived twice");
+    assert_eq!(got.len(), 4);
+    for who in ["chief", "suzuki"] {
+        assert_eq!(types(&hook.to(who)), vec!["alarm.raised", "alarm.cleared"], "{who}");
+    }
+    // The contract: alarm object, recipient, level, ack link on the raise.
+    let raised = &hook.to("chief")[0];
+    assert_eq!(raised["alarm"]["condition"], "DOOR_OPEN");
+    assert_eq!(raised["escalation_level"], 1);
+    assert!(raised["ack_url"].as_str().unwrap().contains("/ack/"));
+    assert!(raised["sent_at"].is_string());
+    assert_eq!(*hook.bad.lock().unwrap(), 0);
+    let sent = h.get("/api/v1/notifications?state=sent").await;
+    assert_eq!(sent.as_array().unwrap().len(), 4);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_area_power_cut_is_one_incident_per_recipient() {
+    let hook = Receiver::start().await;
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let sites: Vec<SiteDef> = (1..=30)
+        .map(|i| {
+            mps(
+                leak(format!("MP-{:04}", 100 + i)),
+                leak(format!("AKT-MPN-{:04}", 100 + i)),
+            )
+        })
+        .collect();
+    let mut h = Harness::start("notify-cut", &sites).await;
+    with_notify(&mut h, &hook_only(&hook, "")).await;
+    let mut sims = Vec::new();
+    for s in &sites {
+        sims.push(h.spawn_mps(quiet_mps(s.id, s.device), t0()).await);
+    }
+    let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
+    h.run(&refs, Duration::minutes(10)).await;
+    for s in &sims {
+        s.inject(Scenario::PowerCut {
+            duration: Duration::minutes(40),
+        })
+        .await
+        .unwrap();
+    }
+    // The cut is seen (clock moves 10 s, the stations report), then the
+    // group wait runs out.
+    h.run(&refs, Duration::seconds(10)).await;
+    settle().await;
+    h.run(&refs, Duration::seconds(40)).await;
+    eventually("incident messages", || hook.all().len() >= 2).await;
+    settle().await;
+    for who in ["chief", "suzuki"] {
+        let got = hook.to(who);
+        assert_eq!(types(&got), vec!["incident.opened"], "{who}: one message, not 30");
+        assert_eq!(got[0]["incident"]["count"], 30, "lists every station");
+        assert_eq!(got[0]["incident"]["alarms"].as_array().unwrap().len(), 30);
+        assert!(got[0]["incident"]["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["condition"] == "POWER_FAIL"));
+    }
+    // Power back everywhere: one closing message each.
+    h.run(&refs, Duration::minutes(45)).await;
+    eventually("incident closed", || hook.all().len() >= 4).await;
+    settle().await;
+    for who in ["chief", "suzuki"] {
+        assert_eq!(
+            types(&hook.to(who)),
+            vec!["incident.opened", "incident.closed"],
+            "{who}"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_is_rate_limited_into_a_summary() {
+    let hook = Receiver::start().await;
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let sites: Vec<SiteDef> = (1..=8)
+        .map(|i| {
+            mps(
+                leak(format!("MP-{:04}", 300 + i)),
+                leak(format!("AKT-MPN-{:04}", 300 + i)),
+            )
+        })
+        .collect();
+    let mut h = Harness::start("notify-flood", &sites).await;
+    // Grouped per site, so eight separate door alarms; at most 3 messages per
+    // person per 15 minutes.
+    with_notify(
+        &mut h,
+        &hook_only(
+            &hook,
+            "rate_limit_per_recipient = 3\nrate_limit_window_minutes = 15\ngroup_by = [\"site\"]",
+        )
+        .replace("\"person:chief\", ", ""),
+    )
+    .await;
+    let mut sims = Vec::new();
+    for s in &sites {
+        sims.push(h.spawn_mps(quiet_mps(s.id, s.device), t0()).await);
+    }
+    let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
+    h.run(&refs, Duration::minutes(10)).await;
+    for s in &sims {
+        s.inject(Scenario::DoorOpen {
+            duration: Duration::hours(3),
+        })
+        .await
+        .unwrap();
+    }
+    h.run(&refs, Duration::seconds(10)).await;
+    settle().await;
+    h.run(&refs, Duration::seconds(40)).await;
+    eventually("first three", || hook.to("suzuki").len() >= 3).await;
+    settle().await;
+    assert_eq!(types(&hook.to("suzuki")), vec!["alarm.raised"; 3]);
+    let held = h.get("/api/v1/notifications?state=held").await;
+    assert_eq!(held.as_array().unwrap().len(), 5, "the rest held, not lost");
+    // When the window allows, one summary carries the five held ones.
+    h.run(&refs, Duration::minutes(16)).await;
+    eventually("summary", || hook.to("suzuki").len() >= 4).await;
+    settle().await;
+    let got = hook.to("suzuki");
+    assert_eq!(got.len(), 4);
+    assert_eq!(got[3]["type"], "summary");
+    assert_eq!(got[3]["messages"].as_array().unwrap().len(), 5);
+    h.stop().await;
+}

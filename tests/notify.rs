@@ -584,3 +584,203 @@ async fn a_flood_is_rate_limited_into_a_summary() {
     assert_eq!(got[3]["messages"].as_array().unwrap().len(), 5);
     h.stop().await;
 }
+
+/// The deployed binary, killed with SIGKILL between escalation levels and
+/// started again: every level reaches the receiver once, none is skipped, none
+/// repeated. Real time here (a separate process): levels at 0, 6 and 12 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_escalation_resumes_without_gap_or_duplicate() {
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("t{}-kill9/", std::process::id());
+    let cfg = write_config(dir.path(), "kill9", &prefix, &[mps("MP-0063", "AKT-MPN-0063")], None);
+    let http = free_port();
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replacen("[service]\n", "[service]\nnotify_file = \"notify.toml\"\n", 1)
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{http}\""));
+    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(
+        dir.path().join("notify.toml"),
+        format!(
+            r#"
+[settings]
+group_wait_s = 1
+[[webhook]]
+name = "ops"
+url = "{url}"
+secret = "{SECRET}"
+[[person]]
+id = "chief"
+name = "課長"
+contact = [{{kind = "webhook", to = "ops"}}]
+[[policy]]
+id = "p"
+repeat_minutes = 60
+level = [{{after_minutes = 0, notify = ["person:chief"]}}, {{after_minutes = 0.1, notify = ["person:chief"]}}, {{after_minutes = 0.2, notify = ["person:chief"]}}]
+[[route]]
+policy = "p"
+"#,
+            url = hook.url()
+        ),
+    )
+    .unwrap();
+    let start = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_mizuban"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mizuban runs")
+    };
+    let client = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{http}/api/v1/health");
+    let wait_up = || async {
+        for _ in 0..300 {
+            if client.get(&health).send().await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("service did not come up");
+    };
+    let mut child = start();
+    wait_up().await;
+
+    // The station reports its door open, now.
+    let (host, port) = broker();
+    let mut o = rumqttc::MqttOptions::new(format!("kill9-dev-{}", std::process::id()), host, port);
+    o.set_keep_alive(std::time::Duration::from_secs(30));
+    let (dev, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let body = serde_json::json!({"schema": "mps-event/1", "station_id": "MP-0063", "device_id": "AKT-MPN-0063",
+        "boot": 1, "seq": 1, "t": now, "code": "DOOR_OPEN", "bit": 12, "state": "raise", "level_cm": 40});
+    dev.publish(
+        format!("{prefix}akita/v1/mps/MP-0063/event"),
+        rumqttc::QoS::AtLeastOnce,
+        false,
+        serde_json::to_vec(&body).unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually("level 1", || !hook.to("chief").is_empty()).await;
+    // Killed before level 2 (due 6 s after level 1); level 2 falls due while it is down.
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(8)).await;
+    assert_eq!(hook.to("chief").len(), 1);
+    let mut child = start();
+    wait_up().await;
+    eventually("levels 2 and 3", || hook.to("chief").len() >= 3).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let got = hook.to("chief");
+    let levels: Vec<u64> = got.iter().map(|m| m["escalation_level"].as_u64().unwrap()).collect();
+    assert_eq!(levels, vec![1, 2, 3], "each level once, in order: {got:?}");
+    assert_eq!(types(&got), vec!["alarm.raised", "alarm.escalated", "alarm.escalated"]);
+    let mut ids: Vec<&str> = got.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}
+
+/// A contact that keeps failing: after its retries the person's next contact
+/// method gets the message; someone with no working contact at all shows on
+/// the board as a `notification_failed` alarm. A shelve that runs out on an
+/// active alarm tells again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_contact_falls_over_and_shows_on_the_board() {
+    let hook = Receiver::start().await;
+    let dead = format!("http://127.0.0.1:{}/hook", free_port());
+    let mut h = Harness::start("notify-fail", &[mps("MP-0064", "AKT-MPN-0064")]).await;
+    with_notify(
+        &mut h,
+        &format!(
+            r#"
+[settings]
+group_wait_s = 0
+retry_base_s = 5
+retry_max_attempts = 2
+[[webhook]]
+name = "ops"
+url = "{ok}"
+secret = "{SECRET}"
+[[webhook]]
+name = "broken"
+url = "{dead}"
+secret = "{SECRET}"
+[[person]]
+id = "kato"
+name = "加藤"
+contact = [{{kind = "webhook", to = "broken"}}, {{kind = "webhook", to = "ops"}}]
+[[person]]
+id = "ito"
+name = "伊藤"
+contact = [{{kind = "webhook", to = "broken"}}]
+[[policy]]
+id = "p"
+repeat_minutes = 600
+level = [{{after_minutes = 0, notify = ["person:kato", "person:ito"]}}]
+[[route]]
+policy = "p"
+conditions = ["DOOR_OPEN"]
+"#,
+            ok = hook.url()
+        ),
+    )
+    .await;
+    let sim = h.spawn_mps(quiet_mps("MP-0064", "AKT-MPN-0064"), t0()).await;
+    h.run(&[&sim], Duration::minutes(10)).await;
+    sim.inject(Scenario::DoorOpen {
+        duration: Duration::hours(2),
+    })
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        h.run(&[&sim], Duration::seconds(10)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    eventually("kato over the second contact", || hook.to("kato").len() == 1).await;
+    let m = &hook.to("kato")[0];
+    assert_eq!(m["type"], "alarm.raised");
+    assert!(m["id"].as_str().unwrap().ends_with("-c1"), "{m}");
+    let failed = h.get("/api/v1/notifications?state=failed").await;
+    assert_eq!(failed.as_array().unwrap().len(), 2, "kato's and ito's first contact");
+    h.wait_until("notification_failed on the board", || async {
+        h.get("/api/v1/alarms?site=MP-0064")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["condition"] == "notification_failed" && a["source"] == "notify:ito")
+    })
+    .await;
+
+    // Shelved for 10 minutes while still open: kato hears it was shelved, then
+    // is told again when the shelve runs out.
+    let door = h.get("/api/v1/alarms?site=MP-0064").await;
+    let door = door
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["condition"] == "DOOR_OPEN")
+        .unwrap()
+        .clone();
+    let (code, _) = h
+        .post(
+            &format!("/api/v1/alarms/{}/shelve", door["id"].as_str().unwrap()),
+            OP_TOKEN,
+            serde_json::json!({"minutes": 10, "reason": "点検中"}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    eventually("shelved notice", || hook.to("kato").len() == 2).await;
+    assert_eq!(hook.to("kato")[1]["type"], "alarm.shelved");
+    h.run(&[&sim], Duration::minutes(11)).await;
+    eventually("told again", || hook.to("kato").len() == 3).await;
+    assert_eq!(hook.to("kato")[2]["type"], "alarm.raised");
+    h.stop().await;
+}

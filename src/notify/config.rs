@@ -398,3 +398,54 @@ impl NotifyConfig {
         e
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_akita_file_is_valid() {
+        let n: NotifyConfig = toml::from_str(include_str!("../../config/akita-notify.toml")).unwrap();
+        assert_eq!(n.validate(), Vec::<(String, String)>::new());
+        assert_eq!(n.routes.len(), 4);
+    }
+
+    #[test]
+    fn dangling_references_are_reported() {
+        let n: NotifyConfig = toml::from_str(
+            r#"
+[[person]]
+id = "a"
+name = "A"
+contact = [{kind = "email", to = "a@x"}, {kind = "webhook", to = "nope"}]
+[[team]]
+id = "t"
+rotation = "weekly"
+handover = "25:00"
+start = "2025-01-01"
+members = ["a", "ghost"]
+[[policy]]
+id = "p"
+repeat_minutes = 10
+level = [{after_minutes = 0, notify = ["team:t", "team:missing"]}]
+[[route]]
+policy = "q"
+hours = "late"
+"#,
+        )
+        .unwrap();
+        let fields: Vec<String> = n.validate().into_iter().map(|(f, _)| f).collect();
+        for f in [
+            "to",
+            "smtp",
+            "handover",
+            "handover_day",
+            "members",
+            "notify",
+            "policy",
+            "hours",
+        ] {
+            assert!(fields.iter().any(|x| x == f), "{f} not reported: {fields:?}");
+        }
+    }
+}

@@ -245,7 +245,7 @@ pub fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>>
 /// Messages counted against a person's rate limit since `since`.
 pub fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::Result<usize> {
     c.query_row(
-        "SELECT COUNT(*) FROM outbox WHERE person = ?1 AND created_at > ?2 AND state NOT IN ('held', 'summarized') AND contact_idx = 0",
+        "SELECT COUNT(*) FROM outbox WHERE person = ?1 AND created_at > ?2 AND state NOT IN ('held', 'summarized') AND id NOT LIKE '%-c_'",
         params![person, ms(since)],
         |r| r.get::<_, i64>(0),
     )

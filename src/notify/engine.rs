@@ -413,7 +413,19 @@ impl Notifier {
         let Some(p) = self.inner.n.person(person) else {
             return Ok(());
         };
-        let Some(contact) = p.contacts.first() else {
+        // The contact method that last worked for this person about this
+        // incident, so follow-ups do not rediscover a dead one first.
+        let idx: usize = c
+            .query_row(
+                "SELECT contact_idx FROM outbox WHERE incident_id = ?1 AND person = ?2 AND state = 'sent' ORDER BY rowid DESC LIMIT 1",
+                params![inc.id, person],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|i| i as usize)
+            .filter(|i| *i < p.contacts.len())
+            .unwrap_or(0);
+        let Some(contact) = p.contacts.get(idx) else {
             return Ok(());
         };
         let id = format!("n-{}-{}", now.format("%Y%m%d%H%M%S"), random_hex(6));
@@ -451,7 +463,7 @@ impl Notifier {
                 incident_id: inc.id.clone(),
                 kind: kind.to_string(),
                 person: person.to_string(),
-                contact_idx: 0,
+                contact_idx: idx,
                 channel: format!("{}:{}", contact.kind, contact.to),
                 level,
                 created_at: now,

@@ -376,6 +376,33 @@ policy = "standard"
     h.stop().await;
 }
 
+/// `n` quiet pump stations from MP-`first`, notifications on, 10 minutes of
+/// normal running, then `scenario` injected at every one of them.
+async fn stations(
+    name: &str,
+    first: u32,
+    n: u32,
+    notify: &str,
+    scenario: Scenario,
+) -> (Harness, Vec<mizuban_sim::Handle>) {
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    let sites: Vec<SiteDef> = (first..first + n)
+        .map(|i| mps(leak(format!("MP-{i:04}")), leak(format!("AKT-MPN-{i:04}"))))
+        .collect();
+    let mut h = Harness::start(name, &sites).await;
+    with_notify(&mut h, notify).await;
+    let mut sims = Vec::new();
+    for s in &sites {
+        sims.push(h.spawn_mps(quiet_mps(s.id, s.device), t0()).await);
+    }
+    let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
+    h.run(&refs, Duration::minutes(10)).await;
+    for s in &sims {
+        s.inject(scenario.clone()).await.unwrap();
+    }
+    (h, sims)
+}
+
 fn hook_only(hook: &Receiver, extra: &str) -> String {
     format!(
         r#"
@@ -473,30 +500,17 @@ async fn receiver_down_for_five_minutes_gets_everything_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_area_power_cut_is_one_incident_per_recipient() {
     let hook = Receiver::start().await;
-    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-    let sites: Vec<SiteDef> = (1..=30)
-        .map(|i| {
-            mps(
-                leak(format!("MP-{:04}", 100 + i)),
-                leak(format!("AKT-MPN-{:04}", 100 + i)),
-            )
-        })
-        .collect();
-    let mut h = Harness::start("notify-cut", &sites).await;
-    with_notify(&mut h, &hook_only(&hook, "")).await;
-    let mut sims = Vec::new();
-    for s in &sites {
-        sims.push(h.spawn_mps(quiet_mps(s.id, s.device), t0()).await);
-    }
-    let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
-    h.run(&refs, Duration::minutes(10)).await;
-    for s in &sims {
-        s.inject(Scenario::PowerCut {
+    let (h, sims) = stations(
+        "notify-cut",
+        101,
+        30,
+        &hook_only(&hook, ""),
+        Scenario::PowerCut {
             duration: Duration::minutes(40),
-        })
-        .await
-        .unwrap();
-    }
+        },
+    )
+    .await;
+    let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
     // The cut is seen (clock moves 10 s, the stations report), then the
     // group wait runs out.
     h.run(&refs, Duration::seconds(10)).await;
@@ -532,40 +546,24 @@ async fn an_area_power_cut_is_one_incident_per_recipient() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_rate_limited_into_a_summary() {
     let hook = Receiver::start().await;
-    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
-    let sites: Vec<SiteDef> = (1..=8)
-        .map(|i| {
-            mps(
-                leak(format!("MP-{:04}", 300 + i)),
-                leak(format!("AKT-MPN-{:04}", 300 + i)),
-            )
-        })
-        .collect();
-    let mut h = Harness::start("notify-flood", &sites).await;
     // Grouped per site, so eight separate door alarms; at most 3 messages per
     // person per 15 minutes.
-    with_notify(
-        &mut h,
-        &hook_only(
-            &hook,
-            "rate_limit_per_recipient = 3\nrate_limit_window_minutes = 15\ngroup_by = [\"site\"]",
-        )
-        .replace("\"person:chief\", ", ""),
+    let notify = hook_only(
+        &hook,
+        "rate_limit_per_recipient = 3\nrate_limit_window_minutes = 15\ngroup_by = [\"site\"]",
+    )
+    .replace("\"person:chief\", ", "");
+    let (h, sims) = stations(
+        "notify-flood",
+        301,
+        8,
+        &notify,
+        Scenario::DoorOpen {
+            duration: Duration::hours(3),
+        },
     )
     .await;
-    let mut sims = Vec::new();
-    for s in &sites {
-        sims.push(h.spawn_mps(quiet_mps(s.id, s.device), t0()).await);
-    }
     let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
-    h.run(&refs, Duration::minutes(10)).await;
-    for s in &sims {
-        s.inject(Scenario::DoorOpen {
-            duration: Duration::hours(3),
-        })
-        .await
-        .unwrap();
-    }
     h.run(&refs, Duration::seconds(10)).await;
     settle().await;
     h.run(&refs, Duration::seconds(40)).await;

@@ -6,25 +6,15 @@
 // a viewer gets no acknowledge button. Screenshots go to OUT_DIR.
 //
 // usage: node board.mjs BASE_URL USER PASS VIEWER VIEWER_PASS OUT_DIR
-import { chromium } from "playwright-core";
+import { fail, launch, login, say } from "./common.mjs";
 
 const [base, user, pass, viewer, viewerPass, outDir] = process.argv.slice(2);
-const say = (line) => process.stdout.write(line + "\n");
-const fail = (msg) => { process.stderr.write("FAIL " + msg + "\n"); process.exit(1); };
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
   const ctx = await browser.newContext({ viewport: { width: 1600, height: 900 }, locale: "ja-JP" });
   const page = await ctx.newPage();
-  await page.goto(base + "/");
-  await page.fill("#user", user);
-  await page.fill("#pass", pass);
-  await page.click("#login button");
+  await login(page, base, user, pass);
   await page.waitForSelector("#main:not([hidden])", { timeout: 10000 });
   await page.locator("#summary:not(:empty)").waitFor({ timeout: 10000 });
   await page.screenshot({ path: `${outDir}/board-empty.png` });
@@ -149,10 +139,7 @@ try {
   // A viewer sees the alarm but cannot acknowledge it.
   const vctx = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const vpage = await vctx.newPage();
-  await vpage.goto(base + "/");
-  await vpage.fill("#user", viewer);
-  await vpage.fill("#pass", viewerPass);
-  await vpage.click("#login button");
+  await login(vpage, base, viewer, viewerPass);
   await vpage.locator("tr[data-id]").first().waitFor({ timeout: 10000 });
   if (await vpage.locator("button[data-act]").count() !== 0) fail("a viewer is offered ack/shelve buttons");
   await vpage.screenshot({ path: `${outDir}/board-viewer-phone.png` });

@@ -6,11 +6,9 @@
 // -> row on screen. Finally times the 241-tile site overview (SITES <ms>).
 //
 // usage: node load.mjs BASE_URL USER PASS OUT_DIR
-import { chromium } from "playwright-core";
+import { fail, launch, login, say } from "./common.mjs";
 
 const [base, user, pass, outDir] = process.argv.slice(2);
-const say = (line) => process.stdout.write(line + "\n");
-const fail = (msg) => { process.stderr.write("FAIL " + msg + "\n"); process.exit(1); };
 // stdin as lines, buffered here (readline's async iterator can drop lines that
 // arrive while the loop is busy waiting on the browser).
 let buf = "", waiter = null;
@@ -25,19 +23,11 @@ process.stdin.on("data", (d) => {
 process.stdin.on("end", () => { queue.push("END"); if (waiter) { const w = waiter; waiter = null; w(queue.shift()); } });
 const nextLine = () => queue.length ? Promise.resolve(queue.shift()) : new Promise((r) => { waiter = r; });
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch();
 try {
   const ctx = await browser.newContext({ viewport: { width: 3840, height: 2160 }, locale: "ja-JP" });
   const page = await ctx.newPage();
-  await page.goto(base + "/");
-  await page.fill("#user", user);
-  await page.fill("#pass", pass);
-  await page.click("#login button");
+  await login(page, base, user, pass);
   const rows = page.locator("tr[data-id]");
   await rows.nth(499).waitFor({ timeout: 30000 }).catch(async (e) => {
     await page.screenshot({ path: `${outDir}/board-500-alarms-failed.png` });

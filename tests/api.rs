@@ -38,6 +38,7 @@ async fn every_route_by_role() {
         "/api/v1/journal",
         "/api/v1/quarantine",
         "/api/v1/session",
+        &format!("/api/v1/alarms/{id}/notifications"),
     ];
     for path in viewer_routes {
         let (code, body) = h.request(Method::GET, path, None, None).await;
@@ -50,6 +51,22 @@ async fn every_route_by_role() {
             assert_eq!(code, 200, "{path} with {tok}");
         }
     }
+    // Alert routes need viewer; without `notify_file` they say it is not configured.
+    for path in ["/api/v1/notifications", "/api/v1/oncall"] {
+        let (code, _) = h.request(Method::GET, path, None, None).await;
+        assert_eq!(code, 401, "{path} unauthenticated");
+        let (code, body) = h.request(Method::GET, path, Some(VIEW_TOKEN), None).await;
+        assert_eq!(code, 404, "{path}: {body}");
+    }
+    let code_body = json!({"code": "ABCD2345"});
+    let (code, _) = h
+        .request(Method::POST, "/api/v1/ack-codes", None, Some(code_body.clone()))
+        .await;
+    assert_eq!(code, 401);
+    let (code, _) = h.post("/api/v1/ack-codes", VIEW_TOKEN, code_body.clone()).await;
+    assert_eq!(code, 403);
+    let (code, _) = h.post("/api/v1/ack-codes", OP_TOKEN, code_body).await;
+    assert_eq!(code, 404);
     // Open routes.
     for path in ["/api/v1/health", "/api/v1/openapi.json", "/metrics", "/"] {
         let (code, _) = h.request(Method::GET, path, None, None).await;

@@ -580,6 +580,38 @@ async fn a_flood_is_rate_limited_into_a_summary() {
     assert_eq!(got.len(), 4);
     assert_eq!(got[3]["type"], "summary");
     assert_eq!(got[3]["messages"].as_array().unwrap().len(), 5);
+    // The short code from a message acknowledges as its recipient (for SMS or
+    // phone gateways; the caller needs an operator token).
+    let code = got[0]["ack_code"].as_str().unwrap();
+    let alarm = got[0]["alarm"]["id"].as_str().unwrap();
+    let (status, _) = h
+        .post("/api/v1/ack-codes", VIEW_TOKEN, serde_json::json!({"code": code}))
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = h
+        .post(
+            "/api/v1/ack-codes",
+            OP_TOKEN,
+            serde_json::json!({"code": code.to_lowercase()}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["acknowledged"][0]["id"], alarm);
+    assert_eq!(body["acknowledged"][0]["acked_by"], "suzuki");
+    let journal = h.get(&format!("/api/v1/alarms/{alarm}/journal")).await;
+    assert!(journal
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["action"] == "ack" && r["why"] == "via ack code"));
+    let (status, _) = h
+        .post("/api/v1/ack-codes", OP_TOKEN, serde_json::json!({"code": code}))
+        .await;
+    assert_eq!(status, 409, "single use");
+    let (status, _) = h
+        .post("/api/v1/ack-codes", OP_TOKEN, serde_json::json!({"code": "ZZZZ9999"}))
+        .await;
+    assert_eq!(status, 404);
     h.stop().await;
 }
 

@@ -59,6 +59,31 @@ async fn board_in_headless_chromium() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let Some(out) = browser_ready() else { return };
     let mut h = Harness::start("browser", &[mps("MP-0701", "AKT-MPN-0701")]).await;
+    // Alerts on: a webhook receiver that accepts everything, one person on
+    // call, so the alarm's detail has a "notified" list to show.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook.local_addr().unwrap());
+    tokio::spawn(async move {
+        let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+        axum::serve(hook, app).await.unwrap();
+    });
+    std::fs::write(
+        h.dir.path().join("notify.toml"),
+        format!(
+            "[settings]\ngroup_wait_s = 0\n[[webhook]]\nname = \"ops\"\nurl = \"{hook_url}\"\nsecret = \"x\"\n\
+             [[person]]\nid = \"tanaka\"\nname = \"田中\"\ncontact = [{{kind = \"webhook\", to = \"ops\"}}]\n\
+             [[team]]\nid = \"duty\"\nrotation = \"daily\"\nhandover = \"08:30\"\nstart = \"2025-01-20\"\nmembers = [\"tanaka\"]\n\
+             [[policy]]\nid = \"p\"\nrepeat_minutes = 60\nlevel = [{{after_minutes = 0, notify = [\"team:duty\"]}}]\n\
+             [[route]]\npolicy = \"p\"\nconditions = [\"HH_LEVEL\"]\n"
+        ),
+    )
+    .unwrap();
+    let cfg = std::fs::read_to_string(&h.config_path).unwrap().replacen(
+        "[service]\n",
+        "[service]\nnotify_file = \"notify.toml\"\n",
+        1,
+    );
+    std::fs::write(&h.config_path, cfg).unwrap();
     with_users(&mut h).await;
     let sim = h.spawn_mps(quiet_mps("MP-0701", "AKT-MPN-0701"), t0()).await;
     h.run(&[&sim], Duration::minutes(10)).await;

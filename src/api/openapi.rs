@@ -4,6 +4,36 @@
 
 use serde_json::{json, Value};
 
+/// Outgoing: what the service POSTs to each configured webhook receiver
+/// (interfaces.md), as an OpenAPI 3.1 `webhooks` entry.
+fn webhooks() -> Value {
+    json!({
+        "notification": {"post": {
+                "summary": "An alert to a person. Header X-Mizuban-Signature: sha256=<lowercase hex HMAC-SHA256 of the exact body with the receiver's secret>; `id` is the idempotency key (a retry carries the same id, also sent as Idempotency-Key). Receivers with format slack/teams get a chat body instead.",
+                "parameters": [{"name": "X-Mizuban-Signature", "in": "header", "required": true, "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"}}],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["id", "type", "sent_at", "recipient"],
+                    "properties": {
+                        "id": {"type": "string", "description": "n-…, the idempotency key"},
+                        "type": {"enum": ["alarm.raised", "alarm.cleared", "alarm.acknowledged", "alarm.escalated", "alarm.shelved", "incident.opened", "incident.updated", "incident.closed", "summary"]},
+                        "sent_at": {"type": "string", "format": "date-time"},
+                        "alarm": {"$ref": "#/components/schemas/Alarm"},
+                        "incident": {"type": "object", "properties": {"id": {"type": "string"}, "count": {"type": "integer"}, "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}}}},
+                        "recipient": {"type": "string"},
+                        "recipient_name": {"type": "string"},
+                        "language": {"enum": ["ja", "en"]},
+                        "escalation_level": {"type": "integer", "minimum": 1},
+                        "ack_url": {"type": "string", "description": "single use, expires (ack_expires_at)"},
+                        "ack_code": {"type": "string", "description": "for POST /api/v1/ack-codes"},
+                        "ack_expires_at": {"type": "string", "format": "date-time"},
+                        "board_url": {"type": "string"},
+                        "messages": {"type": "array", "description": "summary: the held messages"}
+                    }}}}},
+                "responses": {"200": {"description": "any 2xx: delivered; anything else or no answer: retried with backoff"}}
+            }}
+    })
+}
+
 /// `(method, path)` of every documented operation.
 pub fn operations() -> Vec<(String, String)> {
     let doc = document();
@@ -73,7 +103,7 @@ pub fn document() -> Value {
         ("413", "body too large"),
         ("422", "body fields invalid"),
     ];
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "mizuban HTTP API",
@@ -202,5 +232,7 @@ pub fn document() -> Value {
             "/api/v1/oncall": {"get": op("Who is on call now, per team (rotation and overrides)", Some("viewer"), json!([]),
                 None, ok_json("teams", json!({"type": "array", "items": {"type": "object", "properties": {"team": {"type": "string"}, "person": {"type": "string"}}}})), &[("404", "notifications not configured")])}
         }
-    })
+    });
+    doc["webhooks"] = webhooks();
+    doc
 }

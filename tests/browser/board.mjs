@@ -43,6 +43,12 @@ try {
   // The alarm's detail: value and limit at the time, and its journal.
   await page.locator("tr[data-id]", { hasText: "満水" }).locator("td").nth(3).click();
   await page.locator("#detail:not([hidden]) table.journal tr", { hasText: "sato" }).waitFor({ timeout: 10000 });
+  // Who was told: the person on call, by webhook, delivered.
+  const told = page.locator("#detail table.notified tr", { hasText: "alarm.raised" });
+  await told.first().waitFor({ timeout: 10000 });
+  const toldText = await told.first().textContent();
+  if (!toldText.includes("tanaka") || !toldText.includes("webhook:ops") || !toldText.includes("✓")) fail("notified row: " + toldText);
+  if (!(await page.locator("#oncall").textContent()).includes("duty tanaka")) fail("on-call not shown");
   await page.screenshot({ path: `${outDir}/board-detail.png` });
   await page.click("#detail-close");
   // The sound can be muted, and it stays muted.

@@ -136,9 +136,19 @@ impl Notifier {
                     _ = cancel.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                if let Err(e) = engine.plan() {
-                    tracing::error!(error = %e, "notification engine step failed; retrying");
-                    continue;
+                // SQLite work off the async workers: it may wait for the
+                // store's writer (busy timeout).
+                let e = engine.clone();
+                match tokio::task::spawn_blocking(move || e.plan()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "notification engine step failed; retrying");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "notification engine step panicked; retrying");
+                        continue;
+                    }
                 }
                 engine.deliver().await;
             }

@@ -523,5 +523,11 @@ async fn journal_exports_csv() {
         .request(Method::GET, "/api/v1/journal?priority=urgent", Some(VIEW_TOKEN), None)
         .await;
     assert_eq!(code, 400);
+    // A query string axum itself cannot read is still a JSON error.
+    let (code, body) = h
+        .request(Method::GET, "/api/v1/journal?limit=many", Some(VIEW_TOKEN), None)
+        .await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
     h.stop().await;
 }

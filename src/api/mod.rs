@@ -18,6 +18,7 @@ use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
@@ -112,8 +113,26 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/notifications", get(notify_routes::notifications))
         .route("/api/v1/oncall", get(notify_routes::oncall))
         .fallback(routes::not_found)
+        .layer(axum::middleware::map_response(json_rejections))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// axum's own extractor rejections (a bad query string, a wrong content type)
+/// answer in plain text; the API promises `{"error": "..."}` for every error.
+async fn json_rejections(res: axum::response::Response) -> axum::response::Response {
+    let plain = res
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !(res.status().is_client_error() && plain) {
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+    let msg = String::from_utf8_lossy(&text).trim().to_string();
+    (parts.status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
 pub use auth::random_token as random_hex;

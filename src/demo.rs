@@ -41,7 +41,7 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
     cfg.store_path = dir.join("mizuban.db");
     // The demo's credentials are made fresh each run, never the shipped ones.
     let password = mizuban::api::random_password();
-    let token = format!("demo-op-{}", mizuban::api::random_hex(16));
+    let token = format!("demo-op-{}", mizuban::model::secret::random_hex(16));
     cfg.tokens = vec![TokenSpec {
         name: "demo-operator-token".into(),
         token: token.clone(),

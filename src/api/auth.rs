@@ -6,6 +6,7 @@
 use super::error::ApiError;
 use super::AppState;
 use crate::config::Role;
+use crate::model::secret::{hex, hmac_sha256_hex, random_hex, unhex};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::Method;
@@ -57,24 +58,6 @@ pub const SESSION_HOURS: i64 = 12;
 const MAX_FAILURES: usize = 5;
 const FAILURE_WINDOW_MIN: i64 = 5;
 
-pub fn random_token(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 fn role_of(s: &str) -> Option<Role> {
     [Role::Viewer, Role::Operator, Role::Engineer, Role::Admin]
         .into_iter()
@@ -91,17 +74,14 @@ impl Sessions {
     }
 
     fn mac(&self, payload: &str) -> String {
-        use hmac::Mac;
-        let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        m.update(payload.as_bytes());
-        hex(&m.finalize().into_bytes())
+        hmac_sha256_hex(&self.key, payload.as_bytes())
     }
 
     pub fn create(&self, user: &str, role: Role) -> (String, Session) {
         let s = Session {
             user: user.into(),
             role,
-            csrf: random_token(16),
+            csrf: random_hex(16),
             expires: Utc::now() + Duration::hours(SESSION_HOURS),
         };
         let payload = format!(

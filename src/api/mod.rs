@@ -135,12 +135,7 @@ async fn json_rejections(res: axum::response::Response) -> axum::response::Respo
     (parts.status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
 }
 
-pub use auth::random_token as random_hex;
-
 /// A password for generated accounts: 16 characters, no look-alikes.
 pub fn random_password() -> String {
-    const A: &[u8] = b"abcdefghjkmnpqrstuvwxyzACDEFGHJKLMNPQRSTUVWXYZ23456789";
-    (0..16)
-        .map(|_| A[rand::random::<u32>() as usize % A.len()] as char)
-        .collect()
+    crate::model::secret::random_from(b"abcdefghjkmnpqrstuvwxyzACDEFGHJKLMNPQRSTUVWXYZ23456789", 16)
 }

@@ -8,4 +8,5 @@ mod reading;
 pub use ids::{DeviceId, IdError, PointId, SiteId};
 pub use reading::{Quality, Reading, SiteKind, Timestamp};
 mod clock;
+pub mod secret;
 pub use clock::{Clock, ManualClock, SystemClock};

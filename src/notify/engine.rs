@@ -4,16 +4,15 @@ use super::{render, roster, route};
 use crate::alarm::{Alarm, AlarmOrigin, RaiseSpec};
 use crate::config::Config;
 use crate::device::Priority;
+use crate::model::secret::{hmac_sha256_hex, random_from, random_hex, sha256_hex};
 use crate::model::{Clock, Timestamp};
 use crate::pipeline::{Command, Pipeline};
 use crate::telemetry::metrics::ChannelResultLabel;
 use crate::telemetry::Metrics;
 use chrono::Duration;
-use hmac::{Hmac, Mac};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
@@ -56,21 +55,9 @@ pub struct Notifier {
     inner: Arc<Inner>,
 }
 
-fn sha_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-fn random_hex(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
-}
-
 /// 8 characters a person can type from a phone screen: no 0/O or 1/I/L.
 fn short_code() -> String {
-    const A: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
-    (0..8).map(|_| A[rand::random_range(0..A.len())] as char).collect()
+    random_from(b"ABCDEFGHJKMNPQRSTUVWXYZ23456789", 8)
 }
 
 fn needs_attention(a: &Alarm) -> bool {
@@ -458,7 +445,7 @@ impl Notifier {
             let expires = now + Duration::minutes(self.inner.n.settings.ack_link_ttl_minutes);
             c.execute(
                 "INSERT INTO ack_tokens (token_hash, code, incident_id, person, channel, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![sha_hex(&token), code, inc.id, person, contact.kind, ms(expires)],
+                params![sha256_hex(&token), code, inc.id, person, contact.kind, ms(expires)],
             )?;
             body["ack_url"] = json!(format!("{}/ack/{token}", self.inner.public_url));
             body["ack_code"] = json!(code);
@@ -719,9 +706,7 @@ impl Notifier {
             WebhookFormat::Teams => render::chat(body, true, ja, tz, &self.inner.cfg.service.name),
         };
         let bytes = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
-        let mut mac = Hmac::<Sha256>::new_from_slice(hook.secret.as_bytes()).map_err(|e| e.to_string())?;
-        mac.update(&bytes);
-        let sig: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let sig = hmac_sha256_hex(hook.secret.as_bytes(), &bytes);
         let r = self
             .inner
             .http
@@ -785,7 +770,7 @@ impl Notifier {
             let row: Option<(String, String, String, i64, Option<i64>)> = match (token, code) {
                 (Some(t), _) => c.query_row(
                     "SELECT incident_id, person, channel, expires_at, used_at FROM ack_tokens WHERE token_hash = ?1",
-                    [sha_hex(t)],
+                    [sha256_hex(t)],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
                 ),
                 (None, Some(code)) => c.query_row(
@@ -849,7 +834,7 @@ impl Notifier {
         let (incident, person): (String, String) = c
             .query_row(
                 "SELECT incident_id, person FROM ack_tokens WHERE token_hash = ?1",
-                [sha_hex(token)],
+                [sha256_hex(token)],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()

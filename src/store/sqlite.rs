@@ -197,7 +197,7 @@ impl Store {
         let key = match key {
             Some(k) => k,
             None => {
-                let k: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+                let k = crate::model::secret::random_hex(32);
                 c.execute("INSERT INTO meta (key, value) VALUES ('session_key', ?1)", [&k])?;
                 k
             }

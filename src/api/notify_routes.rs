@@ -3,7 +3,7 @@
 
 use super::{ApiError, AppState, Caller};
 use crate::config::Role;
-use crate::notify::{AckError, Notifier};
+use crate::notify::{AckError, AckKey, Notifier};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
@@ -115,7 +115,7 @@ pub async fn ack_link(
         return ack_error_page(AckError::Unknown);
     };
     let comment = form.ok().and_then(|f| f.0.comment);
-    match n.ack(Some(&token), None, comment).await {
+    match n.ack(AckKey::Link(&token), comment).await {
         Ok(alarms) => page(
             StatusCode::OK,
             "確認しました / Acknowledged",
@@ -150,7 +150,7 @@ pub async fn ack_code(
     if req.code.trim().is_empty() {
         return Err(ApiError::Unprocessable("code is required".into()));
     }
-    match notifier(&st)?.ack(None, Some(&req.code), req.comment).await {
+    match notifier(&st)?.ack(AckKey::Code(&req.code), req.comment).await {
         Ok(alarms) => Ok(Json(json!({"acknowledged": alarms}))),
         Err(AckError::Unknown) => Err(ApiError::NotFound("unknown code".into())),
         Err(e @ (AckError::Expired | AckError::Used)) => Err(ApiError::Conflict(e.to_string())),

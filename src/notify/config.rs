@@ -154,6 +154,13 @@ pub struct Contact {
     pub to: String,
 }
 
+impl Contact {
+    /// `kind:to`, as the outbox records it.
+    pub fn channel(&self) -> String {
+        format!("{}:{}", self.kind, self.to)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Person {

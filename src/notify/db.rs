@@ -143,7 +143,7 @@ pub fn incident(c: &Connection, id: &str) -> rusqlite::Result<Option<Incident>> 
     .optional()
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct OutboxRow {
     pub id: String,
     pub incident_id: String,
@@ -162,6 +162,18 @@ pub struct OutboxRow {
     pub alarm_ids: Vec<String>,
     #[serde(skip)]
     pub body: String,
+}
+
+impl OutboxRow {
+    /// The fields every new message starts with: pending, due now, never tried.
+    pub fn due(now: Timestamp) -> Self {
+        OutboxRow {
+            created_at: now,
+            next_at: now,
+            state: "pending".into(),
+            ..Default::default()
+        }
+    }
 }
 
 const OUTBOX_COLS: &str = "id, incident_id, kind, person, contact_idx, channel, level, created_at, state, attempts, next_at, last_error, sent_at, alarm_ids, body";
@@ -233,6 +245,15 @@ pub fn outbox_where(c: &Connection, clause: &str, arg: &str) -> rusqlite::Result
     rows.collect()
 }
 
+/// The newest `limit` messages, of one state or all.
+pub fn recent(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {OUTBOX_COLS} FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY rowid DESC LIMIT ?2"
+    ))?;
+    let rows = st.query_map(params![state, limit as i64], outbox_row)?;
+    rows.collect()
+}
+
 /// Who has been told about an incident so far (any message but a summary).
 pub fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>> {
     let mut st = c.prepare_cached(
@@ -250,6 +271,22 @@ pub fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::R
         |r| r.get::<_, i64>(0),
     )
     .map(|n| n as usize)
+}
+
+/// Whether a planning step has anything to do (journal rows past the cursor,
+/// a group or escalation due, held messages), and how many messages wait to be
+/// sent. A read only: no write lock.
+pub fn work_due(c: &Connection, now: Timestamp) -> rusqlite::Result<(bool, i64)> {
+    c.query_row(
+        "SELECT
+           (SELECT COALESCE(MAX(seq), 0) FROM journal)
+             > COALESCE((SELECT CAST(value AS INTEGER) FROM notify_meta WHERE key = 'cursor'), 0)
+           OR EXISTS (SELECT 1 FROM incidents WHERE closed = 0 AND (flush_at <= ?1 OR next_level_at <= ?1))
+           OR EXISTS (SELECT 1 FROM outbox WHERE state = 'held'),
+         (SELECT COUNT(*) FROM outbox WHERE state = 'pending')",
+        [ms(now)],
+        |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?)),
+    )
 }
 
 pub fn pending_count(c: &Connection) -> rusqlite::Result<i64> {

@@ -33,6 +33,30 @@ pub enum AckError {
     Failed(String),
 }
 
+/// How an acknowledgement from a message arrives: the link's token, or the
+/// short code typed into another system.
+#[derive(Debug, Clone, Copy)]
+pub enum AckKey<'a> {
+    Link(&'a str),
+    Code(&'a str),
+}
+
+struct Grant {
+    incident: String,
+    person: String,
+    /// The channel the link was sent through (`email`, `webhook`).
+    channel: String,
+    expires: Timestamp,
+    used: bool,
+    members: Vec<Alarm>,
+}
+
+impl From<rusqlite::Error> for AckError {
+    fn from(e: rusqlite::Error) -> Self {
+        AckError::Failed(e.to_string())
+    }
+}
+
 struct Inner {
     cfg: Arc<Config>,
     n: Arc<NotifyConfig>,
@@ -53,6 +77,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct Notifier {
     inner: Arc<Inner>,
+}
+
+/// `n-<time>-<random>`: the message's idempotency key, kept across retries.
+fn message_id(now: Timestamp) -> String {
+    format!("n-{}-{}", now.format("%Y%m%d%H%M%S"), random_hex(6))
 }
 
 /// 8 characters a person can type from a phone screen: no 0/O or 1/I/L.
@@ -152,19 +181,28 @@ impl Notifier {
     fn plan(&self) -> rusqlite::Result<()> {
         let now = self.inner.clock.now();
         let mut c = self.lock();
+        // Most steps have nothing to do: find that out with a read, so the
+        // engine does not take the database's write lock ten times a second
+        // from under the store's writer (the ingest path).
+        let (work, pending) = db::work_due(&c, now)?;
+        self.inner.metrics.notify_pending.set(pending);
+        if !work {
+            return Ok(());
+        }
         // IMMEDIATE: take the write lock up front. A deferred transaction that
         // reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT) whenever
         // the store's writer committed in between, instead of waiting its turn.
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        self.follow_journal(&tx, now)?;
-        for mut inc in db::open_incidents(&tx)? {
+        let mut open = db::open_incidents(&tx)?;
+        self.follow_journal(&tx, now, &mut open)?;
+        for inc in open.iter_mut().filter(|i| !i.closed) {
             if inc.flush_at.is_some_and(|t| t <= now) {
-                self.flush(&tx, &mut inc, now)?;
-                db::save_incident(&tx, &inc)?;
+                self.flush(&tx, inc, now)?;
+                db::save_incident(&tx, inc)?;
             }
             if inc.next_level_at.is_some_and(|t| t <= now) {
-                self.escalate(&tx, &mut inc, now)?;
-                db::save_incident(&tx, &inc)?;
+                self.escalate(&tx, inc, now)?;
+                db::save_incident(&tx, inc)?;
             }
         }
         self.summarise(&tx, now)?;
@@ -205,7 +243,8 @@ impl Notifier {
         k
     }
 
-    fn follow_journal(&self, c: &Connection, now: Timestamp) -> rusqlite::Result<()> {
+    /// Handles new journal rows against the open incidents (`open`, updated in place).
+    fn follow_journal(&self, c: &Connection, now: Timestamp, open: &mut Vec<Incident>) -> rusqlite::Result<()> {
         let cur = db::cursor(c)?;
         let rows: Vec<(i64, String, String, bool)> = {
             let mut st = c.prepare_cached(
@@ -219,7 +258,6 @@ impl Notifier {
         let Some(last) = rows.last().map(|r| r.0) else {
             return Ok(());
         };
-        let mut open = db::open_incidents(c)?;
         for (_, alarm_id, action, notify) in rows {
             if alarm_id.is_empty() {
                 continue; // device commands
@@ -425,7 +463,7 @@ impl Notifier {
         let Some(contact) = p.contacts.get(idx) else {
             return Ok(());
         };
-        let id = format!("n-{}-{}", now.format("%Y%m%d%H%M%S"), random_hex(6));
+        let id = message_id(now);
         let lead = members.iter().find(|a| needs_attention(a)).or(members.first());
         let mut body = json!({
             "id": id, "type": kind, "sent_at": null,
@@ -461,16 +499,12 @@ impl Notifier {
                 kind: kind.to_string(),
                 person: person.to_string(),
                 contact_idx: idx,
-                channel: format!("{}:{}", contact.kind, contact.to),
+                channel: contact.channel(),
                 level,
-                created_at: now,
                 state: if held { "held" } else { "pending" }.into(),
-                attempts: 0,
-                next_at: now,
-                last_error: None,
-                sent_at: None,
                 alarm_ids: members.iter().map(|a| a.id.clone()).collect(),
                 body: body.to_string(),
+                ..OutboxRow::due(now)
             },
         )
     }
@@ -499,7 +533,7 @@ impl Notifier {
                     |b| json!({"id": b["id"], "type": b["type"], "alarm": b["alarm"], "incident": b["incident"]["id"]}),
                 )
                 .collect();
-            let id = format!("n-{}-{}", now.format("%Y%m%d%H%M%S"), random_hex(6));
+            let id = message_id(now);
             let body = json!({"id": id, "type": "summary", "sent_at": null, "recipient": person,
                 "recipient_name": p.name, "language": p.language, "messages": messages,
                 "board_url": format!("{}/", self.inner.public_url)});
@@ -510,20 +544,12 @@ impl Notifier {
                 c,
                 &OutboxRow {
                     id,
-                    incident_id: String::new(),
                     kind: "summary".into(),
                     person: person.clone(),
-                    contact_idx: 0,
-                    channel: format!("{}:{}", contact.kind, contact.to),
-                    level: 0,
-                    created_at: now,
-                    state: "pending".into(),
-                    attempts: 0,
-                    next_at: now,
-                    last_error: None,
-                    sent_at: None,
+                    channel: contact.channel(),
                     alarm_ids: ids,
                     body: body.to_string(),
+                    ..OutboxRow::due(now)
                 },
             )?;
             for r in rows {
@@ -629,16 +655,15 @@ impl Notifier {
                         &c,
                         &OutboxRow {
                             id,
+                            incident_id: row.incident_id.clone(),
+                            kind: row.kind.clone(),
+                            person: row.person.clone(),
                             contact_idx: row.contact_idx + 1,
-                            channel: format!("{}:{}", next.kind, next.to),
-                            created_at: now,
-                            state: "pending".into(),
-                            attempts: 0,
-                            next_at: now,
-                            last_error: None,
-                            sent_at: None,
+                            channel: next.channel(),
+                            level: row.level,
+                            alarm_ids: row.alarm_ids.clone(),
                             body: body.to_string(),
-                            ..row.clone()
+                            ..OutboxRow::due(now)
                         },
                     )?;
                 }
@@ -758,59 +783,31 @@ impl Notifier {
     /// Acknowledges, as the person the link or code was sent to, every alarm of
     /// its incident that still needs it. Single use: all links and codes of
     /// that person for that incident stop working.
-    pub async fn ack(
-        &self,
-        token: Option<&str>,
-        code: Option<&str>,
-        comment: Option<String>,
-    ) -> Result<Vec<Alarm>, AckError> {
+    pub async fn ack(&self, key: AckKey<'_>, comment: Option<String>) -> Result<Vec<Alarm>, AckError> {
         let now = self.inner.clock.now();
-        let (incident, person, channel, members) = {
-            let c = self.lock();
-            let row: Option<(String, String, String, i64, Option<i64>)> = match (token, code) {
-                (Some(t), _) => c.query_row(
-                    "SELECT incident_id, person, channel, expires_at, used_at FROM ack_tokens WHERE token_hash = ?1",
-                    [sha256_hex(t)],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                ),
-                (None, Some(code)) => c.query_row(
-                    "SELECT incident_id, person, 'code', expires_at, used_at FROM ack_tokens WHERE code = ?1",
-                    [code.trim().to_ascii_uppercase()],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-                ),
-                _ => return Err(AckError::Unknown),
-            }
-            .optional()
-            .map_err(|e| AckError::Failed(e.to_string()))?;
-            let (incident, person, channel, expires, used) = row.ok_or(AckError::Unknown)?;
-            if used.is_some() {
-                return Err(AckError::Used);
-            }
-            if ms(now) > expires {
-                return Err(AckError::Expired);
-            }
-            let inc = db::incident(&c, &incident)
-                .map_err(|e| AckError::Failed(e.to_string()))?
-                .ok_or(AckError::Unknown)?;
-            let members = Self::members(&c, &inc).map_err(|e| AckError::Failed(e.to_string()))?;
-            (incident, person, channel, members)
-        };
-        let how = match channel.as_str() {
-            "code" => "via ack code".to_string(),
-            ch => format!("via {ch} link"),
+        let g = self.grant(key)?;
+        if g.used {
+            return Err(AckError::Used);
+        }
+        if now > g.expires {
+            return Err(AckError::Expired);
+        }
+        let how = match key {
+            AckKey::Code(_) => "via ack code".to_string(),
+            AckKey::Link(_) => format!("via {} link", g.channel),
         };
         let why = match comment.filter(|c| !c.trim().is_empty()) {
             Some(c) => format!("{c} ({how})"),
             None => how,
         };
         let mut out = Vec::new();
-        for a in members.iter().filter(|a| !a.acked && !a.is_closed()) {
+        for a in g.members.iter().filter(|a| !a.acked && !a.is_closed()) {
             match self
                 .inner
                 .pipeline
                 .command(Command::Ack {
                     id: a.id.clone(),
-                    who: person.clone(),
+                    who: g.person.clone(),
                     comment: Some(why.clone()),
                 })
                 .await
@@ -819,34 +816,47 @@ impl Notifier {
                 Err(e) => tracing::warn!(alarm = %a.id, error = %e, "ack from a message: alarm not acknowledgeable"),
             }
         }
-        self.lock()
-            .execute(
-                "UPDATE ack_tokens SET used_at = ?3 WHERE incident_id = ?1 AND person = ?2",
-                params![incident, person, ms(now)],
-            )
-            .map_err(|e| AckError::Failed(e.to_string()))?;
+        self.lock().execute(
+            "UPDATE ack_tokens SET used_at = ?3 WHERE incident_id = ?1 AND person = ?2",
+            params![g.incident, g.person, ms(now)],
+        )?;
         Ok(out)
     }
 
-    /// What an ack link is about, for the confirmation page (no state change).
+    /// What an ack link is about, for the confirmation page (no state change):
+    /// the person it was sent to and the incident's alarms.
     pub fn describe_link(&self, token: &str) -> Result<(String, Vec<Alarm>), AckError> {
+        let g = self.grant(AckKey::Link(token))?;
+        Ok((g.person, g.members))
+    }
+
+    /// The link or code as stored, with its incident's alarms as they are now.
+    fn grant(&self, key: AckKey<'_>) -> Result<Grant, AckError> {
         let c = self.lock();
-        let (incident, person): (String, String) = c
+        let (column, value) = match key {
+            AckKey::Link(t) => ("token_hash", sha256_hex(t)),
+            AckKey::Code(code) => ("code", code.trim().to_ascii_uppercase()),
+        };
+        let (incident, person, channel, expires, used): (String, String, String, i64, Option<i64>) = c
             .query_row(
-                "SELECT incident_id, person FROM ack_tokens WHERE token_hash = ?1",
-                [sha256_hex(token)],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                &format!(
+                    "SELECT incident_id, person, channel, expires_at, used_at FROM ack_tokens WHERE {column} = ?1"
+                ),
+                [value],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
-            .optional()
-            .map_err(|e| AckError::Failed(e.to_string()))?
+            .optional()?
             .ok_or(AckError::Unknown)?;
-        let inc = db::incident(&c, &incident)
-            .map_err(|e| AckError::Failed(e.to_string()))?
-            .ok_or(AckError::Unknown)?;
-        Ok((
+        let inc = db::incident(&c, &incident)?.ok_or(AckError::Unknown)?;
+        let members = Self::members(&c, &inc)?;
+        Ok(Grant {
+            incident,
             person,
-            Self::members(&c, &inc).map_err(|e| AckError::Failed(e.to_string()))?,
-        ))
+            channel,
+            expires: db::from_ms(expires),
+            used: used.is_some(),
+            members,
+        })
     }
 
     /// Every message about an alarm: to whom, through what, when, delivered or not.
@@ -858,14 +868,7 @@ impl Notifier {
 
     /// Recent messages, optionally of one state (`pending`, `sent`, `failed`, `held`, `summarized`).
     pub fn recent(&self, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
-        let c = self.lock();
-        let mut v = match state {
-            Some(s) => db::outbox_where(&c, "state = ?1", s)?,
-            None => db::outbox_where(&c, "?1 = ?1", "")?,
-        };
-        v.reverse();
-        v.truncate(limit);
-        Ok(v)
+        db::recent(&self.lock(), state, limit)
     }
 
     /// Who is on call now, per team.

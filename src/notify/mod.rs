@@ -16,4 +16,4 @@ pub mod roster;
 pub mod route;
 
 pub use db::OutboxRow;
-pub use engine::{AckError, Notifier};
+pub use engine::{AckError, AckKey, Notifier};

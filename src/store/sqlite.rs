@@ -65,7 +65,7 @@ pub struct JournalFilter {
     pub alarm_id: Option<String>,
     pub site: Option<String>,
     pub condition: Option<String>,
-    pub priority: Option<String>,
+    pub priority: Option<crate::device::Priority>,
     pub from: Option<Timestamp>,
     pub to: Option<Timestamp>,
     pub limit: usize,
@@ -321,8 +321,8 @@ impl Store {
             if let Some(s) = &f.condition {
                 push("condition =", s.clone().into());
             }
-            if let Some(s) = &f.priority {
-                push("priority =", s.clone().into());
+            if let Some(p) = f.priority {
+                push("priority =", p.as_str().to_string().into());
             }
             if let Some(t) = f.from {
                 push("at >=", ms(t).into());

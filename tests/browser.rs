@@ -67,23 +67,16 @@ async fn board_in_headless_chromium() {
         let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
         axum::serve(hook, app).await.unwrap();
     });
-    std::fs::write(
-        h.dir.path().join("notify.toml"),
-        format!(
+    write_notify(
+        &h.config_path,
+        &format!(
             "[settings]\ngroup_wait_s = 0\n[[webhook]]\nname = \"ops\"\nurl = \"{hook_url}\"\nsecret = \"x\"\n\
              [[person]]\nid = \"tanaka\"\nname = \"田中\"\ncontact = [{{kind = \"webhook\", to = \"ops\"}}]\n\
              [[team]]\nid = \"duty\"\nrotation = \"daily\"\nhandover = \"08:30\"\nstart = \"2025-01-20\"\nmembers = [\"tanaka\"]\n\
              [[policy]]\nid = \"p\"\nrepeat_minutes = 60\nlevel = [{{after_minutes = 0, notify = [\"team:duty\"]}}]\n\
              [[route]]\npolicy = \"p\"\nconditions = [\"HH_LEVEL\"]\n"
         ),
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(&h.config_path).unwrap().replacen(
-        "[service]\n",
-        "[service]\nnotify_file = \"notify.toml\"\n",
-        1,
     );
-    std::fs::write(&h.config_path, cfg).unwrap();
     with_users(&mut h).await;
     let sim = h.spawn_mps(quiet_mps("MP-0701", "AKT-MPN-0701"), t0()).await;
     h.run(&[&sim], Duration::minutes(10)).await;

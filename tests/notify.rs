@@ -166,13 +166,7 @@ impl Smtp {
 
 /// Turns notifications on for a harness: writes `notify.toml` and restarts.
 async fn with_notify(h: &mut Harness, notify: &str) {
-    std::fs::write(h.dir.path().join("notify.toml"), notify).unwrap();
-    let cfg = std::fs::read_to_string(&h.config_path).unwrap().replacen(
-        "[service]\n",
-        "[service]\nnotify_file = \"notify.toml\"\n",
-        1,
-    );
-    std::fs::write(&h.config_path, cfg).unwrap();
+    write_notify(&h.config_path, notify);
     h.restart().await;
 }
 
@@ -627,12 +621,11 @@ async fn kill_9_mid_escalation_resumes_without_gap_or_duplicate() {
     let http = free_port();
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replacen("[service]\n", "[service]\nnotify_file = \"notify.toml\"\n", 1)
         .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{http}\""));
     std::fs::write(&cfg, text).unwrap();
-    std::fs::write(
-        dir.path().join("notify.toml"),
-        format!(
+    write_notify(
+        &cfg,
+        &format!(
             r#"
 [settings]
 group_wait_s = 1
@@ -653,8 +646,7 @@ policy = "p"
 "#,
             url = hook.url()
         ),
-    )
-    .unwrap();
+    );
     let start = || {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_mizuban"))
             .args(["run", "--config"])

@@ -135,8 +135,10 @@ try {
   // Priority filter: only critical rows, and the CSV link carries the filter.
   await page.selectOption("#j-prio", "critical");
   await page.click("#jfilter button");
+  // (Wait for the filtered table to replace the unfiltered one first.)
+  await page.locator("#jrows tr .prio:not(.critical)").first().waitFor({ state: "detached", timeout: 10000 })
+    .catch(() => fail("priority filter let other priorities through"));
   await page.locator("#jrows tr .prio.critical").first().waitFor({ timeout: 10000 });
-  if (await page.locator("#jrows tr .prio:not(.critical)").count() !== 0) fail("priority filter let other priorities through");
   if (!(await page.locator("#j-csv").getAttribute("href")).includes("priority=critical")) fail("CSV link lacks the priority filter");
   await page.screenshot({ path: `${outDir}/board-journal.png` });
   await page.click("#tabs button[data-tab=alarms]");

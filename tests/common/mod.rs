@@ -198,6 +198,19 @@ role = "admin"
     p
 }
 
+/// Turns alerts on in a written configuration: `notify.toml` beside it and
+/// `service.notify_file` pointing at it (takes effect at the next start).
+pub fn write_notify(config_path: &std::path::Path, notify: &str) {
+    let dir = config_path.parent().expect("config has a directory");
+    std::fs::write(dir.join("notify.toml"), notify).unwrap();
+    let cfg = std::fs::read_to_string(config_path).unwrap().replacen(
+        "[service]\n",
+        "[service]\nnotify_file = \"notify.toml\"\n",
+        1,
+    );
+    std::fs::write(config_path, cfg).unwrap();
+}
+
 impl Harness {
     pub async fn start(name: &str, sites: &[SiteDef]) -> Self {
         Self::start_with_rules(name, sites, None).await

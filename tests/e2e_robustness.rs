@@ -244,17 +244,7 @@ async fn restart_resumes_alarms_states_and_delay_timers_without_new_pages() {
     logger.inject(Scenario::RegulatorStuckClosed).await.unwrap();
     h.run(&[&logger, &station], Duration::minutes(5) + Duration::seconds(30))
         .await;
-    let before: Vec<serde_json::Value> = h.get("/api/v1/alarms").await.as_array().unwrap().clone();
-    let ids: Vec<(String, String, String)> = before
-        .iter()
-        .map(|a| {
-            (
-                a["id"].as_str().unwrap().into(),
-                a["condition"].as_str().unwrap().into(),
-                a["state"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let ids = open_alarms(&h).await;
     assert!(
         ids.iter().any(|i| i.1 == "HH_LEVEL" && i.2 == "unack_active"),
         "{ids:?}"
@@ -273,20 +263,7 @@ async fn restart_resumes_alarms_states_and_delay_timers_without_new_pages() {
         .count();
 
     h.restart().await;
-    let after: Vec<(String, String, String)> = h
-        .get("/api/v1/alarms")
-        .await
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["id"].as_str().unwrap().into(),
-                a["condition"].as_str().unwrap().into(),
-                a["state"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
+    let after = open_alarms(&h).await;
     assert_eq!(after, ids, "same alarms, same ids, same states");
     // The station keeps reporting the same conditions: nothing is raised again.
     // The logger's next hourly upload (02:00) completes the pressure timer.
@@ -317,6 +294,19 @@ async fn restart_resumes_alarms_states_and_delay_timers_without_new_pages() {
         .clone();
     assert_eq!(p["raised_at"], "2025-01-21T01:10:00Z", "{p}");
     h.stop().await;
+}
+
+/// `(id, condition, state)` of every alarm operators must see.
+async fn open_alarms(h: &Harness) -> Vec<(String, String, String)> {
+    let v = h.get("/api/v1/alarms").await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let f = |k: &str| a[k].as_str().unwrap().to_string();
+            (f("id"), f("condition"), f("state"))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

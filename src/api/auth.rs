@@ -143,8 +143,8 @@ impl Sessions {
     }
 }
 
-pub fn cookie_value(parts: &Parts, name: &str) -> Option<String> {
-    let h = parts.headers.get(axum::http::header::COOKIE)?.to_str().ok()?;
+pub fn cookie_value(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    let h = headers.get(axum::http::header::COOKIE)?.to_str().ok()?;
     h.split(';')
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == name)
@@ -193,7 +193,7 @@ impl FromRequestParts<AppState> for Caller {
                 })
                 .ok_or(ApiError::Unauthenticated);
         }
-        if let Some(sid) = cookie_value(parts, COOKIE) {
+        if let Some(sid) = cookie_value(&parts.headers, COOKIE) {
             if let Some(s) = st.sessions.get(&sid) {
                 let changes = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
                 if changes {

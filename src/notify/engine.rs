@@ -1,7 +1,7 @@
 use super::config::{NotifyConfig, Person, WebhookFormat};
 use super::db::{self, ms, Incident, OutboxRow};
 use super::{render, roster, route};
-use crate::alarm::{Alarm, AlarmOrigin, RaiseSpec};
+use crate::alarm::{Alarm, AlarmOrigin, AlarmState, RaiseSpec};
 use crate::config::Config;
 use crate::device::Priority;
 use crate::model::secret::{hmac_sha256_hex, random_from, random_hex, sha256_hex};
@@ -89,8 +89,12 @@ fn short_code() -> String {
     random_from(b"ABCDEFGHJKMNPQRSTUVWXYZ23456789", 8)
 }
 
-fn needs_attention(a: &Alarm) -> bool {
-    a.active && !a.acked && a.shelved_until.is_none() && !a.out_of_service && a.suppressed_by.is_none()
+/// Someone must still be paged about it: active and unacknowledged, and not
+/// shelved, out of service or suppressed — exactly ISA-18.2's UNACK ACTIVE.
+/// (Not `Alarm::needs_attention`, which also keeps acknowledged and returned
+/// alarms on the board.)
+fn must_page(a: &Alarm) -> bool {
+    a.derive_state() == AlarmState::UnackActive
 }
 
 fn mins(m: f64) -> Duration {
@@ -337,7 +341,7 @@ impl Notifier {
                             let kind = if single { "alarm.cleared" } else { "incident.closed" };
                             self.tell_notified(c, inc, kind, &members, now)?;
                         }
-                    } else if !members.iter().any(needs_attention) && inc.next_level_at.is_some() {
+                    } else if !members.iter().any(must_page) && inc.next_level_at.is_some() {
                         inc.next_level_at = None;
                         if told {
                             let kind = match action.as_str() {
@@ -364,7 +368,7 @@ impl Notifier {
         inc.flush_at = None;
         let members = Self::members(c, inc)?;
         if inc.first_sent_at.is_none() {
-            if members.iter().any(needs_attention) {
+            if members.iter().any(must_page) {
                 inc.first_sent_at = Some(now);
                 inc.level = 0;
                 inc.next_level_at = Some(now);
@@ -390,7 +394,7 @@ impl Notifier {
             inc.next_level_at = None;
             return Ok(());
         };
-        if !members.iter().any(needs_attention) || policy.levels.is_empty() {
+        if !members.iter().any(must_page) || policy.levels.is_empty() {
             inc.next_level_at = None;
             return Ok(());
         }
@@ -464,7 +468,7 @@ impl Notifier {
             return Ok(());
         };
         let id = message_id(now);
-        let lead = members.iter().find(|a| needs_attention(a)).or(members.first());
+        let lead = members.iter().find(|a| must_page(a)).or(members.first());
         let mut body = json!({
             "id": id, "type": kind, "sent_at": null,
             "alarm": lead, "recipient": person, "recipient_name": p.name, "language": p.language,

@@ -17,24 +17,9 @@ impl Drop for Peer {
     }
 }
 
-fn pymodbus_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import pymodbus"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_a_pymodbus_controller() {
-    if !pymodbus_available() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "pymodbus is required under CI=true (pip install pymodbus)"
-        );
-        eprintln!("SKIPPED: pymodbus not installed");
+    if !peer_present(python_has("pymodbus"), "pymodbus", "pip install pymodbus==3.8.6") {
         return;
     }
     let port = free_port();

@@ -102,16 +102,7 @@ struct Smtp {
 }
 
 async fn smtp(name: &str) -> Option<Smtp> {
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import aiosmtpd"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "aiosmtpd is required under CI=true (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: pip install aiosmtpd");
+    if !peer_present(python_has("aiosmtpd"), "aiosmtpd", "pip install aiosmtpd") {
         return None;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

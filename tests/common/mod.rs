@@ -198,6 +198,29 @@ role = "admin"
     p
 }
 
+/// Whether a test's outside peer is here. Missing, the test is skipped with
+/// `how` to install it — except under `CI=true`, where that is a failure.
+pub fn peer_present(present: bool, what: &str, how: &str) -> bool {
+    if !present {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{what} is required under CI=true (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: {what} missing; {how}");
+    }
+    present
+}
+
+/// Whether `python3 -c "import MODULE"` works.
+pub fn python_has(module: &str) -> bool {
+    std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Turns alerts on in a written configuration: `notify.toml` beside it and
 /// `service.notify_file` pointing at it (takes effect at the next start).
 pub fn write_notify(config_path: &std::path::Path, notify: &str) {

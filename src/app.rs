@@ -56,7 +56,8 @@ pub struct Running {
 pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
-    let (store, restored) = Store::open(&cfg.store_path, 64, metrics.clone())
+    let quarantine = Arc::new(crate::pipeline::Quarantine::new(cfg.service.quarantine_capacity));
+    let (store, restored) = Store::open(&cfg.store_path, 64, metrics.clone(), quarantine.clone())
         .with_context(|| format!("opening the store at {}", cfg.store_path.display()))?;
     tracing::info!(
         store = %cfg.store_path.display(),
@@ -73,6 +74,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         store: store.clone(),
         restored,
         cancel: shard_cancel.clone(),
+        quarantine,
         tick: opts.tick,
     });
 

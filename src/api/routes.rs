@@ -94,6 +94,13 @@ pub async fn health(State(st): State<AppState>) -> Response {
             st.cfg.mqtt.host, st.cfg.mqtt.port
         ));
     }
+    if st.collectors.contains(&"mqtt") && st.metrics.mqtt_stalled.get() == 1 {
+        reasons.push(format!(
+            "mqtt: intake stalled: {} messages owed to the broker, none acknowledged for {} s",
+            st.metrics.mqtt_owed.get(),
+            st.metrics.mqtt_stalled_seconds.get()
+        ));
+    }
     let body = json!({
         "status": if reasons.is_empty() { "ok" } else { "unavailable" },
         "reasons": reasons,

@@ -128,6 +128,22 @@ pub struct MqttSection {
     pub backoff_min_ms: u64,
     #[serde(default = "default_backoff_max")]
     pub backoff_max_ms: u64,
+    /// Messages taken from the connection and waiting to be decoded. Larger
+    /// than any broker's in-flight window; a broker that ignores its window
+    /// and fills it has the connection dropped so it redelivers.
+    #[serde(default = "default_intake_queue")]
+    pub intake_queue: usize,
+    /// Messages owed to the broker and none acknowledged for this long: the
+    /// intake is stalled (health 503, `mizuban_mqtt_stalled`).
+    #[serde(default = "default_stall_after")]
+    pub stall_after_s: u64,
+}
+
+fn default_intake_queue() -> usize {
+    8192
+}
+fn default_stall_after() -> u64 {
+    30
 }
 
 fn default_keep_alive() -> u16 {

@@ -10,11 +10,10 @@
 //! the API reads.
 
 mod dedup;
-mod quarantine;
 mod shard;
 mod view;
 
-pub use quarantine::{preview, Quarantine, QuarantineEntry};
+pub use crate::telemetry::quarantine::{preview, Quarantine, QuarantineEntry};
 pub use view::{ShardView, SiteStatus};
 
 use crate::alarm::{Alarm, CommandError, Transition};
@@ -122,6 +121,8 @@ pub struct PipelineDeps {
     pub store: Store,
     pub restored: Restored,
     pub cancel: CancellationToken,
+    /// Shared with the store, which quarantines rows it can never commit.
+    pub quarantine: Arc<Quarantine>,
     /// How often the shards look at the clock for comm loss and shelve expiry.
     pub tick: std::time::Duration,
 }
@@ -133,7 +134,7 @@ impl Pipeline {
         let n = deps.config.service.shards;
         // Slow SSE clients lag and are told to resynchronise (policy: drop oldest).
         let (events, _) = broadcast::channel(4096);
-        let quarantine = Arc::new(Quarantine::new(deps.config.service.quarantine_capacity));
+        let quarantine = deps.quarantine.clone();
         let mut senders = Vec::with_capacity(n);
         let mut views = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);

@@ -1,6 +1,7 @@
 use super::Batch;
 use crate::alarm::Alarm;
 use crate::model::{PointId, Quality, Timestamp};
+use crate::telemetry::quarantine::{Quarantine, QuarantineEntry};
 use crate::telemetry::Metrics;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -78,9 +79,15 @@ pub struct Store {
     healthy: Arc<AtomicBool>,
 }
 
+/// `synchronous = FULL`: in WAL mode every commit waits for the WAL to reach
+/// the disk, so a reading acknowledged to the broker (PUBACK after commit)
+/// survives power loss and an OS crash, not just a crash of mizuban. NORMAL
+/// would lose the last commits on power loss while the broker believes them
+/// delivered. The cost is one fsync per transaction; the writer groups every
+/// waiting batch into one transaction, so it is paid per group, not per message.
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
-PRAGMA synchronous = NORMAL;
+PRAGMA synchronous = FULL;
 CREATE TABLE IF NOT EXISTS readings (
     point TEXT NOT NULL, t INTEGER NOT NULL, value REAL, quality INTEGER NOT NULL, arrived INTEGER NOT NULL,
     PRIMARY KEY (point, t)) WITHOUT ROWID;
@@ -151,7 +158,12 @@ impl Store {
     /// Opens (creating if needed) the database and starts the writer thread.
     /// `queue` bounds the batches waiting for the writer; a full queue makes the
     /// pipeline wait (policy: block), which in turn holds back MQTT acks.
-    pub fn open(path: &Path, queue: usize, metrics: Arc<Metrics>) -> Result<(Self, Restored), StoreError> {
+    pub fn open(
+        path: &Path,
+        queue: usize,
+        metrics: Arc<Metrics>,
+        quarantine: Arc<Quarantine>,
+    ) -> Result<(Self, Restored), StoreError> {
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
                 std::fs::create_dir_all(dir).map_err(|e| StoreError::Dir {
@@ -177,7 +189,7 @@ impl Store {
         let p = path.to_path_buf();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(write, rx, metrics, h, p))
+            .spawn(move || writer(write, rx, metrics, h, p, quarantine))
             .map_err(|e| StoreError::Query(format!("cannot start writer thread: {e}")))?;
         Ok((
             Self {
@@ -367,9 +379,48 @@ impl Store {
     }
 }
 
-fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
+/// A row that can never be committed (it breaks a constraint, or cannot be
+/// encoded): quarantined so that the rest of its transaction commits.
+#[derive(Debug)]
+struct Rejected {
+    table: &'static str,
+    key: String,
+    error: String,
+}
+
+/// Errors that retrying cannot cure. Everything else (disk full, I/O, busy,
+/// locked) is transient: the batch is kept and retried with backoff.
+fn permanent(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode as C;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => {
+            matches!(f.code, C::ConstraintViolation | C::TooBig | C::TypeMismatch)
+        }
+        rusqlite::Error::ToSqlConversionFailure(_) | rusqlite::Error::InvalidParameterCount(..) => true,
+        _ => false,
+    }
+}
+
+/// Applies the batches in one transaction. With `rejects`, a row that fails
+/// for a permanent reason is recorded there and skipped (SQLite rolls back
+/// only that statement); without, any failure fails the whole transaction.
+fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Rejected>>) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
     {
+        let mut row = |r: rusqlite::Result<usize>, table: &'static str, key: &dyn Fn() -> String| match r {
+            Ok(_) => Ok(()),
+            Err(e) if permanent(&e) && rejects.is_some() => {
+                if let Some(list) = rejects.as_deref_mut() {
+                    list.push(Rejected {
+                        table,
+                        key: key(),
+                        error: e.to_string(),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         let mut ins_r = tx.prepare_cached(
             "INSERT OR IGNORE INTO readings (point, t, value, quality, arrived) VALUES (?1, ?2, ?3, ?4, ?5)",
         )?;
@@ -389,77 +440,114 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>]) -> rusqlite::Result<()> {
             tx.prepare_cached("INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)")?;
         for b in ops {
             for r in &b.readings {
-                ins_r.execute(params![
-                    r.point.as_str(),
-                    ms(r.t),
-                    r.value,
-                    q_int(r.quality),
-                    ms(r.arrived)
-                ])?;
+                row(
+                    ins_r.execute(params![
+                        r.point.as_str(),
+                        ms(r.t),
+                        r.value,
+                        q_int(r.quality),
+                        ms(r.arrived)
+                    ]),
+                    "readings",
+                    &|| format!("{} at {}", r.point, r.t.to_rfc3339()),
+                )?;
             }
             for t in &b.transitions {
                 let a = &t.alarm;
-                let json =
-                    serde_json::to_string(a).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-                up_a.execute(params![
-                    a.id,
-                    a.site.as_str(),
-                    a.source,
-                    a.condition,
-                    !a.is_closed() as i64,
-                    ms(t.at),
-                    json
-                ])?;
-                ins_j.execute(params![
-                    ms(t.at),
-                    a.id,
-                    a.site.as_str(),
-                    a.source,
-                    a.condition,
-                    t.action,
-                    t.from.as_str(),
-                    t.to.as_str(),
-                    t.who,
-                    t.why,
-                    t.event_time.map(ms),
-                    t.notify as i64,
-                    a.late as i64,
-                    a.priority.as_str()
-                ])?;
+                let key = || format!("alarm {} {}", a.id, t.action);
+                let json = serde_json::to_string(a).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+                let upsert = json.and_then(|json| {
+                    up_a.execute(params![
+                        a.id,
+                        a.site.as_str(),
+                        a.source,
+                        a.condition,
+                        !a.is_closed() as i64,
+                        ms(t.at),
+                        json
+                    ])
+                });
+                row(upsert, "alarms", &key)?;
+                row(
+                    ins_j.execute(params![
+                        ms(t.at),
+                        a.id,
+                        a.site.as_str(),
+                        a.source,
+                        a.condition,
+                        t.action,
+                        t.from.as_str(),
+                        t.to.as_str(),
+                        t.who,
+                        t.why,
+                        t.event_time.map(ms),
+                        t.notify as i64,
+                        a.late as i64,
+                        a.priority.as_str()
+                    ]),
+                    "journal",
+                    &key,
+                )?;
             }
             for (k, v) in &b.rule_states {
-                up_rs.execute(params![k, v])?;
+                row(up_rs.execute(params![k, v]), "rule_state", &|| k.clone())?;
             }
             for (k, v) in &b.device_states {
-                up_ds.execute(params![k, v])?;
+                row(up_ds.execute(params![k, v]), "device_state", &|| k.clone())?;
             }
             for (d, boot, seq, arrived) in &b.seen {
-                ins_s.execute(params![d, *boot as i64, *seq as i64, ms(*arrived)])?;
+                row(
+                    ins_s.execute(params![d, *boot as i64, *seq as i64, ms(*arrived)]),
+                    "msg_seen",
+                    &|| format!("{d} boot {boot} seq {seq}"),
+                )?;
             }
             for c in &b.commands {
-                ins_j.execute(params![
-                    ms(c.at),
-                    "",
-                    c.site,
-                    c.device,
-                    c.command,
-                    "command",
-                    if c.value { "true" } else { "false" },
-                    c.result,
-                    c.who,
-                    c.why,
-                    Option::<i64>::None,
-                    0i64,
-                    0i64,
-                    ""
-                ])?;
+                row(
+                    ins_j.execute(params![
+                        ms(c.at),
+                        "",
+                        c.site,
+                        c.device,
+                        c.command,
+                        "command",
+                        if c.value { "true" } else { "false" },
+                        c.result,
+                        c.who,
+                        c.why,
+                        Option::<i64>::None,
+                        0i64,
+                        0i64,
+                        ""
+                    ]),
+                    "journal",
+                    &|| format!("command {} to {}", c.command, c.device),
+                )?;
             }
             for (site, raw, arrived) in &b.raw {
-                up_raw.execute(params![site, raw, ms(*arrived)])?;
+                row(up_raw.execute(params![site, raw, ms(*arrived)]), "raw_latest", &|| {
+                    site.clone()
+                })?;
             }
         }
     }
     tx.commit()
+}
+
+fn reject(rows: &[Rejected], metrics: &Metrics, quarantine: &Quarantine) {
+    for r in rows {
+        tracing::error!(table = r.table, row = %r.key, error = %r.error, "row can never be stored; quarantined");
+        metrics.store_rejected.get_or_create(&Metrics::reason(r.table)).inc();
+        quarantine.push(QuarantineEntry {
+            at: Utc::now(),
+            topic: format!("store:{}", r.table),
+            reason: "store_rejected".into(),
+            error: r.error.clone(),
+            whole: false,
+            payload: r.key.clone(),
+            size: r.key.len(),
+        });
+    }
 }
 
 fn writer(
@@ -468,6 +556,7 @@ fn writer(
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
     path: PathBuf,
+    quarantine: Arc<Quarantine>,
 ) {
     let mut backoff_ms = 50u64;
     while let Some(first) = rx.blocking_recv() {
@@ -489,7 +578,17 @@ fn writer(
         }
         loop {
             let started = std::time::Instant::now();
-            match apply(&mut c, &batches) {
+            let mut result = apply(&mut c, &batches, None);
+            if result.as_ref().is_err_and(permanent) {
+                // Some row can never commit: retrying would stall every site
+                // for ever. Commit the rest and quarantine that row.
+                let mut rejects = Vec::new();
+                result = apply(&mut c, &batches, Some(&mut rejects));
+                if result.is_ok() {
+                    reject(&rejects, &metrics, &quarantine);
+                }
+            }
+            match result {
                 Ok(()) => {
                     metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
                     healthy.store(true, Ordering::Relaxed);
@@ -520,4 +619,103 @@ fn writer(
         }
     }
     tracing::info!("store writer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{PointId, Reading, SiteId};
+    use std::sync::atomic::AtomicUsize;
+
+    struct Count(Arc<AtomicUsize>);
+    impl super::super::Ack for Count {
+        fn ack(self: Box<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn reading(site: &str, t: i64) -> Reading {
+        let site = SiteId::new(site).unwrap();
+        Reading {
+            point: PointId::new(&site, "flow").unwrap(),
+            t: from_ms(t),
+            value: Some(1.0),
+            quality: Quality::Good,
+            arrived: from_ms(t),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_row_that_can_never_commit_is_quarantined_and_the_rest_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let metrics = Arc::new(Metrics::new());
+        let q = Arc::new(Quarantine::new(10));
+        let (store, _) = Store::open(&path, 8, metrics.clone(), q.clone()).unwrap();
+        // A constraint the bad row breaks (as a schema change or a corrupt
+        // value would): a trigger that refuses one site's readings.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TRIGGER poison BEFORE INSERT ON readings WHEN NEW.point LIKE 'BAD%'
+                 BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;",
+            )
+            .unwrap();
+        let acked = Arc::new(AtomicUsize::new(0));
+        for (site, t) in [("DM-01", 1_000), ("BAD-1", 2_000), ("DM-02", 3_000)] {
+            let b = Batch {
+                readings: vec![reading(site, t)],
+                acks: vec![Box::new(Count(acked.clone()))],
+                ..Default::default()
+            };
+            store.submit(b, &metrics).await.unwrap();
+        }
+        store.flush().await.unwrap();
+        assert!(store.is_healthy(), "a poisoned row must not turn into a failing store");
+        assert_eq!(
+            acked.load(Ordering::SeqCst),
+            3,
+            "every message behind the batches is acknowledged"
+        );
+        let got = |site: &str| {
+            let site = SiteId::new(site).unwrap();
+            store
+                .readings(&PointId::new(&site, "flow").unwrap(), from_ms(0), from_ms(10_000), 10)
+                .unwrap()
+                .len()
+        };
+        assert_eq!((got("DM-01"), got("BAD-1"), got("DM-02")), (1, 0, 1));
+        let list = q.list(10);
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0].reason, "store_rejected");
+        assert_eq!(list[0].topic, "store:readings");
+        assert!(list[0].error.contains("poisoned row"), "{:?}", list[0]);
+        assert!(list[0].payload.contains("BAD-1.flow"), "{:?}", list[0]);
+        assert!(metrics
+            .encode()
+            .contains("mizuban_store_rejected_rows_total{reason=\"readings\"} 1"));
+        // And later batches are not held up by it.
+        store
+            .submit(
+                Batch {
+                    readings: vec![reading("DM-03", 4_000)],
+                    ..Default::default()
+                },
+                &metrics,
+            )
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(got("DM-03"), 1);
+    }
+
+    #[test]
+    fn the_write_connection_syncs_every_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("s.db")).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!((sync, mode.as_str()), (2, "wal"), "FULL (2) in WAL mode");
+    }
 }

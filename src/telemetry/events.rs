@@ -104,3 +104,36 @@ impl MqttError<'_> {
         m.mqtt_connected.set(0);
     }
 }
+
+/// The collector dropped its broker connection on purpose so the broker
+/// redelivers what it could not acknowledge.
+pub struct MqttForcedReconnect<'a> {
+    pub reason: &'a str,
+    pub owed: u64,
+}
+impl MqttForcedReconnect<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        tracing::warn!(
+            reason = self.reason,
+            owed = self.owed,
+            "mqtt connection dropped on purpose; the broker redelivers"
+        );
+        m.mqtt_forced_reconnects
+            .get_or_create(&Metrics::reason(self.reason))
+            .inc();
+    }
+}
+
+/// Messages owed to the broker and no acknowledgement for a whole period.
+pub struct MqttStalled<'a>(pub &'a crate::collect::mqtt::Stall);
+impl MqttStalled<'_> {
+    pub fn emit(&self, m: &Metrics) {
+        tracing::error!(
+            owed = self.0.owed,
+            for_s = self.0.for_s,
+            acks_stuck = self.0.acks_stuck,
+            "mqtt intake stalled"
+        );
+        m.mqtt_stalled.set(1);
+    }
+}

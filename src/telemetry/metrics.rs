@@ -71,6 +71,11 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     pub mqtt_reconnects: Counter,
     pub mqtt_errors: Family<Reason, Counter>,
+    pub mqtt_owed: Gauge,
+    pub mqtt_stalled: Gauge,
+    pub mqtt_stalled_seconds: Gauge,
+    pub mqtt_forced_reconnects: Family<Reason, Counter>,
+    pub store_rejected: Family<Reason, Counter>,
     pub queue_full: Family<EdgeLabel, Counter>,
     pub sse_lagged: Counter,
     pub devices_comm_lost: Gauge,
@@ -109,6 +114,11 @@ impl Metrics {
             mqtt_connected: Gauge::default(),
             mqtt_reconnects: Counter::default(),
             mqtt_errors: Family::default(),
+            mqtt_owed: Gauge::default(),
+            mqtt_stalled: Gauge::default(),
+            mqtt_stalled_seconds: Gauge::default(),
+            mqtt_forced_reconnects: Family::default(),
+            store_rejected: Family::default(),
             queue_full: Family::default(),
             sse_lagged: Counter::default(),
             devices_comm_lost: Gauge::default(),
@@ -181,6 +191,31 @@ impl Metrics {
             m.mqtt_reconnects.clone(),
         );
         r.register("mqtt_errors", "MQTT connection errors, by kind", m.mqtt_errors.clone());
+        r.register(
+            "mqtt_owed",
+            "MQTT messages taken in and not yet acknowledged to the broker",
+            m.mqtt_owed.clone(),
+        );
+        r.register(
+            "mqtt_stalled",
+            "1 while messages are owed to the broker and none was acknowledged for mqtt.stall_after_s",
+            m.mqtt_stalled.clone(),
+        );
+        r.register(
+            "mqtt_stalled_seconds",
+            "How long the MQTT intake has made no progress while stalled",
+            m.mqtt_stalled_seconds.clone(),
+        );
+        r.register(
+            "mqtt_forced_reconnects",
+            "Connections dropped on purpose so the broker redelivers, by reason",
+            m.mqtt_forced_reconnects.clone(),
+        );
+        r.register(
+            "store_rejected_rows",
+            "Rows that could never be committed, quarantined instead of retried for ever, by reason",
+            m.store_rejected.clone(),
+        );
         r.register(
             "queue_full",
             "Times a bounded queue was full and the sender waited (backpressure), by edge",

@@ -1,9 +1,12 @@
 //! Logs and metrics. `Metrics` holds every Prometheus series the service
 //! exposes; `events` has one small struct per operational event whose `emit()`
 //! writes the log line and bumps the metric together, so the two never disagree.
+//! `quarantine` keeps the latest rejected inputs (collector, pipeline, store)
+//! for engineers to inspect.
 
 pub mod events;
 pub mod metrics;
+pub mod quarantine;
 
 pub use metrics::Metrics;
 

@@ -120,7 +120,18 @@ pub fn write_config(
     sites: &[SiteDef],
     rules: Option<&str>,
 ) -> PathBuf {
-    let (host, port) = broker();
+    write_config_for(dir, name, prefix, sites, rules, broker())
+}
+
+/// As `write_config`, for a broker of the test's own.
+pub fn write_config_for(
+    dir: &std::path::Path,
+    name: &str,
+    prefix: &str,
+    sites: &[SiteDef],
+    rules: Option<&str>,
+    (host, port): (String, u16),
+) -> PathBuf {
     let mut s = String::new();
     for d in sites {
         let profile = match (d.kind, d.modbus) {
@@ -240,11 +251,23 @@ impl Harness {
     }
 
     pub async fn start_with_rules(name: &str, sites: &[SiteDef], rules: Option<&str>) -> Self {
+        Self::start_custom(name, sites, rules, broker(), |_| {}).await
+    }
+
+    /// The service against `broker`, with `prepare` given the configuration
+    /// directory before the first start (to edit the files, mount a disk...).
+    pub async fn start_custom(
+        name: &str,
+        sites: &[SiteDef],
+        rules: Option<&str>,
+        (host, port): (String, u16),
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Self {
         mizuban::telemetry::init_tracing_default("error,rumqttd=off");
         let dir = tempfile::tempdir().unwrap();
         let prefix = format!("t{}-{}/", std::process::id(), name);
-        let config_path = write_config(dir.path(), name, &prefix, sites, rules);
-        let (host, port) = broker();
+        let config_path = write_config_for(dir.path(), name, &prefix, sites, rules, (host.clone(), port));
+        prepare(dir.path());
         let clock = Arc::new(ManualClock::new(t0()));
         let mut h = Self {
             dir,
@@ -551,6 +574,8 @@ pub fn quiet_dma(block: &str, device: &str) -> DmaOptions {
     o.noise = false;
     o
 }
+
+pub mod mosquitto;
 
 pub fn quiet_mps(station: &str, device: &str) -> MpsOptions {
     let mut o = MpsOptions::new(station, device);

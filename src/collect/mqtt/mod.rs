@@ -1,0 +1,458 @@
+//! MQTT collector (rumqttc): subscribes to every topic of every device profile
+//! at QoS 1 on a persistent session, decodes each message with its profile and
+//! hands it to its site's pipeline shard. Acknowledgements are manual: a
+//! message is PUBACKed only after the store committed it (or after it was
+//! quarantined or recognised as a duplicate), so the broker redelivers anything
+//! we had not made durable when we stopped.
+//!
+//! Three tasks, so that the connection is never starved by the work behind it:
+//!
+//! - the **event loop** does nothing but poll rumqttc (keep-alive pings,
+//!   reading, flushing acks) and hand each PUBLISH to the intake queue without
+//!   waiting. A full intake queue (policy: reconnect — only a broker that
+//!   ignores its own in-flight window can get there) drops the connection on
+//!   purpose so the broker redelivers, rather than losing or blocking;
+//! - the **intake** decodes and submits to the pipeline, waiting while the
+//!   pipeline is behind (policy: block; the broker's in-flight window then
+//!   holds the rest back);
+//! - the **acker** sends the PUBACKs the [`ledger`] releases, in order, waiting
+//!   for room in rumqttc's request queue (never `try_ack`: a dropped PUBACK
+//!   holds the broker's in-flight window for ever).
+//!
+//! A watchdog checks the ledger every second: messages owed and none
+//! acknowledged for `stall_after_s` is a stall, shown in health (503) and
+//! `mizuban_mqtt_stalled`; when acks are what is stuck, or a message was
+//! dropped without a decision, the connection is re-established so the broker
+//! redelivers. Failures of the connection are retried with exponential backoff
+//! and jitter; each is logged and counted.
+
+mod ledger;
+
+pub use ledger::{Ledger, Stall, Ticket};
+
+use crate::config::{Config, MqttSection};
+use crate::device::{self, Profile};
+use crate::model::{Clock, SiteId, Timestamp};
+use crate::pipeline::{preview, Incoming, Pipeline, QuarantineEntry};
+use crate::store::Ack;
+use crate::telemetry::{events, Metrics};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// State the collector's three tasks share.
+struct Shared {
+    // A std Mutex: held for a few map operations, never across an await.
+    ledger: Mutex<Ledger<Publish>>,
+    /// Wakes the acker: something was released.
+    acks_ready: Notify,
+    /// Asks the event loop to drop the connection, and why.
+    reconnect: Mutex<Option<&'static str>>,
+    reconnect_wake: Notify,
+}
+
+impl Shared {
+    fn ledger(&self) -> MutexGuard<'_, Ledger<Publish>> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn want_reconnect(&self, why: &'static str) {
+        *self.reconnect.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.reconnect_wake.notify_one();
+    }
+
+    fn take_reconnect(&self) -> Option<&'static str> {
+        self.reconnect.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// PUBACKs one message (in arrival order) once it is durable. Dropped without
+/// `ack` (its batch was lost), it can never be acknowledged and nothing after
+/// it either: the connection is re-established so the broker redelivers.
+struct MqttAck {
+    shared: Arc<Shared>,
+    ticket: Ticket,
+    publish: Option<Publish>,
+}
+
+impl Ack for MqttAck {
+    fn ack(mut self: Box<Self>) {
+        if let Some(p) = self.publish.take() {
+            if self.shared.ledger().done(self.ticket, p) > 0 {
+                self.shared.acks_ready.notify_one();
+            }
+        }
+    }
+}
+
+impl Drop for MqttAck {
+    fn drop(&mut self) {
+        if self.publish.is_some() && self.shared.ledger().is_current(self.ticket) {
+            self.shared.want_reconnect("abandoned");
+        }
+    }
+}
+
+/// A PUBLISH on its way from the event loop to the intake task.
+struct Taken {
+    ticket: Ticket,
+    publish: Publish,
+    arrived: Timestamp,
+    received: Instant,
+}
+
+pub struct MqttCollector {
+    cfg: Arc<Config>,
+    profiles: Vec<Arc<Profile>>,
+    pipeline: Pipeline,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
+}
+
+pub fn options(m: &MqttSection) -> MqttOptions {
+    let mut o = MqttOptions::new(&m.client_id, &m.host, m.port);
+    o.set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5) as u64));
+    o.set_clean_session(!m.persistent_session);
+    o.set_manual_acks(true);
+    // Accept far more than our own limit so an oversized payload is read and
+    // quarantined with a reason instead of breaking the connection (and then
+    // being redelivered for ever).
+    let incoming = (m.max_payload_bytes * 4).max(16 * 1024 * 1024);
+    o.set_max_packet_size(incoming, 64 * 1024);
+    o.set_inflight(100);
+    if let (Some(u), Some(p)) = (&m.username, &m.password) {
+        o.set_credentials(u, p);
+    }
+    o
+}
+
+/// Every subscription filter of every profile, deduplicated.
+pub fn filters(cfg: &Config) -> Vec<String> {
+    let mut f: Vec<String> = cfg
+        .profiles
+        .values()
+        .flat_map(|p| {
+            p.topics
+                .iter()
+                .map(|t| format!("{}{}", cfg.mqtt.topic_prefix, t.filter()))
+        })
+        .collect();
+    f.sort();
+    f.dedup();
+    f
+}
+
+fn error_kind(e: &rumqttc::ConnectionError) -> &'static str {
+    match e {
+        rumqttc::ConnectionError::Io(_) => "io",
+        rumqttc::ConnectionError::ConnectionRefused(_) => "refused",
+        rumqttc::ConnectionError::MqttState(_) => "protocol",
+        rumqttc::ConnectionError::NetworkTimeout | rumqttc::ConnectionError::FlushTimeout => "timeout",
+        _ => "other",
+    }
+}
+
+impl MqttCollector {
+    pub fn new(cfg: Arc<Config>, pipeline: Pipeline, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
+        let mut profiles: Vec<Arc<Profile>> = cfg.profiles.values().cloned().collect();
+        profiles.sort_by(|a, b| a.device.model.cmp(&b.device.model));
+        Self {
+            cfg,
+            profiles,
+            pipeline,
+            clock,
+            metrics,
+            shared: Arc::new(Shared {
+                ledger: Mutex::new(Ledger::new(Instant::now())),
+                acks_ready: Notify::new(),
+                reconnect: Mutex::new(None),
+                reconnect_wake: Notify::new(),
+            }),
+        }
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        let m = self.cfg.mqtt.clone();
+        // Room for a whole in-flight window of acks and the subscriptions.
+        let (client, mut eventloop) = AsyncClient::new(options(&m), 1024);
+        let (intake_tx, intake_rx) = mpsc::channel::<Taken>(m.intake_queue.max(1));
+        let this = Arc::new(self);
+        let tasks_cancel = cancel.child_token();
+        let intake = tokio::spawn(this.clone().intake(intake_rx, tasks_cancel.clone()));
+        let acker = tokio::spawn(this.clone().acker(client.clone(), tasks_cancel.clone()));
+
+        let stall_after = Duration::from_secs(m.stall_after_s.max(1));
+        let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+        watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut last_forced: Option<Instant> = None;
+        let mut backoff = m.backoff_min_ms;
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = eventloop.poll() => ev,
+                _ = watchdog.tick() => {
+                    let stall = this.shared.ledger().check(Instant::now(), stall_after);
+                    this.show_stall(stall.as_ref());
+                    if let Some(s) = stall {
+                        // Reconnecting helps only when our acks are what is stuck;
+                        // owed messages still in the pipeline are the store's story.
+                        let due = last_forced.is_none_or(|t| t.elapsed() >= stall_after);
+                        if s.acks_stuck && due {
+                            this.shared.want_reconnect("acks_stuck");
+                        }
+                    }
+                    continue;
+                }
+                _ = this.shared.reconnect_wake.notified() => {
+                    if let Some(why) = this.shared.take_reconnect() {
+                        last_forced = Some(Instant::now());
+                        this.force_reconnect(&mut eventloop, why);
+                    }
+                    continue;
+                }
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    backoff = m.backoff_min_ms;
+                    this.shared.ledger().reset(Instant::now());
+                    this.metrics.mqtt_connected.set(1);
+                    tracing::info!(session_present = ack.session_present, "mqtt connected");
+                    // Subscribe every time: cheap, and right even if the broker
+                    // lost the session. From a task: the request queue drains
+                    // only while this loop polls.
+                    let c = client.clone();
+                    let subs: Vec<_> = filters(&this.cfg)
+                        .into_iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce))
+                        .collect();
+                    tokio::spawn(async move {
+                        if let Err(e) = c.subscribe_many(subs).await {
+                            tracing::error!(error = %e, "subscribe request failed");
+                        }
+                    });
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => this.take(&intake_tx, p),
+                Ok(_) => {}
+                Err(e) => {
+                    // rumqttc has dropped the connection; nothing of it can be
+                    // acknowledged any more.
+                    this.metrics.mqtt_connected.set(0);
+                    this.shared.ledger().reset(Instant::now());
+                    let jitter = rand::random::<u64>() % (backoff / 4 + 1);
+                    let wait = backoff + jitter;
+                    events::MqttError {
+                        kind: error_kind(&e),
+                        error: &e.to_string(),
+                        retry_in_ms: wait,
+                    }
+                    .emit(&this.metrics);
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    }
+                    backoff = (backoff * 2).min(m.backoff_max_ms);
+                }
+            }
+        }
+        this.metrics.mqtt_connected.set(0);
+        tasks_cancel.cancel();
+        for t in [intake, acker] {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "mqtt collector task ended abnormally");
+            }
+        }
+        if let Err(e) = client.try_disconnect() {
+            tracing::debug!(error = %e, "disconnect not sent");
+        }
+        tracing::info!("mqtt collector stopped");
+    }
+
+    /// Registers a PUBLISH and queues it for the intake without waiting.
+    fn take(&self, intake: &mpsc::Sender<Taken>, publish: Publish) {
+        let ticket = self.shared.ledger().register(Instant::now());
+        let taken = Taken {
+            ticket,
+            publish,
+            arrived: self.clock.now(),
+            received: Instant::now(),
+        };
+        match intake.try_send(taken) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.metrics
+                    .queue_full
+                    .get_or_create(&crate::telemetry::metrics_edge("mqtt->intake"))
+                    .inc();
+                self.shared.want_reconnect("intake_full");
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Drops the connection on purpose; the next poll reconnects and the
+    /// broker redelivers everything not acknowledged.
+    fn force_reconnect(&self, eventloop: &mut rumqttc::EventLoop, why: &'static str) {
+        events::MqttForcedReconnect {
+            reason: why,
+            owed: self.shared.ledger().owed(),
+        }
+        .emit(&self.metrics);
+        self.shared.ledger().reset(Instant::now());
+        // Closes the socket, keeps what rumqttc must resend and drops the
+        // PUBACKs still queued (they belong to the old connection).
+        eventloop.clean();
+        self.metrics.mqtt_connected.set(0);
+    }
+
+    fn show_stall(&self, stall: Option<&Stall>) {
+        let owed = self.shared.ledger().owed();
+        self.metrics.mqtt_owed.set(owed as i64);
+        let was = self.metrics.mqtt_stalled.get() == 1;
+        match stall {
+            Some(s) => {
+                self.metrics.mqtt_stalled.set(1);
+                self.metrics.mqtt_stalled_seconds.set(s.for_s as i64);
+                if !was {
+                    events::MqttStalled(s).emit(&self.metrics);
+                }
+            }
+            None => {
+                self.metrics.mqtt_stalled.set(0);
+                self.metrics.mqtt_stalled_seconds.set(0);
+                if was {
+                    tracing::info!("mqtt intake moving again");
+                }
+            }
+        }
+    }
+
+    /// Sends released PUBACKs in order, waiting for room in the client's queue.
+    async fn acker(self: Arc<Self>, client: AsyncClient, cancel: CancellationToken) {
+        loop {
+            let next = self.shared.ledger().pop_ready();
+            let Some((gen, publish)) = next else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = self.shared.acks_ready.notified() => continue,
+                }
+            };
+            if gen != self.shared.ledger().generation() {
+                continue; // of a connection that is gone: the broker redelivers
+            }
+            let sent = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = client.ack(&publish) => r,
+            };
+            match sent {
+                Ok(()) => self.shared.ledger().sent(Instant::now()),
+                Err(e) => {
+                    // Only when the event loop is gone (shutdown).
+                    tracing::warn!(topic = %publish.topic, error = %e, "ack not sent: client closed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes and submits each taken message, waiting while the pipeline is behind.
+    async fn intake(self: Arc<Self>, mut rx: mpsc::Receiver<Taken>, cancel: CancellationToken) {
+        loop {
+            let taken = tokio::select! {
+                _ = cancel.cancelled() => return,
+                t = rx.recv() => match t { Some(t) => t, None => return },
+            };
+            if !self.shared.ledger().is_current(taken.ticket) {
+                continue; // its connection was replaced: the broker redelivers it
+            }
+            tokio::select! {
+                // Shutdown while the pipeline is full: not acked, redelivered.
+                _ = cancel.cancelled() => return,
+                _ = self.on_publish(taken) => {}
+            }
+        }
+    }
+
+    async fn on_publish(&self, taken: Taken) {
+        let Taken {
+            ticket,
+            publish: p,
+            arrived,
+            received,
+        } = taken;
+        let topic = p.topic.clone();
+        let payload = p.payload.clone();
+        let ack = Box::new(MqttAck {
+            shared: self.shared.clone(),
+            ticket,
+            publish: Some(p),
+        });
+        let quarantine = |reason: &str, error: String| {
+            events::Quarantined {
+                topic: &topic,
+                reason,
+                error: &error,
+            }
+            .emit(&self.metrics);
+            self.pipeline.quarantine.push(QuarantineEntry {
+                at: arrived,
+                topic: topic.clone(),
+                reason: reason.into(),
+                error,
+                whole: true,
+                payload: preview(&payload),
+                size: payload.len(),
+            });
+        };
+        let Some(local_topic) = topic.strip_prefix(self.cfg.mqtt.topic_prefix.as_str()) else {
+            quarantine(
+                "unknown_topic",
+                format!("topic {topic:?} is outside the prefix {:?}", self.cfg.mqtt.topic_prefix),
+            );
+            ack.ack();
+            return;
+        };
+        let mut decoded = None;
+        for prof in &self.profiles {
+            match device::decode(prof, local_topic, &payload, arrived, self.cfg.mqtt.max_payload_bytes) {
+                Ok(Some(d)) => {
+                    decoded = Some(d);
+                    break;
+                }
+                Ok(None) => continue,
+                Err(e) => {
+                    quarantine(e.reason(), e.to_string());
+                    ack.ack();
+                    return;
+                }
+            }
+        }
+        let Some(d) = decoded else {
+            quarantine("unknown_topic", format!("topic {topic:?} matches no device profile"));
+            ack.ack();
+            return;
+        };
+        let site = match SiteId::new(&d.site) {
+            Ok(s) if self.cfg.site(s.as_str()).is_some() => s,
+            _ => {
+                quarantine("unknown_site", format!("site {:?} is not configured", d.site));
+                ack.ack();
+                return;
+            }
+        };
+        let msg = Incoming {
+            decoded: d,
+            topic: topic.clone(),
+            raw: preview(&payload),
+            arrived,
+            received,
+            ack: Some(ack),
+        };
+        if let Err(e) = self.pipeline.submit(&site, msg).await {
+            // Not acked (the ack's drop asks for a reconnect); the broker redelivers.
+            tracing::error!(topic = %topic, error = %e, "pipeline unavailable");
+        }
+    }
+}

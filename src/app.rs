@@ -57,7 +57,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
     let quarantine = Arc::new(crate::pipeline::Quarantine::new(cfg.service.quarantine_capacity));
-    let (store, restored) = Store::open(&cfg.store_path, 64, metrics.clone(), quarantine.clone())
+    let (store, mut restored) = Store::open(&cfg.store_path, 64, metrics.clone(), quarantine.clone())
         .with_context(|| format!("opening the store at {}", cfg.store_path.display()))?;
     tracing::info!(
         store = %cfg.store_path.display(),
@@ -66,6 +66,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         "store opened"
     );
     let session_key = restored.session_key.clone();
+    let revoked_sessions = std::mem::take(&mut restored.revoked_sessions);
     let shard_cancel = CancellationToken::new();
     let (pipeline, shard_tasks) = Pipeline::start(PipelineDeps {
         config: cfg.clone(),
@@ -134,16 +135,34 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         pipeline: pipeline.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
-        sessions: Arc::new(Sessions::new(session_key)),
+        sessions: Arc::new(Sessions::new(session_key, &cfg.users, revoked_sessions)),
         started: chrono::Utc::now(),
         collectors,
         commander,
         shutdown: http_cancel.clone(),
         notifier: notifier.clone(),
+        streams: api::streams::EventStreams::new(cfg.http.max_event_streams, cfg.http.max_event_streams_per_caller),
     };
+    if let Some(addr) = cfg.http.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        let app = api::metrics_router(state.clone());
+        let hc = http_cancel.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { hc.cancelled().await })
+                .await
+            {
+                tracing::error!(error = %e, "metrics server failed");
+            }
+        });
+    }
     let hc = http_cancel.clone();
     let http_task = tokio::spawn(async move {
         let app = api::router(state);
+        // With the peer's address: login throttling is by client.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(async move { hc.cancelled().await })
             .await

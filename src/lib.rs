@@ -2,6 +2,8 @@
 //! water utilities. Data flows one way: `collect` -> `pipeline` (`rules`,
 //! `alarm`) -> (`store`, `api`); operator commands flow back into `alarm` only
 //! through the pipeline's command channel.
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
 
 pub mod alarm;
 pub mod api;

@@ -68,10 +68,17 @@ async fn every_route_by_role() {
     let (code, _) = h.post("/api/v1/ack-codes", OP_TOKEN, code_body).await;
     assert_eq!(code, 404);
     // Open routes.
-    for path in ["/api/v1/health", "/api/v1/openapi.json", "/metrics", "/"] {
+    for path in ["/api/v1/health", "/metrics", "/", "/assets/board.js"] {
         let (code, _) = h.request(Method::GET, path, None, None).await;
         assert_eq!(code, 200, "{path}");
     }
+    // The OpenAPI document is under /api/: a viewer reads it (interfaces.md).
+    let (code, _) = h.request(Method::GET, "/api/v1/openapi.json", None, None).await;
+    assert_eq!(code, 401);
+    let (code, _) = h
+        .request(Method::GET, "/api/v1/openapi.json", Some(VIEW_TOKEN), None)
+        .await;
+    assert_eq!(code, 200);
     // Operator routes: viewer forbidden, operator allowed.
     let shelve = json!({"minutes": 30, "reason": "crew on site"});
     let (code, body) = h.post(&format!("/api/v1/alarms/{id}/ack"), VIEW_TOKEN, json!({})).await;

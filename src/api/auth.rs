@@ -4,14 +4,16 @@
 //! bearer requests are not exposed to CSRF (browsers never add the header).
 
 use super::error::ApiError;
+use super::throttle::Throttle;
 use super::AppState;
-use crate::config::Role;
+use crate::config::{Role, UserSpec};
 use crate::model::secret::{hex, hmac_sha256_hex, random_hex, unhex};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::Method;
 use chrono::{Duration, Utc};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 pub const COOKIE: &str = "mizuban_session";
@@ -42,21 +44,53 @@ pub struct Session {
     pub expires: chrono::DateTime<Utc>,
 }
 
-/// Sessions as signed tokens: `user.role.expires.csrf.mac`, the MAC an
+/// Sessions as signed tokens: `user.role.expires.csrf.account.mac`, the MAC an
 /// HMAC-SHA256 under a key kept in the store, so sessions survive a restart of
 /// the service (the board reconnects by itself) without a session table.
-/// Logged-out tokens are remembered in memory until they expire; the cookie is
-/// also cleared in the browser. Also the login rate limiter. std Mutexes: held
-/// for a map operation only.
+///
+/// A session ends when it should, across restarts too:
+/// - `account` is a fingerprint of the user's configured name, role and
+///   password hash: a user removed from configuration, or given another role
+///   or password, has every session end at the next start that loads it;
+/// - a logout is written to the store (until the token would have expired)
+///   before it is answered, and loaded again at start;
+/// - a demo started afresh makes new passwords, so new fingerprints.
+///
+/// std Mutexes: held for a map operation only.
 pub struct Sessions {
     key: Vec<u8>,
+    /// Account fingerprints of the configured users, by name.
+    accounts: HashMap<String, (Role, String)>,
+    /// MACs of logged-out tokens, until they expire.
     revoked: Mutex<HashMap<String, chrono::DateTime<Utc>>>,
-    failures: Mutex<HashMap<String, Vec<chrono::DateTime<Utc>>>>,
+    throttle: Mutex<Throttle>,
+    /// A hash of no real password, verified for unknown names so that they
+    /// take as long as known ones.
+    dummy_hash: String,
+}
+
+/// A hash of a random password with the same argon2 variant and cost as the
+/// configured users' (the first one's), so verifying it takes as long.
+fn dummy_hash(users: &[UserSpec]) -> String {
+    use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+    let like = users.first().and_then(|u| {
+        let h = PasswordHash::new(&u.password_hash).ok()?;
+        let params = argon2::Params::try_from(&h).ok()?;
+        let alg = argon2::Algorithm::try_from(h.algorithm).ok()?;
+        Some(argon2::Argon2::new(alg, argon2::Version::V0x13, params))
+    });
+    let hasher = like.unwrap_or_default();
+    let salt = SaltString::encode_b64(random_hex(16).as_bytes()).expect("16 bytes fit a salt");
+    hasher
+        .hash_password(random_hex(16).as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .unwrap_or_default()
 }
 
 pub const SESSION_HOURS: i64 = 12;
-const MAX_FAILURES: usize = 5;
-const FAILURE_WINDOW_MIN: i64 = 5;
+/// Longer names and passwords are refused before any work is done.
+pub const MAX_NAME: usize = 256;
+pub const MAX_PASSWORD: usize = 1024;
 
 fn role_of(s: &str) -> Option<Role> {
     [Role::Viewer, Role::Operator, Role::Engineer, Role::Admin]
@@ -64,12 +98,34 @@ fn role_of(s: &str) -> Option<Role> {
         .find(|r| r.as_str() == s)
 }
 
+/// Why a login did not happen.
+pub enum LoginRefused {
+    /// Wrong name or password (the same answer for both).
+    Wrong,
+    /// This client tried too often; try again after this long.
+    Throttled(std::time::Duration),
+}
+
 impl Sessions {
-    pub fn new(key: Vec<u8>) -> Self {
+    pub fn new(key: Vec<u8>, users: &[UserSpec], revoked: Vec<(String, chrono::DateTime<Utc>)>) -> Self {
+        let fingerprint = |u: &UserSpec| {
+            hmac_sha256_hex(
+                &key,
+                format!("account\0{}\0{}\0{}", u.name, u.role.as_str(), u.password_hash).as_bytes(),
+            )[..16]
+                .to_string()
+        };
+        let accounts = users
+            .iter()
+            .map(|u| (u.name.clone(), (u.role, fingerprint(u))))
+            .collect();
+        let dummy_hash = dummy_hash(users);
         Self {
             key,
-            revoked: Default::default(),
-            failures: Default::default(),
+            accounts,
+            revoked: Mutex::new(revoked.into_iter().collect()),
+            throttle: Mutex::new(Throttle::new()),
+            dummy_hash,
         }
     }
 
@@ -84,8 +140,9 @@ impl Sessions {
             csrf: random_hex(16),
             expires: Utc::now() + Duration::hours(SESSION_HOURS),
         };
+        let account = self.accounts.get(user).map(|a| a.1.as_str()).unwrap_or("-");
         let payload = format!(
-            "{}.{}.{}.{}",
+            "{}.{}.{}.{}.{account}",
             hex(user.as_bytes()),
             role.as_str(),
             s.expires.timestamp(),
@@ -100,7 +157,7 @@ impl Sessions {
         if !same(&self.mac(payload), mac) {
             return None;
         }
-        if self.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id) {
+        if self.revoked.lock().unwrap_or_else(|p| p.into_inner()).contains_key(mac) {
             return None;
         }
         let mut parts = payload.split('.');
@@ -108,6 +165,12 @@ impl Sessions {
         let role = role_of(parts.next()?)?;
         let expires = chrono::DateTime::<Utc>::from_timestamp(parts.next()?.parse().ok()?, 0)?;
         let csrf = parts.next()?.to_string();
+        let account = parts.next()?;
+        // The account as configured now: still there, same role and password.
+        let (now_role, now_account) = self.accounts.get(&user)?;
+        if *now_role != role || !same(now_account, account) {
+            return None;
+        }
         (expires > Utc::now()).then_some(Session {
             user,
             role,
@@ -116,30 +179,61 @@ impl Sessions {
         })
     }
 
-    pub fn remove(&self, id: &str) {
-        if let Some(s) = self.get(id) {
-            let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Utc::now();
-            r.retain(|_, exp| *exp > now);
-            r.insert(id.to_string(), s.expires);
-        }
+    /// Ends a session: returns what the store must remember (its MAC and
+    /// expiry) so that the logout holds after a restart; `None` if it was not
+    /// a valid session.
+    pub fn remove(&self, id: &str) -> Option<(String, chrono::DateTime<Utc>)> {
+        let s = self.get(id)?;
+        let (_, mac) = id.rsplit_once('.')?;
+        let mut r = self.revoked.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Utc::now();
+        r.retain(|_, exp| *exp > now);
+        r.insert(mac.to_string(), s.expires);
+        Some((mac.to_string(), s.expires))
     }
 
-    /// `false` when this user name has failed too often recently.
-    pub fn login_allowed(&self, user: &str) -> bool {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let cutoff = Utc::now() - Duration::minutes(FAILURE_WINDOW_MIN);
-        let v = f.entry(user.to_string()).or_default();
-        v.retain(|t| *t > cutoff);
-        v.len() < MAX_FAILURES
-    }
-    pub fn login_failed(&self, user: &str) {
-        self.failures
+    /// Checks a name and password: throttled by client and name, equal time
+    /// for unknown names, the argon2 work on the blocking pool.
+    pub async fn login(
+        self: &std::sync::Arc<Self>,
+        client: IpAddr,
+        users: &[UserSpec],
+        name: &str,
+        password: &str,
+    ) -> Result<(String, Role), LoginRefused> {
+        let now = std::time::Instant::now();
+        self.throttle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(user.to_string())
-            .or_default()
-            .push(Utc::now());
+            .check(client, name, now)
+            .map_err(LoginRefused::Throttled)?;
+        let user = users.iter().find(|u| u.name == name).cloned();
+        let hash = user
+            .as_ref()
+            .map(|u| u.password_hash.clone())
+            .unwrap_or_else(|| self.dummy_hash.clone());
+        let password = password.to_string();
+        let ok = tokio::task::spawn_blocking(move || {
+            use argon2::password_hash::{PasswordHash, PasswordVerifier};
+            PasswordHash::new(&hash).is_ok_and(|h| {
+                argon2::Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+        })
+        .await
+        .unwrap_or(false);
+        let mut t = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        match user.filter(|_| ok) {
+            Some(u) => {
+                t.succeeded(client, name);
+                Ok((u.name, u.role))
+            }
+            None => {
+                t.failed(client, name, std::time::Instant::now());
+                Err(LoginRefused::Wrong)
+            }
+        }
     }
 }
 
@@ -166,7 +260,7 @@ fn query_token(parts: &Parts) -> Option<String> {
 }
 
 /// Constant-time comparison, so a token cannot be guessed byte by byte.
-fn same(a: &str, b: &str) -> bool {
+pub(super) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -23,8 +23,11 @@ pub enum ApiError {
     TooLarge,
     #[error("{0}")]
     Unprocessable(String),
-    #[error("too many requests; try again later")]
-    TooMany,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    /// Too many attempts or open streams; try again after this many seconds.
+    #[error("too many requests; try again in {0} s")]
+    TooMany(u64),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -39,7 +42,8 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::TooMany => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -48,6 +52,15 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut r = (self.status(), Json(serde_json::json!({ "error": self.to_string() }))).into_response();
+        if let Self::TooMany(s) = self {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        if matches!(self, Self::Unavailable(_)) {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
         if matches!(self, Self::Unauthenticated) {
             r.headers_mut()
                 .insert("www-authenticate", axum::http::HeaderValue::from_static("Bearer"));

@@ -9,6 +9,8 @@ mod notify_routes;
 pub mod openapi;
 mod routes;
 mod sse;
+pub mod streams;
+mod throttle;
 
 pub use auth::{Caller, Sessions, COOKIE};
 pub use error::ApiError;
@@ -18,10 +20,12 @@ use crate::pipeline::Pipeline;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use std::sync::Arc;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -39,12 +43,15 @@ pub struct AppState {
     pub commander: crate::collect::modbus::Commander,
     /// Alerts (ack links and codes, who was told what); `None` when not configured.
     pub notifier: Option<crate::notify::Notifier>,
+    /// Admission of event streams (capped in all and per caller).
+    pub streams: Arc<streams::EventStreams>,
 }
 
 /// `(method, path)` of every route the router serves; the OpenAPI test checks
 /// this list, the router and the document agree.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/"),
+    ("GET", "/assets/{name}"),
     ("GET", "/metrics"),
     ("GET", "/api/v1/health"),
     ("GET", "/api/v1/openapi.json"),
@@ -77,10 +84,53 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Request bodies are small JSON documents; anything bigger is refused (413).
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// Headers on every response: no framing by other sites, no MIME sniffing,
+/// no referrer (ack links carry their token in the path), and a
+/// Content-Security-Policy with no inline script or style. A route that sets
+/// its own policy (the ack page) keeps it.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                   connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+fn security_headers(r: Router) -> Router {
+    r.layer(SetResponseHeaderLayer::if_not_present(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    ))
+    .layer(SetResponseHeaderLayer::overriding(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    ))
+    .layer(SetResponseHeaderLayer::overriding(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    ))
+    .layer(SetResponseHeaderLayer::overriding(
+        header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    ))
+}
+
+/// The Prometheus endpoint alone, for `http.metrics_listen`.
+pub fn metrics_router(state: AppState) -> Router {
+    security_headers(
+        Router::new()
+            .route("/metrics", get(routes::metrics))
+            .fallback(routes::not_found)
+            .with_state(state),
+    )
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let metrics_here = state.cfg.http.metrics_listen.is_none();
+    let r = Router::new()
         .route("/", get(routes::board))
-        .route("/metrics", get(routes::metrics))
+        .route("/assets/{name}", get(routes::asset));
+    let r = if metrics_here {
+        r.route("/metrics", get(routes::metrics))
+    } else {
+        r
+    };
+    let r = r
         .route("/api/v1/health", get(routes::health))
         .route("/api/v1/openapi.json", get(routes::openapi))
         .route("/api/v1/login", post(routes::login))
@@ -113,25 +163,30 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/notifications", get(notify_routes::notifications))
         .route("/api/v1/oncall", get(notify_routes::oncall))
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::map_response(json_rejections))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    security_headers(r.with_state(state))
 }
 
 /// axum's own extractor rejections (a bad query string, a wrong content type)
 /// answer in plain text; the API promises `{"error": "..."}` for every error.
 async fn json_rejections(res: axum::response::Response) -> axum::response::Response {
-    let plain = res
+    let ty = res
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/plain"));
-    if !(res.status().is_client_error() && plain) {
+        .and_then(|v| v.to_str().ok());
+    let plain = ty.is_none_or(|v| v.starts_with("text/plain"));
+    let error = res.status().is_client_error() || res.status().is_server_error();
+    if !(error && plain) {
         return res;
     }
     let (parts, body) = res.into_parts();
     let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
-    let msg = String::from_utf8_lossy(&text).trim().to_string();
+    let mut msg = String::from_utf8_lossy(&text).trim().to_string();
+    if msg.is_empty() {
+        msg = parts.status.canonical_reason().unwrap_or("error").to_lowercase();
+    }
     (parts.status, axum::Json(serde_json::json!({ "error": msg }))).into_response()
 }
 

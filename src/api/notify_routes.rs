@@ -29,8 +29,7 @@ fn esc(s: &str) -> String {
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
     let html = format!(
         "<!doctype html><html lang=\"ja\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{t}</title><style>body{{font:17px/1.5 system-ui,sans-serif;max-width:36rem;margin:1.5rem auto;padding:0 1rem;background:#10151c;color:#e6edf3}}\
-         button{{font:inherit;padding:.6rem 1.4rem;border-radius:6px;border:0;background:#3fb950;color:#000}}textarea{{width:100%;font:inherit}}li{{margin:.3rem 0}}</style></head>\
+         <title>{t}</title><link rel=\"stylesheet\" href=\"/assets/ack.css\"></head>\
          <body><h1>{t}</h1>{body}</body></html>",
         t = esc(title)
     );
@@ -38,7 +37,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
         status,
         [(
             "content-security-policy",
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            "default-src 'none'; style-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         )],
         Html(html),
     )

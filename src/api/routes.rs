@@ -49,21 +49,43 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// The board page. Its script and style are files of their own so that the
+/// Content-Security-Policy (set for every response) needs no `unsafe-inline`.
 pub async fn board() -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'",
-        )],
-        Html(include_str!("board.html")),
-    )
+    Html(include_str!("board.html"))
 }
 
-pub async fn openapi() -> Json<Value> {
-    Json(super::openapi::document())
+pub async fn asset(axum::extract::Path(name): axum::extract::Path<String>) -> Result<Response, ApiError> {
+    let (ty, body): (&str, &'static str) = match name.as_str() {
+        "board.js" => ("text/javascript; charset=utf-8", include_str!("board.js")),
+        "board.css" => ("text/css; charset=utf-8", include_str!("board.css")),
+        "ack.css" => ("text/css; charset=utf-8", include_str!("ack.css")),
+        _ => return Err(ApiError::NotFound(format!("no asset {name}"))),
+    };
+    Ok(([(header::CONTENT_TYPE, ty), (header::CACHE_CONTROL, "no-cache")], body).into_response())
 }
 
-pub async fn metrics(State(st): State<AppState>) -> Response {
+/// Like everything under `/api/` but health, the document needs a viewer.
+pub async fn openapi(caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Viewer)?;
+    Ok(Json(super::openapi::document()))
+}
+
+pub async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(want) = &st.cfg.http.metrics_token {
+        let sent = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !super::auth::same(sent.trim(), want) {
+            return ApiError::Unauthenticated.into_response();
+        }
+    }
     let mut counts = HashMap::new();
     for v in st.pipeline.views.iter() {
         v.count_by_state(&mut counts);
@@ -142,31 +164,45 @@ fn secure_attr(st: &AppState, headers: &HeaderMap) -> &'static str {
     }
 }
 
+/// The client behind a request: the peer, or when the peer is a trusted proxy
+/// the last `X-Forwarded-For` hop that is not one.
+fn client_ip(st: &AppState, peer: std::net::IpAddr, headers: &HeaderMap) -> std::net::IpAddr {
+    let trusted = &st.cfg.http.trusted_proxies;
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .rev()
+        .find(|a| !trusted.contains(a))
+        .unwrap_or(peer)
+}
+
 pub async fn login(
     State(st): State<AppState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: LoginBody = body(b)?;
-    if !st.sessions.login_allowed(&req.user) {
-        return Err(ApiError::TooMany);
+    if req.user.len() > super::auth::MAX_NAME || req.password.len() > super::auth::MAX_PASSWORD {
+        return Err(ApiError::BadRequest(format!(
+            "user names are at most {} bytes and passwords at most {}",
+            super::auth::MAX_NAME,
+            super::auth::MAX_PASSWORD
+        )));
     }
-    use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    let user = st.cfg.users.iter().find(|u| u.name == req.user);
-    let ok = user.is_some_and(|u| {
-        PasswordHash::new(&u.password_hash)
-            .map(|h| {
-                argon2::Argon2::default()
-                    .verify_password(req.password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    });
-    let Some(user) = user.filter(|_| ok) else {
-        st.sessions.login_failed(&req.user);
-        return Err(ApiError::Unauthenticated);
+    let client = client_ip(&st, peer.ip(), &headers);
+    let (name, role) = match st.sessions.login(client, &st.cfg.users, &req.user, &req.password).await {
+        Ok(u) => u,
+        Err(super::auth::LoginRefused::Wrong) => return Err(ApiError::Unauthenticated),
+        Err(super::auth::LoginRefused::Throttled(wait)) => return Err(ApiError::TooMany(wait.as_secs().max(1))),
     };
-    let (sid, s) = st.sessions.create(&user.name, user.role);
+    let (sid, s) = st.sessions.create(&name, role);
     let cookie = format!(
         "{COOKIE}={sid}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
         super::auth::SESSION_HOURS * 3600,
@@ -179,11 +215,15 @@ pub async fn login(
         .into_response())
 }
 
-pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response {
+/// Ends the session; answered once the logout is durable, so the old cookie
+/// is refused after a restart too.
+pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     if let Some(sid) = cookie_value(&headers, COOKIE) {
-        st.sessions.remove(&sid);
+        if let Some((mac, expires)) = st.sessions.remove(&sid) {
+            st.store.revoke_session(&mac, expires).await?;
+        }
     }
-    (
+    Ok((
         [(
             header::SET_COOKIE,
             format!(
@@ -193,7 +233,7 @@ pub async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Response 
         )],
         Json(json!({"status": "logged out"})),
     )
-        .into_response()
+        .into_response())
 }
 
 pub async fn session(State(st): State<AppState>, caller: Caller, headers: HeaderMap) -> Json<Value> {

@@ -1,8 +1,10 @@
 //! `GET /api/v1/events`: server-sent events. The stream opens with a `snapshot`
 //! of the open alarms, then one `alarm` event per transition. A client that
 //! falls behind the broadcast buffer gets a `resync` event (and should fetch
-//! `/api/v1/alarms` again) instead of silently missing transitions.
+//! `/api/v1/alarms` again) instead of silently missing transitions. Streams are
+//! admitted by [`super::streams`]: capped in all and per caller.
 
+use super::streams::Refused;
 use super::{AppState, Caller};
 use crate::config::Role;
 use axum::extract::State;
@@ -16,6 +18,13 @@ pub async fn events(
     caller: Caller,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, super::ApiError> {
     caller.require(Role::Viewer)?;
+    let permit = st
+        .streams
+        .admit(&format!("{}:{}", caller.via, caller.name))
+        .map_err(|r| match r {
+            Refused::CallerFull => super::ApiError::TooMany(5),
+            Refused::Full => super::ApiError::Unavailable("too many event streams open; try again later".into()),
+        })?;
     let rx = st.pipeline.events.subscribe();
     let snapshot = super::routes::sorted(st.pipeline.open_alarms());
     let first = Event::default()
@@ -24,6 +33,8 @@ pub async fn events(
         .unwrap_or_else(|_| Event::default().event("resync"));
     let metrics = st.metrics.clone();
     let live = BroadcastStream::new(rx).map(move |r| {
+        // The stream owns its place; it is given back when the stream is dropped.
+        let _held = &permit;
         Ok(match r {
             Ok(t) => Event::default()
                 .event("alarm")

@@ -181,6 +181,30 @@ pub struct HttpSection {
     /// request came through a proxy that says `X-Forwarded-Proto: https`.
     #[serde(default)]
     pub secure_cookies: Option<bool>,
+    /// Proxies whose `X-Forwarded-For` names the real client (for login
+    /// throttling). Empty: the peer address is the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Serve `/metrics` on this address only (e.g. an internal interface for
+    /// Prometheus) instead of beside the board and API.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Require `Authorization: Bearer <this>` for `/metrics`.
+    #[serde(default)]
+    pub metrics_token: Option<String>,
+    /// Open event streams (`/api/v1/events`) in all; more are refused with 503.
+    #[serde(default = "default_max_streams")]
+    pub max_event_streams: usize,
+    /// Open event streams per token or user; more are refused with 429.
+    #[serde(default = "default_max_streams_per_caller")]
+    pub max_event_streams_per_caller: usize,
+}
+
+fn default_max_streams() -> usize {
+    512
+}
+fn default_max_streams_per_caller() -> usize {
+    16
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

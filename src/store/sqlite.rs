@@ -23,9 +23,14 @@ pub enum StoreError {
     Query(String),
 }
 
+/// A small write outside the pipeline's batches (a logout), run by the writer
+/// in its own transaction; the reply says it is durable.
+type Write = Box<dyn FnOnce(&mut Connection) -> rusqlite::Result<()> + Send>;
+
 enum Op {
     Batch(Box<Batch>),
     Flush(oneshot::Sender<()>),
+    Write(Write, oneshot::Sender<Result<(), String>>),
 }
 
 /// What the service needs back after a restart.
@@ -38,6 +43,8 @@ pub struct Restored {
     pub device_states: HashMap<String, String>,
     /// `(device, boot, seq)` seen recently.
     pub seen: Vec<(String, u64, u64)>,
+    /// Board sessions ended by logout and not yet expired: `(mac, expires)`.
+    pub revoked_sessions: Vec<(String, Timestamp)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -110,6 +117,7 @@ CREATE TABLE IF NOT EXISTS msg_seen (
     PRIMARY KEY (device, boot, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS msg_seen_arrived ON msg_seen(arrived);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revoked_sessions (mac TEXT PRIMARY KEY, expires INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS raw_latest (site TEXT PRIMARY KEY, topic_payload TEXT NOT NULL, arrived INTEGER NOT NULL);
 ";
 
@@ -232,6 +240,14 @@ impl Store {
             let (k, v) = row?;
             r.device_states.insert(k, v);
         }
+        c.execute(
+            "DELETE FROM revoked_sessions WHERE expires < ?1",
+            [Utc::now().timestamp_millis()],
+        )?;
+        let mut st = c.prepare("SELECT mac, expires FROM revoked_sessions")?;
+        for row in st.query_map([], |row| Ok((row.get::<_, String>(0)?, from_ms(row.get(1)?))))? {
+            r.revoked_sessions.push(row?);
+        }
         let cutoff = Utc::now().timestamp_millis() - SEEN_RETENTION_MS;
         c.execute("DELETE FROM msg_seen WHERE arrived < ?1", [cutoff])?;
         let mut st = c.prepare("SELECT device, boot, seq FROM msg_seen")?;
@@ -267,6 +283,25 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Op::Flush(tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Remembers a board session ended by logout (until it would have expired);
+    /// resolves once that is durable, so the logout holds across a restart.
+    pub async fn revoke_session(&self, mac: &str, expires: Timestamp) -> Result<(), StoreError> {
+        let (mac, exp) = (mac.to_string(), ms(expires));
+        let (tx, rx) = oneshot::channel();
+        let write: Write = Box::new(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO revoked_sessions (mac, expires) VALUES (?1, ?2)",
+                params![mac, exp],
+            )
+            .map(|_| ())
+        });
+        self.tx
+            .send(Op::Write(write, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?.map_err(StoreError::Query)
     }
 
     fn with_read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -570,10 +605,12 @@ fn writer(
         }
         let mut batches = Vec::new();
         let mut flushes = Vec::new();
+        let mut writes = Vec::new();
         for op in ops {
             match op {
                 Op::Batch(b) => batches.push(b),
                 Op::Flush(tx) => flushes.push(tx),
+                Op::Write(w, tx) => writes.push((w, tx)),
             }
         }
         loop {
@@ -613,6 +650,14 @@ fn writer(
             for ack in b.acks {
                 ack.ack();
             }
+        }
+        for (w, reply) in writes {
+            let r = w(&mut c).map_err(|e| {
+                metrics.store_errors.inc();
+                tracing::error!(path = %path.display(), error = %e, "store write failed");
+                e.to_string()
+            });
+            let _ = reply.send(r); // the requester may have gone; the write stands
         }
         for f in flushes {
             let _ = f.send(()); // the flusher may have given up waiting; nothing to undo

@@ -287,7 +287,18 @@ impl Harness {
         h
     }
 
+    /// Starts the service without waiting for the collector (for a test whose
+    /// configuration moves `/metrics`, which the wait reads).
+    pub async fn start_service_unchecked(&mut self) {
+        self.boot_only().await;
+    }
+
     async fn boot(&mut self) {
+        self.boot_only().await;
+        self.wait_connected().await;
+    }
+
+    async fn boot_only(&mut self) {
         let cfg = Config::load(&self.config_path).unwrap_or_else(|e| panic!("{e:#?}"));
         let app = mizuban::app::start(
             cfg,
@@ -302,7 +313,6 @@ impl Harness {
         .expect("service starts");
         self.base = format!("http://{}", app.http_addr);
         self.app = Some(app);
-        self.wait_connected().await;
     }
 
     /// Ready when the collector reports connected and subscribed (health ok).

@@ -195,7 +195,7 @@ pub async fn notifications(
         }
     }
     let rows = notifier(&st)?
-        .recent(q.state.as_deref(), q.limit.unwrap_or(200).min(5000))
+        .recent(q.state.as_deref(), super::routes::check_limit(q.limit, 200, 5000)?)
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     Ok(Json(json!(rows)))
 }

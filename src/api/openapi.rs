@@ -71,6 +71,10 @@ fn op(
     for (code, d) in errors {
         responses.insert((*code).into(), err(d));
     }
+    // Any request can be malformed (an unreadable query string or body).
+    responses
+        .entry("400")
+        .or_insert_with(|| err("malformed request: query string, path or body unreadable"));
     let mut o = json!({
         "summary": summary,
         "parameters": params,
@@ -81,7 +85,9 @@ fn op(
         o["x-required-role"] = json!(r);
     }
     if let Some(b) = body {
-        o["requestBody"] = json!({"required": false, "content": {"application/json": {"schema": b}}});
+        // A body with required fields is itself required (an empty one is refused).
+        let required = b["required"].as_array().is_some_and(|r| !r.is_empty());
+        o["requestBody"] = json!({"required": required, "content": {"application/json": {"schema": b}}});
     }
     o
 }
@@ -91,7 +97,22 @@ fn ok_json(desc: &str, schema: Value) -> Value {
 }
 
 fn path_id(desc: &str) -> Value {
-    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "description": desc}])
+    json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string", "minLength": 1}, "description": desc}])
+}
+
+/// Free text the journal keeps: not blank, at most 1000 characters.
+fn text(required_desc: &str) -> Value {
+    json!({"type": "string", "minLength": 1, "maxLength": 1000, "pattern": "\\S", "description": required_desc})
+}
+
+/// A `limit` query parameter; the server refuses values outside 1..=max.
+fn limit(max: u64) -> Value {
+    json!({"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": max}})
+}
+
+/// An HTML page answer (the ack link pages) for `code`.
+fn html(desc: &str) -> Value {
+    json!({"description": desc, "content": {"text/html": {"schema": {"type": "string"}}}})
 }
 
 pub fn document() -> Value {
@@ -168,39 +189,39 @@ pub fn document() -> Value {
                 &[("503", "a collector or the store is down; reasons says which")])},
             "/api/v1/openapi.json": {"get": op("This document", Some("viewer"), json!([]), None, ok_json("OpenAPI", json!({"type": "object"})), &[])},
             "/api/v1/login": {"post": op("Log in (sets the session cookie)", None, json!([]),
-                Some(json!({"type": "object", "required": ["user", "password"], "properties": {"user": {"type": "string"}, "password": {"type": "string"}}})),
+                Some(json!({"type": "object", "additionalProperties": false, "required": ["user", "password"], "properties": {"user": {"type": "string", "maxLength": 256}, "password": {"type": "string", "maxLength": 1024}}})),
                 ok_json("logged in; csrf is the token to echo in X-CSRF-Token", json!({"type": "object"})),
-                &[("400", "body is not JSON"), ("401", "wrong user or password"), ("422", "fields missing"), ("429", "too many failed logins")])},
+                &[("400", "body is not JSON, or name or password too long"), ("401", "wrong user or password"), ("422", "fields missing"), ("429", "too many failed logins from this client for this name; see Retry-After")])},
             "/api/v1/logout": {"post": op("Log out", None, json!([]), None, ok_json("logged out", json!({"type": "object"})), &[])},
             "/api/v1/session": {"get": op("Who am I", Some("viewer"), json!([]), None, ok_json("caller", json!({"type": "object"})), &[])},
             "/api/v1/sites": {"get": op("All sites with status", Some("viewer"), json!([]), None, ok_json("sites", json!({"type": "array", "items": {"$ref": "#/components/schemas/Site"}})), &[])},
             "/api/v1/sites/{id}": {"get": op("One site: configuration, status, open alarms, points, latest raw message", Some("viewer"), path_id("site id"), None, ok_json("site", json!({"type": "object"})), &[("404", "no such site")])},
             "/api/v1/sites/{id}/commands": {"post": op("Device command to a Modbus controller (alarm_reset, p1_inhibit, p2_inhibit, remote_pump_down), confirmed by read-back and journaled", Some("engineer"), path_id("site id"),
-                Some(json!({"type": "object", "required": ["command", "reason"], "properties": {"command": {"type": "string"}, "value": {"type": "boolean", "description": "for inhibits: true inhibits, false releases"}, "reason": {"type": "string"}}})),
+                Some(json!({"type": "object", "additionalProperties": false, "required": ["command", "reason"], "properties": {"command": {"enum": ["alarm_reset", "p1_inhibit", "p2_inhibit", "remote_pump_down"]}, "value": {"type": ["boolean", "null"], "description": "for inhibits: true inhibits, false releases"}, "reason": text("why, for the journal")}})),
                 ok_json("confirmed", json!({"type": "object"})),
                 &[("404", "no such site"), ("409", "not a Modbus site, refused by the controller, or not confirmed"), ("422", "unknown command or no reason"), ("503", "controller unreachable")])},
             "/api/v1/alarms": {"get": op("Alarms operators must see, highest priority first, then newest", Some("viewer"), json!([
-                    {"name": "state", "in": "query", "schema": {"type": "string"}, "description": "comma-separated states"},
+                    {"name": "state", "in": "query", "schema": {"type": "string", "pattern": "^(normal|unack_active|ack_active|unack_rtn|shelved|suppressed|out_of_service)(,(normal|unack_active|ack_active|unack_rtn|shelved|suppressed|out_of_service))*$"}, "description": "comma-separated states"},
                     {"name": "site", "in": "query", "schema": {"type": "string"}},
                     {"name": "all", "in": "query", "schema": {"type": "boolean"}, "description": "add the rest, including recently closed occurrences"}]),
                 None, ok_json("alarms", json!({"type": "array", "items": alarm})), &[("400", "unknown state")])},
             "/api/v1/alarms/{id}": {"get": op("One alarm occurrence", Some("viewer"), path_id("alarm id"), None, ok_json("alarm", alarm.clone()), &[("404", "unknown id")])},
             "/api/v1/alarms/{id}/journal": {"get": op("Every transition of one occurrence: when, who, why", Some("viewer"), path_id("alarm id"), None, ok_json("journal rows, newest first", json!({"type": "array"})), &[("404", "unknown id")])},
             "/api/v1/alarms/{id}/ack": {"post": op("Acknowledge", Some("operator"), path_id("alarm id"),
-                Some(json!({"type": "object", "properties": {"comment": {"type": "string", "maxLength": 1000}}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
+                Some(json!({"type": "object", "additionalProperties": false, "properties": {"comment": {"type": ["string", "null"], "maxLength": 1000}}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
             "/api/v1/alarms/{id}/shelve": {"post": op("Shelve for a time; expires by itself", Some("operator"), path_id("alarm id"),
-                Some(json!({"type": "object", "required": ["minutes", "reason"], "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 10080}, "reason": {"type": "string"}}})),
+                Some(json!({"type": "object", "additionalProperties": false, "required": ["minutes", "reason"], "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 10080}, "reason": text("why, for the journal")}})),
                 ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
             "/api/v1/alarms/{id}/unshelve": {"post": op("End a shelve now", Some("operator"), path_id("alarm id"), None, ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
             "/api/v1/alarms/{id}/out_of_service": {"post": op("Take out of service", Some("engineer"), path_id("alarm id"),
-                Some(json!({"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
+                Some(json!({"type": "object", "additionalProperties": false, "required": ["reason"], "properties": {"reason": text("why, for the journal")}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
             "/api/v1/alarms/{id}/return_to_service": {"post": op("Return to service", Some("engineer"), path_id("alarm id"),
-                Some(json!({"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
+                Some(json!({"type": "object", "additionalProperties": false, "required": ["reason"], "properties": {"reason": text("why, for the journal")}})), ok_json("updated alarm", alarm.clone()), alarm_cmd_errors)},
             "/api/v1/points/{id}/readings": {"get": op("History of one point (`{site}.{point}`)", Some("viewer"), json!([
-                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}, "example": "B17.p"},
+                    {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9._-]+$"}, "example": "B17.p"},
                     {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: 24 h before to"},
                     {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: now"},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 100000}}]),
+                    limit(100_000)]),
                 None, ok_json("readings in event-time order", json!({"type": "array", "items": {"$ref": "#/components/schemas/Reading"}})), &[("400", "bad point id or time"), ("404", "no such site or point")])},
             "/api/v1/journal": {"get": op("Alarm journal, newest first", Some("viewer"), json!([
                     {"name": "site", "in": "query", "schema": {"type": "string"}},
@@ -209,33 +230,44 @@ pub fn document() -> Value {
                     {"name": "alarm", "in": "query", "schema": {"type": "string"}},
                     {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
                     {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    limit(10_000),
                     {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}, "description": "csv: a spreadsheet download (UTF-8 with BOM)"}]),
                 None, json!({"description": "journal rows", "content": {"application/json": {"schema": {"type": "array"}}, "text/csv": {}}}), &[("400", "bad time, priority or format")])},
-            "/api/v1/quarantine": {"get": op("Rejected messages, newest first (bounded)", Some("viewer"), json!([{"name": "limit", "in": "query", "schema": {"type": "integer"}}]),
+            "/api/v1/quarantine": {"get": op("Rejected messages, newest first (bounded)", Some("viewer"), json!([limit(10_000)]),
                 None, ok_json("entries", json!({"type": "array"})), &[])},
             "/api/v1/events": {"get": op("Server-sent events: `snapshot` of open alarms, then one `alarm` event per transition; `resync` if the client fell behind. Browsers may pass ?token=", Some("viewer"),
                 json!([{"name": "token", "in": "query", "schema": {"type": "string"}}]), None, json!({"description": "text/event-stream", "content": {"text/event-stream": {}}}), &[])},
             "/ack/{token}": {
                 "get": op("Page for an acknowledge link from an alert (e-mail, chat): shows the alarms and a button; looking does not acknowledge", None,
                     json!([{"name": "token", "in": "path", "required": true, "schema": {"type": "string"}}]), None,
-                    json!({"description": "HTML page", "content": {"text/html": {}}}), &[("404", "unknown link")]),
+                    html("HTML page"), &[("404", "unknown link")]),
                 "post": op("Acknowledge every alarm of the alert's incident as the person it was sent to (single use, expires); form field `comment` optional", None,
                     json!([{"name": "token", "in": "path", "required": true, "schema": {"type": "string"}}]), None,
-                    json!({"description": "HTML page", "content": {"text/html": {}}}), &[("404", "unknown link"), ("409", "expired or already used")])},
+                    html("HTML page"), &[("404", "unknown link"), ("409", "expired or already used")])},
             "/api/v1/ack-codes": {"post": op("Acknowledge with the short code from an alert, as the person it was sent to (for SMS/phone gateways)", Some("operator"), json!([]),
-                Some(json!({"type": "object", "required": ["code"], "properties": {"code": {"type": "string"}, "comment": {"type": "string"}}})),
+                Some(json!({"type": "object", "additionalProperties": false, "required": ["code"], "properties": {"code": {"type": "string", "minLength": 1, "pattern": "\\S"}, "comment": {"type": ["string", "null"], "maxLength": 1000}}})),
                 ok_json("alarms acknowledged", json!({"type": "object", "properties": {"acknowledged": {"type": "array", "items": alarm}}})),
                 &[("404", "unknown code, or notifications not configured"), ("409", "expired or already used"), ("422", "no code")])},
             "/api/v1/alarms/{id}/notifications": {"get": op("Who was told about this alarm: type, person, channel, escalation level, created, state (pending, sent, failed, held, summarized), attempts, last error", Some("viewer"),
                 path_id("alarm id"), None, ok_json("outbox rows, oldest first", json!({"type": "array"})), &[])},
             "/api/v1/notifications": {"get": op("The notification outbox, newest first", Some("viewer"),
-                json!([{"name": "state", "in": "query", "schema": {"enum": ["pending", "sent", "failed", "held", "summarized"]}}, {"name": "limit", "in": "query", "schema": {"type": "integer"}}]),
+                json!([{"name": "state", "in": "query", "schema": {"enum": ["pending", "sent", "failed", "held", "summarized"]}}, limit(5_000)]),
                 None, ok_json("outbox rows", json!({"type": "array"})), &[("400", "unknown state"), ("404", "notifications not configured")])},
             "/api/v1/oncall": {"get": op("Who is on call now, per team (rotation and overrides)", Some("viewer"), json!([]),
                 None, ok_json("teams", json!({"type": "array", "items": {"type": "object", "properties": {"team": {"type": "string"}, "person": {"type": "string"}}}})), &[("404", "notifications not configured")])}
         }
     });
+    // The ack link pages answer in HTML whatever happens (a phone opened them).
+    for m in ["get", "post"] {
+        if let Some(rs) = doc["paths"]["/ack/{token}"][m]["responses"].as_object_mut() {
+            for (code, r) in rs.iter_mut() {
+                let d = r["description"].as_str().unwrap_or("").to_string();
+                if code != "200" {
+                    *r = html(&d);
+                }
+            }
+        }
+    }
     doc["webhooks"] = webhooks();
     doc
 }

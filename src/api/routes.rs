@@ -411,6 +411,16 @@ fn required_reason(r: Option<String>) -> Result<String, ApiError> {
         .ok_or_else(|| ApiError::Unprocessable("reason is required".into()))
 }
 
+/// `?limit=`: the default when absent, refused (400) outside 1..=max as the
+/// OpenAPI document says, never silently clamped.
+pub(super) fn check_limit(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(n) if (1..=max).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::BadRequest(format!("limit must be 1..={max}, not {n}"))),
+    }
+}
+
 fn check_text(name: &str, s: &Option<String>) -> Result<(), ApiError> {
     if s.as_ref().is_some_and(|s| s.chars().count() > 1000) {
         return Err(ApiError::Unprocessable(format!(
@@ -444,7 +454,8 @@ pub async fn ack(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ShelveBody {
-    minutes: Option<i64>,
+    /// A number, not `i64`: JSON Schema counts `30.0` as the integer 30.
+    minutes: Option<f64>,
     reason: Option<String>,
 }
 
@@ -463,6 +474,10 @@ pub async fn shelve(
     let minutes = req
         .minutes
         .ok_or_else(|| ApiError::Unprocessable("minutes is required".into()))?;
+    if minutes.fract() != 0.0 {
+        return Err(ApiError::Unprocessable("minutes must be a whole number".into()));
+    }
+    let minutes = minutes as i64;
     if !(1..=MAX_SHELVE_MIN).contains(&minutes) {
         return Err(ApiError::Unprocessable(format!("minutes must be 1..={MAX_SHELVE_MIN}")));
     }
@@ -576,7 +591,7 @@ pub async fn readings(
     if from > to {
         return Err(ApiError::BadRequest("from is after to".into()));
     }
-    let limit = q.limit.unwrap_or(10_000).clamp(1, 100_000);
+    let limit = check_limit(q.limit, 10_000, 100_000)?;
     let store = st.store.clone();
     let rows = tokio::task::spawn_blocking(move || store.readings(&point, from, to, limit))
         .await
@@ -624,7 +639,7 @@ pub async fn journal(
         priority: q.priority,
         from: parse_time("from", &q.from)?,
         to: parse_time("to", &q.to)?,
-        limit: q.limit.unwrap_or(500),
+        limit: check_limit(q.limit, 500, 10_000)?,
     };
     let store = st.store.clone();
     let rows = tokio::task::spawn_blocking(move || store.journal(&f))
@@ -687,7 +702,7 @@ pub async fn quarantine(
     Ok(Json(json!(st
         .pipeline
         .quarantine
-        .list(q.limit.unwrap_or(100).clamp(1, 10_000)))))
+        .list(check_limit(q.limit, 100, 10_000)?))))
 }
 
 #[derive(Deserialize, Default)]

@@ -6,7 +6,7 @@
 // a viewer gets no acknowledge button. Screenshots go to OUT_DIR.
 //
 // usage: node board.mjs BASE_URL USER PASS VIEWER VIEWER_PASS OUT_DIR
-import { fail, launch, login, say } from "./common.mjs";
+import { fail, launch, login, say, watchCsp } from "./common.mjs";
 
 const [base, user, pass, viewer, viewerPass, outDir] = process.argv.slice(2);
 
@@ -14,6 +14,7 @@ const browser = await launch();
 try {
   const ctx = await browser.newContext({ viewport: { width: 1600, height: 900 }, locale: "ja-JP" });
   const page = await ctx.newPage();
+  watchCsp(page);
   await login(page, base, user, pass);
   await page.waitForSelector("#main:not([hidden])", { timeout: 10000 });
   await page.locator("#summary:not(:empty)").waitFor({ timeout: 10000 });
@@ -147,6 +148,7 @@ try {
   // A viewer sees the alarm but cannot acknowledge it.
   const vctx = await browser.newContext({ viewport: { width: 390, height: 844 } });
   const vpage = await vctx.newPage();
+  watchCsp(vpage);
   await login(vpage, base, viewer, viewerPass);
   await vpage.locator("tr[data-id]").first().waitFor({ timeout: 10000 });
   if (await vpage.locator("button[data-act]").count() !== 0) fail("a viewer is offered ack/shelve buttons");

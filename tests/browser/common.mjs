@@ -20,3 +20,13 @@ export async function login(page, base, user, pass) {
   await page.fill("#pass", pass);
   await page.click("#login button");
 }
+
+// Fails the run on any Content-Security-Policy violation the page reports: the
+// board must work under a policy without 'unsafe-inline'.
+export function watchCsp(page) {
+  page.on("console", (m) => {
+    const t = m.text();
+    if (/Content Security Policy|Refused to (execute|apply|load)/i.test(t)) fail("CSP violation: " + t);
+  });
+  page.on("pageerror", (e) => fail("page error: " + e.message));
+}

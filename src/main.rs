@@ -61,7 +61,10 @@ fn main() -> ExitCode {
     };
     mizuban::telemetry::init_tracing();
     match cli.cmd {
-        Cmd::CheckConfig { config } => match Config::load(&config) {
+        Cmd::CheckConfig { config } => match Config::load(&config).and_then(|c| match c.store_problem() {
+            Some(e) => Err(vec![e]),
+            None => Ok(c),
+        }) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} sites, {} rules, {} device profiles)",

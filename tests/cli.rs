@@ -112,8 +112,9 @@ h = 0.5
         format!("{main}:17: listen:"),
         format!("{main}:19: token:"),
         format!("{sites}:19: profile: site B02: unknown device profile \"no-such-profile\""),
-        format!("{rules}:1: point:"),
-        format!("{rules}:1: hh: rule \"p\": limits must satisfy ll < l < h < hh"),
+        // At the line of the bad value, not the rule's header.
+        format!("{rules}:4: point:"),
+        format!("{rules}:8: hh: rule \"p\": limits must satisfy ll < l < h < hh"),
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }
@@ -142,4 +143,181 @@ fn bad_usage_exits_2() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Every error in one run, across files, even when one file has a type error
+/// (serde stops at the first), each at the line of the bad value; references
+/// to sites, areas and policies that do not exist; a store that cannot be
+/// written.
+#[test]
+fn check_config_finds_every_error_across_files_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("devices")).unwrap();
+    std::fs::copy(
+        repo().join("devices/akita-dma-logger.toml"),
+        d.join("devices/akita-dma-logger.toml"),
+    )
+    .unwrap();
+    // A file where the store's directory would have to be.
+    std::fs::write(d.join("notadir"), "").unwrap();
+    let main = r#"[service]
+name = "broken"
+devices_dir = "devices"
+sites_file = "sites.toml"
+rules_file = "rules.toml"
+notify_file = "notify.toml"
+
+[mqtt]
+host = "127.0.0.1"
+port = "eighteen-eighty-three"
+client_id = "x"
+
+[store]
+path = "notadir/x.db"
+
+[http]
+listen = 8080
+"#;
+    std::fs::write(d.join("main.toml"), main).unwrap();
+    std::fs::write(
+        d.join("sites.toml"),
+        r#"[[site]]
+id = "B01"
+kind = "dma"
+name = "one"
+area = "north"
+lat = "far north"
+lon = 140.1
+device = "AKT-DMA-001"
+profile = "akita-dma-logger"
+
+[[site]]
+id = "B02"
+kind = "dma"
+name = "two"
+area = "north"
+lat = 39.7
+lon = 140.1
+device = "AKT-DMA-002"
+profile = "no-such-profile"
+
+[[site]]
+id = "B03"
+kind = "reservoir"
+name = "three"
+area = "north"
+lat = 39.7
+lon = 140.1
+device = "AKT-DMA-003"
+profile = "akita-dma-logger"
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("rules.toml"),
+        r#"[[rule]]
+id = "p"
+type = "limits"
+applies_to = { sites = ["ZZ-999"] }
+point = "p"
+condition = "p"
+en = "P"
+ja = "P"
+l = 0.1
+
+[[rule]]
+id = "q"
+type = "limits"
+applies_to = { areas = ["atlantis"] }
+point = "p"
+condition = "q"
+en = "Q"
+ja = "Q"
+h = 0.9
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("notify.toml"),
+        r#"[[webhook]]
+name = "ops"
+url = "http://127.0.0.1:9/hook"
+secret = "s3cret-s3cret-s3cret"
+
+[[person]]
+id = "chief"
+name = "Chief"
+contact = [{kind = "webhook", to = "ops"}]
+
+[[policy]]
+id = "p"
+repeat_minutes = 60
+level = [{after_minutes = 0, notify = ["person:chief"]}]
+
+[[route]]
+policy = "p"
+
+[[route]]
+sites = ["ZZ-999"]
+policy = "p"
+
+[[route]]
+areas = ["north"]
+policy = "no-such-policy"
+"#,
+    )
+    .unwrap();
+    let out = mizuban()
+        .args(["check-config", "--config"])
+        .arg(d.join("main.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let f = |n: &str| d.join(n).display().to_string();
+    for want in [
+        // Both type errors of the main file, not just the first.
+        format!("{}:10: port:", f("main.toml")),
+        format!("{}:17: listen:", f("main.toml")),
+        // The site with a type error, and the sites after it still checked.
+        format!("{}:6: lat:", f("sites.toml")),
+        format!("{}:19: profile: site B02: unknown device profile", f("sites.toml")),
+        format!("{}:23: kind:", f("sites.toml")),
+        // References to what does not exist, at their lines.
+        format!(
+            "{}:4: sites: rule \"p\": applies_to names site \"ZZ-999\"",
+            f("rules.toml")
+        ),
+        format!(
+            "{}:14: areas: rule \"q\": applies_to names area \"atlantis\"",
+            f("rules.toml")
+        ),
+        format!("{}:20: sites: route: no site \"ZZ-999\"", f("notify.toml")),
+        format!("{}:25: policy: route: no policy \"no-such-policy\"", f("notify.toml")),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+
+    // Once the files are right, a store that cannot be written is reported.
+    std::fs::write(
+        d.join("main.toml"),
+        main.replace("port = \"eighteen-eighty-three\"", "port = 1883")
+            .replace("listen = 8080", "listen = \"127.0.0.1:8080\"")
+            .replace("notify_file = \"notify.toml\"\n", ""),
+    )
+    .unwrap();
+    std::fs::write(d.join("sites.toml"), "[[site]]\nid = \"B01\"\nkind = \"dma\"\nname = \"one\"\narea = \"north\"\nlat = 39.7\nlon = 140.1\ndevice = \"AKT-DMA-001\"\nprofile = \"akita-dma-logger\"\n").unwrap();
+    std::fs::write(d.join("rules.toml"), "").unwrap();
+    let out = mizuban()
+        .args(["check-config", "--config"])
+        .arg(d.join("main.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("{}:13: path: store", f("main.toml"))) && err.contains("not a directory"),
+        "{err}"
+    );
 }

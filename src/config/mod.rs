@@ -425,82 +425,38 @@ impl Config {
 
     pub fn load_from(src: &dyn Source, path: &Path) -> Result<Self, Vec<SourceError>> {
         let text = src.read(path).map_err(|e| vec![e])?;
-        let raw: RawMain = toml::from_str(&text).map_err(|e| vec![SourceError::toml(path, &text, &e)])?;
-        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         let mut errors = Vec::new();
-        let fe = |needle: &str, msg: String| SourceError::field(path, &text, needle, msg);
-
-        let http_listen = match raw.http.listen.parse::<SocketAddr>() {
-            Ok(a) => a,
+        let raw: Option<RawMain> = match toml::from_str(&text) {
+            Ok(r) => Some(r),
             Err(e) => {
-                errors.push(fe(
-                    "listen",
-                    format!("{:?} is not an address:port: {e}", raw.http.listen),
-                ));
-                SocketAddr::from(([127, 0, 0, 1], 8080))
+                // Every broken section, not just the first; then go on to the
+                // other files if their names can still be read.
+                errors.extend(section_errors(path, &text, e));
+                None
             }
         };
-        if raw.service.shards == 0 || raw.service.shards > 256 {
-            errors.push(fe("shards", "shards must be 1..=256".into()));
-        }
-        if raw.service.shard_queue == 0 {
-            errors.push(fe("shard_queue", "shard_queue must be above 0".into()));
-        }
-        if !matches!(raw.service.language.as_str(), "ja" | "en") {
-            errors.push(fe(
-                "language",
-                format!("language {:?} is not `ja` or `en`", raw.service.language),
-            ));
-        }
-        if raw.mqtt.topic_prefix.contains(['+', '#'])
-            || (!raw.mqtt.topic_prefix.is_empty() && !raw.mqtt.topic_prefix.ends_with('/'))
-        {
-            errors.push(fe(
-                "topic_prefix",
-                "topic_prefix must end with '/' and hold no wildcards".into(),
-            ));
-        }
-        if raw.mqtt.backoff_min_ms == 0 || raw.mqtt.backoff_min_ms > raw.mqtt.backoff_max_ms {
-            errors.push(fe("backoff_min_ms", "need 0 < backoff_min_ms <= backoff_max_ms".into()));
-        }
-        let mut seen_tokens = HashSet::new();
-        for t in &raw.tokens {
-            let tk = t.get_ref();
-            if tk.token.len() < 16 {
-                errors.push(SourceError::spanned(
-                    path,
-                    &text,
-                    t.span(),
-                    "token",
-                    format!("token {:?} is shorter than 16 characters", tk.name),
-                ));
-            }
-            if !seen_tokens.insert(tk.token.clone()) {
-                errors.push(SourceError::spanned(
-                    path,
-                    &text,
-                    t.span(),
-                    "token",
-                    format!("token of {:?} is used twice", tk.name),
-                ));
-            }
-        }
-
-        for u in &raw.users {
-            if argon2::password_hash::PasswordHash::new(&u.get_ref().password_hash).is_err() {
-                errors.push(SourceError::spanned(
-                    path,
-                    &text,
-                    u.span(),
-                    "password_hash",
-                    format!("user {:?}: password_hash is not an argon2 PHC string", u.get_ref().name),
-                ));
-            }
-        }
+        let files = match &raw {
+            Some(r) => Files {
+                devices_dir: r.service.devices_dir.clone(),
+                sites_file: r.service.sites_file.clone(),
+                rules_file: r.service.rules_file.clone(),
+                notify_file: r.service.notify_file.clone(),
+            },
+            None => match Files::lenient(&text) {
+                Some(f) => f,
+                None => return Err(errors),
+            },
+        };
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let fe = |needle: &str, msg: String| SourceError::field(path, &text, needle, msg);
+        let http_listen = match &raw {
+            Some(raw) => main_checks(raw, path, &text, &mut errors),
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
 
         // Device profiles.
         let mut profiles = HashMap::new();
-        let dev_dir = base.join(&raw.service.devices_dir);
+        let dev_dir = base.join(&files.devices_dir);
         match src.list_toml(&dev_dir) {
             Ok(files) => {
                 if files.is_empty() {
@@ -557,14 +513,16 @@ impl Config {
         }
 
         // Sites.
-        let sites_path = base.join(&raw.service.sites_file);
+        let sites_path = base.join(&files.sites_file);
         let mut sites = Vec::new();
         match src.read(&sites_path) {
-            Ok(st) => match toml::from_str::<RawSites>(&st) {
-                Ok(rs) => {
+            Ok(st) => {
+                let (raw_sites, es) = parse_entries(&sites_path, &st, "site", |w: RawSites| w.sites);
+                errors.extend(es);
+                {
                     let mut ids = HashSet::new();
                     let mut devs = HashSet::new();
-                    for s in rs.sites {
+                    for s in raw_sites {
                         let se = |sp: std::ops::Range<usize>, field: &str, msg: String| {
                             SourceError::spanned(&sites_path, &st, sp, field, msg)
                         };
@@ -646,19 +604,20 @@ impl Config {
                         }));
                     }
                 }
-                Err(e) => errors.push(SourceError::toml(&sites_path, &st, &e)),
-            },
+            }
             Err(e) => errors.push(e),
         }
 
         // Rules.
-        let rules_path = base.join(&raw.service.rules_file);
+        let rules_path = base.join(&files.rules_file);
         let mut rules = Vec::new();
         match src.read(&rules_path) {
-            Ok(rt) => match toml::from_str::<RawRules>(&rt) {
-                Ok(rr) => {
+            Ok(rt) => {
+                let (raw_rules, es) = parse_entries(&rules_path, &rt, "rule", |w: RawRules| w.rules);
+                errors.extend(es);
+                {
                     let mut ids = HashSet::new();
-                    for r in rr.rules {
+                    for r in raw_rules {
                         let span = r.span();
                         match rules::validate(r.into_inner(), &profiles, &sites) {
                             Ok(spec) => {
@@ -675,26 +634,25 @@ impl Config {
                             }
                             Err(problems) => {
                                 for (field, msg) in problems {
-                                    errors.push(SourceError::spanned(&rules_path, &rt, span.clone(), &field, msg));
+                                    errors.push(SourceError::in_span(&rules_path, &rt, span.clone(), &field, msg));
                                 }
                             }
                         }
                     }
                 }
-                Err(e) => errors.push(SourceError::toml(&rules_path, &rt, &e)),
-            },
+            }
             Err(e) => errors.push(e),
         }
 
         // Alerts.
         let mut notify = None;
-        if let Some(f) = &raw.service.notify_file {
+        if let Some(f) = &files.notify_file {
             let np = base.join(f);
             match src.read(&np) {
                 Ok(nt) => match toml::from_str::<crate::notify::config::NotifyConfig>(&nt) {
                     Ok(n) => {
-                        for (field, msg) in n.validate() {
-                            errors.push(SourceError::field(&np, &nt, &field, msg));
+                        for p in n.validate(&sites) {
+                            errors.push(SourceError::in_entry(&np, &nt, p.table, p.index, &p.field, p.message));
                         }
                         notify = Some(Arc::new(n));
                     }
@@ -704,9 +662,9 @@ impl Config {
             }
         }
 
-        if !errors.is_empty() {
+        let Some(raw) = raw.filter(|_| errors.is_empty()) else {
             return Err(errors);
-        }
+        };
         let store_path = {
             let p = PathBuf::from(&raw.store.path);
             if p.is_absolute() {
@@ -731,6 +689,50 @@ impl Config {
         })
     }
 
+    /// Whether the store can be written where configured (for check-config;
+    /// creates and removes a probe file, nothing else): the database file if
+    /// it exists, else the nearest existing directory above it.
+    pub fn store_problem(&self) -> Option<SourceError> {
+        let problem = |message: String| {
+            let text = std::fs::read_to_string(&self.file).unwrap_or_default();
+            let at = text.find("[store]").unwrap_or(0);
+            let span = error::section_spans(&text)
+                .into_iter()
+                .find(|s| s.contains(&at))
+                .unwrap_or(0..text.len());
+            Some(SourceError::in_span(&self.file, &text, span, "path", message))
+        };
+        let p = &self.store_path;
+        if p.exists() {
+            return match std::fs::OpenOptions::new().append(true).open(p) {
+                Ok(_) => None,
+                Err(e) => problem(format!("store {} cannot be written: {e}", p.display())),
+            };
+        }
+        let mut dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+        while !dir.as_os_str().is_empty() && !dir.exists() {
+            dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
+        if dir.as_os_str().is_empty() {
+            dir = PathBuf::from(".");
+        }
+        if !dir.is_dir() {
+            return problem(format!("store {}: {} is not a directory", p.display(), dir.display()));
+        }
+        let probe = dir.join(format!(".mizuban-write-probe-{}", std::process::id()));
+        match std::fs::File::create(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                None
+            }
+            Err(e) => problem(format!(
+                "store {} cannot be created: {} is not writable: {e}",
+                p.display(),
+                dir.display()
+            )),
+        }
+    }
+
     pub fn site(&self, id: &str) -> Option<&Arc<Site>> {
         self.sites.iter().find(|s| s.id.as_str() == id)
     }
@@ -743,6 +745,173 @@ impl Config {
             .map(|c| c.priority)
             .unwrap_or(Priority::Medium)
     }
+}
+
+/// The file names the main configuration points at.
+struct Files {
+    devices_dir: String,
+    sites_file: String,
+    rules_file: String,
+    notify_file: Option<String>,
+}
+
+impl Files {
+    /// From a main file that does not deserialize but is valid TOML.
+    fn lenient(text: &str) -> Option<Self> {
+        let t: toml::Table = toml::from_str(text).ok()?;
+        let s = t.get("service")?.as_table()?;
+        let get = |k: &str| s.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        Some(Self {
+            devices_dir: get("devices_dir")?,
+            sites_file: get("sites_file")?,
+            rules_file: get("rules_file")?,
+            notify_file: get("notify_file"),
+        })
+    }
+}
+
+/// The main file's sections, each optional, to parse one section at a time.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // parsed for its errors only
+struct RawMainParts {
+    service: Option<ServiceSection>,
+    mqtt: Option<MqttSection>,
+    store: Option<StoreSection>,
+    http: Option<HttpSection>,
+    #[serde(default, rename = "token")]
+    tokens: Vec<Spanned<TokenSpec>>,
+    #[serde(default, rename = "user")]
+    users: Vec<Spanned<UserSpec>>,
+}
+
+/// Every section's error in a main file that does not deserialize (serde
+/// stops at the first), each at its own line.
+fn section_errors(path: &Path, text: &str, whole: toml::de::Error) -> Vec<SourceError> {
+    let mut out: Vec<SourceError> = Vec::new();
+    for span in error::section_spans(text) {
+        if let Err(e) = toml::from_str::<RawMainParts>(&error::only(text, span)) {
+            let se = SourceError::toml(path, text, &e);
+            if !out.contains(&se) {
+                out.push(se);
+            }
+        }
+    }
+    if out.is_empty() {
+        // Not inside one section (a missing section, a syntax error).
+        out.push(SourceError::toml(path, text, &whole));
+    }
+    out
+}
+
+/// Parses a file of `[[table]]` entries. When the whole file does not
+/// deserialize, each entry is parsed alone (the rest blanked, lines kept), so
+/// every broken entry is reported and the good ones are still checked
+/// against the rest of the configuration.
+fn parse_entries<W: serde::de::DeserializeOwned, T>(
+    path: &Path,
+    text: &str,
+    table: &str,
+    items: impl Fn(W) -> Vec<T>,
+) -> (Vec<T>, Vec<SourceError>) {
+    let whole = match toml::from_str::<W>(text) {
+        Ok(w) => return (items(w), Vec::new()),
+        Err(e) => e,
+    };
+    if toml::from_str::<toml::Table>(text).is_err() {
+        return (Vec::new(), vec![SourceError::toml(path, text, &whole)]);
+    }
+    let mut got = Vec::new();
+    let mut errs: Vec<SourceError> = Vec::new();
+    for span in error::entry_spans(text, table) {
+        match toml::from_str::<W>(&error::only(text, span)) {
+            Ok(w) => got.extend(items(w)),
+            Err(e) => {
+                let se = SourceError::toml(path, text, &e);
+                if !errs.contains(&se) {
+                    errs.push(se);
+                }
+            }
+        }
+    }
+    if errs.is_empty() {
+        errs.push(SourceError::toml(path, text, &whole));
+    }
+    (got, errs)
+}
+
+/// The main file's own checks; returns the HTTP address.
+fn main_checks(raw: &RawMain, path: &Path, text: &str, errors: &mut Vec<SourceError>) -> SocketAddr {
+    let fe = |needle: &str, msg: String| SourceError::field(path, text, needle, msg);
+    let http_listen = match raw.http.listen.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(e) => {
+            errors.push(fe(
+                "listen",
+                format!("{:?} is not an address:port: {e}", raw.http.listen),
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        }
+    };
+    if raw.service.shards == 0 || raw.service.shards > 256 {
+        errors.push(fe("shards", "shards must be 1..=256".into()));
+    }
+    if raw.service.shard_queue == 0 {
+        errors.push(fe("shard_queue", "shard_queue must be above 0".into()));
+    }
+    if !matches!(raw.service.language.as_str(), "ja" | "en") {
+        errors.push(fe(
+            "language",
+            format!("language {:?} is not `ja` or `en`", raw.service.language),
+        ));
+    }
+    if raw.mqtt.topic_prefix.contains(['+', '#'])
+        || (!raw.mqtt.topic_prefix.is_empty() && !raw.mqtt.topic_prefix.ends_with('/'))
+    {
+        errors.push(fe(
+            "topic_prefix",
+            "topic_prefix must end with '/' and hold no wildcards".into(),
+        ));
+    }
+    if raw.mqtt.backoff_min_ms == 0 || raw.mqtt.backoff_min_ms > raw.mqtt.backoff_max_ms {
+        errors.push(fe("backoff_min_ms", "need 0 < backoff_min_ms <= backoff_max_ms".into()));
+    }
+    let mut seen_tokens = HashSet::new();
+    for t in &raw.tokens {
+        let tk = t.get_ref();
+        if tk.token.len() < 16 {
+            errors.push(SourceError::spanned(
+                path,
+                text,
+                t.span(),
+                "token",
+                format!("token {:?} is shorter than 16 characters", tk.name),
+            ));
+        }
+        if !seen_tokens.insert(tk.token.clone()) {
+            errors.push(SourceError::spanned(
+                path,
+                text,
+                t.span(),
+                "token",
+                format!("token of {:?} is used twice", tk.name),
+            ));
+        }
+    }
+
+    for u in &raw.users {
+        if argon2::password_hash::PasswordHash::new(&u.get_ref().password_hash).is_err() {
+            errors.push(SourceError::spanned(
+                path,
+                text,
+                u.span(),
+                "password_hash",
+                format!("user {:?}: password_hash is not an argon2 PHC string", u.get_ref().name),
+            ));
+        }
+    }
+
+    http_listen
 }
 
 #[cfg(test)]

@@ -175,6 +175,21 @@ pub(super) fn validate(
             }
         }
     }
+    // Naming a site or area that is not configured at all is a typo that
+    // would silently never alarm.
+    for id in &r.applies_to.sites {
+        if !sites.iter().any(|s| s.id.as_str() == id) {
+            bad(
+                "sites",
+                format!("applies_to names site {id:?}, which is not configured"),
+            );
+        }
+    }
+    for area in &r.applies_to.areas {
+        if !sites.iter().any(|s| &s.area == area) {
+            bad("areas", format!("applies_to names area {area:?}, which no site is in"));
+        }
+    }
     if r.deadband < 0.0 {
         bad("deadband", "must not be negative".into());
     }

@@ -245,6 +245,26 @@ pub struct Route {
     pub hours: Option<String>,
 }
 
+/// A problem in the file: the `index`-th `[[table]]` entry's `field`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub table: &'static str,
+    pub index: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn at(table: &'static str, index: usize, field: &str, message: String) -> Self {
+        Self {
+            table,
+            index,
+            field: field.to_string(),
+            message,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyConfig {
@@ -285,86 +305,151 @@ impl NotifyConfig {
         self.policies.iter().find(|p| p.id == id)
     }
 
-    /// Every inconsistency as `(field, message)`: references to people, teams,
-    /// webhooks and policies that do not exist, bad times, empty levels.
-    pub fn validate(&self) -> Vec<(String, String)> {
-        let mut e = Vec::new();
+    /// Every inconsistency, each located at its entry and field: references
+    /// to people, teams, webhooks, policies, sites and areas that do not
+    /// exist, bad times, empty levels.
+    pub fn validate(&self, sites: &[std::sync::Arc<crate::config::Site>]) -> Vec<Problem> {
+        let mut e: Vec<Problem> = Vec::new();
+        let site_ids: HashSet<&str> = sites.iter().map(|s| s.id.as_str()).collect();
+        let areas: HashSet<&str> = sites.iter().map(|s| s.area.as_str()).collect();
         let persons: HashSet<&str> = self.persons.iter().map(|p| p.id.as_str()).collect();
         let teams: HashSet<&str> = self.teams.iter().map(|t| t.id.as_str()).collect();
-        for p in &self.persons {
+        for (i, p) in self.persons.iter().enumerate() {
             if !matches!(p.language.as_str(), "ja" | "en") {
-                e.push(("language".into(), format!("person {}: language must be ja or en", p.id)));
+                e.push(Problem::at(
+                    "person",
+                    i,
+                    "language",
+                    format!("person {}: language must be ja or en", p.id),
+                ));
             }
             if p.contacts.is_empty() {
-                e.push(("contact".into(), format!("person {} has no contact", p.id)));
+                e.push(Problem::at(
+                    "person",
+                    i,
+                    "contact",
+                    format!("person {} has no contact", p.id),
+                ));
             }
             for c in &p.contacts {
                 match c.kind.as_str() {
                     "email" if c.to.contains('@') => {}
-                    "email" => e.push(("to".into(), format!("person {}: {:?} is not an address", p.id, c.to))),
+                    "email" => e.push(Problem::at(
+                        "person",
+                        i,
+                        "to",
+                        format!("person {}: {:?} is not an address", p.id, c.to),
+                    )),
                     "webhook" if self.webhook(&c.to).is_some() => {}
-                    "webhook" => e.push(("to".into(), format!("person {}: no webhook named {:?}", p.id, c.to))),
-                    other => e.push((
-                        "kind".into(),
+                    "webhook" => e.push(Problem::at(
+                        "person",
+                        i,
+                        "to",
+                        format!("person {}: no webhook named {:?}", p.id, c.to),
+                    )),
+                    other => e.push(Problem::at(
+                        "person",
+                        i,
+                        "kind",
                         format!("person {}: contact kind {other:?} is not email or webhook", p.id),
                     )),
                 }
                 if c.kind == "email" && self.smtp.is_none() {
-                    e.push((
-                        "smtp".into(),
+                    e.push(Problem::at(
+                        "person",
+                        i,
+                        "smtp",
                         format!("person {} has an e-mail contact but there is no [smtp]", p.id),
                     ));
                 }
             }
         }
-        for t in &self.teams {
+        for (i, t) in self.teams.iter().enumerate() {
             if parse_hhmm(&t.handover).is_none() {
-                e.push((
-                    "handover".into(),
+                e.push(Problem::at(
+                    "team",
+                    i,
+                    "handover",
                     format!("team {}: {:?} is not HH:MM", t.id, t.handover),
                 ));
             }
             if t.rotation == Rotation::Weekly && t.handover_day.as_deref().and_then(parse_weekday).is_none() {
-                e.push((
-                    "handover_day".into(),
+                e.push(Problem::at(
+                    "team",
+                    i,
+                    "handover_day",
                     format!("team {}: a weekly rotation needs handover_day (mon..sun)", t.id),
                 ));
             }
             if t.members.is_empty() {
-                e.push(("members".into(), format!("team {} has no members", t.id)));
+                e.push(Problem::at(
+                    "team",
+                    i,
+                    "members",
+                    format!("team {} has no members", t.id),
+                ));
             }
             for m in &t.members {
                 if !persons.contains(m.as_str()) {
-                    e.push(("members".into(), format!("team {}: no person {m:?}", t.id)));
+                    e.push(Problem::at(
+                        "team",
+                        i,
+                        "members",
+                        format!("team {}: no person {m:?}", t.id),
+                    ));
                 }
             }
         }
-        for o in &self.overrides {
+        for (i, o) in self.overrides.iter().enumerate() {
             if !teams.contains(o.team.as_str()) {
-                e.push(("team".into(), format!("override: no team {:?}", o.team)));
+                e.push(Problem::at(
+                    "override",
+                    i,
+                    "team",
+                    format!("override: no team {:?}", o.team),
+                ));
             }
             if !persons.contains(o.person.as_str()) {
-                e.push(("person".into(), format!("override: no person {:?}", o.person)));
+                e.push(Problem::at(
+                    "override",
+                    i,
+                    "person",
+                    format!("override: no person {:?}", o.person),
+                ));
             }
             if o.to <= o.from {
-                e.push(("to".into(), "override ends before it starts".into()));
+                e.push(Problem::at(
+                    "override",
+                    i,
+                    "to",
+                    "override ends before it starts".into(),
+                ));
             }
         }
-        for p in &self.policies {
+        for (i, p) in self.policies.iter().enumerate() {
             if p.levels.is_empty() {
-                e.push(("level".into(), format!("policy {} has no levels", p.id)));
+                e.push(Problem::at(
+                    "policy",
+                    i,
+                    "level",
+                    format!("policy {} has no levels", p.id),
+                ));
             }
             if p.repeat_minutes <= 0.0 {
-                e.push((
-                    "repeat_minutes".into(),
+                e.push(Problem::at(
+                    "policy",
+                    i,
+                    "repeat_minutes",
                     format!("policy {}: repeat_minutes must be above 0", p.id),
                 ));
             }
             let mut last = -1.0;
             for l in &p.levels {
                 if l.after_minutes < last {
-                    e.push((
-                        "after_minutes".into(),
+                    e.push(Problem::at(
+                        "policy",
+                        i,
+                        "after_minutes",
                         format!("policy {}: levels must be in time order", p.id),
                     ));
                 }
@@ -376,28 +461,62 @@ impl NotifyConfig {
                         _ => false,
                     };
                     if !ok {
-                        e.push((
-                            "notify".into(),
+                        e.push(Problem::at(
+                            "policy",
+                            i,
+                            "notify",
                             format!("policy {}: {target:?} is not a known team:ID or person:ID", p.id),
                         ));
                     }
                 }
             }
         }
-        for r in &self.routes {
+        for (i, r) in self.routes.iter().enumerate() {
             if self.policy(&r.policy).is_none() {
-                e.push(("policy".into(), format!("route: no policy {:?}", r.policy)));
+                e.push(Problem::at(
+                    "route",
+                    i,
+                    "policy",
+                    format!("route: no policy {:?}", r.policy),
+                ));
+            }
+            for site in &r.sites {
+                if !site_ids.contains(site.as_str()) {
+                    e.push(Problem::at(
+                        "route",
+                        i,
+                        "sites",
+                        format!("route: no site {site:?} is configured"),
+                    ));
+                }
+            }
+            for area in &r.areas {
+                if !areas.contains(area.as_str()) {
+                    e.push(Problem::at(
+                        "route",
+                        i,
+                        "areas",
+                        format!("route: no site is in area {area:?}"),
+                    ));
+                }
             }
             if let Some(h) = &r.hours {
                 if super::route::parse_window(h).is_none() {
-                    e.push(("hours".into(), format!("route: {h:?} is not HH:MM-HH:MM")));
+                    e.push(Problem::at(
+                        "route",
+                        i,
+                        "hours",
+                        format!("route: {h:?} is not HH:MM-HH:MM"),
+                    ));
                 }
             }
         }
         for g in &self.settings.group_by {
             if !matches!(g.as_str(), "area" | "condition" | "site" | "kind" | "priority") {
-                e.push((
-                    "group_by".into(),
+                e.push(Problem::at(
+                    "settings",
+                    0,
+                    "group_by",
                     format!("{g:?} is not area, condition, site, kind or priority"),
                 ));
             }
@@ -413,7 +532,8 @@ mod tests {
     #[test]
     fn the_shipped_akita_file_is_valid() {
         let n: NotifyConfig = toml::from_str(include_str!("../../config/akita-notify.toml")).unwrap();
-        assert_eq!(n.validate(), Vec::<(String, String)>::new());
+        let cfg = crate::config::Config::load_embedded().unwrap();
+        assert_eq!(n.validate(&cfg.sites), Vec::<Problem>::new());
         assert_eq!(n.routes.len(), 4);
     }
 
@@ -441,7 +561,7 @@ hours = "late"
 "#,
         )
         .unwrap();
-        let fields: Vec<String> = n.validate().into_iter().map(|(f, _)| f).collect();
+        let fields: Vec<String> = n.validate(&[]).into_iter().map(|p| p.field).collect();
         for f in [
             "to",
             "smtp",

@@ -19,7 +19,11 @@ pub fn hash_password(pw: &str) -> anyhow::Result<String> {
 }
 
 pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: u64) -> anyhow::Result<()> {
-    let broker = EmbeddedBroker::start(Some(1883))?;
+    // The embedded broker needs credentials too: one for the service, one for
+    // the simulated fleet, made fresh each run.
+    let service_mqtt = ("mizuban".to_string(), mizuban::model::secret::random_hex(16));
+    let fleet_mqtt = ("akita-fleet".to_string(), mizuban::model::secret::random_hex(16));
+    let broker = EmbeddedBroker::start(Some(1883), &[service_mqtt.clone(), fleet_mqtt.clone()])?;
     let mut cfg = Config::load_embedded().map_err(|errs| {
         anyhow::anyhow!(
             "embedded configuration is invalid:\n{}",
@@ -28,6 +32,8 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
     })?;
     cfg.mqtt.host = broker.addr.ip().to_string();
     cfg.mqtt.port = broker.addr.port();
+    cfg.mqtt.username = Some(service_mqtt.0.clone());
+    cfg.mqtt.password = Some(service_mqtt.1.clone());
     // A throw-away broker: no session to keep.
     cfg.mqtt.persistent_session = false;
     let tmp;
@@ -114,6 +120,7 @@ pub async fn run(http: SocketAddr, data_dir: Option<PathBuf>, incident_every_s: 
             step: Duration::from_secs(2),
         },
         topic_prefix: String::new(),
+        credentials: Some(fleet_mqtt.clone()),
     })
     .await?;
     println!("Board: http://{}/", running.http_addr);

@@ -45,6 +45,15 @@ enum Cmd {
     },
     /// Print the argon2 hash of a password read from standard input, for `[[user]]`.
     HashPassword,
+    /// Write Mosquitto's password and ACL files for the configured devices (one
+    /// user per device, bound to its own topics), devices.csv with their
+    /// passwords, and the mosquitto.conf lines; keeps passwords of an earlier run.
+    MqttCredentials {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,6 +89,19 @@ fn main() -> ExitCode {
                     eprintln!("{e}");
                 }
                 eprintln!("{} error(s)", errors.len());
+                ExitCode::from(2)
+            }
+        },
+        Cmd::MqttCredentials { config, out } => match write_credentials(&config, &out) {
+            Ok(n) => {
+                println!(
+                    "{}: passwd, acl, devices.csv ({n} devices), mosquitto.conf",
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e:#}");
                 ExitCode::from(2)
             }
         },
@@ -162,4 +184,40 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
+}
+
+fn write_credentials(config: &std::path::Path, out: &std::path::Path) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    use mizuban::collect::mqtt::credentials::{known_passwords, mosquitto_files};
+    use std::io::Write;
+    let cfg = Config::load(config)
+        .map_err(|errs| anyhow::anyhow!("{}", errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")))?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let known = std::fs::read_to_string(out.join("devices.csv"))
+        .map(|t| known_passwords(&t))
+        .unwrap_or_default();
+    let files = mosquitto_files(&cfg, &known, mizuban::api::random_password, || {
+        let mut s = [0u8; 12];
+        rand::Rng::fill(&mut rand::rng(), &mut s);
+        s
+    })
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let secret = |name: &str, text: &str| -> anyhow::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let p = out.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&p)
+            .with_context(|| format!("writing {}", p.display()))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("writing {}", p.display()))
+    };
+    secret("passwd", &files.passwd)?;
+    secret("devices.csv", &files.devices_csv)?;
+    std::fs::write(out.join("acl"), &files.acl).context("writing acl")?;
+    std::fs::write(out.join("mosquitto.conf"), &files.conf).context("writing mosquitto.conf")?;
+    Ok(files.devices_csv.lines().count() - 1)
 }

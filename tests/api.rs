@@ -472,7 +472,8 @@ async fn health_reports_a_collector_that_cannot_connect() {
     let body: Value = r.json().await.unwrap();
     assert!(body["reasons"][0].as_str().unwrap().starts_with("mqtt"), "{body}");
     // A broker appears on that port: the collector connects by itself.
-    let _b = mizuban::collect::broker::EmbeddedBroker::start(Some(port)).unwrap();
+    let _b = mizuban::collect::broker::EmbeddedBroker::start(Some(port), &[(MQTT_USER.into(), MQTT_PASSWORD.into())])
+        .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while http.get(format!("{base}/api/v1/health")).send().await.unwrap().status() != 200 {
         assert!(std::time::Instant::now() < deadline, "did not reconnect");

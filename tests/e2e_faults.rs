@@ -50,6 +50,7 @@ async fn publish(broker: (String, u16), prefix: String, range: std::ops::Range<u
     let mut o = MqttOptions::new(format!("fault-dev-{}", rand_id()), broker.0, broker.1);
     o.set_keep_alive(std::time::Duration::from_secs(30));
     o.set_inflight(200);
+    o.set_credentials(MQTT_USER, MQTT_PASSWORD);
     let (c, mut el) = AsyncClient::new(o, 1000);
     let want = range.len();
     let counter = tokio::spawn(async move {

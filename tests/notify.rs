@@ -666,6 +666,7 @@ policy = "p"
     let (host, port) = broker();
     let mut o = rumqttc::MqttOptions::new(format!("kill9-dev-{}", std::process::id()), host, port);
     o.set_keep_alive(std::time::Duration::from_secs(30));
+    o.set_credentials(MQTT_USER, MQTT_PASSWORD);
     let (dev, mut ev) = rumqttc::AsyncClient::new(o, 10);
     tokio::spawn(async move { while ev.poll().await.is_ok() {} });
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

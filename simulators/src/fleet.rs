@@ -33,6 +33,7 @@ pub struct FleetOptions {
     pub upload_interval_s: u32,
     pub mode: Mode,
     pub topic_prefix: String,
+    pub credentials: Option<(String, String)>,
 }
 
 pub struct Fleet {
@@ -47,6 +48,7 @@ impl Fleet {
             port: o.port,
             mode: o.mode.clone(),
             topic_prefix: o.topic_prefix.clone(),
+            credentials: o.credentials.clone(),
         };
         let mut loggers = Vec::new();
         for (i, (block, dev)) in dma_ids(o.blocks).into_iter().enumerate() {

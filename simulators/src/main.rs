@@ -1,6 +1,6 @@
 //! `mizuban-sim`: run simulated Akita field devices against an MQTT broker.
 //!
-//! mizuban-sim [--host 127.0.0.1] [--port 1883] [--blocks 41] [--stations 200]
+//! mizuban-sim [--host 127.0.0.1] [--port 1883] [--blocks 41] [--stations 200] [--username U --password P]
 //!             [--log-interval-s 300] [--upload-interval-s 3600] [--incident-every-s 0]
 
 use mizuban_sim::fleet::{Fleet, FleetOptions};
@@ -21,7 +21,7 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<
 async fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("mizuban-sim [--host H] [--port P] [--blocks N] [--stations N] [--log-interval-s S] [--upload-interval-s S] [--incident-every-s S]");
+        println!("mizuban-sim [--host H] [--port P] [--blocks N] [--stations N] [--log-interval-s S] [--upload-interval-s S] [--incident-every-s S] [--username U --password P]");
         return std::process::ExitCode::SUCCESS;
     }
     let parsed = (|| -> Result<(FleetOptions, u64), String> {
@@ -37,6 +37,13 @@ async fn main() -> std::process::ExitCode {
                     step: Duration::from_secs(5),
                 },
                 topic_prefix: arg(&args, "--topic-prefix", String::new())?,
+                credentials: match (
+                    arg(&args, "--username", String::new())?,
+                    arg(&args, "--password", String::new())?,
+                ) {
+                    (u, p) if !u.is_empty() => Some((u, p)),
+                    _ => None,
+                },
             },
             arg(&args, "--incident-every-s", 0)?,
         ))

@@ -29,6 +29,8 @@ pub struct SpawnOptions {
     pub mode: Mode,
     /// Prepended to every topic (lets parallel tests share one broker).
     pub topic_prefix: String,
+    /// User name and password for the broker.
+    pub credentials: Option<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,9 @@ pub async fn spawn(mut dev: Box<dyn Device>, opts: SpawnOptions) -> Result<Handl
     );
     mo.set_keep_alive(Duration::from_secs(30));
     mo.set_max_packet_size(8 * 1024 * 1024, 8 * 1024 * 1024);
+    if let Some((u, p)) = &opts.credentials {
+        mo.set_credentials(u, p);
+    }
     let will = dev.will();
     mo.set_last_will(LastWill::new(
         format!("{}{}", opts.topic_prefix, will.topic),

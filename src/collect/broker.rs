@@ -1,7 +1,8 @@
 //! The embedded MQTT broker (rumqttd) for `mizuban demo` and tests: no broker to
 //! install. It binds loopback only. Port 1883 is tried first so field
 //! simulators and tools find it where they expect; when 1883 is taken (a
-//! Mosquitto already running, say) an ephemeral port is used instead.
+//! Mosquitto already running, say) an ephemeral port is used instead. Clients
+//! need a user name and password: a local process cannot publish as a device.
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 use std::collections::HashMap;
@@ -35,8 +36,10 @@ fn free_port(preferred: Option<u16>) -> Result<u16, BrokerError> {
 
 impl EmbeddedBroker {
     /// Starts the broker on `preferred` if free, else on an ephemeral port, and
-    /// returns once it accepts TCP connections.
-    pub fn start(preferred: Option<u16>) -> Result<Self, BrokerError> {
+    /// returns once it accepts TCP connections. Only clients with one of
+    /// `credentials` (user, password) may connect; none given: anyone may
+    /// (kept for tools pointed at it by hand, never used by demo or tests).
+    pub fn start(preferred: Option<u16>, credentials: &[(String, String)]) -> Result<Self, BrokerError> {
         let port = free_port(preferred)?;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let server = ServerSettings {
@@ -50,7 +53,7 @@ impl EmbeddedBroker {
                 // payload reaches the collector and is quarantined with a reason.
                 max_payload_size: 4 * 1024 * 1024,
                 max_inflight_count: 200,
-                auth: None,
+                auth: (!credentials.is_empty()).then(|| credentials.iter().cloned().collect()),
                 external_auth: None,
                 dynamic_filters: true,
             },

@@ -137,6 +137,22 @@ pub struct MqttSection {
     /// intake is stalled (health 503, `mizuban_mqtt_stalled`).
     #[serde(default = "default_stall_after")]
     pub stall_after_s: u64,
+    /// TLS to the broker (port 8883 usually); absent: plain TCP.
+    #[serde(default)]
+    pub tls: Option<MqttTls>,
+}
+
+/// `[mqtt.tls]`: files relative to the configuration's directory.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTls {
+    /// PEM file of the CA(s) the broker's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// PEM client certificate and key, for brokers that require one.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 fn default_intake_queue() -> usize {
@@ -872,6 +888,18 @@ fn main_checks(raw: &RawMain, path: &Path, text: &str, errors: &mut Vec<SourceEr
             "topic_prefix",
             "topic_prefix must end with '/' and hold no wildcards".into(),
         ));
+    }
+    if let Some(t) = &raw.mqtt.tls {
+        let base = path.parent().unwrap_or(Path::new(""));
+        if t.client_cert_file.is_some() != t.client_key_file.is_some() {
+            errors.push(fe(
+                "client_cert_file",
+                "client_cert_file and client_key_file go together".into(),
+            ));
+        }
+        if let Err(e) = crate::collect::mqtt::tls::client_config(t, base) {
+            errors.push(fe("ca_file", format!("mqtt TLS: {e}")));
+        }
     }
     if raw.mqtt.backoff_min_ms == 0 || raw.mqtt.backoff_min_ms > raw.mqtt.backoff_max_ms {
         errors.push(fe("backoff_min_ms", "need 0 < backoff_min_ms <= backoff_max_ms".into()));

@@ -32,6 +32,15 @@ pub fn t0() -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// The credentials every test client uses on the embedded broker (which
+/// refuses clients without them); an external test broker may ignore them.
+pub const MQTT_USER: &str = "mizuban-test";
+pub const MQTT_PASSWORD: &str = "test-broker-password-01";
+
+pub fn mqtt_credentials() -> Option<(String, String)> {
+    Some((MQTT_USER.to_string(), MQTT_PASSWORD.to_string()))
+}
+
 /// Where the broker is: `MIZUBAN_TEST_MQTT=host:port` for an external one.
 pub fn broker() -> (String, u16) {
     if let Ok(addr) = std::env::var("MIZUBAN_TEST_MQTT") {
@@ -41,7 +50,7 @@ pub fn broker() -> (String, u16) {
     static BROKER: std::sync::OnceLock<(String, u16)> = std::sync::OnceLock::new();
     BROKER
         .get_or_init(|| {
-            let b = EmbeddedBroker::start(None).expect("embedded broker");
+            let b = EmbeddedBroker::start(None, &[(MQTT_USER.into(), MQTT_PASSWORD.into())]).expect("embedded broker");
             (b.addr.ip().to_string(), b.addr.port())
         })
         .clone()
@@ -107,6 +116,8 @@ pub struct Harness {
     pub offset: std::sync::atomic::AtomicUsize,
     /// Set to keep the HTTP address across restarts (browsers reconnect to it).
     pub pin_http: Option<std::net::SocketAddr>,
+    /// Prove the subscriptions live with a probe publish at each start.
+    pub probe: bool,
 }
 
 fn repo() -> PathBuf {
@@ -171,6 +182,8 @@ shards = 2
 host = "{host}"
 port = {port}
 client_id = "mizuban-test-{name}"
+username = "{MQTT_USER}"
+password = "{MQTT_PASSWORD}"
 topic_prefix = "{prefix}"
 backoff_min_ms = 50
 backoff_max_ms = 500
@@ -260,8 +273,21 @@ impl Harness {
         name: &str,
         sites: &[SiteDef],
         rules: Option<&str>,
+        broker: (String, u16),
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Self {
+        Self::start_custom_with(name, sites, rules, broker, prepare, true).await
+    }
+
+    /// As `start_custom`; without `probe` the start waits for health only (a
+    /// broker whose ACL or TLS the harness's probe client cannot pass).
+    pub async fn start_custom_with(
+        name: &str,
+        sites: &[SiteDef],
+        rules: Option<&str>,
         (host, port): (String, u16),
         prepare: impl FnOnce(&std::path::Path),
+        probe: bool,
     ) -> Self {
         mizuban::telemetry::init_tracing_default("error,rumqttd=off");
         let dir = tempfile::tempdir().unwrap();
@@ -282,6 +308,7 @@ impl Harness {
             extra: Default::default(),
             offset: Default::default(),
             pin_http: None,
+            probe,
         };
         h.boot().await;
         h
@@ -328,7 +355,9 @@ impl Harness {
         .await;
         // Subscriptions are requested right after CONNACK; a SUBACK round trip
         // later they are active. Prove it end to end with a probe publish.
-        self.probe_subscription().await;
+        if self.probe {
+            self.probe_subscription().await;
+        }
     }
 
     /// Publishes a message for a site that does not exist on a subscribed
@@ -338,6 +367,7 @@ impl Harness {
         use rumqttc::{AsyncClient, MqttOptions, QoS};
         let mut o = MqttOptions::new(format!("probe-{}", rand_id()), &self.host, self.port);
         o.set_keep_alive(std::time::Duration::from_secs(5));
+        o.set_credentials(MQTT_USER, MQTT_PASSWORD);
         let (c, mut el) = AsyncClient::new(o, 10);
         let task = tokio::spawn(async move { while el.poll().await.is_ok() {} });
         let name = "mizuban_quarantined_messages_total{reason=\"unknown_site\"}";
@@ -494,6 +524,7 @@ impl Harness {
                 step: Duration::seconds(step_s),
             },
             topic_prefix: self.prefix.clone(),
+            credentials: mqtt_credentials(),
         }
     }
 

@@ -33,8 +33,13 @@ impl Mosquitto {
     /// Starts a broker with persistence and room for a long outage's backlog;
     /// `extra` is appended to its configuration (listeners, auth, ACLs).
     pub fn start(extra: &str) -> Self {
+        Self::start_on(super::free_port(), extra)
+    }
+
+    /// As `start`, on a port chosen beforehand (to write it into a
+    /// configuration first).
+    pub fn start_on(port: u16, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = super::free_port();
         // `user root`: started by root (CI), Mosquitto would otherwise switch
         // to its own user and could not write the test's persistence directory.
         let conf = format!(

@@ -26,7 +26,9 @@
 //! redelivers. Failures of the connection are retried with exponential backoff
 //! and jitter; each is logged and counted.
 
+pub mod credentials;
 mod ledger;
+pub mod tls;
 
 pub use ledger::{Ledger, Stall, Ticket};
 
@@ -112,8 +114,15 @@ pub struct MqttCollector {
     shared: Arc<Shared>,
 }
 
-pub fn options(m: &MqttSection) -> MqttOptions {
+/// Connection options; `base` is the configuration's directory (TLS files
+/// are relative to it).
+pub fn options(m: &MqttSection, base: &std::path::Path) -> Result<MqttOptions, tls::TlsError> {
     let mut o = MqttOptions::new(&m.client_id, &m.host, m.port);
+    if let Some(t) = &m.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(
+            tls::client_config(t, base)?,
+        )));
+    }
     o.set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5) as u64));
     o.set_clean_session(!m.persistent_session);
     o.set_manual_acks(true);
@@ -126,7 +135,7 @@ pub fn options(m: &MqttSection) -> MqttOptions {
     if let (Some(u), Some(p)) = (&m.username, &m.password) {
         o.set_credentials(u, p);
     }
-    o
+    Ok(o)
 }
 
 /// Every subscription filter of every profile, deduplicated.
@@ -177,7 +186,17 @@ impl MqttCollector {
     pub async fn run(self, cancel: CancellationToken) {
         let m = self.cfg.mqtt.clone();
         // Room for a whole in-flight window of acks and the subscriptions.
-        let (client, mut eventloop) = AsyncClient::new(options(&m), 1024);
+        let base = self.cfg.file.parent().unwrap_or(std::path::Path::new("")).to_path_buf();
+        let opts = match options(&m, &base) {
+            Ok(o) => o,
+            Err(e) => {
+                // Checked at load too; here only if a file went away since.
+                tracing::error!(error = %e, "mqtt TLS configuration unusable; collector not started");
+                self.metrics.mqtt_connected.set(0);
+                return;
+            }
+        };
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         let (intake_tx, intake_rx) = mpsc::channel::<Taken>(m.intake_queue.max(1));
         let this = Arc::new(self);
         let tasks_cancel = cancel.child_token();

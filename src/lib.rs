@@ -11,6 +11,8 @@ pub mod app;
 pub mod collect;
 pub mod config;
 pub mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod model;
 pub mod notify;

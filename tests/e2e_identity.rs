@@ -81,7 +81,8 @@ async fn a_device_publishes_only_on_its_own_topics_and_nobody_takes_over_the_ser
         false,
     )
     .await;
-    let broker = broker.into_inner().unwrap();
+    // Kept to the end of the test: the broker runs while it lives.
+    let _broker = broker.into_inner().unwrap();
     let csv = std::fs::read_to_string(h.dir.path().join("mosquitto/devices.csv")).unwrap();
     let pw: std::collections::BTreeMap<String, String> = mizuban::collect::mqtt::credentials::known_passwords(&csv);
     let topic = |site: &str, dev: &str| format!("{}akita/v1/dma/{site}/{dev}/telemetry", h.prefix);

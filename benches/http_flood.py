@@ -10,7 +10,11 @@
 Starts its own Mosquitto (a free port) and `target/release/mizuban run` with
 a one-site configuration; prints a table. Bounded: fixed counts, loopback only.
 
-usage: cargo build --release && python3 benches/http_flood.py [BINARY]
+usage: cargo build --release && python3 benches/http_flood.py [BINARY] [--legacy]
+
+--legacy: BINARY is a build from before the caps existed (no stream-cap
+settings in its configuration; the default-caps phase is skipped), for the
+before/after comparison.
 """
 import http.client
 import json
@@ -24,7 +28,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(REPO, "target/release/mizuban")
+ARGS = [a for a in sys.argv[1:] if not a.startswith("--")]
+LEGACY = "--legacy" in sys.argv
+BIN = ARGS[0] if ARGS else os.path.join(REPO, "target/release/mizuban")
 TOKEN = "bench-viewer-token-000001"
 
 
@@ -61,6 +67,7 @@ def write_config(d, mqtt_port, http_port, streams, per_caller):
                 'device = "AKT-DMA-001"\nprofile = "akita-dma-logger"\nattrs = { mean_flow = 100.0 }\n')
     pw_hash = subprocess.run([BIN, "hash-password"], input=b"right password\n", capture_output=True,
                              check=True).stdout.decode().strip()
+    caps = "" if LEGACY else f"max_event_streams = {streams}\nmax_event_streams_per_caller = {per_caller}"
     with open(os.path.join(d, "mizuban.toml"), "w") as f:
         f.write(f"""[service]
 name = "bench"
@@ -78,8 +85,7 @@ path = "data/bench.db"
 
 [http]
 listen = "127.0.0.1:{http_port}"
-max_event_streams = {streams}
-max_event_streams_per_caller = {per_caller}
+{caps}
 
 [[token]]
 name = "bench"
@@ -178,6 +184,8 @@ def main():
                 s.close()
             svc.terminate()
             svc.wait(20)
+            if LEGACY:
+                raise StopIteration
             # 2b. The default caps.
             write_config(d, mport, hport, 512, 16)
             svc = start(d, hport)
@@ -191,6 +199,8 @@ def main():
                 s.close()
             svc.terminate()
             svc.wait(20)
+        except StopIteration:
+            pass
         finally:
             broker.kill()
     print("| flood | RSS before (MiB) | RSS after (MiB) | |")

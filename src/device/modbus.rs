@@ -201,7 +201,8 @@ pub fn decode_poll(
 ) -> (Vec<(String, Option<f64>, Quality)>, Option<u64>) {
     let find = |table: Table, addr: u16, width: u16| -> Option<(&RangeData, usize)> {
         data.iter().find_map(|(r, d)| {
-            (r.table == table && addr >= r.address && addr + width <= r.address + r.count)
+            // In u32: an address near 65535 plus a width must not wrap.
+            (r.table == table && addr >= r.address && addr as u32 + width as u32 <= r.address as u32 + r.count as u32)
                 .then(|| (d, (addr - r.address) as usize))
         })
     };
@@ -233,12 +234,14 @@ pub fn decode_poll(
     let bits = map.alarm_bits.as_ref().and_then(|b| {
         let (d, i) = find(b.table, b.address, b.count)?;
         match d {
-            RangeData::Bits(bits) => Some(
-                bits[i..i + b.count as usize]
-                    .iter()
+            // A gateway may answer fewer bits than asked (found by fuzzing):
+            // then there is no alarm word this poll, not a panic.
+            RangeData::Bits(bits) => bits.get(i..i + b.count as usize).map(|bits| {
+                bits.iter()
+                    .take(64)
                     .enumerate()
-                    .fold(0u64, |acc, (n, on)| acc | ((*on as u64) << n)),
-            ),
+                    .fold(0u64, |acc, (n, on)| acc | ((*on as u64) << n))
+            }),
             RangeData::Words(_) => None,
         }
     });
@@ -248,6 +251,28 @@ pub fn decode_poll(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_short_answer_is_no_alarm_word_not_a_panic() {
+        // The crash cargo-fuzz found: the alarm coils answered with fewer bits
+        // than the map reads.
+        let cfg = crate::config::Config::load_embedded().unwrap();
+        let map = cfg.profiles.values().find_map(|p| p.modbus.clone()).unwrap();
+        let short: Vec<_> = map
+            .plan()
+            .into_iter()
+            .map(|r| {
+                let d = if r.table.is_bits() {
+                    RangeData::Bits(vec![true; 1])
+                } else {
+                    RangeData::Words(vec![1; 1])
+                };
+                (r, d)
+            })
+            .collect();
+        let (_, bits) = decode_poll(&map, &short);
+        assert_eq!(bits, None);
+    }
 
     fn map() -> ModbusMap {
         toml::from_str(

@@ -312,3 +312,33 @@ impl FromRequestParts<AppState> for Caller {
         Err(ApiError::Unauthenticated)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unknown names must cost what known ones cost: the dummy hash has the
+    /// configured users' argon2 variant and parameters (memory, passes, lanes).
+    #[test]
+    fn the_dummy_hash_costs_what_a_real_one_costs() {
+        use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+        let params = argon2::Params::new(32 * 1024, 3, 2, None).unwrap();
+        let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let real = a
+            .hash_password(b"pw", &SaltString::encode_b64(b"0123456789abcdef").unwrap())
+            .unwrap()
+            .to_string();
+        let users = vec![UserSpec {
+            name: "op".into(),
+            password_hash: real.clone(),
+            role: Role::Operator,
+        }];
+        let dummy = dummy_hash(&users);
+        let (r, d) = (PasswordHash::new(&real).unwrap(), PasswordHash::new(&dummy).unwrap());
+        assert_eq!(r.algorithm, d.algorithm);
+        assert_eq!(
+            argon2::Params::try_from(&r).unwrap(),
+            argon2::Params::try_from(&d).unwrap()
+        );
+    }
+}

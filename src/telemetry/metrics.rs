@@ -75,6 +75,7 @@ pub struct Metrics {
     pub mqtt_stalled: Gauge,
     pub mqtt_stalled_seconds: Gauge,
     pub mqtt_forced_reconnects: Family<Reason, Counter>,
+    pub mqtt_deferred: Counter,
     pub store_rejected: Family<Reason, Counter>,
     pub queue_full: Family<EdgeLabel, Counter>,
     pub sse_lagged: Counter,
@@ -118,6 +119,7 @@ impl Metrics {
             mqtt_stalled: Gauge::default(),
             mqtt_stalled_seconds: Gauge::default(),
             mqtt_forced_reconnects: Family::default(),
+            mqtt_deferred: Counter::default(),
             store_rejected: Family::default(),
             queue_full: Family::default(),
             sse_lagged: Counter::default(),
@@ -210,6 +212,11 @@ impl Metrics {
             "mqtt_forced_reconnects",
             "Connections dropped on purpose so the broker redelivers, by reason",
             m.mqtt_forced_reconnects.clone(),
+        );
+        r.register(
+            "mqtt_deferred",
+            "Messages not taken because the intake was full; the broker redelivers them after a reconnect",
+            m.mqtt_deferred.clone(),
         );
         r.register(
             "store_rejected_rows",

@@ -9,9 +9,10 @@
 //!
 //! - the **event loop** does nothing but poll rumqttc (keep-alive pings,
 //!   reading, flushing acks) and hand each PUBLISH to the intake queue without
-//!   waiting. A full intake queue (policy: reconnect — only a broker that
-//!   ignores its own in-flight window can get there) drops the connection on
-//!   purpose so the broker redelivers, rather than losing or blocking;
+//!   waiting. A full intake queue (policy: defer and reconnect — only a broker
+//!   whose in-flight window is larger than the queue gets there) takes nothing
+//!   more until what it took is acknowledged, then drops the connection on
+//!   purpose so the broker redelivers the rest: never lost, never blocking;
 //! - the **intake** decodes and submits to the pipeline, waiting while the
 //!   pipeline is behind (policy: block; the broker's in-flight window then
 //!   holds the rest back);
@@ -207,12 +208,20 @@ impl MqttCollector {
         let mut watchdog = tokio::time::interval(Duration::from_secs(1));
         watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut last_forced: Option<Instant> = None;
+        // After an intake overflow: take nothing more until everything already
+        // taken is acknowledged, then reconnect (see `take`).
+        let mut draining = false;
         let mut backoff = m.backoff_min_ms;
         loop {
             let ev = tokio::select! {
                 _ = cancel.cancelled() => break,
                 ev = eventloop.poll() => ev,
                 _ = watchdog.tick() => {
+                    if draining && this.shared.ledger().owed() == 0 {
+                        draining = false;
+                        last_forced = Some(Instant::now());
+                        this.force_reconnect(&mut eventloop, "intake_full");
+                    }
                     let stall = this.shared.ledger().check(Instant::now(), stall_after);
                     this.show_stall(stall.as_ref());
                     if let Some(s) = stall {
@@ -253,7 +262,22 @@ impl MqttCollector {
                         }
                     });
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => this.take(&intake_tx, p),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if draining {
+                        // Not registered, never acknowledged: the broker sends
+                        // it again after the reconnect below.
+                        this.metrics.mqtt_deferred.inc();
+                    } else if !this.take(&intake_tx, p) {
+                        draining = true;
+                    }
+                    if draining && this.shared.ledger().owed() == 0 {
+                        // Everything taken before the overflow is acknowledged:
+                        // reconnect, and the broker redelivers the rest.
+                        draining = false;
+                        last_forced = Some(Instant::now());
+                        this.force_reconnect(&mut eventloop, "intake_full");
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     // rumqttc has dropped the connection; nothing of it can be
@@ -290,25 +314,35 @@ impl MqttCollector {
     }
 
     /// Registers a PUBLISH and queues it for the intake without waiting.
-    fn take(&self, intake: &mpsc::Sender<Taken>, publish: Publish) {
-        let ticket = self.shared.ledger().register(Instant::now());
-        let taken = Taken {
-            ticket,
-            publish,
-            arrived: self.clock.now(),
-            received: Instant::now(),
-        };
-        match intake.try_send(taken) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+    /// `false` when the intake is full (policy: defer and reconnect). A
+    /// broker keeps at most its in-flight window unacknowledged, so this
+    /// happens only when the window is larger than `mqtt.intake_queue`. Then
+    /// the overflowing message and the ones after it are not taken; once
+    /// everything taken is acknowledged the connection is re-established and
+    /// the broker redelivers them. Every round acknowledges what it took, so
+    /// the intake always makes progress (a reconnect that dropped taken work
+    /// could repeat for ever).
+    fn take(&self, intake: &mpsc::Sender<Taken>, publish: Publish) -> bool {
+        let permit = match intake.try_reserve() {
+            Ok(p) => p,
+            Err(mpsc::error::TrySendError::Full(())) => {
                 self.metrics
                     .queue_full
                     .get_or_create(&crate::telemetry::metrics_edge("mqtt->intake"))
                     .inc();
-                self.shared.want_reconnect("intake_full");
+                self.metrics.mqtt_deferred.inc();
+                return false;
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+            Err(mpsc::error::TrySendError::Closed(())) => return true,
+        };
+        let ticket = self.shared.ledger().register(Instant::now());
+        permit.send(Taken {
+            ticket,
+            publish,
+            arrived: self.clock.now(),
+            received: Instant::now(),
+        });
+        true
     }
 
     /// Drops the connection on purpose; the next poll reconnects and the

@@ -276,21 +276,7 @@ async fn kill_9_under_load_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("t{}-kill9-load/", std::process::id());
     let cfg = write_config_for(dir.path(), "kill9-load", &prefix, &sites(), None, broker.addr());
-    let http = free_port();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{http}\""));
-    std::fs::write(&cfg, text).unwrap();
-    let start = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_mizuban"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("mizuban runs")
-    };
+    let http = pin_http_port(&cfg);
     let client = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{http}");
     let get = |path: &'static str| {
@@ -306,15 +292,6 @@ async fn kill_9_under_load_loses_nothing() {
                 .filter(|r| r.status() == 200)
         }
     };
-    let wait_up = || async {
-        for _ in 0..300 {
-            if get("/api/v1/health").await.is_some() {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("service did not come up");
-    };
     let messages = || async {
         let text = get("/metrics").await.unwrap().text().await.unwrap();
         text.lines()
@@ -322,8 +299,8 @@ async fn kill_9_under_load_loses_nothing() {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    let mut child = start();
-    wait_up().await;
+    let mut child = spawn_deployed(&cfg);
+    wait_deployed_up(http).await;
     let pubs = tokio::spawn(publish(broker.addr(), prefix.clone(), 0..6_000));
     // Killed once it is well into the burst.
     for _ in 0..600 {
@@ -335,8 +312,8 @@ async fn kill_9_under_load_loses_nothing() {
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     pubs.await.unwrap();
-    let mut child = start();
-    wait_up().await;
+    let mut child = spawn_deployed(&cfg);
+    wait_deployed_up(http).await;
     // Every reading of every site, through the API, exactly once.
     let from = (t0() - Duration::days(60)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let to = t0().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -609,11 +609,7 @@ async fn kill_9_mid_escalation_resumes_without_gap_or_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = format!("t{}-kill9/", std::process::id());
     let cfg = write_config(dir.path(), "kill9", &prefix, &[mps("MP-0063", "AKT-MPN-0063")], None);
-    let http = free_port();
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{http}\""));
-    std::fs::write(&cfg, text).unwrap();
+    let http = pin_http_port(&cfg);
     write_notify(
         &cfg,
         &format!(
@@ -638,29 +634,8 @@ policy = "p"
             url = hook.url()
         ),
     );
-    let start = || {
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_mizuban"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "error")
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("mizuban runs")
-    };
-    let client = reqwest::Client::new();
-    let health = format!("http://127.0.0.1:{http}/api/v1/health");
-    let wait_up = || async {
-        for _ in 0..300 {
-            if client.get(&health).send().await.is_ok_and(|r| r.status() == 200) {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("service did not come up");
-    };
-    let mut child = start();
-    wait_up().await;
+    let mut child = spawn_deployed(&cfg);
+    wait_deployed_up(http).await;
 
     // The station reports its door open, now.
     let (host, port) = broker();
@@ -686,8 +661,8 @@ policy = "p"
     child.wait().await.unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;
     assert_eq!(hook.to("chief").len(), 1);
-    let mut child = start();
-    wait_up().await;
+    let mut child = spawn_deployed(&cfg);
+    wait_deployed_up(http).await;
     eventually("levels 2 and 3", || hook.to("chief").len() >= 3).await;
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let got = hook.to("chief");

@@ -600,6 +600,43 @@ impl NowForTest for ManualClock {
     }
 }
 
+/// Gives a written configuration a fixed HTTP port (a separate process of
+/// the deployed binary is reached there across its restarts); returns it.
+pub fn pin_http_port(config: &std::path::Path) -> u16 {
+    let http = free_port();
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{http}\""));
+    std::fs::write(config, text).unwrap();
+    http
+}
+
+/// `mizuban run --config CONFIG` as its own process (killed when dropped),
+/// for the kill -9 tests.
+pub fn spawn_deployed(config: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mizuban"))
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mizuban runs")
+}
+
+/// Waits (bounded) until the deployed service on `port` answers health 200.
+pub async fn wait_deployed_up(port: u16) {
+    let client = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{port}/api/v1/health");
+    for _ in 0..300 {
+        if client.get(&health).send().await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("service did not come up");
+}
+
 /// A loopback port nobody listens on (bound, read, released).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

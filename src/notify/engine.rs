@@ -110,6 +110,7 @@ impl Notifier {
         pipeline: Pipeline,
         metrics: Arc<Metrics>,
         public_url: String,
+        journaled: Arc<tokio::sync::Notify>,
         cancel: CancellationToken,
     ) -> anyhow::Result<(Self, JoinHandle<()>)> {
         let conn = db::open(&cfg.store_path)?;
@@ -154,6 +155,9 @@ impl Notifier {
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
+                    // New transitions committed: page now, not at the next step.
+                    _ = journaled.notified() => {}
+                    // Time-driven work: group waits, escalations, retries.
                     _ = tick.tick() => {}
                 }
                 // SQLite work off the async workers: it may wait for the

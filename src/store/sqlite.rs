@@ -81,6 +81,11 @@ pub struct JournalFilter {
 
 #[derive(Clone)]
 pub struct Store {
+    /// Signalled after each commit that journaled alarm transitions, so
+    /// subscribers (the notify engine) react to what was just made durable
+    /// instead of waiting for their next timer step. A `Notify` keeps one
+    /// permit: a commit while the subscriber is busy is not missed.
+    journaled: Arc<tokio::sync::Notify>,
     tx: mpsc::Sender<Op>,
     read: Arc<Mutex<Connection>>,
     healthy: Arc<AtomicBool>,
@@ -193,14 +198,17 @@ impl Store {
         let restored = Self::restore(&write).map_err(sq)?;
         let (tx, rx) = mpsc::channel(queue);
         let healthy = Arc::new(AtomicBool::new(true));
+        let journaled = Arc::new(tokio::sync::Notify::new());
+        let signal = journaled.clone();
         let h = healthy.clone();
         let p = path.to_path_buf();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(write, rx, metrics, h, p, quarantine))
+            .spawn(move || writer(write, rx, metrics, h, p, quarantine, signal))
             .map_err(|e| StoreError::Query(format!("cannot start writer thread: {e}")))?;
         Ok((
             Self {
+                journaled,
                 tx,
                 read: Arc::new(Mutex::new(read)),
                 healthy,
@@ -257,6 +265,11 @@ impl Store {
             r.seen.push(row?);
         }
         Ok(r)
+    }
+
+    /// Wakes after each commit that journaled alarm transitions.
+    pub fn journaled(&self) -> Arc<tokio::sync::Notify> {
+        self.journaled.clone()
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -592,6 +605,7 @@ fn writer(
     healthy: Arc<AtomicBool>,
     path: PathBuf,
     quarantine: Arc<Quarantine>,
+    journaled: Arc<tokio::sync::Notify>,
 ) {
     let mut backoff_ms = 50u64;
     while let Some(first) = rx.blocking_recv() {
@@ -642,6 +656,9 @@ fn writer(
                     backoff_ms = (backoff_ms * 2).min(5_000);
                 }
             }
+        }
+        if batches.iter().any(|b| !b.transitions.is_empty()) {
+            journaled.notify_one();
         }
         for b in batches {
             if let Some(r) = b.received {
@@ -752,6 +769,66 @@ mod tests {
             .unwrap();
         store.flush().await.unwrap();
         assert_eq!(got("DM-03"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_commit_with_transitions_wakes_the_subscriber_and_readings_alone_do_not() {
+        use crate::alarm::{AlarmOrigin, RaiseSpec, Registry};
+        use crate::model::DeviceId;
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (store, _) = Store::open(
+            &dir.path().join("s.db"),
+            8,
+            metrics.clone(),
+            Arc::new(Quarantine::new(4)),
+        )
+        .unwrap();
+        let woken = store.journaled();
+        let wait = || tokio::time::timeout(std::time::Duration::from_millis(200), woken.notified());
+        store
+            .submit(
+                Batch {
+                    readings: vec![reading("DM-01", 1_000)],
+                    ..Default::default()
+                },
+                &metrics,
+            )
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        assert!(wait().await.is_err(), "readings alone do not wake the notify engine");
+        let mut reg = Registry::new();
+        let spec = RaiseSpec {
+            site: SiteId::new("MP-0001").unwrap(),
+            device: DeviceId::new("AKT-MPN-0001").unwrap(),
+            source: "AKT-MPN-0001".into(),
+            condition: "DOOR_OPEN".into(),
+            origin: AlarmOrigin::Device,
+            priority: crate::device::Priority::High,
+            value: None,
+            limit: None,
+            message: "door open".into(),
+            message_ja: "扉開".into(),
+            suppressed_by: vec![],
+        };
+        let transitions = reg.raise(spec, from_ms(2_000), from_ms(2_000));
+        assert!(!transitions.is_empty());
+        store
+            .submit(
+                Batch {
+                    transitions,
+                    ..Default::default()
+                },
+                &metrics,
+            )
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        assert!(
+            wait().await.is_ok(),
+            "a journaled transition wakes it (the permit is kept)"
+        );
     }
 
     #[test]

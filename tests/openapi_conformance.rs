@@ -34,8 +34,11 @@ async fn schemathesis_finds_no_mismatch_between_document_and_server() {
     let schema = h.dir.path().join("openapi.json");
     std::fs::write(&schema, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     let base = h.base.clone();
+    let work = h.dir.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new("st")
+            // Its cache (.schemathesis/) goes to the test's directory.
+            .current_dir(&work)
             .arg("run")
             .arg(&schema)
             .args(["--url", &base])

@@ -28,10 +28,7 @@ pub fn decode_profiles(data: &[u8]) {
                 continue;
             };
             for m in &p.messages {
-                let topic = m
-                    .topic
-                    .replace("{site}", site.id.as_str())
-                    .replace("{device}", site.device.as_str());
+                let topic = m.topic_for(site.id.as_str(), site.device.as_str());
                 v.push((p.clone(), topic));
             }
         }

@@ -53,6 +53,7 @@ impl EventStreams {
         })
     }
 
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).0
     }

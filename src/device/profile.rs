@@ -261,6 +261,13 @@ impl TopicTemplate {
     }
 }
 
+impl MessageSpec {
+    /// The topic this message is published on by `device` of `site`.
+    pub fn topic_for(&self, site: &str, device: &str) -> String {
+        self.topic.replace("{site}", site).replace("{device}", device)
+    }
+}
+
 impl Profile {
     /// Validates one profile's text. Every problem names the file, the line and
     /// the field.

@@ -10,6 +10,7 @@
 //! the API reads.
 
 mod dedup;
+mod reply;
 mod shard;
 mod view;
 

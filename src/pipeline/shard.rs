@@ -260,7 +260,7 @@ impl Shard {
                 if res.is_ok() {
                     // Answered once the change is committed: an operator's 200
                     // means the acknowledgement is durable.
-                    b.acks.push(Box::new(ReplyOnCommit(Some((reply, res)))));
+                    b.acks.push(Box::new(super::reply::ReplyOnCommit::new(reply, res)));
                 } else {
                     // Nothing changed; the requester may have gone.
                     let _ = reply.send(res);
@@ -840,20 +840,6 @@ impl Shard {
                 )
             }
             Err(e) => (Batch::default(), Err(e)),
-        }
-    }
-}
-
-/// Sends a command's answer when the batch carrying its change commits.
-struct ReplyOnCommit(Option<(CommandReply, Result<crate::alarm::Alarm, crate::alarm::CommandError>)>);
-
-type CommandReply = tokio::sync::oneshot::Sender<Result<crate::alarm::Alarm, crate::alarm::CommandError>>;
-
-impl crate::store::Ack for ReplyOnCommit {
-    fn ack(mut self: Box<Self>) {
-        if let Some((reply, res)) = self.0.take() {
-            // The requester may have gone (HTTP client hung up); the change stands.
-            let _ = reply.send(res);
         }
     }
 }

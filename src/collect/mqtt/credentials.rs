@@ -85,12 +85,7 @@ pub fn mosquitto_files(
         let mut topics: Vec<String> = profile
             .messages
             .iter()
-            .map(|m| {
-                format!(
-                    "{prefix}{}",
-                    m.topic.replace("{site}", s.id.as_str()).replace("{device}", device)
-                )
-            })
+            .map(|m| format!("{prefix}{}", m.topic_for(s.id.as_str(), device)))
             .collect();
         topics.sort();
         topics.dedup();

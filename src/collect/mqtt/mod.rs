@@ -222,8 +222,11 @@ impl MqttCollector {
                         last_forced = Some(Instant::now());
                         this.force_reconnect(&mut eventloop, "intake_full");
                     }
-                    let stall = this.shared.ledger().check(Instant::now(), stall_after);
-                    this.show_stall(stall.as_ref());
+                    let (stall, owed) = {
+                        let mut l = this.shared.ledger();
+                        (l.check(Instant::now(), stall_after), l.owed())
+                    };
+                    this.show_stall(stall.as_ref(), owed);
                     if let Some(s) = stall {
                         // Reconnecting helps only when our acks are what is stuck;
                         // owed messages still in the pipeline are the store's story.
@@ -360,8 +363,7 @@ impl MqttCollector {
         self.metrics.mqtt_connected.set(0);
     }
 
-    fn show_stall(&self, stall: Option<&Stall>) {
-        let owed = self.shared.ledger().owed();
+    fn show_stall(&self, stall: Option<&Stall>, owed: u64) {
         self.metrics.mqtt_owed.set(owed as i64);
         let was = self.metrics.mqtt_stalled.get() == 1;
         match stall {

@@ -122,7 +122,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
                 pipeline.clone(),
                 metrics.clone(),
                 public,
-                store.journaled(),
+                store.subscribe(),
                 notify_cancel.clone(),
             )
             .context("starting notifications")?;

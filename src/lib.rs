@@ -11,6 +11,7 @@ pub mod app;
 pub mod collect;
 pub mod config;
 pub mod device;
+pub mod engine;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;

@@ -61,19 +61,47 @@ pub struct Registry {
     by_id: HashMap<String, AlarmKey>,
     /// Parent conditions per (device, child condition), from the profiles.
     parents: HashMap<(DeviceId, String), Vec<String>>,
+    /// Ids issued in the current processing millisecond (closed occurrences
+    /// leave `by_id`, and the store keys every occurrence by id).
+    issued: Vec<String>,
 }
 
-fn new_id(now: Timestamp) -> String {
-    format!(
-        "al-{}-{:06x}",
-        now.timestamp_millis(),
-        rand::random::<u32>() & 0xff_ffff
-    )
+/// An occurrence's id, derived from what it is and when: the key, the event
+/// time that raised it and the processing time. Derived, not random, so a
+/// replay of the same inputs gives the same ids (and byte-identical output);
+/// `salt` separates the rare second occurrence of one key raised at the same
+/// event and processing millisecond.
+fn new_id(key: &AlarmKey, t: Timestamp, now: Timestamp, salt: u32) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut feed = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= *b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x100000001b3);
+    };
+    feed(key.site.as_str().as_bytes());
+    feed(key.source.as_bytes());
+    feed(key.condition.as_bytes());
+    feed(&t.timestamp_millis().to_le_bytes());
+    feed(&salt.to_le_bytes());
+    format!("al-{}-{:06x}", now.timestamp_millis(), (h ^ (h >> 24) ^ (h >> 48)) & 0xff_ffff)
 }
 
 impl Registry {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    fn remember_issued(&mut self, id: &str) {
+        // Ids start with their processing millisecond: an id of another
+        // millisecond can never collide with this one.
+        let ms = |s: &str| s.rsplit_once('-').map(|(a, _)| a.to_string());
+        if self.issued.first().is_some_and(|f| ms(f) != ms(id)) {
+            self.issued.clear();
+        }
+        self.issued.push(id.to_string());
     }
 
     /// Puts back the open occurrences found in the store after a restart.
@@ -245,8 +273,15 @@ impl Registry {
                 !a.paged && !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
             out.push(self.finish(&key, before, "raise", now, Some(t), "system", None, notify));
         } else {
+            let mut salt = 0;
+            let mut id = new_id(&key, t, now, salt);
+            while self.by_id.contains_key(&id) || self.issued.contains(&id) {
+                salt += 1;
+                id = new_id(&key, t, now, salt);
+            }
+            self.remember_issued(&id);
             let mut a = Alarm {
-                id: new_id(now),
+                id,
                 site: spec.site.clone(),
                 device: spec.device.clone(),
                 source: spec.source.clone(),

@@ -25,29 +25,38 @@ pub async fn events(
             Refused::CallerFull => super::ApiError::TooMany(5),
             Refused::Full => super::ApiError::Unavailable("too many event streams open; try again later".into()),
         })?;
-    let rx = st.pipeline.events.subscribe();
+    // Subscribed before the snapshot is taken, so nothing committed between
+    // the two is missed (a transition may show in both; the board keys by id).
+    let rx = st.pipeline.commits();
     let snapshot = super::routes::sorted(st.pipeline.open_alarms());
     let first = Event::default()
         .event("snapshot")
         .json_data(&snapshot)
         .unwrap_or_else(|_| Event::default().event("resync"));
     let metrics = st.metrics.clone();
-    let live = BroadcastStream::new(rx).map(move |r| {
+    let live = BroadcastStream::new(rx).flat_map(move |r| {
         // The stream owns its place; it is given back when the stream is dropped.
         let _held = &permit;
-        Ok(match r {
-            Ok(t) => Event::default()
-                .event("alarm")
-                .json_data(serde_json::json!({
-                    "action": t.action, "from": t.from, "to": t.to, "at": t.at, "who": t.who, "why": t.why,
-                    "notify": t.notify, "alarm": t.alarm,
-                }))
-                .unwrap_or_else(|_| Event::default().event("resync")),
+        let events: Vec<Result<Event, Infallible>> = match r {
+            Ok(c) => c
+                .transitions
+                .iter()
+                .map(|t| {
+                    Ok(Event::default()
+                        .event("alarm")
+                        .json_data(serde_json::json!({
+                            "action": t.action, "from": t.from, "to": t.to, "at": t.at, "who": t.who, "why": t.why,
+                            "notify": t.notify, "alarm": t.alarm,
+                        }))
+                        .unwrap_or_else(|_| Event::default().event("resync")))
+                })
+                .collect(),
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 metrics.sse_lagged.inc();
-                Event::default().event("resync").data(n.to_string())
+                vec![Ok(Event::default().event("resync").data(n.to_string()))]
             }
-        })
+        };
+        stream::iter(events)
     });
     // The stream ends when the service shuts down, so browsers see the
     // connection drop (and show "disconnected") instead of a silent stream.

@@ -110,7 +110,7 @@ impl Notifier {
         pipeline: Pipeline,
         metrics: Arc<Metrics>,
         public_url: String,
-        journaled: Arc<tokio::sync::Notify>,
+        mut commits: crate::store::Commits,
         cancel: CancellationToken,
     ) -> anyhow::Result<(Self, JoinHandle<()>)> {
         let conn = db::open(&cfg.store_path)?;
@@ -156,7 +156,13 @@ impl Notifier {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     // New transitions committed: page now, not at the next step.
-                    _ = journaled.notified() => {}
+                    // A lag only means several commits are read at once (the
+                    // engine follows the journal with its own cursor).
+                    c = commits.recv() => match c {
+                        Ok(c) if c.transitions.is_empty() => continue,
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
                     // Time-driven work: group waits, escalations, retries.
                     _ = tick.tick() => {}
                 }

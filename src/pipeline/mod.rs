@@ -5,26 +5,27 @@
 //! split sites across nodes with the same hash.
 //!
 //! In: `Incoming` messages (decoded by a collector), operator `Command`s, and a
-//! ticker. Out: `store::Batch`es (the store acks the messages once durable),
-//! alarm `Transition`s on a broadcast channel, and a per-shard `ShardView` that
-//! the API reads.
+//! ticker. Each shard is a thin runner around a pure `engine::Engine`. Out:
+//! `store::Batch`es; once one commits, the store acks the messages behind it,
+//! updates the shard's `ShardView` (which the API reads) and publishes the
+//! committed transitions on its stream (`Pipeline::commits`).
 
-mod dedup;
 mod reply;
 mod shard;
 mod view;
 
 pub use crate::telemetry::quarantine::{preview, Quarantine, QuarantineEntry};
+pub use crate::engine::Command;
 pub use view::{ShardView, SiteStatus};
 
-use crate::alarm::{Alarm, CommandError, Transition};
+use crate::alarm::{Alarm, CommandError};
 use crate::config::Config;
 use crate::device::Decoded;
 use crate::model::{Clock, SiteId, Timestamp};
 use crate::store::{Ack, Restored, Store};
 use crate::telemetry::Metrics;
 use std::sync::Arc;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// A decoded message on its way to its site's shard.
@@ -38,42 +39,6 @@ pub struct Incoming {
     pub received: std::time::Instant,
     /// Acknowledges the MQTT message once the batch it ends up in is durable.
     pub ack: Option<Box<dyn Ack>>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Command {
-    Ack {
-        id: String,
-        who: String,
-        comment: Option<String>,
-    },
-    Shelve {
-        id: String,
-        minutes: u32,
-        reason: String,
-        who: String,
-    },
-    Unshelve {
-        id: String,
-        who: String,
-    },
-    OutOfService {
-        id: String,
-        oos: bool,
-        who: String,
-        reason: String,
-    },
-}
-
-impl Command {
-    pub fn alarm_id(&self) -> &str {
-        match self {
-            Command::Ack { id, .. }
-            | Command::Shelve { id, .. }
-            | Command::Unshelve { id, .. }
-            | Command::OutOfService { id, .. } => id,
-        }
-    }
 }
 
 pub(crate) enum Input {
@@ -110,7 +75,8 @@ pub fn shard_of(site: &str, n: usize) -> usize {
 pub struct Pipeline {
     senders: Arc<Vec<mpsc::Sender<Input>>>,
     pub views: Arc<Vec<Arc<ShardView>>>,
-    pub events: broadcast::Sender<Arc<Transition>>,
+    /// The store's committed-change stream (what the board's event stream shows).
+    store: Store,
     pub quarantine: Arc<Quarantine>,
     metrics: Arc<Metrics>,
 }
@@ -133,13 +99,16 @@ impl Pipeline {
     /// (they end after `cancel`, having flushed their last batch).
     pub fn start(deps: PipelineDeps) -> (Self, Vec<tokio::task::JoinHandle<()>>) {
         let n = deps.config.service.shards;
-        // Slow SSE clients lag and are told to resynchronise (policy: drop oldest).
-        let (events, _) = broadcast::channel(4096);
         let quarantine = deps.quarantine.clone();
         let mut senders = Vec::with_capacity(n);
         let mut views = Vec::with_capacity(n);
         let mut handles = Vec::with_capacity(n);
-        let mut restored = deps.restored;
+        let mut resume = crate::engine::Resume {
+            open_alarms: deps.restored.open_alarms,
+            states: deps.restored.rule_states,
+            device_states: deps.restored.device_states,
+            seen: deps.restored.seen,
+        };
         for idx in 0..n {
             let (tx, rx) = mpsc::channel(deps.config.service.shard_queue);
             let view = Arc::new(ShardView::default());
@@ -150,10 +119,9 @@ impl Pipeline {
                 deps.clock.clone(),
                 deps.metrics.clone(),
                 deps.store.clone(),
-                events.clone(),
                 view.clone(),
                 quarantine.clone(),
-                &mut restored,
+                &mut resume,
             );
             handles.push(tokio::spawn(shard.run(rx, deps.cancel.clone())));
             let tick_tx = tx.clone();
@@ -179,12 +147,18 @@ impl Pipeline {
             Self {
                 senders: Arc::new(senders),
                 views: Arc::new(views),
-                events,
+                store: deps.store,
                 quarantine,
                 metrics: deps.metrics,
             },
             handles,
         )
+    }
+
+    /// What each commit made durable, from now on (slow readers lag and are
+    /// told to resynchronise).
+    pub fn commits(&self) -> crate::store::Commits {
+        self.store.subscribe()
     }
 
     pub fn shard_count(&self) -> usize {

@@ -1,29 +1,11 @@
 //! What a shard publishes for readers (API, board, metrics): its open alarms and
-//! the status of its sites. Written only by the owning shard after each step.
+//! the status of its sites. Written only by the owning shard, once the step
+//! that changed it has committed.
 
 use crate::alarm::{Alarm, AlarmState};
-use crate::model::{Quality, Timestamp};
-use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+pub use crate::engine::SiteStatus;
+use std::collections::HashMap;
 use std::sync::RwLock;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LatestValue {
-    pub t: Timestamp,
-    pub value: Option<f64>,
-    pub quality: Quality,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SiteStatus {
-    pub id: String,
-    /// `ok`, `alarm`, `comm_loss` or `out_of_service`.
-    pub status: &'static str,
-    pub last_seen: Option<Timestamp>,
-    pub online: Option<bool>,
-    pub boot: Option<u64>,
-    pub values: BTreeMap<String, LatestValue>,
-}
 
 #[derive(Default)]
 pub struct ShardView {

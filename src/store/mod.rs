@@ -14,6 +14,19 @@ pub use sqlite::{JournalFilter, JournalRow, Restored, Store, StoreError};
 use crate::alarm::Transition;
 use crate::model::{Reading, Timestamp};
 
+/// What one commit made durable, published by the writer after the commit
+/// (and after the acks of its batches ran): the only way anything in the
+/// pipeline becomes visible outside it. Subscribers (the board's event
+/// stream, the notify engine, later sinks) get it on a bounded broadcast;
+/// one that falls behind is told how much it missed (policy: drop oldest)
+/// and resynchronises from the store.
+#[derive(Debug, Default)]
+pub struct Committed {
+    pub transitions: Vec<Transition>,
+    /// Readings committed (the readings themselves stay in the historian).
+    pub readings: usize,
+}
+
 /// Acknowledges the message(s) behind a batch once it is durable.
 pub trait Ack: Send {
     fn ack(self: Box<Self>);
@@ -53,6 +66,10 @@ pub struct Batch {
     /// for the pipeline latency metric.
     pub received: Option<std::time::Instant>,
 }
+
+/// Subscribers of the committed stream; a lagging one is told how many
+/// commits it missed.
+pub type Commits = tokio::sync::broadcast::Receiver<std::sync::Arc<Committed>>;
 
 impl Batch {
     pub fn is_empty(&self) -> bool {

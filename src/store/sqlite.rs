@@ -1,4 +1,4 @@
-use super::Batch;
+use super::{Batch, Commits, Committed};
 use crate::alarm::Alarm;
 use crate::model::{PointId, Quality, Timestamp};
 use crate::telemetry::quarantine::{Quarantine, QuarantineEntry};
@@ -81,11 +81,8 @@ pub struct JournalFilter {
 
 #[derive(Clone)]
 pub struct Store {
-    /// Signalled after each commit that journaled alarm transitions, so
-    /// subscribers (the notify engine) react to what was just made durable
-    /// instead of waiting for their next timer step. A `Notify` keeps one
-    /// permit: a commit while the subscriber is busy is not missed.
-    journaled: Arc<tokio::sync::Notify>,
+    /// The committed-change stream: what each commit made durable.
+    commits: tokio::sync::broadcast::Sender<Arc<Committed>>,
     tx: mpsc::Sender<Op>,
     read: Arc<Mutex<Connection>>,
     healthy: Arc<AtomicBool>,
@@ -167,6 +164,10 @@ fn int_q(v: i64) -> Quality {
 /// 72 h outage carries new seqs, so 7 days is ample.
 const SEEN_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 
+/// Commits a subscriber of the committed stream may fall behind before it is
+/// told to resynchronise.
+const COMMITS_KEPT: usize = 4096;
+
 impl Store {
     /// Opens (creating if needed) the database and starts the writer thread.
     /// `queue` bounds the batches waiting for the writer; a full queue makes the
@@ -198,8 +199,9 @@ impl Store {
         let restored = Self::restore(&write).map_err(sq)?;
         let (tx, rx) = mpsc::channel(queue);
         let healthy = Arc::new(AtomicBool::new(true));
-        let journaled = Arc::new(tokio::sync::Notify::new());
-        let signal = journaled.clone();
+        // Bounded: a subscriber more than this many commits behind is told so.
+        let (commits, _) = tokio::sync::broadcast::channel(COMMITS_KEPT);
+        let signal = commits.clone();
         let h = healthy.clone();
         let p = path.to_path_buf();
         std::thread::Builder::new()
@@ -208,7 +210,7 @@ impl Store {
             .map_err(|e| StoreError::Query(format!("cannot start writer thread: {e}")))?;
         Ok((
             Self {
-                journaled,
+                commits,
                 tx,
                 read: Arc::new(Mutex::new(read)),
                 healthy,
@@ -267,9 +269,9 @@ impl Store {
         Ok(r)
     }
 
-    /// Wakes after each commit that journaled alarm transitions.
-    pub fn journaled(&self) -> Arc<tokio::sync::Notify> {
-        self.journaled.clone()
+    /// Subscribes to the committed-change stream (from now on).
+    pub fn subscribe(&self) -> Commits {
+        self.commits.subscribe()
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -605,7 +607,7 @@ fn writer(
     healthy: Arc<AtomicBool>,
     path: PathBuf,
     quarantine: Arc<Quarantine>,
-    journaled: Arc<tokio::sync::Notify>,
+    commits: tokio::sync::broadcast::Sender<Arc<Committed>>,
 ) {
     let mut backoff_ms = 50u64;
     while let Some(first) = rx.blocking_recv() {
@@ -657,9 +659,9 @@ fn writer(
                 }
             }
         }
-        if batches.iter().any(|b| !b.transitions.is_empty()) {
-            journaled.notify_one();
-        }
+        // Durable now: acknowledge (MQTT PUBACKs, command replies, the
+        // shards' views), then publish what was committed.
+        let mut committed = Committed::default();
         for b in batches {
             if let Some(r) = b.received {
                 metrics.pipeline_latency.observe(r.elapsed().as_secs_f64());
@@ -667,6 +669,15 @@ fn writer(
             for ack in b.acks {
                 ack.ack();
             }
+            committed.readings += b.readings.len();
+            committed.transitions.extend(b.transitions);
+        }
+        for t in &committed.transitions {
+            crate::telemetry::events::AlarmTransition(t).emit(&metrics);
+        }
+        if !committed.transitions.is_empty() || committed.readings > 0 {
+            // No subscribers is normal (no board open, alerts off).
+            let _ = commits.send(Arc::new(committed));
         }
         for (w, reply) in writes {
             let r = w(&mut c).map_err(|e| {
@@ -772,20 +783,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_commit_with_transitions_wakes_the_subscriber_and_readings_alone_do_not() {
+    async fn each_commit_is_published_after_it_is_durable_with_its_transitions() {
         use crate::alarm::{AlarmOrigin, RaiseSpec, Registry};
         use crate::model::DeviceId;
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
         let metrics = Arc::new(Metrics::new());
-        let (store, _) = Store::open(
-            &dir.path().join("s.db"),
-            8,
-            metrics.clone(),
-            Arc::new(Quarantine::new(4)),
-        )
-        .unwrap();
-        let woken = store.journaled();
-        let wait = || tokio::time::timeout(std::time::Duration::from_millis(200), woken.notified());
+        let (store, _) = Store::open(&path, 8, metrics.clone(), Arc::new(Quarantine::new(4))).unwrap();
+        let mut commits = store.subscribe();
         store
             .submit(
                 Batch {
@@ -796,8 +801,8 @@ mod tests {
             )
             .await
             .unwrap();
-        store.flush().await.unwrap();
-        assert!(wait().await.is_err(), "readings alone do not wake the notify engine");
+        let c = commits.recv().await.unwrap();
+        assert_eq!((c.readings, c.transitions.len()), (1, 0));
         let mut reg = Registry::new();
         let spec = RaiseSpec {
             site: SiteId::new("MP-0001").unwrap(),
@@ -813,7 +818,7 @@ mod tests {
             suppressed_by: vec![],
         };
         let transitions = reg.raise(spec, from_ms(2_000), from_ms(2_000));
-        assert!(!transitions.is_empty());
+        let id = transitions[0].alarm.id.clone();
         store
             .submit(
                 Batch {
@@ -824,11 +829,15 @@ mod tests {
             )
             .await
             .unwrap();
-        store.flush().await.unwrap();
-        assert!(
-            wait().await.is_ok(),
-            "a journaled transition wakes it (the permit is kept)"
-        );
+        let c = commits.recv().await.unwrap();
+        assert_eq!(c.transitions.len(), 1);
+        assert_eq!(c.transitions[0].alarm.id, id);
+        // Published means durable: another connection reads it at once.
+        let other = Connection::open(&path).unwrap();
+        let n: i64 = other
+            .query_row("SELECT count(*) FROM journal WHERE alarm_id = ?1", [&id], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "the transition is in the journal when it is published");
     }
 
     #[test]

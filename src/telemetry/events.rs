@@ -54,14 +54,17 @@ impl DuplicateMessage<'_> {
     }
 }
 
-pub struct SampleStored(pub Quality);
+/// Samples stored in one step, of one quality.
+pub struct SampleStored(pub Quality, pub u64);
 impl SampleStored {
     pub fn emit(&self, m: &Metrics) {
-        m.samples
-            .get_or_create(&QualityLabel {
-                quality: self.0.as_str().into(),
-            })
-            .inc();
+        if self.1 > 0 {
+            m.samples
+                .get_or_create(&QualityLabel {
+                    quality: self.0.as_str().into(),
+                })
+                .inc_by(self.1);
+        }
     }
 }
 

@@ -34,8 +34,8 @@ pub mod tls;
 pub use ledger::{Ledger, Stall, Ticket};
 
 use crate::config::{Config, MqttSection};
-use crate::device::{self, Profile};
-use crate::model::{Clock, SiteId, Timestamp};
+use crate::device::Profile;
+use crate::model::{Clock, Timestamp};
 use crate::pipeline::{preview, Incoming, Pipeline, QuarantineEntry};
 use crate::store::Ack;
 use crate::telemetry::{events, Metrics};
@@ -167,8 +167,7 @@ fn error_kind(e: &rumqttc::ConnectionError) -> &'static str {
 
 impl MqttCollector {
     pub fn new(cfg: Arc<Config>, pipeline: Pipeline, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
-        let mut profiles: Vec<Arc<Profile>> = cfg.profiles.values().cloned().collect();
-        profiles.sort_by(|a, b| a.device.model.cmp(&b.device.model));
+        let profiles = crate::engine::profiles_in_order(&cfg);
         Self {
             cfg,
             profiles,
@@ -461,46 +460,18 @@ impl MqttCollector {
                 size: payload.len(),
             });
         };
-        let Some(local_topic) = topic.strip_prefix(self.cfg.mqtt.topic_prefix.as_str()) else {
-            quarantine(
-                "unknown_topic",
-                format!("topic {topic:?} is outside the prefix {:?}", self.cfg.mqtt.topic_prefix),
-            );
-            ack.ack();
-            return;
-        };
-        let mut decoded = None;
-        for prof in &self.profiles {
-            match device::decode(prof, local_topic, &payload, arrived, self.cfg.mqtt.max_payload_bytes) {
-                Ok(Some(d)) => {
-                    decoded = Some(d);
-                    break;
-                }
-                Ok(None) => continue,
-                Err(e) => {
-                    quarantine(e.reason(), e.to_string());
-                    ack.ack();
-                    return;
-                }
-            }
-        }
-        let Some(d) = decoded else {
-            quarantine("unknown_topic", format!("topic {topic:?} matches no device profile"));
-            ack.ack();
-            return;
-        };
-        let site = match SiteId::new(&d.site) {
-            Ok(s) if self.cfg.site(s.as_str()).is_some() => s,
-            _ => {
-                quarantine("unknown_site", format!("site {:?} is not configured", d.site));
+        let (site, msg) = match crate::engine::decode_publish(&self.cfg, &self.profiles, &topic, &payload, arrived) {
+            Ok(m) => m,
+            Err(r) => {
+                quarantine(&r.reason, r.error);
                 ack.ack();
                 return;
             }
         };
         let msg = Incoming {
-            decoded: d,
-            topic: topic.clone(),
-            raw: preview(&payload),
+            decoded: msg.decoded,
+            topic: msg.topic,
+            raw: msg.raw,
             arrived,
             received,
             ack: Some(ack),

@@ -57,7 +57,15 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
     let quarantine = Arc::new(crate::pipeline::Quarantine::new(cfg.service.quarantine_capacity));
-    let (store, mut restored) = Store::open(&cfg.store_path, 64, metrics.clone(), quarantine.clone())
+    let (store, mut restored) = Store::open(
+        &cfg.store_path,
+        64,
+        crate::store::Retention {
+            inputs_days: cfg.store.inputs_retention_days,
+        },
+        metrics.clone(),
+        quarantine.clone(),
+    )
         .with_context(|| format!("opening the store at {}", cfg.store_path.display()))?;
     tracing::info!(
         store = %cfg.store_path.display(),

@@ -18,6 +18,7 @@ pub mod health;
 pub mod model;
 pub mod notify;
 pub mod pipeline;
+pub mod replay;
 pub mod rules;
 pub mod store;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use mizuban::config::Config;
+use mizuban::model::Timestamp;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,43 @@ enum Cmd {
     CheckConfig {
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Write the inputs the service received in a span as a capture file
+    /// (JSON Lines; gzip when FILE ends in .gz).
+    Export {
+        #[arg(long)]
+        config: PathBuf,
+        /// Start of the span (RFC 3339), inclusive.
+        #[arg(long, value_parser = parse_time)]
+        from: Timestamp,
+        /// End of the span (RFC 3339), exclusive.
+        #[arg(long, value_parser = parse_time)]
+        to: Timestamp,
+        /// Only these sites (comma-separated ids).
+        #[arg(long, value_delimiter = ',')]
+        sites: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Recorded inputs through the whole pipeline on a simulated clock:
+    /// what the rules raised, and with --candidate what another rules file
+    /// would have. Nothing is sent; the live store is only read.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        /// A capture file (see interfaces.md); or --from/--to for the service's own record.
+        #[arg(long, conflicts_with_all = ["from", "to"], required_unless_present = "from")]
+        capture: Option<PathBuf>,
+        #[arg(long, value_parser = parse_time, requires = "to")]
+        from: Option<Timestamp>,
+        #[arg(long, value_parser = parse_time, requires = "from")]
+        to: Option<Timestamp>,
+        /// A second rules file run over the same inputs.
+        #[arg(long)]
+        candidate: Option<PathBuf>,
+        /// Write the result as JSON here (`-` for standard output).
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Print the argon2 hash of a password read from standard input, for `[[user]]`.
     HashPassword,
@@ -139,12 +177,152 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Cmd::Export {
+            config,
+            from,
+            to,
+            sites,
+            out,
+        } => export(&config, mizuban::store::InputFilter { from, to, sites }, &out),
+        Cmd::Replay {
+            config,
+            capture,
+            from,
+            to,
+            candidate,
+            json,
+        } => {
+            let inputs = match (capture, from, to) {
+                (Some(c), _, _) => mizuban::replay::Inputs::Capture(c),
+                (None, Some(from), Some(to)) => mizuban::replay::Inputs::Record { from, to },
+                _ => {
+                    eprintln!("error: give --capture FILE, or --from and --to");
+                    return ExitCode::from(2);
+                }
+            };
+            replay(&config, inputs, candidate, json)
+        }
         Cmd::Demo {
             http,
             data_dir,
             incident_every_s,
         } => runtime(demo::run(http, data_dir, incident_every_s)),
     }
+}
+
+fn parse_time(s: &str) -> Result<Timestamp, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time (2026-12-01T00:00:00Z): {e}"))
+}
+
+fn load_or_exit(config: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(config).map_err(|errors| {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        ExitCode::from(2)
+    })
+}
+
+fn export(config: &std::path::Path, filter: mizuban::store::InputFilter, out: &std::path::Path) -> ExitCode {
+    let cfg = match load_or_exit(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match mizuban::replay::export(&cfg, &filter, out, chrono::Utc::now()) {
+        Ok(n) => {
+            eprintln!("{}: {n} inputs", out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The progress bar: rate and ETA on a terminal; indicatif draws nothing
+/// when standard error is not one.
+struct Bar(indicatif::ProgressBar);
+
+impl mizuban::replay::Progress for Bar {
+    fn update(&self, done: u64, total: u64) {
+        self.0.set_length(total);
+        self.0.set_position(done);
+    }
+}
+
+fn replay(
+    config: &std::path::Path,
+    inputs: mizuban::replay::Inputs,
+    candidate: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> ExitCode {
+    use std::sync::Arc;
+    let cfg = match load_or_exit(config) {
+        Ok(c) => Arc::new(c),
+        Err(code) => return code,
+    };
+    let candidate = match candidate {
+        None => None,
+        Some(rules) => match Config::load_with_rules(config, &rules) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(errors) => {
+                for e in &errors {
+                    eprintln!("{} (candidate {}): {e}", config.display(), rules.display());
+                }
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let bar = indicatif::ProgressBar::with_draw_target(Some(0), indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {binary_bytes_per_sec} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let out = match mizuban::replay::replay(cfg, candidate, &inputs, &Bar(bar.clone())) {
+        Ok(o) => o,
+        Err(e) => {
+            bar.abandon();
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    bar.finish_and_clear();
+    for r in &out.runs {
+        eprintln!(
+            "{}: {} alarm occurrences, {} readings",
+            r.name,
+            r.alarms.len(),
+            r.readings
+        );
+    }
+    if let Some(d) = &out.diff {
+        eprintln!(
+            "candidate: {} added, {} removed, {} moved; occurrences paged {} -> {}",
+            d.added.len(),
+            d.removed.len(),
+            d.changed.len(),
+            d.pages.0,
+            d.pages.1
+        );
+    }
+    if let Some(path) = json {
+        let mut bytes = serde_json::to_vec_pretty(&out).expect("plain data serializes");
+        bytes.push(b'\n');
+        let written = if path.as_os_str() == "-" {
+            use std::io::Write;
+            std::io::stdout().write_all(&bytes)
+        } else {
+            std::fs::write(&path, &bytes)
+        };
+        if let Err(e) = written {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn runtime(f: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {

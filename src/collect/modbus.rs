@@ -11,11 +11,12 @@
 
 use crate::alarm::{AlarmOrigin, RaiseSpec};
 use crate::config::{Config, ModbusEndpoint, Site};
-use crate::device::modbus::{decode_poll, ModbusMap, RangeData, ReadRange, Table};
+use crate::device::modbus::{ModbusMap, RangeData, ReadRange, Table};
 use crate::device::Priority;
-use crate::device::{Decoded, MessageKind, Profile, RawReading};
+use crate::device::Profile;
 use crate::model::Clock;
 use crate::pipeline::{Incoming, Pipeline};
+use crate::store::{InputBody, RecordedInput};
 use crate::telemetry::Metrics;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -515,6 +516,15 @@ impl ModbusCollector {
                 }
                 Err(e) => {
                     let kind = e.kind();
+                    // Recorded, so a replay sees the gap as the station did.
+                    let failed = RecordedInput {
+                        arrived: self.clock.now(),
+                        site: Some(unit.site.id.to_string()),
+                        body: InputBody::PollError(kind.clone()),
+                    };
+                    if let Err(err) = self.pipeline.record(failed, None).await {
+                        tracing::error!(site = %unit.site.id, error = %err, "cannot record the failed poll");
+                    }
                     tracing::warn!(site = %unit.site.id, device = %device, unit = id, %kind, error = ?e, "modbus poll failed");
                     self.metrics
                         .modbus_errors
@@ -586,40 +596,18 @@ impl ModbusCollector {
 
     async fn deliver(&self, unit: &Unit, data: Vec<(ReadRange, RangeData)>) {
         let now = self.clock.now();
-        let (values, bits) = decode_poll(&unit.map, &data);
-        let decoded = Decoded {
-            message: "poll".into(),
-            kind: MessageKind::Record,
-            site: unit.site.id.to_string(),
-            device: Some(unit.site.device.to_string()),
-            // Polls have no (boot, seq): each is read fresh, nothing to deduplicate.
-            ident: None,
-            t: Some(now),
-            readings: values
-                .into_iter()
-                .map(|(point, value, quality)| RawReading {
-                    point,
-                    t: now,
-                    value,
-                    quality,
-                })
-                .collect(),
-            events: vec![],
-            bits: bits.map(|b| (now, b)),
-            online: Some(true),
-            // Comm loss follows the profile's `comm.expected_interval_s`,
-            // which states the poll cadence the station is engineered for.
-            interval_s: None,
-            backlog: None,
-            problems: vec![],
-        };
         let msg = Incoming {
-            decoded,
-            topic: format!("modbus://{}/{}", unit.site.id, unit.site.device),
+            decoded: crate::device::modbus::poll_decoded(&unit.site, &unit.map, &data, now),
+            topic: crate::device::modbus::poll_topic(&unit.site),
             raw: format!("{data:?}").chars().take(2048).collect(),
             arrived: now,
             received: std::time::Instant::now(),
             ack: None,
+            input: RecordedInput {
+                arrived: now,
+                site: Some(unit.site.id.to_string()),
+                body: InputBody::Poll(crate::device::modbus::Poll::from_ranges(&data)),
+            },
         };
         if let Err(e) = self.pipeline.submit(&unit.site.id, msg).await {
             tracing::error!(site = %unit.site.id, error = %e, "pipeline unavailable");

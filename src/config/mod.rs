@@ -183,6 +183,14 @@ fn default_backoff_max() -> u64 {
 pub struct StoreSection {
     /// SQLite file, relative to this file unless absolute.
     pub path: String,
+    /// Days every received input (MQTT payloads, Modbus polls and their
+    /// failures) is kept for `mizuban export` and `mizuban replay`.
+    #[serde(default = "default_inputs_retention")]
+    pub inputs_retention_days: u32,
+}
+
+fn default_inputs_retention() -> u32 {
+    35
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -337,6 +345,7 @@ pub struct Config {
     pub service: ServiceSection,
     pub mqtt: MqttSection,
     pub store_path: PathBuf,
+    pub store: StoreSection,
     pub http_listen: SocketAddr,
     pub http: HttpSection,
     pub tokens: Vec<TokenSpec>,
@@ -433,6 +442,29 @@ impl Source for EmbeddedSource {
 impl Config {
     pub fn load(path: &Path) -> Result<Self, Vec<SourceError>> {
         Self::load_from(&FileSource, path)
+    }
+
+    /// The configuration at `path` with its rules taken from `rules` instead
+    /// of the file it names (a candidate rule set for replay); everything
+    /// else, sites and profiles included, is the configured one.
+    pub fn load_with_rules(path: &Path, rules: &Path) -> Result<Self, Vec<SourceError>> {
+        let text = FileSource.read(path).map_err(|e| vec![e])?;
+        let named = Files::lenient(&text)
+            .map(|f| path.parent().unwrap_or(Path::new("")).join(f.rules_file))
+            .ok_or_else(|| vec![SourceError::io(path, &std::io::Error::other("no [service] rules_file"))])?;
+        struct Candidate<'a> {
+            named: PathBuf,
+            rules: &'a Path,
+        }
+        impl Source for Candidate<'_> {
+            fn read(&self, p: &Path) -> Result<String, SourceError> {
+                FileSource.read(if p == self.named { self.rules } else { p })
+            }
+            fn list_toml(&self, dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
+                FileSource.list_toml(dir)
+            }
+        }
+        Self::load_from(&Candidate { named, rules }, path)
     }
 
     pub fn load_embedded() -> Result<Self, Vec<SourceError>> {
@@ -694,6 +726,7 @@ impl Config {
             service: raw.service,
             mqtt: raw.mqtt,
             store_path,
+            store: raw.store.clone(),
             http_listen,
             http: raw.http.clone(),
             tokens: raw.tokens.into_iter().map(Spanned::into_inner).collect(),

@@ -4,7 +4,7 @@
 //! and the "not available" markers (`0xFFFF` unsigned, `0x8000` signed), which
 //! become `bad` readings rather than values.
 
-use crate::model::Quality;
+use crate::model::{Quality, Timestamp};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -422,4 +422,162 @@ count = 19
         assert_eq!(vals.iter().find(|v| v.0 == "panel_temp").unwrap().1, None);
         assert_eq!(word, None);
     }
+}
+
+/// One block of a poll as read: its start address and the raw values.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PollBlock<T> {
+    pub start: u16,
+    pub values: Vec<T>,
+}
+
+/// A bit as a capture holds it: `0`/`1` (written), or `true`/`false` (read too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bit(pub bool);
+
+impl serde::Serialize for Bit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.0 as u8)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Bit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum B {
+            Bool(bool),
+            Num(u8),
+        }
+        match B::deserialize(d)? {
+            B::Bool(b) => Ok(Bit(b)),
+            B::Num(0) => Ok(Bit(false)),
+            B::Num(1) => Ok(Bit(true)),
+            B::Num(n) => Err(serde::de::Error::custom(format!("a bit is 0 or 1, not {n}"))),
+        }
+    }
+}
+
+/// Everything one poll of a unit read, per table, as `interfaces.md`
+/// ("Captures and replay") records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Poll {
+    #[serde(default)]
+    pub coils: Vec<PollBlock<Bit>>,
+    #[serde(default)]
+    pub discrete: Vec<PollBlock<Bit>>,
+    #[serde(default)]
+    pub input: Vec<PollBlock<u16>>,
+    #[serde(default)]
+    pub holding: Vec<PollBlock<u16>>,
+}
+
+impl Poll {
+    pub fn from_ranges(data: &[(ReadRange, RangeData)]) -> Self {
+        let mut p = Poll::default();
+        for (r, d) in data {
+            match (r.table, d) {
+                (Table::Coil, RangeData::Bits(b)) => p.coils.push(PollBlock {
+                    start: r.address,
+                    values: b.iter().map(|v| Bit(*v)).collect(),
+                }),
+                (Table::Discrete, RangeData::Bits(b)) => p.discrete.push(PollBlock {
+                    start: r.address,
+                    values: b.iter().map(|v| Bit(*v)).collect(),
+                }),
+                (Table::Input, RangeData::Words(w)) => p.input.push(PollBlock {
+                    start: r.address,
+                    values: w.clone(),
+                }),
+                (Table::Holding, RangeData::Words(w)) => p.holding.push(PollBlock {
+                    start: r.address,
+                    values: w.clone(),
+                }),
+                // A read answers in its table's kind; nothing else is produced.
+                _ => {}
+            }
+        }
+        p
+    }
+
+    /// Back to the blocks `decode_poll` reads. A block longer than the
+    /// protocol allows is cut (a hand-written capture cannot make a read
+    /// that no device could answer).
+    pub fn ranges(&self) -> Vec<(ReadRange, RangeData)> {
+        let count = |n: usize| n.min(u16::MAX as usize) as u16;
+        let bits = |table, blocks: &[PollBlock<Bit>]| {
+            blocks
+                .iter()
+                .map(move |b| {
+                    (
+                        ReadRange {
+                            table,
+                            address: b.start,
+                            count: count(b.values.len()),
+                        },
+                        RangeData::Bits(b.values.iter().map(|v| v.0).collect()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let words = |table, blocks: &[PollBlock<u16>]| {
+            blocks
+                .iter()
+                .map(move |b| {
+                    (
+                        ReadRange {
+                            table,
+                            address: b.start,
+                            count: count(b.values.len()),
+                        },
+                        RangeData::Words(b.values.clone()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut out = bits(Table::Coil, &self.coils);
+        out.extend(bits(Table::Discrete, &self.discrete));
+        out.extend(words(Table::Input, &self.input));
+        out.extend(words(Table::Holding, &self.holding));
+        out
+    }
+}
+
+/// The decoded message one poll of a station makes, stamped with the
+/// master station's time of the poll (controllers carry no clock of their
+/// own in the register map).
+pub fn poll_decoded(site: &crate::config::Site, map: &ModbusMap, data: &[(ReadRange, RangeData)], now: Timestamp) -> super::Decoded {
+    let (values, bits) = decode_poll(map, data);
+    super::Decoded {
+        message: "poll".into(),
+        kind: super::MessageKind::Record,
+        site: site.id.to_string(),
+        device: Some(site.device.to_string()),
+        // Polls have no (boot, seq): each is read fresh, nothing to deduplicate.
+        ident: None,
+        t: Some(now),
+        readings: values
+            .into_iter()
+            .map(|(point, value, quality)| super::RawReading {
+                point,
+                t: now,
+                value,
+                quality,
+            })
+            .collect(),
+        events: vec![],
+        bits: bits.map(|b| (now, b)),
+        online: Some(true),
+        // Comm loss follows the profile's `comm.expected_interval_s`, which
+        // states the poll cadence the station is engineered for.
+        interval_s: None,
+        backlog: None,
+        problems: vec![],
+    }
+}
+
+/// The topic a poll is shown under (latest raw message, quarantine).
+pub fn poll_topic(site: &crate::config::Site) -> String {
+    format!("modbus://{}/{}", site.id, site.device)
 }

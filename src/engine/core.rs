@@ -126,6 +126,9 @@ pub struct Step {
     pub reply: Option<Result<Alarm, CommandError>>,
     /// After a tick: devices in comm loss now.
     pub comm_lost: Option<i64>,
+    /// The step may have brought `Engine::next_due` earlier (a device
+    /// announced a shorter interval, a shelve began).
+    pub reschedule: bool,
 }
 
 /// A duration for people: "45 s", "12 min", "3 h 20 min".
@@ -226,6 +229,32 @@ impl Engine {
             .collect()
     }
 
+    /// The earliest time at which a tick can change anything: a device's
+    /// silence passing what its profile allows, or a shelve running out.
+    /// Live, the shard ticks every second regardless; replay ticks only
+    /// then (on the same one-second grid), so a year replays without 31
+    /// million idle ticks.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        let service_grace = self.cfg.service.comm_grace_s;
+        let comm = self.sites.iter().filter_map(|(id, st)| {
+            let key = AlarmKey {
+                site: id.clone(),
+                source: st.site.device.to_string(),
+                condition: COMM_LOSS.into(),
+            };
+            if self.registry.get_key(&key).is_some_and(|a| a.active) {
+                return None;
+            }
+            let interval = st.dev.interval_s.unwrap_or(st.profile.comm.expected_interval_s) as i64;
+            let grace = st.profile.comm.grace_s.unwrap_or(service_grace) as i64;
+            let after = interval * st.profile.comm.missed_intervals as i64 + grace;
+            // Raised once the silence is longer than allowed.
+            Some(st.dev.last_seen? + Duration::seconds(after) + Duration::milliseconds(1))
+        });
+        let shelves = self.registry.iter().filter_map(|a| a.shelved_until);
+        comm.chain(shelves).min()
+    }
+
     pub fn step(&mut self, input: Input, now: Timestamp) -> Step {
         let mut step = Step::default();
         let touched = match input {
@@ -233,6 +262,7 @@ impl Engine {
             Input::Command(c) => self.on_command(c, now, &mut step),
             Input::Tick => self.on_tick(now, &mut step),
             Input::External(spec, active) => {
+                step.reschedule = true;
                 let site = spec.site.clone();
                 step.transitions = if active {
                     self.registry.raise(spec, now, now)
@@ -328,6 +358,7 @@ impl Engine {
             step.seen.push((device.to_string(), id.boot, id.seq, m.arrived));
         }
         if let Some(i) = d.interval_s {
+            step.reschedule |= st.dev.interval_s != Some(i);
             st.dev.interval_s = Some(i);
         }
         if let Some(o) = d.online {
@@ -618,6 +649,7 @@ impl Engine {
     }
 
     fn on_command(&mut self, cmd: Command, now: Timestamp, step: &mut Step) -> Vec<SiteId> {
+        step.reschedule = true;
         let res = match cmd {
             Command::Ack { id, who, comment } => self.registry.ack(&id, &who, comment, now),
             Command::Shelve {

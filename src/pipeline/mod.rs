@@ -22,7 +22,7 @@ use crate::alarm::{Alarm, CommandError};
 use crate::config::Config;
 use crate::device::Decoded;
 use crate::model::{Clock, SiteId, Timestamp};
-use crate::store::{Ack, Restored, Store};
+use crate::store::{Ack, Batch, RecordedInput, Restored, Store};
 use crate::telemetry::Metrics;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -39,6 +39,8 @@ pub struct Incoming {
     pub received: std::time::Instant,
     /// Acknowledges the MQTT message once the batch it ends up in is durable.
     pub ack: Option<Box<dyn Ack>>,
+    /// The input exactly as received, recorded in the same transaction.
+    pub input: RecordedInput,
 }
 
 pub(crate) enum Input {
@@ -180,6 +182,20 @@ impl Pipeline {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Err(PipelineError::Stopped),
         }
+    }
+
+    /// Records an input that never reaches a shard (a payload no profile
+    /// accepts, a failed poll); `ack` runs once the record is durable.
+    pub async fn record(&self, input: RecordedInput, ack: Option<Box<dyn Ack>>) -> Result<(), PipelineError> {
+        let batch = Batch {
+            inputs: vec![input],
+            acks: ack.into_iter().collect(),
+            ..Default::default()
+        };
+        self.store
+            .submit(batch, &self.metrics)
+            .await
+            .map_err(|_| PipelineError::Stopped)
     }
 
     /// Runs an operator command on the shard that owns the alarm.

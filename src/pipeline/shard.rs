@@ -106,6 +106,7 @@ impl Shard {
         let mut acks: Vec<Box<dyn Ack>> = Vec::new();
         let mut received = None;
         let mut reply = None;
+        let mut inputs = Vec::new();
         let is_msg = matches!(input, Input::Message(_));
         let step = match input {
             Input::Message(m) => {
@@ -116,9 +117,11 @@ impl Shard {
                     arrived,
                     received: r,
                     ack,
+                    input,
                 } = *m;
                 received = Some(r);
                 acks.extend(ack);
+                inputs.push(input);
                 let msg = Message {
                     decoded,
                     topic,
@@ -137,6 +140,7 @@ impl Shard {
         };
         let mut batch = self.account(step, reply, acks);
         batch.received = received;
+        batch.inputs = inputs;
         if !batch.is_empty() {
             self.store.submit(batch, &self.metrics).await?;
         }

@@ -9,7 +9,7 @@
 
 mod sqlite;
 
-pub use sqlite::{JournalFilter, JournalRow, Restored, Store, StoreError};
+pub use sqlite::{InputFilter, JournalFilter, JournalRow, Restored, Store, StoreError};
 
 use crate::alarm::Transition;
 use crate::model::{Reading, Timestamp};
@@ -46,6 +46,40 @@ pub struct CommandRecord {
     pub result: String,
 }
 
+/// One input exactly as the master station received it: what replay reads
+/// back (`mizuban export` writes it as a capture).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedInput {
+    /// The master station's clock when it was received.
+    pub arrived: Timestamp,
+    /// The site it is for, when known (a payload that did not decode has none).
+    pub site: Option<String>,
+    pub body: InputBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputBody {
+    /// An MQTT publish: its full topic and exact payload bytes.
+    Mqtt { topic: String, payload: bytes::Bytes },
+    /// A Modbus poll of a station, every block as read.
+    Poll(crate::device::modbus::Poll),
+    /// A Modbus poll that failed, and why.
+    PollError(String),
+}
+
+/// How long each kind of record is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Recorded inputs (the replay record), in days.
+    pub inputs_days: u32,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self { inputs_days: 35 }
+    }
+}
+
 /// Everything one pipeline step wants stored atomically.
 #[derive(Default)]
 pub struct Batch {
@@ -60,6 +94,8 @@ pub struct Batch {
     /// Raw payloads kept per site (the "latest raw message" for engineers).
     pub raw: Vec<(String, String, Timestamp)>,
     pub acks: Vec<Box<dyn Ack>>,
+    /// The inputs behind the batch, as received.
+    pub inputs: Vec<RecordedInput>,
     /// Device commands, journaled beside the alarm transitions.
     pub commands: Vec<CommandRecord>,
     /// When the collector received the message behind the batch (monotonic),
@@ -80,6 +116,7 @@ impl Batch {
             && self.seen.is_empty()
             && self.raw.is_empty()
             && self.acks.is_empty()
+            && self.inputs.is_empty()
             && self.commands.is_empty()
     }
 }

@@ -1,4 +1,4 @@
-use super::{Batch, Commits, Committed};
+use super::{Batch, Commits, Committed, InputBody, RecordedInput, Retention};
 use crate::alarm::Alarm;
 use crate::model::{PointId, Quality, Timestamp};
 use crate::telemetry::quarantine::{Quarantine, QuarantineEntry};
@@ -79,6 +79,15 @@ pub struct JournalFilter {
     pub limit: usize,
 }
 
+/// Which recorded inputs to read: arrivals in `[from, to)`, of these sites
+/// (all when empty).
+#[derive(Debug, Clone)]
+pub struct InputFilter {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub sites: Vec<String>,
+}
+
 #[derive(Clone)]
 pub struct Store {
     /// The committed-change stream: what each commit made durable.
@@ -121,6 +130,13 @@ CREATE INDEX IF NOT EXISTS msg_seen_arrived ON msg_seen(arrived);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS revoked_sessions (mac TEXT PRIMARY KEY, expires INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS raw_latest (site TEXT PRIMARY KEY, topic_payload TEXT NOT NULL, arrived INTEGER NOT NULL);
+-- Every input as received, for export and replay: source 0 = MQTT (topic,
+-- exact payload bytes), 1 = Modbus poll (body: the poll's blocks as JSON),
+-- 2 = Modbus poll failure (body: the error).
+CREATE TABLE IF NOT EXISTS inputs (
+    id INTEGER PRIMARY KEY, arrived INTEGER NOT NULL, site TEXT, source INTEGER NOT NULL,
+    topic TEXT, body BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS inputs_arrived ON inputs(arrived);
 ";
 
 /// Columns added after the first release, added in place to an older database.
@@ -175,6 +191,7 @@ impl Store {
     pub fn open(
         path: &Path,
         queue: usize,
+        retention: Retention,
         metrics: Arc<Metrics>,
         quarantine: Arc<Quarantine>,
     ) -> Result<(Self, Restored), StoreError> {
@@ -206,7 +223,7 @@ impl Store {
         let p = path.to_path_buf();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(write, rx, metrics, h, p, quarantine, signal))
+            .spawn(move || writer(write, rx, retention, metrics, h, p, quarantine, signal))
             .map_err(|e| StoreError::Query(format!("cannot start writer thread: {e}")))?;
         Ok((
             Self {
@@ -417,6 +434,68 @@ impl Store {
         })
     }
 
+    /// Recorded inputs in arrival order, streamed to `each` (a month of the
+    /// fleet is never held in memory). Reads on a connection of its own, so a
+    /// long export does not hold up the API's reads.
+    pub fn inputs(
+        path: &Path,
+        f: &InputFilter,
+        mut each: impl FnMut(RecordedInput) -> std::io::Result<()>,
+    ) -> Result<u64, StoreError> {
+        let sq = |e| StoreError::Sqlite {
+            path: path.into(),
+            source: e,
+        };
+        let c = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(sq)?;
+        c.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
+        let mut st = c
+            .prepare(
+                "SELECT arrived, site, source, topic, body FROM inputs WHERE arrived >= ?1 AND arrived < ?2
+                 ORDER BY arrived, id",
+            )
+            .map_err(sq)?;
+        let mut rows = st.query(params![ms(f.from), ms(f.to)]).map_err(sq)?;
+        let mut n = 0;
+        while let Some(r) = rows.next().map_err(sq)? {
+            let site: Option<String> = r.get(1).map_err(sq)?;
+            let topic: Option<String> = r.get(3).map_err(sq)?;
+            if !f.sites.is_empty() {
+                let named = |s: &str| f.sites.iter().any(|x| x == s);
+                // A payload that did not decode has no site: it belongs to
+                // a site its topic names.
+                let keep = match (&site, &topic) {
+                    (Some(s), _) => named(s),
+                    (None, Some(t)) => t.split('/').any(named),
+                    (None, None) => false,
+                };
+                if !keep {
+                    continue;
+                }
+            }
+            let body: Vec<u8> = r.get(4).map_err(sq)?;
+            let source: i64 = r.get(2).map_err(sq)?;
+            let body = match source {
+                0 => InputBody::Mqtt {
+                    topic: topic.unwrap_or_default(),
+                    payload: body.into(),
+                },
+                1 => match serde_json::from_slice(&body) {
+                    Ok(p) => InputBody::Poll(p),
+                    Err(e) => InputBody::PollError(format!("recorded poll unreadable: {e}")),
+                },
+                _ => InputBody::PollError(String::from_utf8_lossy(&body).into_owned()),
+            };
+            each(RecordedInput {
+                arrived: from_ms(r.get(0).map_err(sq)?),
+                site,
+                body,
+            })
+            .map_err(|e| StoreError::Query(format!("writing the export: {e}")))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     pub fn latest_raw(&self, site: &str) -> Result<Option<(String, Timestamp)>, StoreError> {
         self.with_read(|c| {
             c.query_row(
@@ -488,6 +567,8 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Re
             tx.prepare_cached("INSERT OR IGNORE INTO msg_seen (device, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4)")?;
         let mut up_raw =
             tx.prepare_cached("INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)")?;
+        let mut ins_in =
+            tx.prepare_cached("INSERT INTO inputs (arrived, site, source, topic, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         for b in ops {
             for r in &b.readings {
                 row(
@@ -574,6 +655,18 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Re
                     &|| format!("command {} to {}", c.command, c.device),
                 )?;
             }
+            for i in &b.inputs {
+                let (source, topic, body): (i64, Option<&str>, std::borrow::Cow<[u8]>) = match &i.body {
+                    InputBody::Mqtt { topic, payload } => (0, Some(topic), payload.as_ref().into()),
+                    InputBody::Poll(p) => (1, None, serde_json::to_vec(p).unwrap_or_default().into()),
+                    InputBody::PollError(e) => (2, None, e.as_bytes().into()),
+                };
+                row(
+                    ins_in.execute(params![ms(i.arrived), i.site, source, topic, body.as_ref()]),
+                    "inputs",
+                    &|| format!("input at {}", i.arrived.to_rfc3339()),
+                )?;
+            }
             for (site, raw, arrived) in &b.raw {
                 row(up_raw.execute(params![site, raw, ms(*arrived)]), "raw_latest", &|| {
                     site.clone()
@@ -582,6 +675,29 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Re
         }
     }
     tx.commit()
+}
+
+/// How often the writer drops inputs older than their retention.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Drops recorded inputs past their retention, a slice at a time so the
+/// ingest path never waits long behind it.
+fn prune_inputs(c: &Connection, retention: Retention, metrics: &Metrics, path: &Path) {
+    let cutoff = Utc::now().timestamp_millis() - retention.inputs_days as i64 * 86_400_000;
+    loop {
+        match c.execute(
+            "DELETE FROM inputs WHERE id IN (SELECT id FROM inputs WHERE arrived < ?1 ORDER BY arrived LIMIT 5000)",
+            [cutoff],
+        ) {
+            Ok(5000) => continue,
+            Ok(_) => break,
+            Err(e) => {
+                metrics.store_errors.inc();
+                tracing::error!(path = %path.display(), error = %e, "pruning recorded inputs failed; retried later");
+                break;
+            }
+        }
+    }
 }
 
 fn reject(rows: &[Rejected], metrics: &Metrics, quarantine: &Quarantine) {
@@ -600,9 +716,11 @@ fn reject(rows: &[Rejected], metrics: &Metrics, quarantine: &Quarantine) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn writer(
     mut c: Connection,
     mut rx: mpsc::Receiver<Op>,
+    retention: Retention,
     metrics: Arc<Metrics>,
     healthy: Arc<AtomicBool>,
     path: PathBuf,
@@ -610,7 +728,12 @@ fn writer(
     commits: tokio::sync::broadcast::Sender<Arc<Committed>>,
 ) {
     let mut backoff_ms = 50u64;
+    let mut pruned: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
+        if pruned.is_none_or(|p| p.elapsed() > PRUNE_EVERY) {
+            pruned = Some(std::time::Instant::now());
+            prune_inputs(&c, retention, &metrics, &path);
+        }
         let mut ops = vec![first];
         // Group whatever else is already waiting into the same transaction.
         while ops.len() < 256 {
@@ -724,7 +847,7 @@ mod tests {
         let path = dir.path().join("s.db");
         let metrics = Arc::new(Metrics::new());
         let q = Arc::new(Quarantine::new(10));
-        let (store, _) = Store::open(&path, 8, metrics.clone(), q.clone()).unwrap();
+        let (store, _) = Store::open(&path, 8, Retention::default(), metrics.clone(), q.clone()).unwrap();
         // A constraint the bad row breaks (as a schema change or a corrupt
         // value would): a trigger that refuses one site's readings.
         Connection::open(&path)
@@ -789,7 +912,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let metrics = Arc::new(Metrics::new());
-        let (store, _) = Store::open(&path, 8, metrics.clone(), Arc::new(Quarantine::new(4))).unwrap();
+        let (store, _) = Store::open(&path, 8, Retention::default(), metrics.clone(), Arc::new(Quarantine::new(4))).unwrap();
         let mut commits = store.subscribe();
         store
             .submit(

@@ -37,6 +37,7 @@ use crate::config::{Config, MqttSection};
 use crate::device::Profile;
 use crate::model::{Clock, Timestamp};
 use crate::pipeline::{preview, Incoming, Pipeline, QuarantineEntry};
+use crate::store::{InputBody, RecordedInput};
 use crate::store::Ack;
 use crate::telemetry::{events, Metrics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
@@ -460,11 +461,24 @@ impl MqttCollector {
                 size: payload.len(),
             });
         };
+        let record = |site: Option<String>| RecordedInput {
+            arrived,
+            site,
+            body: InputBody::Mqtt {
+                topic: topic.clone(),
+                payload: payload.clone(),
+            },
+        };
         let (site, msg) = match crate::engine::decode_publish(&self.cfg, &self.profiles, &topic, &payload, arrived) {
             Ok(m) => m,
             Err(r) => {
                 quarantine(&r.reason, r.error);
-                ack.ack();
+                // Recorded as received (replay judges it the same way), and
+                // acknowledged once that record is durable.
+                if let Err(e) = self.pipeline.record(record(None), Some(ack)).await {
+                    // Not acked (the ack's drop asks for a reconnect); the broker redelivers.
+                    tracing::error!(topic = %topic, error = %e, "store unavailable");
+                }
                 return;
             }
         };
@@ -475,6 +489,7 @@ impl MqttCollector {
             arrived,
             received,
             ack: Some(ack),
+            input: record(Some(site.to_string())),
         };
         if let Err(e) = self.pipeline.submit(&site, msg).await {
             // Not acked (the ack's drop asks for a reconnect); the broker redelivers.

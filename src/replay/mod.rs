@@ -1,0 +1,186 @@
+//! Recorded inputs through the same pipeline, for engineers: `mizuban export`
+//! writes what the service received as a capture (`capture`), and `mizuban
+//! replay` feeds a capture, or the service's own record for a span, through
+//! the same decoding and engine on a clock that follows the arrival times
+//! (`run`), beside a candidate rule set if one is given, and reports what
+//! each would have raised and how they differ (`diff`). In: a capture file or
+//! the store's `inputs`; out: the JSON of `interfaces.md`. Nothing is sent
+//! and the live store is only read.
+
+pub mod capture;
+pub mod diff;
+pub mod run;
+
+use crate::config::Config;
+use crate::model::Timestamp;
+use crate::store::{InputFilter, RecordedInput, Store};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use capture::{CaptureReader, CaptureWriter, Header};
+pub use run::{InputCounts, Occurrence, Replay, RunResult};
+
+/// Where the inputs come from.
+pub enum Inputs {
+    Capture(PathBuf),
+    /// The service's own record (its store) for `[from, to)`.
+    Record { from: Timestamp, to: Timestamp },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Capture(#[from] capture::CaptureError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+#[derive(Serialize)]
+pub struct CaptureSummary {
+    pub from: Option<Timestamp>,
+    pub to: Option<Timestamp>,
+    pub inputs: u64,
+    /// Readings the configured rule set stored (deduplicated, as live).
+    pub readings: u64,
+    pub mqtt: u64,
+    pub polls: u64,
+    pub poll_errors: u64,
+    /// Publishes rejected before any rule saw them, by reason.
+    pub rejected: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Serialize)]
+pub struct RunOut {
+    pub name: String,
+    pub alarms: Vec<Occurrence>,
+    pub readings: u64,
+    pub late_samples: u64,
+    pub duplicate_samples: u64,
+    pub duplicate_messages: u64,
+    pub quarantined: std::collections::BTreeMap<String, u64>,
+}
+
+/// The replay's answer (`--json`); the same capture and configuration give
+/// the same bytes.
+#[derive(Serialize)]
+pub struct Output {
+    pub capture: CaptureSummary,
+    pub runs: Vec<RunOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<diff::Diff>,
+}
+
+/// Progress of a long replay, for a terminal.
+pub trait Progress {
+    /// `done` of `total` units (bytes of a capture, or inputs of a record).
+    fn update(&self, done: u64, total: u64);
+}
+
+impl Progress for () {
+    fn update(&self, _: u64, _: u64) {}
+}
+
+/// Runs the replay of `inputs` with the configured rule set (and the
+/// candidate's, if any).
+pub fn replay(
+    cfg: Arc<Config>,
+    candidate: Option<Arc<Config>>,
+    inputs: &Inputs,
+    progress: &dyn Progress,
+) -> Result<Output, ReplayError> {
+    let mut runs = vec![("configured".to_string(), cfg.clone())];
+    if let Some(c) = candidate {
+        runs.push(("candidate".to_string(), c));
+    }
+    let (counts, results, span) = match inputs {
+        Inputs::Capture(path) => {
+            let mut r = CaptureReader::open(path)?;
+            let mut replay = Replay::new(runs, r.header.from);
+            let mut n = 0u64;
+            while let Some(input) = r.next_input()? {
+                replay.feed(input);
+                n += 1;
+                if n % 4096 == 0 {
+                    progress.update(r.read.load(std::sync::atomic::Ordering::Relaxed), r.size);
+                }
+            }
+            progress.update(r.size, r.size);
+            let to = r.header.to;
+            let (c, res) = replay.finish(Some(to));
+            (c, res, (r.header.from, to))
+        }
+        Inputs::Record { from, to } => {
+            let mut replay = Replay::new(runs, *from);
+            let filter = InputFilter {
+                from: *from,
+                to: *to,
+                sites: vec![],
+            };
+            let total = (*to - *from).num_milliseconds().max(1) as u64;
+            let mut n = 0u64;
+            Store::inputs(&cfg.store_path, &filter, |i: RecordedInput| {
+                let at = (i.arrived - *from).num_milliseconds().max(0) as u64;
+                replay.feed(i);
+                n += 1;
+                if n % 4096 == 0 {
+                    progress.update(at, total);
+                }
+                Ok(())
+            })?;
+            progress.update(total, total);
+            let (c, res) = replay.finish(Some(*to));
+            (c, res, (*from, *to))
+        }
+    };
+    let diff = (results.len() == 2).then(|| diff::diff(&results[0].alarms, &results[1].alarms));
+    Ok(Output {
+        capture: CaptureSummary {
+            from: Some(span.0),
+            to: Some(span.1),
+            inputs: counts.inputs,
+            readings: results.first().map_or(0, |r| r.readings),
+            mqtt: counts.mqtt,
+            polls: counts.polls,
+            poll_errors: counts.poll_errors,
+            rejected: counts.rejected,
+        },
+        runs: results
+            .into_iter()
+            .map(|r| RunOut {
+                name: r.name,
+                alarms: r.alarms,
+                readings: r.readings,
+                late_samples: r.late_samples,
+                duplicate_samples: r.duplicate_samples,
+                duplicate_messages: r.duplicate_messages,
+                quarantined: r.quarantined,
+            })
+            .collect(),
+        diff,
+    })
+}
+
+/// Writes the service's recorded inputs for `filter` to `out` as a capture.
+pub fn export(cfg: &Config, filter: &InputFilter, out: &Path, created_at: Timestamp) -> Result<u64, ReplayError> {
+    let header = Header {
+        capture: capture::FORMAT.into(),
+        from: filter.from,
+        to: filter.to,
+        created_at,
+    };
+    let mut w = CaptureWriter::create(out, &header)?;
+    let mut failed = None;
+    Store::inputs(&cfg.store_path, filter, |i| {
+        w.write(&i).map_err(|e| {
+            let msg = e.to_string();
+            failed = Some(e);
+            std::io::Error::other(msg)
+        })
+    })
+    .map_err(|e| match failed.take() {
+        Some(c) => ReplayError::Capture(c),
+        None => ReplayError::Store(e),
+    })?;
+    Ok(w.finish()?)
+}

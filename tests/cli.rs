@@ -321,3 +321,81 @@ policy = "no-such-policy"
         "{err}"
     );
 }
+
+/// `replay` and `export` as an engineer types them: a capture in, JSON out
+/// (exit 0 whatever it found); bad times, a broken candidate and a missing
+/// record are clear errors with the documented exit codes.
+#[test]
+fn replay_and_export_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let capture = dir.path().join("c.jsonl");
+    std::fs::write(
+        &capture,
+        concat!(
+            r#"{"capture":"mizuban/1","from":"2026-12-01T03:00:00Z","to":"2026-12-01T04:00:00Z","created_at":"2026-12-01T04:00:00Z"}"#,
+            "\n",
+            r#"{"arrived":"2026-12-01T03:00:02.125Z","source":"mqtt","topic":"akita/v1/dma/B17/AKT-DMA-017/telemetry","payload_b64":"bm90IGpzb24="}"#,
+            "\n",
+            r#"{"arrived":"2026-12-01T03:00:05.000Z","source":"modbus","site":"MP-0190","error":"timeout"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let config = repo().join("config/akita.toml");
+    let out = mizuban()
+        .args(["replay", "--json", "-", "--config"])
+        .arg(&config)
+        .arg("--capture")
+        .arg(&capture)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["capture"]["inputs"], 2);
+    assert_eq!(v["capture"]["poll_errors"], 1);
+    assert_eq!(v["capture"]["rejected"]["malformed"], 1);
+    assert_eq!(v["runs"][0]["name"], "configured");
+    assert!(v.get("diff").is_none(), "no candidate, no diff");
+    // Not a terminal: no progress bar in what a script captures.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('%'));
+
+    let broken = dir.path().join("broken-rules.toml");
+    std::fs::write(&broken, "[[rule]]\nid = \"x\"\ntype = \"limits\"\n").unwrap();
+    let out = mizuban()
+        .args(["replay", "--config"])
+        .arg(&config)
+        .arg("--capture")
+        .arg(&capture)
+        .arg("--candidate")
+        .arg(&broken)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = mizuban()
+        .args(["export", "--from", "yesterday", "--to", "2026-12-01T00:00:00Z", "--out", "x", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RFC 3339"));
+
+    // A configuration whose store was never written: nothing to export.
+    let cfg_dir = dir.path().join("cfg");
+    std::fs::create_dir(&cfg_dir).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("devices_dir = \"../devices\"", &format!("devices_dir = {:?}", repo().join("devices")))
+        .replace("sites_file = \"akita-sites.toml\"", &format!("sites_file = {:?}", repo().join("config/akita-sites.toml")))
+        .replace("rules_file = \"akita-rules.toml\"", &format!("rules_file = {:?}", repo().join("config/akita-rules.toml")));
+    std::fs::write(cfg_dir.join("m.toml"), text).unwrap();
+    let out = mizuban()
+        .args(["export", "--from", "2026-12-01T00:00:00Z", "--to", "2026-12-02T00:00:00Z", "--out"])
+        .arg(dir.path().join("e.jsonl"))
+        .arg("--config")
+        .arg(cfg_dir.join("m.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("error: store"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -49,10 +49,10 @@ fn simulate(o: MpsOptions, days: i64, events: &[(i64, Scenario)]) -> Vec<(String
             let Some(d) = decode(&p, &m.topic, &m.payload, t, 1 << 20).unwrap() else {
                 continue;
             };
-            let mut by_t: BTreeMap<DateTime<Utc>, HashMap<String, f64>> = BTreeMap::new();
-            for r in d.readings {
+            let mut by_t: BTreeMap<DateTime<Utc>, HashMap<&str, f64>> = BTreeMap::new();
+            for r in &d.readings {
                 if let Some(v) = r.value {
-                    by_t.entry(r.t).or_default().insert(r.point, v);
+                    by_t.entry(r.t).or_default().insert(r.point.as_str(), v);
                 }
             }
             for (rt, values) in by_t {

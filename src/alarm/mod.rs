@@ -8,5 +8,5 @@
 mod registry;
 mod state;
 
-pub use registry::{AlarmKey, CommandError, RaiseSpec, Registry, COMM_LOSS};
+pub use registry::{AlarmKey, CommandError, KeyParts, RaiseSpec, Registry, COMM_LOSS};
 pub use state::{Alarm, AlarmOrigin, AlarmState, Transition};

@@ -6,11 +6,58 @@ use std::collections::HashMap;
 
 /// One occurrence at a time per key: this is what makes a raise arriving twice
 /// (an event and the status bit word, or a redelivered message) one alarm.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AlarmKey {
     pub site: SiteId,
     pub source: String,
     pub condition: String,
+}
+
+/// A key as its three parts, so the registry can be asked about
+/// `(site, source, condition)` without building an `AlarmKey` (three
+/// allocations) for every condition of every message.
+pub trait KeyParts {
+    fn parts(&self) -> (&str, &str, &str);
+}
+
+impl KeyParts for AlarmKey {
+    fn parts(&self) -> (&str, &str, &str) {
+        (self.site.as_str(), &self.source, &self.condition)
+    }
+}
+
+impl KeyParts for (&str, &str, &str) {
+    fn parts(&self) -> (&str, &str, &str) {
+        *self
+    }
+}
+
+// Hash and equality through the parts, for the key and its borrowed form
+// alike (what `HashMap::get` with a borrowed key requires).
+impl std::hash::Hash for AlarmKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl std::hash::Hash for dyn KeyParts + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.parts().hash(h)
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+impl<'a> std::borrow::Borrow<dyn KeyParts + 'a> for AlarmKey {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +170,11 @@ impl Registry {
 
     pub fn get_key(&self, key: &AlarmKey) -> Option<&Alarm> {
         self.open.get(key)
+    }
+
+    /// The open occurrence of `(site, source, condition)`, without building a key.
+    pub fn get_parts(&self, site: &str, source: &str, condition: &str) -> Option<&Alarm> {
+        self.open.get(&(site, source, condition) as &dyn KeyParts)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Alarm> {

@@ -219,10 +219,10 @@ impl PumpHealth {
 impl Analytic for PumpHealth {
     fn observe(&mut self, at: &SiteRef<'_>, readings: &[Reading], out: &mut Findings) {
         let site = at.site;
-        let mut by_t: BTreeMap<Timestamp, HashMap<String, f64>> = BTreeMap::new();
+        let mut by_t: BTreeMap<Timestamp, HashMap<&str, f64>> = BTreeMap::new();
         for r in readings.iter().filter(|r| r.quality == Quality::Good) {
             if let Some(v) = r.value {
-                by_t.entry(r.t).or_default().insert(r.point.local().to_string(), v);
+                by_t.entry(r.t).or_default().insert(r.point.local(), v);
             }
         }
         // The state is persisted after every message with readings, as before

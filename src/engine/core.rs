@@ -165,6 +165,11 @@ pub struct Engine {
     cfg: Arc<Config>,
     registry: Registry,
     sites: HashMap<SiteId, SiteState>,
+    /// Produce what only a running service needs: state to persist for a
+    /// restart, the latest raw message, site statuses for the board. A
+    /// replay turns it off; the decisions (readings, transitions, counts)
+    /// are the same either way.
+    live: bool,
 }
 
 impl Engine {
@@ -213,7 +218,18 @@ impl Engine {
             .cloned()
             .collect();
         registry.restore(mine);
-        Self { cfg, registry, sites }
+        Self {
+            cfg,
+            registry,
+            sites,
+            live: true,
+        }
+    }
+
+    /// An engine for replay: nothing to persist or show (see `live`).
+    pub fn for_replay(mut self) -> Self {
+        self.live = false;
+        self
     }
 
     /// The open occurrences this engine holds.
@@ -278,6 +294,9 @@ impl Engine {
             .collect();
         touched.sort();
         touched.dedup();
+        if !self.live {
+            return step;
+        }
         for id in touched {
             if let Some(s) = self.sites.get(&id) {
                 step.sites.push(s.status(&id, self.registry.iter()));
@@ -326,12 +345,18 @@ impl Engine {
         if d.kind != MessageKind::Will {
             st.dev.last_seen = Some(m.arrived);
             st.dev_dirty = true;
-            let key = AlarmKey {
-                site: site_id.clone(),
-                source: device.to_string(),
-                condition: COMM_LOSS.into(),
-            };
-            step.transitions.extend(self.registry.clear(&key, m.arrived, now, None));
+            if self
+                .registry
+                .get_parts(site_id.as_str(), device.as_str(), COMM_LOSS)
+                .is_some_and(|a| a.active)
+            {
+                let key = AlarmKey {
+                    site: site_id.clone(),
+                    source: device.to_string(),
+                    condition: COMM_LOSS.into(),
+                };
+                step.transitions.extend(self.registry.clear(&key, m.arrived, now, None));
+            }
         }
         let st = self.sites.get_mut(&site_id).expect("looked up above");
         if let Some(id) = d.ident {
@@ -341,8 +366,10 @@ impl Engine {
                     boot: id.boot,
                     seq: id.seq,
                 });
-                step.device_states.push((device.to_string(), st.dev.json()));
-                st.dev_dirty = false;
+                if self.live {
+                    step.device_states.push((device.to_string(), st.dev.json()));
+                    st.dev_dirty = false;
+                }
                 return vec![site_id];
             }
             if st.dev.boot.is_some_and(|b| id.boot > b) {
@@ -389,8 +416,10 @@ impl Engine {
                 size: m.raw.len(),
             });
         }
-        step.raw
-            .push((site_id.to_string(), format!("{}\n{}", m.topic, m.raw), m.arrived));
+        if self.live {
+            step.raw
+                .push((site_id.to_string(), format!("{}\n{}", m.topic, m.raw), m.arrived));
+        }
 
         // Readings, in event-time order per point, deduplicated.
         let mut raw = d.readings.clone();
@@ -434,7 +463,9 @@ impl Engine {
         for a in st.analytics.iter_mut() {
             let mut f = Findings::default();
             a.observe(&at, &accepted, &mut f);
-            a.take_state(&mut step.states);
+            if self.live {
+                a.take_state(&mut step.states);
+            }
             step.counts.late_samples += f.late_samples;
             for c in f.changes {
                 if c.active {
@@ -480,39 +511,69 @@ impl Engine {
             step.transitions.extend(self.registry.confirm_late(&device, now));
         }
         let st = self.sites.get_mut(&site_id).expect("present");
-        if std::mem::take(&mut st.dev_dirty) {
+        if self.live && std::mem::take(&mut st.dev_dirty) {
             step.device_states.push((device.to_string(), st.dev.json()));
         }
         vec![site_id]
     }
 
-    /// The device's own conditions: events, then the alarm bit word.
+    /// The device's own conditions: events, then the alarm bit word. Most
+    /// reports repeat what is known (a status word every few minutes with the
+    /// same bits): those are recognised without building anything.
     fn device_conditions(&mut self, site_id: &SiteId, m: &Message, now: Timestamp, step: &mut Step) {
         let st = &self.sites[site_id];
         let profile = st.profile.clone();
         let device = st.site.device.clone();
-        let mut reports: Vec<(Timestamp, String, bool, Option<f64>, Option<f64>)> = m
+        let mut reports: Vec<(Timestamp, &str, bool, Option<f64>, Option<f64>)> = m
             .decoded
             .events
             .iter()
-            .map(|e| (e.t, e.code.clone(), e.raise, e.value, e.threshold))
+            .map(|e| (e.t, e.code.as_str(), e.raise, e.value, e.threshold))
             .collect();
         if let Some((t, bits)) = m.decoded.bits {
             for c in profile.conditions.iter().filter(|c| c.bit.is_some()) {
                 let on = bits & (1u64 << c.bit.expect("filtered")) != 0;
-                reports.push((t, c.code.clone(), on, None, None));
+                reports.push((t, c.code.as_str(), on, None, None));
             }
         }
         reports.sort_by_key(|r| r.0);
         for (t, code, raise, value, threshold) in reports {
-            let Some(cs) = profile.condition(&code) else {
+            let Some(cs) = profile.condition(code) else {
                 continue;
             };
+            let open = self.registry.get_parts(site_id.as_str(), device.as_str(), code);
+            let (is_open, active_now) = (open.is_some(), open.is_some_and(|a| a.active));
+            let st = self.sites.get_mut(site_id).expect("present");
+            let last = st.dev.cond_t.get(code).copied();
+            let late = last.is_some_and(|l| t < l);
+            if !late {
+                match st.dev.cond_t.get_mut(code) {
+                    Some(l) if *l == t => {}
+                    Some(l) => {
+                        *l = t;
+                        st.dev_dirty = true;
+                    }
+                    None => {
+                        st.dev.cond_t.insert(code.to_string(), t);
+                        st.dev_dirty = true;
+                    }
+                }
+                if raise == active_now {
+                    continue; // what is known already
+                }
+            } else {
+                // Older than what we already know of this condition: history
+                // for review, never a live change.
+                step.counts.late_samples += 1;
+                if !raise || is_open || st.dev.known_episode(code, t) {
+                    continue;
+                }
+            }
             let spec = RaiseSpec {
                 site: site_id.clone(),
                 device: device.clone(),
                 source: device.to_string(),
-                condition: code.clone(),
+                condition: code.to_string(),
                 origin: AlarmOrigin::Device,
                 priority: cs.priority,
                 value,
@@ -521,29 +582,16 @@ impl Engine {
                 message_ja: cs.ja.clone(),
                 suppressed_by: cs.suppressed_by.clone(),
             };
-            let key = spec.key();
-            let active_now = self.registry.get_key(&key).is_some_and(|a| a.active);
-            let st = self.sites.get_mut(site_id).expect("present");
-            let last = st.dev.cond_t.get(&code).copied();
-            if let Some(last) = last.filter(|l| t < *l) {
-                // Older than what we already know of this condition: history
-                // for review, never a live change.
-                step.counts.late_samples += 1;
-                let open = self.registry.get_key(&key).is_some();
-                if raise && !open && !st.dev.known_episode(&code, t) {
-                    st.dev.episode(&code, t, Some(last));
-                    st.dev_dirty = true;
-                    step.transitions.extend(self.registry.record_late(spec, t, last, now));
-                }
-                continue;
-            }
-            st.dev.cond_t.insert(code.clone(), t);
-            st.dev_dirty = true;
-            if raise && !active_now {
-                st.dev.episode(&code, t, None);
+            if let Some(last) = last.filter(|_| late) {
+                st.dev.episode(code, t, Some(last));
+                st.dev_dirty = true;
+                step.transitions.extend(self.registry.record_late(spec, t, last, now));
+            } else if raise {
+                st.dev.episode(code, t, None);
                 step.transitions.extend(self.registry.raise(spec, t, now));
-            } else if !raise && active_now {
-                st.dev.episode_end(&code, t);
+            } else {
+                st.dev.episode_end(code, t);
+                let key = spec.key();
                 step.transitions.extend(self.registry.clear(&key, t, now, value));
             }
         }

@@ -40,7 +40,12 @@ pub struct SampleDedup {
 
 impl SampleDedup {
     pub fn first_time(&mut self, point: &str, t_ms: i64) -> bool {
-        let set = self.points.entry(point.to_string()).or_default();
+        // Looked up before inserting: a String per sample is the cost of a
+        // point's first sample only.
+        let set = match self.points.get_mut(point) {
+            Some(s) => s,
+            None => self.points.entry(point.to_string()).or_default(),
+        };
         if !set.insert(t_ms) {
             return false;
         }

@@ -122,7 +122,7 @@ impl StationHealth {
     /// Feeds one instant of the station. `values` holds what the message had:
     /// `p1_run`, `p2_run` (0/1), `p1_current`, `p2_current` (A), `level` (cm).
     /// `well_area_m2` turns the level rise between cycles into inflow.
-    pub fn update(&mut self, t: Timestamp, values: &HashMap<String, f64>, well_area_m2: Option<f64>) -> HealthOut {
+    pub fn update(&mut self, t: Timestamp, values: &HashMap<&str, f64>, well_area_m2: Option<f64>) -> HealthOut {
         let mut out = HealthOut::default();
         if self.last_t.is_some_and(|l| t <= l) {
             return out;
@@ -132,10 +132,10 @@ impl StationHealth {
         let mut any_start = false;
         for n in 0..2 {
             let name = format!("p{}", n + 1);
-            let Some(run) = values.get(&format!("{name}_run")).map(|v| *v > 0.5) else {
+            let Some(run) = values.get(["p1_run", "p2_run"][n]).map(|v| *v > 0.5) else {
                 continue;
             };
-            let current = values.get(&format!("{name}_current")).copied();
+            let current = values.get(["p1_current", "p2_current"][n]).copied();
             let was = self.pumps[n].running;
             if run && !was {
                 any_start = true;
@@ -329,7 +329,7 @@ mod tests {
     fn at(s: i64) -> Timestamp {
         Utc.with_ymd_and_hms(2025, 7, 1, 0, 0, 0).unwrap() + Duration::seconds(s)
     }
-    fn v(p1: bool, p2: bool, c1: f64, c2: f64, level: f64) -> HashMap<String, f64> {
+    fn v(p1: bool, p2: bool, c1: f64, c2: f64, level: f64) -> HashMap<&'static str, f64> {
         [
             ("p1_run", p1 as u8 as f64),
             ("p2_run", p2 as u8 as f64),
@@ -338,7 +338,6 @@ mod tests {
             ("level", level),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
         .collect()
     }
 

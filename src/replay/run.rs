@@ -145,7 +145,7 @@ impl Replay {
         let runs = runs
             .into_iter()
             .map(|(name, c)| {
-                let engine = Engine::new(c, |_| true, &mut Resume::default(), start);
+                let engine = Engine::new(c, |_| true, &mut Resume::default(), start).for_replay();
                 let due = engine.next_due();
                 Run {
                     result: RunResult {

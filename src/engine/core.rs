@@ -434,15 +434,19 @@ impl Engine {
                 continue;
             }
             step.counts.stored[r.quality as usize] += 1;
-            if st.values.get(&r.point).is_none_or(|v| v.t <= r.t) {
-                st.values.insert(
-                    r.point.clone(),
-                    super::site::LatestValue {
-                        t: r.t,
-                        value: r.value,
-                        quality: r.quality,
-                    },
-                );
+            if self.live {
+                let latest = super::site::LatestValue {
+                    t: r.t,
+                    value: r.value,
+                    quality: r.quality,
+                };
+                match st.values.get_mut(&r.point) {
+                    Some(v) if v.t <= r.t => *v = latest,
+                    Some(_) => {}
+                    None => {
+                        st.values.insert(r.point.clone(), latest);
+                    }
+                }
             }
             accepted.push(Reading {
                 point,
@@ -479,7 +483,7 @@ impl Engine {
             late.extend(f.late);
             derived.extend(f.derived);
         }
-        for r in &derived {
+        for r in derived.iter().filter(|_| self.live) {
             st.values.insert(
                 r.point.local().to_string(),
                 super::site::LatestValue {
@@ -524,23 +528,22 @@ impl Engine {
         let st = &self.sites[site_id];
         let profile = st.profile.clone();
         let device = st.site.device.clone();
-        let mut reports: Vec<(Timestamp, &str, bool, Option<f64>, Option<f64>)> = m
+        let mut reports: Vec<(Timestamp, &crate::device::ConditionSpec, bool, Option<f64>, Option<f64>)> = m
             .decoded
             .events
             .iter()
-            .map(|e| (e.t, e.code.as_str(), e.raise, e.value, e.threshold))
+            .filter_map(|e| Some((e.t, profile.condition(&e.code)?, e.raise, e.value, e.threshold)))
             .collect();
         if let Some((t, bits)) = m.decoded.bits {
-            for c in profile.conditions.iter().filter(|c| c.bit.is_some()) {
-                let on = bits & (1u64 << c.bit.expect("filtered")) != 0;
-                reports.push((t, c.code.as_str(), on, None, None));
+            for c in profile.conditions.iter() {
+                if let Some(bit) = c.bit {
+                    reports.push((t, c, bits & (1u64 << bit) != 0, None, None));
+                }
             }
         }
         reports.sort_by_key(|r| r.0);
-        for (t, code, raise, value, threshold) in reports {
-            let Some(cs) = profile.condition(code) else {
-                continue;
-            };
+        for (t, cs, raise, value, threshold) in reports {
+            let code = cs.code.as_str();
             let open = self.registry.get_parts(site_id.as_str(), device.as_str(), code);
             let (is_open, active_now) = (open.is_some(), open.is_some_and(|a| a.active));
             let st = self.sites.get_mut(site_id).expect("present");

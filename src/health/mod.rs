@@ -90,26 +90,36 @@ fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
     (n > 0).then(|| s / n as f64)
 }
 
+// Condition names per pump index, checked at every instant (not formatted each time).
+const NO_CURRENT: [&str; 2] = ["p1_no_current", "p2_no_current"];
+const LONG_RUN: [&str; 2] = ["p1_long_run", "p2_long_run"];
+const IDLE: [&str; 2] = ["p1_idle", "p2_idle"];
+const STARTS_HIGH: [&str; 2] = ["p1_starts_high", "p2_starts_high"];
+const CURRENT_DRIFT: [&str; 2] = ["p1_current_drift", "p2_current_drift"];
+
 impl StationHealth {
+    /// Sets condition `cond` to `on`; the texts are made only when it changes
+    /// (this runs for every instant of a running pump).
     fn set(
         &mut self,
         out: &mut HealthOut,
-        cond: String,
+        cond: &str,
         on: bool,
         value: Option<f64>,
         limit: Option<f64>,
-        texts: (Priority, String, String),
+        texts: impl FnOnce() -> (Priority, String, String),
     ) {
-        if on == self.active.contains(&cond) {
+        if on == self.active.contains(cond) {
             return;
         }
         if on {
-            self.active.insert(cond.clone());
+            self.active.insert(cond.to_string());
         } else {
-            self.active.remove(&cond);
+            self.active.remove(cond);
         }
+        let texts = texts();
         out.changes.push(HealthChange {
-            condition: cond,
+            condition: cond.to_string(),
             active: on,
             value,
             limit,
@@ -131,7 +141,7 @@ impl StationHealth {
         let level = values.get("level").copied();
         let mut any_start = false;
         for n in 0..2 {
-            let name = format!("p{}", n + 1);
+            let name = ["p1", "p2"][n];
             let Some(run) = values.get(["p1_run", "p2_run"][n]).map(|v| *v > 0.5) else {
                 continue;
             };
@@ -153,14 +163,13 @@ impl StationHealth {
                 out.readings.push((format!("{name}_starts_h"), per_h as f64));
                 self.pumps[1 - n].partner_cycles += 1;
                 let partner_idle = self.pumps[1 - n].partner_cycles;
-                let pn = format!("p{}", 2 - n);
                 self.set(
                     &mut out,
-                    format!("{pn}_idle"),
+                    IDLE[1 - n],
                     partner_idle >= IDLE_CYCLES && !self.pumps[1 - n].running,
                     Some(partner_idle as f64),
                     Some(IDLE_CYCLES as f64),
-                    (
+                    || (
                         Priority::Medium,
                         format!(
                             "Pump {} has not started for {partner_idle} cycles of its partner",
@@ -171,19 +180,19 @@ impl StationHealth {
                 );
                 self.set(
                     &mut out,
-                    format!("{name}_idle"),
+                    IDLE[n],
                     false,
                     None,
                     None,
-                    (Priority::Medium, String::new(), String::new()),
+                    || (Priority::Medium, String::new(), String::new()),
                 );
                 self.set(
                     &mut out,
-                    format!("{name}_starts_high"),
+                    STARTS_HIGH[n],
                     per_h > MAX_STARTS_PER_H,
                     Some(per_h as f64),
                     Some(MAX_STARTS_PER_H as f64),
-                    (
+                    || (
                         Priority::Medium,
                         format!("Pump {} started {per_h} times in an hour", n + 1),
                         format!("{}号ポンプ始動頻度過多（{per_h}回/時）", n + 1),
@@ -207,11 +216,11 @@ impl StationHealth {
                 let long = p.run_started.map(|s| (t - s).num_seconds()).unwrap_or(0);
                 self.set(
                     &mut out,
-                    format!("{name}_no_current"),
+                    NO_CURRENT[n],
                     no_cur,
                     current,
                     Some(NO_CURRENT_A),
-                    (
+                    || (
                         Priority::High,
                         format!("Pump {} running but drawing no current (fail to run)", n + 1),
                         format!("{}号ポンプ始動不良（電流なし）", n + 1),
@@ -219,11 +228,11 @@ impl StationHealth {
                 );
                 self.set(
                     &mut out,
-                    format!("{name}_long_run"),
+                    LONG_RUN[n],
                     long > MAX_RUN_S,
                     Some(long as f64 / 60.0),
                     Some(MAX_RUN_S as f64 / 60.0),
-                    (
+                    || (
                         Priority::High,
                         format!("Pump {} running continuously for over 2 h", n + 1),
                         format!("{}号ポンプ連続運転2時間超過", n + 1),
@@ -261,11 +270,11 @@ impl StationHealth {
                         out.readings.push((format!("{name}_current_drift"), drift * 100.0));
                         self.set(
                             &mut out,
-                            format!("{name}_current_drift"),
+                            CURRENT_DRIFT[n],
                             drift.abs() > DRIFT,
                             Some(drift * 100.0),
                             Some(DRIFT * 100.0),
-                            (
+                            || (
                                 Priority::Medium,
                                 format!(
                                     "Pump {} running current {:+.0} % from its baseline",
@@ -285,19 +294,19 @@ impl StationHealth {
                 }
                 self.set(
                     &mut out,
-                    format!("{name}_long_run"),
+                    LONG_RUN[n],
                     false,
                     None,
                     None,
-                    (Priority::High, String::new(), String::new()),
+                    || (Priority::High, String::new(), String::new()),
                 );
                 self.set(
                     &mut out,
-                    format!("{name}_no_current"),
+                    NO_CURRENT[n],
                     false,
                     None,
                     None,
-                    (Priority::High, String::new(), String::new()),
+                    || (Priority::High, String::new(), String::new()),
                 );
             }
         }

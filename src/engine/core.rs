@@ -758,7 +758,7 @@ mod tests {
             samples.join(",")
         );
         let topic = format!("{}akita/v1/dma/B17/AKT-DMA-017/telemetry", cfg.mqtt.topic_prefix);
-        let (_, m) = decode_publish(cfg, &profiles_in_order(cfg), &topic, payload.as_bytes(), arrived).unwrap();
+        let (_, m) = decode_publish(cfg, &profiles_in_order(cfg), &topic, payload.as_bytes(), arrived, true).unwrap();
         Input::Message(Box::new(m))
     }
 

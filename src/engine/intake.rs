@@ -25,13 +25,17 @@ pub fn profiles_in_order(cfg: &Config) -> Vec<Arc<Profile>> {
     p
 }
 
-/// Decodes one publish (`topic` including the configured prefix).
+/// Decodes one publish (`topic` including the configured prefix). The
+/// message's `raw` text (the latest raw message on the board, the
+/// quarantine's preview) is made only when `keep_raw`: a replay has no use
+/// for it.
 pub fn decode_publish(
     cfg: &Config,
     profiles: &[Arc<Profile>],
     topic: &str,
     payload: &[u8],
     arrived: Timestamp,
+    keep_raw: bool,
 ) -> Result<(SiteId, Message), Rejected> {
     let reject = |reason: &str, error: String| Rejected {
         reason: reason.into(),
@@ -66,7 +70,7 @@ pub fn decode_publish(
         Message {
             decoded: d,
             topic: topic.to_string(),
-            raw: preview(payload),
+            raw: if keep_raw { preview(payload) } else { String::new() },
             arrived,
         },
     ))

@@ -205,7 +205,7 @@ impl Replay {
         let msg = match input.body {
             InputBody::Mqtt { topic, payload } => {
                 c.mqtt += 1;
-                match decode_publish(&self.cfg, &self.profiles, &topic, &payload, arrived) {
+                match decode_publish(&self.cfg, &self.profiles, &topic, &payload, arrived, false) {
                     Ok((_, m)) => m,
                     Err(r) => {
                         *c.rejected.entry(r.reason).or_default() += 1;

@@ -469,7 +469,7 @@ impl MqttCollector {
                 payload: payload.clone(),
             },
         };
-        let (site, msg) = match crate::engine::decode_publish(&self.cfg, &self.profiles, &topic, &payload, arrived) {
+        let (site, msg) = match crate::engine::decode_publish(&self.cfg, &self.profiles, &topic, &payload, arrived, true) {
             Ok(m) => m,
             Err(r) => {
                 quarantine(&r.reason, r.error);

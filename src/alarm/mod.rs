@@ -5,6 +5,7 @@
 //! the store, the event stream and (when `notify` is set) the on-call pipeline.
 //! Pure: time and actor are passed in.
 
+pub mod kpi;
 mod registry;
 mod state;
 

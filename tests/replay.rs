@@ -186,6 +186,35 @@ async fn replay_of_an_exported_span_finds_what_the_live_service_found() {
     let stored: i64 = db.query_row("SELECT count(*) FROM readings", [], |r| r.get(0)).unwrap();
     assert_eq!(out["runs"][0]["readings"], stored, "every stored reading, replayed");
 
+    // The KPIs: the same computation over the live journal and the replay.
+    let span = format!(
+        "from={}&to={}",
+        (start - Duration::minutes(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let live_k = h.get(&format!("/api/v1/kpis?{span}")).await;
+    let k = &out["runs"][0]["kpis"];
+    assert!(live_k["annunciations"].as_u64().unwrap() >= 5, "{live_k:#}");
+    for f in ["annunciations", "per_10min_peak", "flood_periods", "stale", "chattering", "priorities"] {
+        assert_eq!(live_k[f], k[f], "KPI {f}: live {live_k:#} replay {k:#}");
+    }
+    let actors = |v: &Value| {
+        v["bad_actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| format!("{}/{}={}", a["site"], a["condition"], a["count"]))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(actors(&live_k), actors(k));
+    let backwards = format!(
+        "/api/v1/kpis?from={}&to={}",
+        end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let (code, body) = h.request(reqwest::Method::GET, &backwards, Some(VIEW_TOKEN), None).await;
+    assert_eq!(code, 400, "{body}");
+
     // The service's own record gives the same, straight from its store.
     let own = replay_json(
         &cfg,
@@ -248,6 +277,8 @@ async fn the_same_capture_replays_to_the_same_bytes_and_a_wider_deadband_is_meas
             .sum::<u64>()
     };
     let (narrow_n, wide_n) = (count(0), count(1));
+    let ann = |run: usize| out["runs"][run]["kpis"]["annunciations"].as_u64().unwrap();
+    assert!(ann(1) < ann(0), "the KPIs say by how much: {} vs {}", ann(1), ann(0));
     assert!(narrow_n >= 3, "the narrow deadband chatters: {narrow_n} activations");
     assert!(wide_n < narrow_n, "the wide deadband raises less: {wide_n} vs {narrow_n}");
     let d = &out["diff"];

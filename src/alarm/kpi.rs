@@ -32,6 +32,20 @@ pub enum EventKind {
     Acked,
 }
 
+/// What a journal transition is for the KPIs: `action` and the state it
+/// went `to`, and whether it came from late data. The same for the live
+/// journal and a replay.
+pub fn classify(action: &str, to: &str, late: bool) -> Option<EventKind> {
+    match action {
+        // Shown to operators: not suppressed, shelved, out of service, or
+        // found in data that arrived after the fact.
+        "raise" if !late && matches!(to, "unack_active" | "ack_active") => Some(EventKind::Annunciated),
+        "clear" => Some(EventKind::Cleared),
+        "ack" => Some(EventKind::Acked),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AlarmEvent {
     pub at: Timestamp,

@@ -71,6 +71,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/v1/alarms/{id}/return_to_service"),
     ("GET", "/api/v1/points/{id}/readings"),
     ("GET", "/api/v1/journal"),
+    ("GET", "/api/v1/kpis"),
     ("GET", "/api/v1/quarantine"),
     ("GET", "/api/v1/events"),
     ("GET", "/ack/{token}"),
@@ -149,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alarms/{id}/return_to_service", post(routes::return_to_service))
         .route("/api/v1/points/{id}/readings", get(routes::readings))
         .route("/api/v1/journal", get(routes::journal))
+        .route("/api/v1/kpis", get(routes::kpis))
         .route("/api/v1/quarantine", get(routes::quarantine))
         .route("/api/v1/events", get(sse::events))
         .route(

@@ -233,6 +233,13 @@ pub fn document() -> Value {
                     limit(10_000),
                     {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}, "description": "csv: a spreadsheet download (UTF-8 with BOM)"}]),
                 None, json!({"description": "journal rows", "content": {"application/json": {"schema": {"type": "array"}}, "text/csv": {}}}), &[("400", "bad time, priority or format")])},
+            "/api/v1/kpis": {"get": op("Alarm-management KPIs (ISA-18.2 / EEMUA 191) over a span, default the last 24 h: annunciations per hour and per 10 minutes, flood periods (more than 10 in 10 minutes) and time in flood, chattering alarms (3 or more in 60 s), stale alarms (active more than 24 h), the ten worst actors with their share, priority distribution against the 80/15/5 guide, time to acknowledge, pages per on-call person per night (17:00-09:00 local)", Some("viewer"), json!([
+                    {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}},
+                    {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}}]),
+                None, ok_json("KPIs", json!({"type": "object", "required": ["from", "to", "annunciations", "per_hour_mean", "per_10min_peak", "flood_periods", "time_in_flood_pct", "chattering", "stale", "bad_actors", "priorities", "pages_per_night"],
+                    "properties": {"annunciations": {"type": "integer"}, "per_hour_mean": {"type": "number"}, "per_10min_peak": {"type": "integer"}, "flood_periods": {"type": "integer"}, "time_in_flood_pct": {"type": "number"}, "stale": {"type": "integer"},
+                        "chattering": {"type": "array"}, "bad_actors": {"type": "array"}, "priorities": {"type": "array"}, "pages_per_night": {"type": "array"}, "ack_median_s": {"type": ["number", "null"]}}})),
+                &[("400", "bad time, from not before to, or a span over 400 days")])},
             "/api/v1/quarantine": {"get": op("Rejected messages, newest first (bounded)", Some("viewer"), json!([limit(10_000)]),
                 None, ok_json("entries", json!({"type": "array"})), &[])},
             "/api/v1/events": {"get": op("Server-sent events: `snapshot` of open alarms, then one `alarm` event per transition; `resync` if the client fell behind. Browsers may pass ?token=", Some("viewer"),

@@ -626,6 +626,68 @@ fn csv_field(s: &str) -> String {
     }
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpiQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// Alarm-management KPIs over a span (default: the last 24 hours), from the
+/// journal and the pages sent; the same computation as a replay's.
+pub async fn kpis(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<KpiQuery>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Viewer)?;
+    let to = parse_time("to", &q.to)?.unwrap_or_else(chrono::Utc::now);
+    let from = parse_time("from", &q.from)?.unwrap_or(to - chrono::Duration::hours(24));
+    if from >= to {
+        return Err(ApiError::BadRequest("from must be before to".into()));
+    }
+    if to - from > chrono::Duration::days(400) {
+        return Err(ApiError::BadRequest("a span of at most 400 days".into()));
+    }
+    let f = JournalFilter {
+        from: Some(from),
+        to: Some(to),
+        limit: 2_000_000,
+        ..Default::default()
+    };
+    let store = st.store.clone();
+    let notifier = st.notifier.clone();
+    let offset = st.cfg.service.utc_offset_hours;
+    let k = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        use crate::alarm::kpi;
+        let rows = store.journal(&f)?;
+        let events: Vec<kpi::AlarmEvent> = rows
+            .iter()
+            .filter_map(|r| {
+                Some(kpi::AlarmEvent {
+                    kind: kpi::classify(&r.action, &r.to, r.late)?,
+                    at: r.at,
+                    alarm: r.alarm_id.clone(),
+                    site: r.site.clone(),
+                    source: r.source.clone(),
+                    condition: r.condition.clone(),
+                    priority: crate::device::Priority::from_name(&r.priority)?,
+                })
+            })
+            .collect();
+        let pages = match &notifier {
+            Some(n) => n
+                .pages_between(from, to)
+                .map_err(|e| ApiError::Unavailable(e.to_string()))?,
+            None => vec![],
+        };
+        Ok(kpi::compute(&events, &pages, from, to, offset))
+    })
+    .await
+    .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    Ok(Json(json!(k)).into_response())
+}
+
 pub async fn journal(
     State(st): State<AppState>,
     caller: Caller,

@@ -24,6 +24,11 @@ impl Priority {
             Priority::Low => "low",
         }
     }
+    pub fn from_name(s: &str) -> Option<Self> {
+        [Priority::Critical, Priority::High, Priority::Medium, Priority::Low]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
     /// Sort key: lower is more urgent.
     pub fn rank(self) -> u8 {
         self as u8

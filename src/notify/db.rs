@@ -254,6 +254,15 @@ pub fn recent(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite::Re
     rows.collect()
 }
 
+/// `(person, sent_at)` of every message sent in `[from, to)`.
+pub fn sent_between(c: &Connection, from: Timestamp, to: Timestamp) -> rusqlite::Result<Vec<(String, Timestamp)>> {
+    let mut st = c.prepare_cached(
+        "SELECT person, sent_at FROM outbox WHERE state = 'sent' AND sent_at >= ?1 AND sent_at < ?2 ORDER BY sent_at",
+    )?;
+    let rows = st.query_map(params![ms(from), ms(to)], |r| Ok((r.get(0)?, from_ms(r.get(1)?))))?;
+    rows.collect()
+}
+
 /// Who has been told about an incident so far (any message but a summary).
 pub fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>> {
     let mut st = c.prepare_cached(

@@ -881,6 +881,14 @@ impl Notifier {
     }
 
     /// Recent messages, optionally of one state (`pending`, `sent`, `failed`, `held`, `summarized`).
+    /// Pages sent in `[from, to)`, for the KPIs.
+    pub fn pages_between(&self, from: Timestamp, to: Timestamp) -> rusqlite::Result<Vec<crate::alarm::kpi::Page>> {
+        Ok(db::sent_between(&self.lock(), from, to)?
+            .into_iter()
+            .map(|(person, at)| crate::alarm::kpi::Page { at, person })
+            .collect())
+    }
+
     pub fn recent(&self, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
         db::recent(&self.lock(), state, limit)
     }

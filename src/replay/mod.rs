@@ -59,6 +59,30 @@ pub struct RunOut {
     pub duplicate_samples: u64,
     pub duplicate_messages: u64,
     pub quarantined: std::collections::BTreeMap<String, u64>,
+    /// ISA-18.2 / EEMUA 191 KPIs of this run over the capture's span (pages
+    /// per night stay empty until notification routing runs in replay).
+    pub kpis: crate::alarm::kpi::Kpis,
+}
+
+/// The KPI events of a run's occurrences, classified as the live journal's are.
+fn kpi_events(alarms: &[Occurrence]) -> Vec<crate::alarm::kpi::AlarmEvent> {
+    use crate::alarm::kpi;
+    alarms
+        .iter()
+        .flat_map(|o| {
+            o.changes.iter().filter_map(move |c| {
+                Some(kpi::AlarmEvent {
+                    kind: kpi::classify(&c.action, c.to, c.late)?,
+                    at: c.at,
+                    alarm: o.alarm.id.clone(),
+                    site: o.alarm.site.to_string(),
+                    source: o.alarm.source.clone(),
+                    condition: o.alarm.condition.clone(),
+                    priority: o.alarm.priority,
+                })
+            })
+        })
+        .collect()
 }
 
 /// The replay's answer (`--json`); the same capture and configuration give
@@ -133,6 +157,7 @@ pub fn replay(
             (c, res, (*from, *to))
         }
     };
+    let offset = cfg.service.utc_offset_hours;
     let diff = (results.len() == 2).then(|| diff::diff(&results[0].alarms, &results[1].alarms));
     Ok(Output {
         capture: CaptureSummary {
@@ -148,6 +173,7 @@ pub fn replay(
         runs: results
             .into_iter()
             .map(|r| RunOut {
+                kpis: crate::alarm::kpi::compute(&kpi_events(&r.alarms), &[], span.0, span.1, offset),
                 name: r.name,
                 alarms: r.alarms,
                 readings: r.readings,

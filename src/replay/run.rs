@@ -26,6 +26,8 @@ pub struct Change {
     pub to: &'static str,
     /// Worth telling on-call staff.
     pub notify: bool,
+    /// Raised from data that arrived after the fact (for review only).
+    pub late: bool,
 }
 
 /// An alarm occurrence as replay saw it: the alarm object at its last change,
@@ -90,6 +92,7 @@ fn record(alarms: &mut HashMap<String, Occurrence>, t: Transition) {
         action: t.action,
         to: t.to.as_str(),
         notify: t.notify,
+        late: t.alarm.late,
     };
     match alarms.get_mut(&t.alarm.id) {
         Some(o) => {

@@ -80,6 +80,9 @@ enum Cmd {
         /// Write the result as JSON here (`-` for standard output).
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Write a self-contained HTML report here (charts inline; nothing fetched when opened).
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Print the argon2 hash of a password read from standard input, for `[[user]]`.
     HashPassword,
@@ -191,6 +194,7 @@ fn main() -> ExitCode {
             to,
             candidate,
             json,
+            report,
         } => {
             let inputs = match (capture, from, to) {
                 (Some(c), _, _) => mizuban::replay::Inputs::Capture(c),
@@ -200,7 +204,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            replay(&config, inputs, candidate, json)
+            replay(&config, inputs, candidate, json, report)
         }
         Cmd::Demo {
             http,
@@ -258,6 +262,7 @@ fn replay(
     inputs: mizuban::replay::Inputs,
     candidate: Option<PathBuf>,
     json: Option<PathBuf>,
+    report: Option<PathBuf>,
 ) -> ExitCode {
     use std::sync::Arc;
     let cfg = match load_or_exit(config) {
@@ -281,7 +286,7 @@ fn replay(
         indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {binary_bytes_per_sec} ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let out = match mizuban::replay::replay(cfg, candidate, &inputs, &Bar(bar.clone())) {
+    let (out, trends) = match mizuban::replay::replay_with(cfg.clone(), candidate, &inputs, &Bar(bar.clone()), report.is_some()) {
         Ok(o) => o,
         Err(e) => {
             bar.abandon();
@@ -307,6 +312,14 @@ fn replay(
             d.pages.0,
             d.pages.1
         );
+    }
+    if let (Some(path), Some(trends)) = (report, trends) {
+        let html = mizuban::replay::report::render(&out, &trends, &cfg);
+        if let Err(e) = std::fs::write(&path, html) {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+        eprintln!("report: {}", path.display());
     }
     if let Some(path) = json {
         let mut bytes = serde_json::to_vec_pretty(&out).expect("plain data serializes");

@@ -250,3 +250,111 @@ async fn board_with_500_active_alarms() {
     std::fs::write(out.join("responsiveness.txt"), report).unwrap();
     h.stop().await;
 }
+
+/// `mizuban replay --report` from a capture of simulated devices with a
+/// chattering station, against a candidate with a wide deadband: the page
+/// opens in Chromium with the network refused and shows its charts.
+#[tokio::test]
+async fn replay_report_in_headless_chromium() {
+    let Some(out) = browser_ready() else { return };
+    use mizuban::replay::{capture::FORMAT, CaptureWriter, Header};
+    use mizuban::store::{InputBody, RecordedInput};
+    use mizuban_sim::Device;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_for(
+        dir.path(),
+        "report",
+        "",
+        &[dma("B01", "AKT-DMA-001"), mps("MP-0001", "AKT-MPN-0001")],
+        None,
+        ("127.0.0.1".into(), 1),
+    );
+    // Four hours of two devices, straight from the simulators' models.
+    let start = t0();
+    let end = start + Duration::hours(4);
+    let capture = dir.path().join("c.jsonl.gz");
+    let mut w = CaptureWriter::create(
+        &capture,
+        &Header {
+            capture: FORMAT.into(),
+            from: start,
+            to: end,
+            created_at: end,
+        },
+    )
+    .unwrap();
+    let mut devices: Vec<Box<dyn Device>> = vec![
+        Box::new(mizuban_sim::dma::DmaLogger::new(quiet_dma("B01", "AKT-DMA-001"))),
+        Box::new(mizuban_sim::mps::MpsNotifier::new(quiet_mps("MP-0001", "AKT-MPN-0001"))),
+    ];
+    let mut now = start;
+    while now < end {
+        now += Duration::seconds(10);
+        if now == start + Duration::minutes(30) {
+            devices[1].inject(Scenario::Chattering { duration: Duration::minutes(60) }, now);
+        }
+        for d in devices.iter_mut() {
+            for m in d.step(now) {
+                w.write(&RecordedInput {
+                    arrived: now,
+                    site: None,
+                    body: InputBody::Mqtt {
+                        topic: m.topic,
+                        payload: m.payload.into(),
+                    },
+                })
+                .unwrap();
+            }
+        }
+    }
+    w.finish().unwrap();
+    let rules = std::fs::read_to_string(root.join("config/akita-rules.toml")).unwrap();
+    let level = |deadband: f64| {
+        format!("{rules}\n[[rule]]\nid = \"wet-well-level\"\ntype = \"limits\"\napplies_to = {{ kind = \"pump_station\" }}\npoint = \"level\"\ncondition = \"level\"\nunit = \"cm\"\nen = \"Wet well level\"\nja = \"水位\"\nh = 130.0\ndeadband = {deadband}\npriority = \"high\"\n")
+    };
+    std::fs::write(dir.path().join("rules.toml"), level(0.5)).unwrap();
+    let wide = dir.path().join("wide.toml");
+    std::fs::write(&wide, level(40.0)).unwrap();
+    // The configuration's rules file is the narrow one.
+    let main = std::fs::read_to_string(&config).unwrap();
+    let main = main
+        .lines()
+        .map(|l| if l.starts_with("rules_file") { "rules_file = \"rules.toml\"".to_string() } else { l.to_string() })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, main).unwrap();
+    let report = dir.path().join("report.html");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mizuban"))
+        .args(["replay", "--config"])
+        .arg(&config)
+        .arg("--capture")
+        .arg(&capture)
+        .arg("--candidate")
+        .arg(&wide)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(!html.contains("http://") && !html.contains("https://"), "nothing to fetch");
+
+    let node = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/report.mjs"))
+        .arg(&report)
+        .arg(out.join("replay-report.png"))
+        .output()
+        .await
+        .expect("node runs");
+    assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
+    let found: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap();
+    assert_eq!(found["fetched"], serde_json::json!([]), "the page asked the network for nothing");
+    assert_eq!(found["alarmCharts"], 1, "{found}");
+    assert!(found["bars"].as_u64().unwrap() > 0, "{found}");
+    assert!(found["trendCharts"].as_u64().unwrap() >= 1, "{found}");
+    assert!(found["spans"][0].as_u64().unwrap() > found["spans"][1].as_u64().unwrap(), "the narrow deadband's alarms marked, more than the wide one's: {found}");
+    assert_eq!(found["kpiColumns"], 2, "KPIs side by side: {found}");
+    assert!(found["kpiRows"].as_u64().unwrap() >= 10);
+    assert!(found["sites"][0].as_str().unwrap().starts_with("MP-0001"), "{found}");
+}

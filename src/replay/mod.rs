@@ -9,6 +9,7 @@
 
 pub mod capture;
 pub mod diff;
+pub mod report;
 pub mod run;
 
 use crate::config::Config;
@@ -113,14 +114,34 @@ pub fn replay(
     inputs: &Inputs,
     progress: &dyn Progress,
 ) -> Result<Output, ReplayError> {
+    replay_with(cfg, candidate, inputs, progress, false).map(|(o, _)| o)
+}
+
+/// As [`replay`]; with `trends`, also each point's trend over the span (for
+/// the report).
+pub fn replay_with(
+    cfg: Arc<Config>,
+    candidate: Option<Arc<Config>>,
+    inputs: &Inputs,
+    progress: &dyn Progress,
+    trends: bool,
+) -> Result<(Output, Option<run::Trends>), ReplayError> {
+    let want = |from, to| {
+        trends.then(|| run::Trends {
+            from,
+            to,
+            points: Default::default(),
+        })
+    };
     let mut runs = vec![("configured".to_string(), cfg.clone())];
     if let Some(c) = candidate {
         runs.push(("candidate".to_string(), c));
     }
-    let (counts, results, span) = match inputs {
+    let (counts, results, span, tr) = match inputs {
         Inputs::Capture(path) => {
             let mut r = CaptureReader::open(path)?;
             let mut replay = Replay::new(runs, r.header.from);
+            replay.trends = want(r.header.from, r.header.to);
             let mut n = 0u64;
             while let Some(input) = r.next_input()? {
                 replay.feed(input);
@@ -131,11 +152,12 @@ pub fn replay(
             }
             progress.update(r.size, r.size);
             let to = r.header.to;
-            let (c, res) = replay.finish(Some(to));
-            (c, res, (r.header.from, to))
+            let (c, res, tr) = replay.finish(Some(to));
+            (c, res, (r.header.from, to), tr)
         }
         Inputs::Record { from, to } => {
             let mut replay = Replay::new(runs, *from);
+            replay.trends = want(*from, *to);
             let filter = InputFilter {
                 from: *from,
                 to: *to,
@@ -153,13 +175,13 @@ pub fn replay(
                 Ok(())
             })?;
             progress.update(total, total);
-            let (c, res) = replay.finish(Some(*to));
-            (c, res, (*from, *to))
+            let (c, res, tr) = replay.finish(Some(*to));
+            (c, res, (*from, *to), tr)
         }
     };
     let offset = cfg.service.utc_offset_hours;
     let diff = (results.len() == 2).then(|| diff::diff(&results[0].alarms, &results[1].alarms));
-    Ok(Output {
+    Ok((Output {
         capture: CaptureSummary {
             from: Some(span.0),
             to: Some(span.1),
@@ -184,7 +206,7 @@ pub fn replay(
             })
             .collect(),
         diff,
-    })
+    }, tr))
 }
 
 /// Writes the service's recorded inputs for `filter` to `out` as a capture.

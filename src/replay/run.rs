@@ -22,6 +22,9 @@ use std::sync::Arc;
 pub struct Change {
     /// Replay clock (the arrival time of the input behind it).
     pub at: Timestamp,
+    /// The device's time of the reading behind it (process changes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<Timestamp>,
     pub action: String,
     pub to: &'static str,
     /// Worth telling on-call staff.
@@ -89,6 +92,7 @@ impl Run {
 fn record(alarms: &mut HashMap<String, Occurrence>, t: Transition) {
     let change = Change {
         at: t.at,
+        event_time: t.event_time,
         action: t.action,
         to: t.to.as_str(),
         notify: t.notify,
@@ -125,8 +129,42 @@ pub struct InputCounts {
     pub last_arrival: Option<Timestamp>,
 }
 
+/// Each point's readings over the span, in `BUCKETS` buckets of (min, max):
+/// enough to draw a trend of any length in a report, at a few KiB a point.
+pub struct Trends {
+    pub from: Timestamp,
+    pub to: Timestamp,
+    pub points: HashMap<String, Vec<(f32, f32)>>,
+}
+
+pub const BUCKETS: usize = 240;
+
+impl Trends {
+    fn add(&mut self, point: &str, t: Timestamp, v: f64) {
+        let span = (self.to - self.from).num_milliseconds().max(1);
+        let off = (t - self.from).num_milliseconds();
+        if off < 0 || off >= span {
+            return;
+        }
+        let i = (off as i128 * BUCKETS as i128 / span as i128) as usize;
+        let b = match self.points.get_mut(point) {
+            Some(b) => b,
+            None => self
+                .points
+                .entry(point.to_string())
+                .or_insert_with(|| vec![(f32::NAN, f32::NAN); BUCKETS]),
+        };
+        let (lo, hi) = &mut b[i];
+        let v = v as f32;
+        *lo = if lo.is_nan() { v } else { lo.min(v) };
+        *hi = if hi.is_nan() { v } else { hi.max(v) };
+    }
+}
+
 pub struct Replay {
     cfg: Arc<Config>,
+    /// Trends of the readings (for a report), when asked for.
+    pub trends: Option<Trends>,
     profiles: Vec<Arc<Profile>>,
     runs: Vec<Run>,
     /// The replay clock: the arrival time of the last input fed.
@@ -165,6 +203,7 @@ impl Replay {
         Self {
             profiles: profiles_in_order(&cfg),
             cfg,
+            trends: None,
             runs,
             now: None,
             start,
@@ -248,16 +287,26 @@ impl Replay {
                 msg.clone().expect("kept for the last run")
             };
             let step = run.engine.step(Input::Message(Box::new(m)), now);
+            if i == 0 {
+                if let Some(tr) = self.trends.as_mut() {
+                    for r in &step.readings {
+                        if let (Some(v), crate::model::Quality::Good) = (r.value, r.quality) {
+                            tr.add(r.point.as_str(), r.t, v);
+                        }
+                    }
+                }
+            }
             run.apply(step);
         }
     }
 
     /// Runs the clock on to `to` (the end of the span) and hands back each
     /// run's result.
-    pub fn finish(mut self, to: Option<Timestamp>) -> (InputCounts, Vec<RunResult>) {
+    pub fn finish(mut self, to: Option<Timestamp>) -> (InputCounts, Vec<RunResult>, Option<Trends>) {
         if let Some(to) = to.or(self.now) {
             self.tick_until(to);
         }
+        let trends = self.trends.take();
         let results = self
             .runs
             .into_iter()
@@ -276,6 +325,6 @@ impl Replay {
                 r.result
             })
             .collect();
-        (self.counts, results)
+        (self.counts, results, trends)
     }
 }

@@ -151,6 +151,8 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         shutdown: http_cancel.clone(),
         notifier: notifier.clone(),
         streams: api::streams::EventStreams::new(cfg.http.max_event_streams, cfg.http.max_event_streams_per_caller),
+        replays: Default::default(),
+        clock: opts.clock.clone(),
     };
     if let Some(addr) = cfg.http.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)

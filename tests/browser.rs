@@ -358,3 +358,66 @@ async fn replay_report_in_headless_chromium() {
     assert!(found["kpiRows"].as_u64().unwrap() >= 10);
     assert!(found["sites"][0].as_str().unwrap().starts_with("MP-0001"), "{found}");
 }
+
+/// An engineer starts a replay from the board's Analysis tab (with a
+/// candidate rules file), sees it finish, and opens its report; the KPI
+/// panel shows the live journal's numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_from_the_board() {
+    let Some(out) = browser_ready() else { return };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut h = Harness::start("board-replay", &[mps("MP-0702", "AKT-MPN-0702")]).await;
+    let users = format!(
+        "\n[[user]]\nname = \"ito\"\npassword_hash = \"{}\"\nrole = \"engineer\"\n",
+        hash("ito-pass-2025")
+    );
+    let cfg = std::fs::read_to_string(&h.config_path).unwrap() + &users;
+    std::fs::write(&h.config_path, cfg).unwrap();
+    h.restart().await;
+    let start = t0();
+    let sim = h.spawn_mps(quiet_mps("MP-0702", "AKT-MPN-0702"), start).await;
+    h.run(&[&sim], Duration::minutes(20)).await;
+    sim.inject(Scenario::PowerCut { duration: Duration::minutes(20) }).await.unwrap();
+    sim.inject(Scenario::Chattering { duration: Duration::minutes(20) }).await.unwrap();
+    h.run(&[&sim], Duration::minutes(60)).await;
+    let live = h.get("/api/v1/kpis").await;
+    let rules = std::fs::read_to_string(root.join("config/akita-rules.toml")).unwrap()
+        + "\n[[rule]]\nid = \"wet-well-level\"\ntype = \"limits\"\napplies_to = { kind = \"pump_station\" }\npoint = \"level\"\ncondition = \"level\"\nunit = \"cm\"\nen = \"Wet well level\"\nja = \"水位\"\nh = 130.0\ndeadband = 40.0\npriority = \"high\"\n";
+    let rules_path = h.dir.path().join("candidate.toml");
+    std::fs::write(&rules_path, rules).unwrap();
+    let fmt = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M").to_string();
+    let node = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/replay_board.mjs"))
+        .args([&h.base, "ito", "ito-pass-2025"])
+        .arg(fmt(start - Duration::minutes(1)))
+        .arg(fmt(start + Duration::minutes(81)))
+        .arg(&rules_path)
+        .arg(out.join("board-replay.png"))
+        .output()
+        .await
+        .expect("node runs");
+    assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
+    let seen: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap();
+    // The live KPIs are the last 24 h of the service's clock; the board asks
+    // for the same span (its default).
+    assert_eq!(seen["annunciations"], live["annunciations"].to_string(), "{seen} {live}");
+    assert!(live["annunciations"].as_u64().unwrap() > 0);
+    let status = seen["status"].as_str().unwrap();
+    // The board speaks Japanese by default: 完了 is "done".
+    assert!(status.contains("完了") && status.contains("candidate"), "{status}");
+    assert_eq!(seen["charts"]["alarms"], 1, "{seen}");
+    assert!(seen["charts"]["trends"].as_u64().unwrap() >= 1, "{seen}");
+    assert_eq!(seen["charts"]["kpiColumns"], 2);
+    assert_ne!(seen["charts"]["styled"], "rgba(0, 0, 0, 0)", "the report's inline styles apply");
+    // The API behind it, for scripts: the list, and the role it needs.
+    let (code, list) = h
+        .request(reqwest::Method::GET, "/api/v1/replays", Some(ENG_TOKEN), None)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(list[0]["state"], "done", "{list}");
+    let (code, _) = h
+        .request(reqwest::Method::GET, "/api/v1/replays", Some(OP_TOKEN), None)
+        .await;
+    assert_eq!(code, 403, "an operator does not start or read replays");
+    h.stop().await;
+}

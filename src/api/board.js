@@ -6,6 +6,9 @@ const T = {
        mute:"🔔 音あり", muted:"🔕 消音", detail_value:"値", detail_limit:"設定値", detail_raised:"発生（事象時刻）", detail_detected:"検知", detail_cleared:"復旧", detail_acked:"確認",
        tab_journal:"履歴", at:"日時", cancel:"取消", notified:"通知先", oncall:"当番", deliv:{sent:"✓ 送信済", pending:"… 送信待ち", failed:"✕ 失敗", held:"保留（まとめて送信）", summarized:"まとめて送信済"}, ack_title:"警報を確認", shelve_title:"警報を保留", reason_required:"理由を入力してください",
        all_prio:"全優先度", zoom_hint:"ドラッグで拡大", zoom_reset:"拡大解除", action:"操作", who:"担当", why:"理由", show:"表示",
+       tab_analysis:"分析", kpi_title:"警報管理指標（過去24時間）", replay_title:"再生（リプレイ）", from:"開始", to:"終了", candidate:"候補ルール（任意）", replay_start:"再生開始",
+       rp_running:"再生中", rp_done:"完了", rp_failed:"失敗", rp_report:"レポートを開く", rp_alarms:"警報", rp_diff:"差分：追加 {a}・削除 {r}・変更 {c}",
+       k:{annunciations:"発報数", per_hour_mean:"1時間平均", per_hour_peak:"1時間最大", per_10min_peak:"10分最大", flood_periods:"警報洪水（10分10件超）", time_in_flood_pct:"洪水時間率 %", chattering:"チャタリング", stale:"長期発報（24時間超）", bad_actors_share_pct:"上位10件の割合 %", ack_median_s:"確認までの中央値（秒）", pages_per_night_max:"一晩の最多通知"},
        tab_alarms:"警報", tab_sites:"場所一覧", search:"場所・名称で検索", all:"すべて", st_alarm:"警報", st_comm_loss:"通信途絶", st_oos:"休止", st_ok:"正常",
        sts:{ok:"● 正常", alarm:"▲ 警報", comm_loss:"✕ 通信途絶", out_of_service:"■ 休止"}, level:"水位", flow:"流量", pressure:"圧力", running:"運転"},
   en: {login:"Log in", logout:"Log out", prio:"Priority", state:"State", site:"Site", cond:"Condition", value:"Value", raised:"Raised", ack:"Ack", shelve:"Shelve",
@@ -15,6 +18,9 @@ const T = {
        mute:"🔔 Sound on", muted:"🔕 Muted", detail_value:"Value", detail_limit:"Limit", detail_raised:"Raised (event time)", detail_detected:"Detected", detail_cleared:"Cleared", detail_acked:"Acknowledged",
        tab_journal:"Journal", at:"When", cancel:"Cancel", notified:"Notified", oncall:"On call", deliv:{sent:"✓ delivered", pending:"… pending", failed:"✕ failed", held:"held (rate limit)", summarized:"sent in a summary"}, ack_title:"Acknowledge alarm", shelve_title:"Shelve alarm", reason_required:"A reason is required",
        all_prio:"All priorities", zoom_hint:"drag to zoom", zoom_reset:"Reset zoom", action:"Action", who:"Who", why:"Why", show:"Show",
+       tab_analysis:"Analysis", kpi_title:"Alarm-management KPIs (last 24 h)", replay_title:"Replay", from:"From", to:"To", candidate:"Candidate rules (optional)", replay_start:"Start replay",
+       rp_running:"running", rp_done:"done", rp_failed:"failed", rp_report:"Open the report", rp_alarms:"alarms", rp_diff:"difference: {a} added, {r} removed, {c} moved",
+       k:{annunciations:"Annunciations", per_hour_mean:"Per hour, mean", per_hour_peak:"Per hour, peak", per_10min_peak:"Per 10 minutes, peak", flood_periods:"Flood periods (> 10 in 10 min)", time_in_flood_pct:"Time in flood %", chattering:"Chattering alarms", stale:"Stale (active > 24 h)", bad_actors_share_pct:"Top 10 share %", ack_median_s:"Time to ack, median (s)", pages_per_night_max:"Most pages in a night"},
        tab_alarms:"Alarms", tab_sites:"Sites", search:"Search site or name", all:"All", st_alarm:"Alarm", st_comm_loss:"Comm loss", st_oos:"Out of service", st_ok:"OK",
        sts:{ok:"● OK", alarm:"▲ ALARM", comm_loss:"✕ COMM LOSS", out_of_service:"■ OUT OF SERVICE"}, level:"level", flow:"flow", pressure:"pressure", running:"running"},
 };
@@ -217,6 +223,8 @@ document.querySelectorAll("#tabs button").forEach(b => b.addEventListener("click
   $("alarms-view").hidden = b.dataset.tab !== "alarms";
   $("sites-view").hidden = b.dataset.tab !== "sites";
   $("journal-view").hidden = b.dataset.tab !== "journal";
+  $("analysis-view").hidden = b.dataset.tab !== "analysis";
+  if (b.dataset.tab === "analysis") loadKpis();
   if (b.dataset.tab === "sites") loadSites();
   if (b.dataset.tab === "journal") loadJournal();
 }));
@@ -239,6 +247,42 @@ async function loadJournal() {
       <td>${esc(r.condition)}</td><td>${r.priority ? `<span class="prio ${esc(r.priority)}">${esc(t("prios")[r.priority])}</span>` : ""}</td><td>${esc(r.action)}</td><td>${esc(t("states")[r.to] || r.to)}</td><td>${esc(r.who)}</td><td>${esc(r.why || "")}</td></tr>`).join("");
   } catch (err) { $("jrows").innerHTML = `<tr><td colspan="8">${esc(err.message)}</td></tr>`; }
 }
+async function loadKpis() {
+  $("replay-panel").hidden = !(role === "engineer" || role === "admin");
+  try {
+    const k = await api("/api/v1/kpis");
+    $("kpi-rows").innerHTML = Object.keys(t("k")).map(key => {
+      const v = Array.isArray(k[key]) ? k[key].length : (k[key] ?? "–");
+      return `<tr><th>${esc(t("k")[key])}</th><td data-kpi="${key}">${esc(v)}</td></tr>`;
+    }).join("");
+  } catch (err) { $("kpi-rows").innerHTML = `<tr><td>${esc(err.message)}</td></tr>`; }
+}
+function showReplay(r) {
+  $("rp-progress").hidden = r.state !== "running"; $("rp-progress").value = r.progress;
+  let s = `${esc(r.id)}: ${esc(t("rp_" + r.state))}`;
+  if (r.state === "done" && r.summary) {
+    s += " — " + (r.summary.runs || []).map(x => `${esc(x.name)} ${x.alarms} ${esc(t("rp_alarms"))}`).join(", ");
+    if (r.summary.diff) s += " — " + esc(t("rp_diff").replace("{a}", r.summary.diff.added).replace("{r}", r.summary.diff.removed).replace("{c}", r.summary.diff.changed));
+    s += ` <a id="rp-report" target="_blank" rel="noopener" href="/api/v1/replays/${encodeURIComponent(r.id)}/report">${esc(t("rp_report"))}</a>`;
+  }
+  if (r.state === "failed") s += " — " + esc(r.error || "");
+  $("rp-status").innerHTML = s;
+}
+$("replay-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = {from: new Date($("rp-from").value).toISOString(), to: new Date($("rp-to").value).toISOString()};
+  const f = $("rp-rules").files[0];
+  if (f) body.candidate_rules = await f.text();
+  try {
+    let r = await api("/api/v1/replays", {method: "POST", body: JSON.stringify(body)});
+    showReplay(r);
+    while (r.state === "running") {
+      await new Promise(ok => setTimeout(ok, 500));
+      r = await api("/api/v1/replays/" + encodeURIComponent(r.id));
+      showReplay(r);
+    }
+  } catch (err) { $("rp-status").textContent = err.message; }
+});
 $("jfilter").addEventListener("submit", (e) => { e.preventDefault(); loadJournal(); });
 $("site-search").addEventListener("input", renderSites);
 $("site-filter").addEventListener("change", renderSites);

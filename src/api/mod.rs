@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod notify_routes;
 pub mod openapi;
+mod replays;
 mod routes;
 mod sse;
 pub mod streams;
@@ -45,6 +46,10 @@ pub struct AppState {
     pub notifier: Option<crate::notify::Notifier>,
     /// Admission of event streams (capped in all and per caller).
     pub streams: Arc<streams::EventStreams>,
+    /// Replays started from the board.
+    pub replays: Arc<replays::Replays>,
+    /// The service's clock (a default span ends at its now).
+    pub clock: Arc<dyn crate::model::Clock>,
 }
 
 /// `(method, path)` of every route the router serves; the OpenAPI test checks
@@ -72,6 +77,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/v1/points/{id}/readings"),
     ("GET", "/api/v1/journal"),
     ("GET", "/api/v1/kpis"),
+    ("GET", "/api/v1/replays"),
+    ("POST", "/api/v1/replays"),
+    ("GET", "/api/v1/replays/{id}"),
+    ("GET", "/api/v1/replays/{id}/result"),
+    ("GET", "/api/v1/replays/{id}/report"),
     ("GET", "/api/v1/quarantine"),
     ("GET", "/api/v1/events"),
     ("GET", "/ack/{token}"),
@@ -151,6 +161,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/points/{id}/readings", get(routes::readings))
         .route("/api/v1/journal", get(routes::journal))
         .route("/api/v1/kpis", get(routes::kpis))
+        .route("/api/v1/replays", get(replays::list).post(replays::start))
+        .route("/api/v1/replays/{id}", get(replays::one))
+        .route("/api/v1/replays/{id}/result", get(replays::result))
+        .route("/api/v1/replays/{id}/report", get(replays::report))
         .route("/api/v1/quarantine", get(routes::quarantine))
         .route("/api/v1/events", get(sse::events))
         .route(

@@ -117,6 +117,10 @@ fn html(desc: &str) -> Value {
 
 pub fn document() -> Value {
     let alarm = json!({"$ref": "#/components/schemas/Alarm"});
+    let replay_view = json!({"type": "object", "required": ["id", "state", "progress", "from", "to"], "properties": {
+        "id": {"type": "string"}, "state": {"enum": ["running", "done", "failed"]}, "progress": {"type": "number", "minimum": 0, "maximum": 1},
+        "from": {"type": "string", "format": "date-time"}, "to": {"type": "string", "format": "date-time"},
+        "error": {"type": ["string", "null"]}, "summary": {"type": ["object", "null"]}}});
     let alarm_cmd_errors: &[(&str, &str)] = &[
         ("400", "body is not JSON"),
         ("404", "no open alarm with that id"),
@@ -239,7 +243,22 @@ pub fn document() -> Value {
                 None, ok_json("KPIs", json!({"type": "object", "required": ["from", "to", "annunciations", "per_hour_mean", "per_10min_peak", "flood_periods", "time_in_flood_pct", "chattering", "stale", "bad_actors", "priorities", "pages_per_night"],
                     "properties": {"annunciations": {"type": "integer"}, "per_hour_mean": {"type": "number"}, "per_10min_peak": {"type": "integer"}, "flood_periods": {"type": "integer"}, "time_in_flood_pct": {"type": "number"}, "stale": {"type": "integer"},
                         "chattering": {"type": "array"}, "bad_actors": {"type": "array"}, "priorities": {"type": "array"}, "pages_per_night": {"type": "array"}, "ack_median_s": {"type": ["number", "null"]}}})),
-                &[("400", "bad time, from not before to, or a span over 400 days")])},
+                &[("400", "a time that does not parse")])},
+            "/api/v1/replays": {
+                "get": op("Replays started from the board (the last few, newest first; kept in memory)", Some("engineer"), json!([]),
+                    None, ok_json("replays", json!({"type": "array"})), &[]),
+                "post": op("Start a replay of the service's own record for a span, optionally beside a candidate rules file (its TOML text); one at a time. Poll the replay for progress", Some("engineer"), json!([]),
+                    Some(json!({"type": "object", "additionalProperties": false, "required": ["from", "to"], "properties": {
+                        "from": {"type": "string", "format": "date-time"}, "to": {"type": "string", "format": "date-time"},
+                        "candidate_rules": {"type": ["string", "null"], "maxLength": 60000}}})),
+                    json!({"description": "started", "content": {"application/json": {"schema": replay_view.clone()}}}),
+                    &[("400", "from not before to"), ("409", "a replay is running"), ("422", "the candidate rules do not load")])},
+            "/api/v1/replays/{id}": {"get": op("One replay: state (running, done, failed), progress 0..1, summary when done", Some("engineer"),
+                path_id("replay id"), None, json!({"description": "the replay", "content": {"application/json": {"schema": replay_view}}}), &[("404", "unknown replay")])},
+            "/api/v1/replays/{id}/result": {"get": op("A finished replay's JSON (as `mizuban replay --json` writes it)", Some("engineer"),
+                path_id("replay id"), None, ok_json("the replay's output", json!({"type": "object"})), &[("404", "unknown replay"), ("409", "still running, or failed")])},
+            "/api/v1/replays/{id}/report": {"get": op("A finished replay's report: one self-contained HTML page", Some("engineer"),
+                path_id("replay id"), None, html("HTML page"), &[("404", "unknown replay"), ("409", "still running, or failed")])},
             "/api/v1/quarantine": {"get": op("Rejected messages, newest first (bounded)", Some("viewer"), json!([limit(10_000)]),
                 None, ok_json("entries", json!({"type": "array"})), &[])},
             "/api/v1/events": {"get": op("Server-sent events: `snapshot` of open alarms, then one `alarm` event per transition; `resync` if the client fell behind. Browsers may pass ?token=", Some("viewer"),

@@ -66,7 +66,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         metrics.clone(),
         quarantine.clone(),
     )
-        .with_context(|| format!("opening the store at {}", cfg.store_path.display()))?;
+    .with_context(|| format!("opening the store at {}", cfg.store_path.display()))?;
     tracing::info!(
         store = %cfg.store_path.display(),
         open_alarms = restored.open_alarms.len(),

@@ -286,14 +286,15 @@ fn replay(
         indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {binary_bytes_per_sec} ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let (out, trends) = match mizuban::replay::replay_with(cfg.clone(), candidate, &inputs, &Bar(bar.clone()), report.is_some()) {
-        Ok(o) => o,
-        Err(e) => {
-            bar.abandon();
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let (out, trends) =
+        match mizuban::replay::replay_with(cfg.clone(), candidate, &inputs, &Bar(bar.clone()), report.is_some()) {
+            Ok(o) => o,
+            Err(e) => {
+                bar.abandon();
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        };
     bar.finish_and_clear();
     for r in &out.runs {
         eprintln!(

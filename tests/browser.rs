@@ -292,7 +292,12 @@ async fn replay_report_in_headless_chromium() {
     while now < end {
         now += Duration::seconds(10);
         if now == start + Duration::minutes(30) {
-            devices[1].inject(Scenario::Chattering { duration: Duration::minutes(60) }, now);
+            devices[1].inject(
+                Scenario::Chattering {
+                    duration: Duration::minutes(60),
+                },
+                now,
+            );
         }
         for d in devices.iter_mut() {
             for m in d.step(now) {
@@ -320,7 +325,13 @@ async fn replay_report_in_headless_chromium() {
     let main = std::fs::read_to_string(&config).unwrap();
     let main = main
         .lines()
-        .map(|l| if l.starts_with("rules_file") { "rules_file = \"rules.toml\"".to_string() } else { l.to_string() })
+        .map(|l| {
+            if l.starts_with("rules_file") {
+                "rules_file = \"rules.toml\"".to_string()
+            } else {
+                l.to_string()
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n");
     std::fs::write(&config, main).unwrap();
@@ -338,7 +349,10 @@ async fn replay_report_in_headless_chromium() {
         .unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     let html = std::fs::read_to_string(&report).unwrap();
-    assert!(!html.contains("http://") && !html.contains("https://"), "nothing to fetch");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing to fetch"
+    );
 
     let node = tokio::process::Command::new("node")
         .arg(root.join("tests/browser/report.mjs"))
@@ -349,11 +363,18 @@ async fn replay_report_in_headless_chromium() {
         .expect("node runs");
     assert!(node.status.success(), "{}", String::from_utf8_lossy(&node.stderr));
     let found: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap();
-    assert_eq!(found["fetched"], serde_json::json!([]), "the page asked the network for nothing");
+    assert_eq!(
+        found["fetched"],
+        serde_json::json!([]),
+        "the page asked the network for nothing"
+    );
     assert_eq!(found["alarmCharts"], 1, "{found}");
     assert!(found["bars"].as_u64().unwrap() > 0, "{found}");
     assert!(found["trendCharts"].as_u64().unwrap() >= 1, "{found}");
-    assert!(found["spans"][0].as_u64().unwrap() > found["spans"][1].as_u64().unwrap(), "the narrow deadband's alarms marked, more than the wide one's: {found}");
+    assert!(
+        found["spans"][0].as_u64().unwrap() > found["spans"][1].as_u64().unwrap(),
+        "the narrow deadband's alarms marked, more than the wide one's: {found}"
+    );
     assert_eq!(found["kpiColumns"], 2, "KPIs side by side: {found}");
     assert!(found["kpiRows"].as_u64().unwrap() >= 10);
     assert!(found["sites"][0].as_str().unwrap().starts_with("MP-0001"), "{found}");
@@ -377,8 +398,16 @@ async fn replay_from_the_board() {
     let start = t0();
     let sim = h.spawn_mps(quiet_mps("MP-0702", "AKT-MPN-0702"), start).await;
     h.run(&[&sim], Duration::minutes(20)).await;
-    sim.inject(Scenario::PowerCut { duration: Duration::minutes(20) }).await.unwrap();
-    sim.inject(Scenario::Chattering { duration: Duration::minutes(20) }).await.unwrap();
+    sim.inject(Scenario::PowerCut {
+        duration: Duration::minutes(20),
+    })
+    .await
+    .unwrap();
+    sim.inject(Scenario::Chattering {
+        duration: Duration::minutes(20),
+    })
+    .await
+    .unwrap();
     h.run(&[&sim], Duration::minutes(60)).await;
     let live = h.get("/api/v1/kpis").await;
     let rules = std::fs::read_to_string(root.join("config/akita-rules.toml")).unwrap()
@@ -400,7 +429,11 @@ async fn replay_from_the_board() {
     let seen: serde_json::Value = serde_json::from_slice(&node.stdout).unwrap();
     // The live KPIs are the last 24 h of the service's clock; the board asks
     // for the same span (its default).
-    assert_eq!(seen["annunciations"], live["annunciations"].to_string(), "{seen} {live}");
+    assert_eq!(
+        seen["annunciations"],
+        live["annunciations"].to_string(),
+        "{seen} {live}"
+    );
     assert!(live["annunciations"].as_u64().unwrap() > 0);
     let status = seen["status"].as_str().unwrap();
     // The board speaks Japanese by default: 完了 is "done".
@@ -408,7 +441,10 @@ async fn replay_from_the_board() {
     assert_eq!(seen["charts"]["alarms"], 1, "{seen}");
     assert!(seen["charts"]["trends"].as_u64().unwrap() >= 1, "{seen}");
     assert_eq!(seen["charts"]["kpiColumns"], 2);
-    assert_ne!(seen["charts"]["styled"], "rgba(0, 0, 0, 0)", "the report's inline styles apply");
+    assert_ne!(
+        seen["charts"]["styled"], "rgba(0, 0, 0, 0)",
+        "the report's inline styles apply"
+    );
     // The API behind it, for scripts: the list, and the role it needs.
     let (code, list) = h
         .request(reqwest::Method::GET, "/api/v1/replays", Some(ENG_TOKEN), None)

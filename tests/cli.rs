@@ -373,7 +373,16 @@ fn replay_and_export_from_the_command_line() {
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
 
     let out = mizuban()
-        .args(["export", "--from", "yesterday", "--to", "2026-12-01T00:00:00Z", "--out", "x", "--config"])
+        .args([
+            "export",
+            "--from",
+            "yesterday",
+            "--to",
+            "2026-12-01T00:00:00Z",
+            "--out",
+            "x",
+            "--config",
+        ])
         .arg(&config)
         .output()
         .unwrap();
@@ -385,17 +394,37 @@ fn replay_and_export_from_the_command_line() {
     std::fs::create_dir(&cfg_dir).unwrap();
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("devices_dir = \"../devices\"", &format!("devices_dir = {:?}", repo().join("devices")))
-        .replace("sites_file = \"akita-sites.toml\"", &format!("sites_file = {:?}", repo().join("config/akita-sites.toml")))
-        .replace("rules_file = \"akita-rules.toml\"", &format!("rules_file = {:?}", repo().join("config/akita-rules.toml")));
+        .replace(
+            "devices_dir = \"../devices\"",
+            &format!("devices_dir = {:?}", repo().join("devices")),
+        )
+        .replace(
+            "sites_file = \"akita-sites.toml\"",
+            &format!("sites_file = {:?}", repo().join("config/akita-sites.toml")),
+        )
+        .replace(
+            "rules_file = \"akita-rules.toml\"",
+            &format!("rules_file = {:?}", repo().join("config/akita-rules.toml")),
+        );
     std::fs::write(cfg_dir.join("m.toml"), text).unwrap();
     let out = mizuban()
-        .args(["export", "--from", "2026-12-01T00:00:00Z", "--to", "2026-12-02T00:00:00Z", "--out"])
+        .args([
+            "export",
+            "--from",
+            "2026-12-01T00:00:00Z",
+            "--to",
+            "2026-12-02T00:00:00Z",
+            "--out",
+        ])
         .arg(dir.path().join("e.jsonl"))
         .arg("--config")
         .arg(cfg_dir.join("m.toml"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("error: store"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("error: store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

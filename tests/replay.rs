@@ -45,7 +45,11 @@ async fn live_episodes(h: &Harness) -> Episodes {
     let mut out = Episodes::new();
     for (id, rows) in by_id {
         let a = h.get(&format!("/api/v1/alarms/{id}")).await;
-        let a = if a.get("alarm").is_some() { a["alarm"].clone() } else { a };
+        let a = if a.get("alarm").is_some() {
+            a["alarm"].clone()
+        } else {
+            a
+        };
         let cond = a["condition"].as_str().unwrap().to_string();
         out.insert(
             (
@@ -113,7 +117,11 @@ fn export(cfg: &Config, from: chrono::DateTime<chrono::Utc>, to: chrono::DateTim
 async fn replay_of_an_exported_span_finds_what_the_live_service_found() {
     let h = Harness::start(
         "replay-agree",
-        &[dma("B01", "AKT-DMA-001"), mps("MP-0001", "AKT-MPN-0001"), mps("MP-0002", "AKT-MPN-0002")],
+        &[
+            dma("B01", "AKT-DMA-001"),
+            mps("MP-0001", "AKT-MPN-0001"),
+            mps("MP-0002", "AKT-MPN-0002"),
+        ],
     )
     .await;
     let start = t0();
@@ -195,7 +203,14 @@ async fn replay_of_an_exported_span_finds_what_the_live_service_found() {
     let live_k = h.get(&format!("/api/v1/kpis?{span}")).await;
     let k = &out["runs"][0]["kpis"];
     assert!(live_k["annunciations"].as_u64().unwrap() >= 5, "{live_k:#}");
-    for f in ["annunciations", "per_10min_peak", "flood_periods", "stale", "chattering", "priorities"] {
+    for f in [
+        "annunciations",
+        "per_10min_peak",
+        "flood_periods",
+        "stale",
+        "chattering",
+        "priorities",
+    ] {
         assert_eq!(live_k[f], k[f], "KPI {f}: live {live_k:#} replay {k:#}");
     }
     let actors = |v: &Value| {
@@ -212,8 +227,14 @@ async fn replay_of_an_exported_span_finds_what_the_live_service_found() {
         end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    let (code, body) = h.request(reqwest::Method::GET, &backwards, Some(VIEW_TOKEN), None).await;
-    assert_eq!((code, &body["annunciations"]), (200, &serde_json::json!(0)), "an inverted span has no alarms: {body}");
+    let (code, body) = h
+        .request(reqwest::Method::GET, &backwards, Some(VIEW_TOKEN), None)
+        .await;
+    assert_eq!(
+        (code, &body["annunciations"]),
+        (200, &serde_json::json!(0)),
+        "an inverted span has no alarms: {body}"
+    );
 
     // Started through the API (as the board does), the same replay.
     let (code, started) = h
@@ -232,12 +253,25 @@ async fn replay_of_an_exported_span_finds_what_the_live_service_found() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        job = h.request(reqwest::Method::GET, &format!("/api/v1/replays/{id}"), Some(ENG_TOKEN), None).await.1;
+        job = h
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/replays/{id}"),
+                Some(ENG_TOKEN),
+                None,
+            )
+            .await
+            .1;
     }
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["progress"], 1.0);
     let (code, result) = h
-        .request(reqwest::Method::GET, &format!("/api/v1/replays/{id}/result"), Some(ENG_TOKEN), None)
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/replays/{id}/result"),
+            Some(ENG_TOKEN),
+            None,
+        )
         .await;
     assert_eq!(code, 200);
     assert_eq!(replayed_episodes(&result, 0), live, "the board's replay finds the same");
@@ -307,7 +341,10 @@ async fn the_same_capture_replays_to_the_same_bytes_and_a_wider_deadband_is_meas
     let ann = |run: usize| out["runs"][run]["kpis"]["annunciations"].as_u64().unwrap();
     assert!(ann(1) < ann(0), "the KPIs say by how much: {} vs {}", ann(1), ann(0));
     assert!(narrow_n >= 3, "the narrow deadband chatters: {narrow_n} activations");
-    assert!(wide_n < narrow_n, "the wide deadband raises less: {wide_n} vs {narrow_n}");
+    assert!(
+        wide_n < narrow_n,
+        "the wide deadband raises less: {wide_n} vs {narrow_n}"
+    );
     let d = &out["diff"];
     assert!(
         !d["removed"].as_array().unwrap().is_empty() || !d["changed"].as_array().unwrap().is_empty(),
@@ -361,7 +398,10 @@ async fn a_hand_written_capture_replays_as_the_spec_says_with_malformed_payloads
     assert_eq!(out["capture"]["rejected"]["malformed"], 1, "{:#}", out["capture"]);
     assert_eq!(out["capture"]["rejected"]["unknown_topic"], 1);
     assert_eq!(out["runs"][0]["duplicate_messages"], 1);
-    assert_eq!(out["runs"][0]["readings"], 18, "two uploads of three samples of q, p, tot");
+    assert_eq!(
+        out["runs"][0]["readings"], 18,
+        "two uploads of three samples of q, p, tot"
+    );
     let alarms = out["runs"][0]["alarms"].as_array().unwrap();
     let ll = alarms
         .iter()

@@ -139,13 +139,7 @@ fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
 
 /// The KPIs of `events` and `pages` within `[from, to)`. `utc_offset_hours`
 /// places the nights.
-pub fn compute(
-    events: &[AlarmEvent],
-    pages: &[Page],
-    from: Timestamp,
-    to: Timestamp,
-    utc_offset_hours: i32,
-) -> Kpis {
+pub fn compute(events: &[AlarmEvent], pages: &[Page], from: Timestamp, to: Timestamp, utc_offset_hours: i32) -> Kpis {
     let inside = |t: &Timestamp| *t >= from && *t < to;
     let mut ann: Vec<&AlarmEvent> = events
         .iter()
@@ -235,11 +229,7 @@ pub fn compute(
 
     let count_p = |p: &[Priority]| ann.iter().filter(|e| p.contains(&e.priority)).count();
     let priorities = vec![
-        (
-            "high_and_critical",
-            count_p(&[Priority::Critical, Priority::High]),
-            5.0,
-        ),
+        ("high_and_critical", count_p(&[Priority::Critical, Priority::High]), 5.0),
         ("medium", count_p(&[Priority::Medium]), 15.0),
         ("low", count_p(&[Priority::Low]), 80.0),
     ]
@@ -329,9 +319,30 @@ mod tests {
         for i in 0..12 {
             let id = format!("p{i}");
             let t = t0 + Duration::seconds(20 * i);
-            e.push(ev(t, &id, &format!("MP-{i:04}"), "POWER_FAIL", Priority::Critical, EventKind::Annunciated));
-            e.push(ev(t + Duration::minutes(3), &id, "", "", Priority::Critical, EventKind::Acked));
-            e.push(ev(t + Duration::minutes(40), &id, "", "", Priority::Critical, EventKind::Cleared));
+            e.push(ev(
+                t,
+                &id,
+                &format!("MP-{i:04}"),
+                "POWER_FAIL",
+                Priority::Critical,
+                EventKind::Annunciated,
+            ));
+            e.push(ev(
+                t + Duration::minutes(3),
+                &id,
+                "",
+                "",
+                Priority::Critical,
+                EventKind::Acked,
+            ));
+            e.push(ev(
+                t + Duration::minutes(40),
+                &id,
+                "",
+                "",
+                Priority::Critical,
+                EventKind::Cleared,
+            ));
         }
         // A chattering level: one occurrence re-raised 4 times in 40 s (low).
         for i in 0..4 {
@@ -344,12 +355,40 @@ mod tests {
                 EventKind::Annunciated,
             ));
         }
-        e.push(ev(t0 + Duration::hours(2) + Duration::minutes(1), "c1", "MP-0100", "HIGH_LEVEL", Priority::Low, EventKind::Cleared));
+        e.push(ev(
+            t0 + Duration::hours(2) + Duration::minutes(1),
+            "c1",
+            "MP-0100",
+            "HIGH_LEVEL",
+            Priority::Low,
+            EventKind::Cleared,
+        ));
         // Stale: raised at 03:00 and never cleared in a 2-day span.
-        e.push(ev(t0 + Duration::hours(3), "s1", "B17", "pressure_l", Priority::Medium, EventKind::Annunciated));
+        e.push(ev(
+            t0 + Duration::hours(3),
+            "s1",
+            "B17",
+            "pressure_l",
+            Priority::Medium,
+            EventKind::Annunciated,
+        ));
         // Raised and cleared within the day: not stale.
-        e.push(ev(t0 + Duration::hours(4), "s2", "B18", "pressure_l", Priority::Medium, EventKind::Annunciated));
-        e.push(ev(t0 + Duration::hours(5), "s2", "B18", "pressure_l", Priority::Medium, EventKind::Cleared));
+        e.push(ev(
+            t0 + Duration::hours(4),
+            "s2",
+            "B18",
+            "pressure_l",
+            Priority::Medium,
+            EventKind::Annunciated,
+        ));
+        e.push(ev(
+            t0 + Duration::hours(5),
+            "s2",
+            "B18",
+            "pressure_l",
+            Priority::Medium,
+            EventKind::Cleared,
+        ));
         let to = t0 + Duration::days(2);
         let pages = vec![
             // 18:00 and 02:00 Tokyo on the night of 2026-12-01, one at noon.

@@ -133,7 +133,11 @@ fn new_id(key: &AlarmKey, t: Timestamp, now: Timestamp, salt: u32) -> String {
     feed(key.condition.as_bytes());
     feed(&t.timestamp_millis().to_le_bytes());
     feed(&salt.to_le_bytes());
-    format!("al-{}-{:06x}", now.timestamp_millis(), (h ^ (h >> 24) ^ (h >> 48)) & 0xff_ffff)
+    format!(
+        "al-{}-{:06x}",
+        now.timestamp_millis(),
+        (h ^ (h >> 24) ^ (h >> 48)) & 0xff_ffff
+    )
 }
 
 impl Registry {

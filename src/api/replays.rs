@@ -136,7 +136,14 @@ pub async fn start(
     if body.from >= body.to {
         return Err(ApiError::BadRequest("from must be before to".into()));
     }
-    if st.replays.jobs.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|j| j.state() == State_::Running) {
+    if st
+        .replays
+        .jobs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|j| j.state() == State_::Running)
+    {
         return Err(ApiError::Conflict("a replay is running; wait for it to finish".into()));
     }
     let cfg = st.cfg.clone();
@@ -147,7 +154,8 @@ pub async fn start(
         Some(text) => {
             let dir = tempfile_dir(&cfg)?;
             let path = dir.join(format!("candidate-{}.toml", crate::model::secret::random_hex(6)));
-            std::fs::write(&path, text).map_err(|e| ApiError::Unavailable(format!("cannot write the candidate: {e}")))?;
+            std::fs::write(&path, text)
+                .map_err(|e| ApiError::Unavailable(format!("cannot write the candidate: {e}")))?;
             let loaded = Config::load_with_rules(&cfg.file, &path);
             let _ = std::fs::remove_file(&path); // read already; a leftover file only costs disk
             match loaded {
@@ -189,7 +197,9 @@ pub async fn start(
         let res = crate::replay::replay_with(cfg.clone(), candidate, &inputs, &p, true)
             .map_err(|e| e.to_string())
             .map(|(out, trends)| {
-                let html = trends.map(|t| crate::replay::report::render(&out, &t, &cfg)).unwrap_or_default();
+                let html = trends
+                    .map(|t| crate::replay::report::render(&out, &t, &cfg))
+                    .unwrap_or_default();
                 (serde_json::to_value(&out).unwrap_or_default(), html)
             });
         if let Err(e) = &res {
@@ -220,12 +230,18 @@ pub async fn list(State(st): State<AppState>, caller: Caller) -> Result<Response
 
 pub async fn one(State(st): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     caller.require(Role::Engineer)?;
-    let j = st.replays.get(&id).ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
+    let j = st
+        .replays
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
     Ok(Json(j.view()).into_response())
 }
 
 fn finished(st: &AppState, id: &str) -> Result<(serde_json::Value, String), ApiError> {
-    let j = st.replays.get(id).ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
+    let j = st
+        .replays
+        .get(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no replay {id}")))?;
     let outcome = j.outcome.lock().unwrap_or_else(|p| p.into_inner());
     match &*outcome {
         None => Err(ApiError::Conflict(format!("replay {id} is still running"))),
@@ -243,7 +259,10 @@ pub async fn report(State(st): State<AppState>, caller: Caller, Path(id): Path<S
     caller.require(Role::Engineer)?;
     let (_, html) = finished(&st, &id)?;
     let mut r = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        )],
         html,
     )
         .into_response();

@@ -635,11 +635,7 @@ pub struct KpiQuery {
 
 /// Alarm-management KPIs over a span (default: the last 24 hours), from the
 /// journal and the pages sent; the same computation as a replay's.
-pub async fn kpis(
-    State(st): State<AppState>,
-    caller: Caller,
-    Query(q): Query<KpiQuery>,
-) -> Result<Response, ApiError> {
+pub async fn kpis(State(st): State<AppState>, caller: Caller, Query(q): Query<KpiQuery>) -> Result<Response, ApiError> {
     caller.require(Role::Viewer)?;
     let to = parse_time("to", &q.to)?.unwrap_or_else(|| st.clock.now());
     let from = parse_time("from", &q.from)?.unwrap_or(to - chrono::Duration::hours(24));

@@ -547,7 +547,12 @@ impl Poll {
 /// The decoded message one poll of a station makes, stamped with the
 /// master station's time of the poll (controllers carry no clock of their
 /// own in the register map).
-pub fn poll_decoded(site: &crate::config::Site, map: &ModbusMap, data: &[(ReadRange, RangeData)], now: Timestamp) -> super::Decoded {
+pub fn poll_decoded(
+    site: &crate::config::Site,
+    map: &ModbusMap,
+    data: &[(ReadRange, RangeData)],
+    now: Timestamp,
+) -> super::Decoded {
     let (values, bits) = decode_poll(map, data);
     super::Decoded {
         message: "poll".into(),

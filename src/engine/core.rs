@@ -710,7 +710,9 @@ impl Engine {
                 who,
             } => self.registry.shelve(&id, minutes, reason, &who, now),
             Command::Unshelve { id, who } => self.registry.unshelve(&id, &who, now),
-            Command::OutOfService { id, oos, who, reason } => self.registry.set_out_of_service(&id, oos, &who, reason, now),
+            Command::OutOfService { id, oos, who, reason } => {
+                self.registry.set_out_of_service(&id, oos, &who, reason, now)
+            }
         };
         step.reply = Some(match res {
             Ok(t) => {
@@ -772,7 +774,10 @@ mod tests {
         let now = at("2026-12-01T02:25:05Z");
         let mut e = engine(&cfg, now);
         // 0.10 MPa is below ll = 0.147 for longer than the 240 s on-delay.
-        let s = e.step(upload(&cfg, 1, "2026-12-01T02:10:00Z", &[0.40, 0.10, 0.10, 0.10], now), now);
+        let s = e.step(
+            upload(&cfg, 1, "2026-12-01T02:10:00Z", &[0.40, 0.10, 0.10, 0.10], now),
+            now,
+        );
         assert_eq!(s.readings.len(), 12, "q, p and tot of four samples");
         assert_eq!(s.counts.stored[0], 12);
         assert_eq!(s.seen, vec![("AKT-DMA-017".into(), 3, 1, now)]);
@@ -783,15 +788,25 @@ mod tests {
         let a = &raised[1].alarm;
         assert_eq!((a.site.as_str(), a.source.as_str()), ("B17", "B17.p"));
         assert_eq!(a.priority, crate::device::Priority::Critical);
-        assert_eq!(a.raised_at, at("2026-12-01T02:20:00Z"), "event time of the reading after the on-delay");
+        assert_eq!(
+            a.raised_at,
+            at("2026-12-01T02:20:00Z"),
+            "event time of the reading after the on-delay"
+        );
         assert_eq!(a.state, AlarmState::UnackActive);
-        assert!(!s.states.is_empty() && !s.device_states.is_empty(), "rule and device state persist");
+        assert!(
+            !s.states.is_empty() && !s.device_states.is_empty(),
+            "rule and device state persist"
+        );
         assert_eq!(s.sites.len(), 1);
         assert_eq!(s.sites[0].status, "alarm");
         assert_eq!(e.open_alarms().count(), 2);
 
         // The same upload again (QoS 1 redelivery): nothing new.
-        let again = e.step(upload(&cfg, 1, "2026-12-01T02:10:00Z", &[0.40, 0.10, 0.10, 0.10], now), now);
+        let again = e.step(
+            upload(&cfg, 1, "2026-12-01T02:10:00Z", &[0.40, 0.10, 0.10, 0.10], now),
+            now,
+        );
         assert!(again.readings.is_empty() && again.transitions.is_empty());
         assert!(matches!(again.notes[0], Note::DuplicateMessage { seq: 1, .. }));
 
@@ -805,7 +820,10 @@ mod tests {
             now,
         );
         let reply = ack.reply.unwrap().unwrap();
-        assert_eq!((reply.state, reply.acked_by.as_deref()), (AlarmState::AckActive, Some("sato")));
+        assert_eq!(
+            (reply.state, reply.acked_by.as_deref()),
+            (AlarmState::AckActive, Some("sato"))
+        );
         assert_eq!(ack.transitions[0].action, "ack");
         let unknown = e.step(
             Input::Command(Command::Ack {
@@ -829,11 +847,18 @@ mod tests {
         let late = e.step(Input::Tick, t0 + Duration::hours(3));
         assert_eq!(late.comm_lost, Some(1));
         let lost = &late.transitions[0].alarm;
-        assert_eq!((lost.condition.as_str(), lost.state), ("comm_loss", AlarmState::UnackActive));
+        assert_eq!(
+            (lost.condition.as_str(), lost.state),
+            ("comm_loss", AlarmState::UnackActive)
+        );
         assert_eq!(late.sites[0].status, "comm_loss");
         let back = t0 + Duration::hours(3) + Duration::minutes(1);
         let s = e.step(upload(&cfg, 9, "2026-12-01T02:10:00Z", &[0.4], back), back);
-        let clear = s.transitions.iter().find(|t| t.action == "clear").expect("comm loss cleared");
+        let clear = s
+            .transitions
+            .iter()
+            .find(|t| t.action == "clear")
+            .expect("comm loss cleared");
         assert_eq!(clear.alarm.condition, "comm_loss");
         assert_eq!(s.sites[0].status, "ok");
     }
@@ -845,11 +870,18 @@ mod tests {
         let run = || {
             let mut e = engine(&cfg, now);
             let mut out = Vec::new();
-            for (i, p) in [[0.4, 0.1, 0.1, 0.1], [0.1, 0.4, 0.4, 0.4], [0.4, 0.1, 0.1, 0.1]].iter().enumerate() {
+            for (i, p) in [[0.4, 0.1, 0.1, 0.1], [0.1, 0.4, 0.4, 0.4], [0.4, 0.1, 0.1, 0.1]]
+                .iter()
+                .enumerate()
+            {
                 let arrived = now + Duration::hours(i as i64);
                 let start = (at("2026-12-01T02:10:00Z") + Duration::hours(i as i64)).to_rfc3339();
                 let s = e.step(upload(&cfg, i as u64 + 1, &start, p, arrived), arrived);
-                out.extend(s.transitions.into_iter().map(|t| serde_json::to_string(&t.alarm).unwrap()));
+                out.extend(
+                    s.transitions
+                        .into_iter()
+                        .map(|t| serde_json::to_string(&t.alarm).unwrap()),
+                );
             }
             out
         };

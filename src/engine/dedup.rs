@@ -140,7 +140,11 @@ mod tests {
         for i in 0..105_120 {
             assert!(s.first_time("B17.q", i * five_min));
         }
-        assert_eq!(s.points["B17.q"].runs.len(), 1, "one run for a year of 5-minute samples");
+        assert_eq!(
+            s.points["B17.q"].runs.len(),
+            1,
+            "one run for a year of 5-minute samples"
+        );
         // Redeliveries from anywhere in the year, a backlog arriving out of
         // order, and samples between the regular ones.
         assert!(!s.first_time("B17.q", 0));

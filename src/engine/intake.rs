@@ -59,7 +59,10 @@ pub fn decode_publish(
         }
     }
     let Some(d) = decoded else {
-        return Err(reject("unknown_topic", format!("topic {topic:?} matches no device profile")));
+        return Err(reject(
+            "unknown_topic",
+            format!("topic {topic:?} matches no device profile"),
+        ));
     };
     let site = match SiteId::new(&d.site) {
         Ok(s) if cfg.site(s.as_str()).is_some() => s,

@@ -169,34 +169,33 @@ impl StationHealth {
                     partner_idle >= IDLE_CYCLES && !self.pumps[1 - n].running,
                     Some(partner_idle as f64),
                     Some(IDLE_CYCLES as f64),
-                    || (
-                        Priority::Medium,
-                        format!(
-                            "Pump {} has not started for {partner_idle} cycles of its partner",
-                            2 - n
-                        ),
-                        format!("{}号ポンプ交互運転異常（{partner_idle}サイクル未始動）", 2 - n),
-                    ),
+                    || {
+                        (
+                            Priority::Medium,
+                            format!(
+                                "Pump {} has not started for {partner_idle} cycles of its partner",
+                                2 - n
+                            ),
+                            format!("{}号ポンプ交互運転異常（{partner_idle}サイクル未始動）", 2 - n),
+                        )
+                    },
                 );
-                self.set(
-                    &mut out,
-                    IDLE[n],
-                    false,
-                    None,
-                    None,
-                    || (Priority::Medium, String::new(), String::new()),
-                );
+                self.set(&mut out, IDLE[n], false, None, None, || {
+                    (Priority::Medium, String::new(), String::new())
+                });
                 self.set(
                     &mut out,
                     STARTS_HIGH[n],
                     per_h > MAX_STARTS_PER_H,
                     Some(per_h as f64),
                     Some(MAX_STARTS_PER_H as f64),
-                    || (
-                        Priority::Medium,
-                        format!("Pump {} started {per_h} times in an hour", n + 1),
-                        format!("{}号ポンプ始動頻度過多（{per_h}回/時）", n + 1),
-                    ),
+                    || {
+                        (
+                            Priority::Medium,
+                            format!("Pump {} started {per_h} times in an hour", n + 1),
+                            format!("{}号ポンプ始動頻度過多（{per_h}回/時）", n + 1),
+                        )
+                    },
                 );
             }
             if run {
@@ -214,29 +213,26 @@ impl StationHealth {
                     .no_current_since
                     .is_some_and(|s| (t - s).num_seconds() >= NO_CURRENT_S);
                 let long = p.run_started.map(|s| (t - s).num_seconds()).unwrap_or(0);
-                self.set(
-                    &mut out,
-                    NO_CURRENT[n],
-                    no_cur,
-                    current,
-                    Some(NO_CURRENT_A),
-                    || (
+                self.set(&mut out, NO_CURRENT[n], no_cur, current, Some(NO_CURRENT_A), || {
+                    (
                         Priority::High,
                         format!("Pump {} running but drawing no current (fail to run)", n + 1),
                         format!("{}号ポンプ始動不良（電流なし）", n + 1),
-                    ),
-                );
+                    )
+                });
                 self.set(
                     &mut out,
                     LONG_RUN[n],
                     long > MAX_RUN_S,
                     Some(long as f64 / 60.0),
                     Some(MAX_RUN_S as f64 / 60.0),
-                    || (
-                        Priority::High,
-                        format!("Pump {} running continuously for over 2 h", n + 1),
-                        format!("{}号ポンプ連続運転2時間超過", n + 1),
-                    ),
+                    || {
+                        (
+                            Priority::High,
+                            format!("Pump {} running continuously for over 2 h", n + 1),
+                            format!("{}号ポンプ連続運転2時間超過", n + 1),
+                        )
+                    },
                 );
             }
             if !run && was {
@@ -274,15 +270,17 @@ impl StationHealth {
                             drift.abs() > DRIFT,
                             Some(drift * 100.0),
                             Some(DRIFT * 100.0),
-                            || (
-                                Priority::Medium,
-                                format!(
-                                    "Pump {} running current {:+.0} % from its baseline",
-                                    n + 1,
-                                    drift * 100.0
-                                ),
-                                format!("{}号ポンプ運転電流変動（基準比{:+.0}%）", n + 1, drift * 100.0),
-                            ),
+                            || {
+                                (
+                                    Priority::Medium,
+                                    format!(
+                                        "Pump {} running current {:+.0} % from its baseline",
+                                        n + 1,
+                                        drift * 100.0
+                                    ),
+                                    format!("{}号ポンプ運転電流変動（基準比{:+.0}%）", n + 1, drift * 100.0),
+                                )
+                            },
                         );
                     }
                 }
@@ -292,22 +290,12 @@ impl StationHealth {
                     out.readings
                         .push((format!("{name}_duty"), 100.0 * mine / (mine + theirs)));
                 }
-                self.set(
-                    &mut out,
-                    LONG_RUN[n],
-                    false,
-                    None,
-                    None,
-                    || (Priority::High, String::new(), String::new()),
-                );
-                self.set(
-                    &mut out,
-                    NO_CURRENT[n],
-                    false,
-                    None,
-                    None,
-                    || (Priority::High, String::new(), String::new()),
-                );
+                self.set(&mut out, LONG_RUN[n], false, None, None, || {
+                    (Priority::High, String::new(), String::new())
+                });
+                self.set(&mut out, NO_CURRENT[n], false, None, None, || {
+                    (Priority::High, String::new(), String::new())
+                });
             }
         }
         // Inflow from the level rise between the end of one cycle and the start of the next.

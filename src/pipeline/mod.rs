@@ -14,8 +14,8 @@ mod reply;
 mod shard;
 mod view;
 
-pub use crate::telemetry::quarantine::{preview, Quarantine, QuarantineEntry};
 pub use crate::engine::Command;
+pub use crate::telemetry::quarantine::{preview, Quarantine, QuarantineEntry};
 pub use view::{ShardView, SiteStatus};
 
 use crate::alarm::{Alarm, CommandError};

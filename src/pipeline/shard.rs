@@ -195,7 +195,10 @@ impl Shard {
                 }
             }
         }
-        for (i, q) in [Quality::Good, Quality::Uncertain, Quality::Bad].into_iter().enumerate() {
+        for (i, q) in [Quality::Good, Quality::Uncertain, Quality::Bad]
+            .into_iter()
+            .enumerate()
+        {
             events::SampleStored(q, step.counts.stored[i]).emit(m);
         }
         m.duplicate_samples.inc_by(step.counts.duplicate_samples);

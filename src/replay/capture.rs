@@ -83,7 +83,10 @@ impl CaptureWriter {
         };
         let f = std::fs::File::create(path).map_err(io)?;
         let out: Box<dyn Write> = if is_gz(path) {
-            Box::new(BufWriter::new(flate2::write::GzEncoder::new(f, flate2::Compression::default())))
+            Box::new(BufWriter::new(flate2::write::GzEncoder::new(
+                f,
+                flate2::Compression::default(),
+            )))
         } else {
             Box::new(BufWriter::new(f))
         };
@@ -183,7 +186,9 @@ impl CaptureReader {
             read: read.clone(),
         };
         let lines: Box<dyn BufRead> = if is_gz(path) {
-            Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(BufReader::new(counted))))
+            Box::new(BufReader::new(flate2::read::MultiGzDecoder::new(BufReader::new(
+                counted,
+            ))))
         } else {
             Box::new(BufReader::with_capacity(1 << 16, counted))
         };
@@ -289,7 +294,11 @@ mod tests {
 
     #[test]
     fn a_capture_written_reads_back_the_same_plain_and_gzipped() {
-        let t = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&chrono::Utc);
+        let t = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
         let inputs = vec![
             RecordedInput {
                 arrived: t("2026-12-01T03:00:02.125Z"),
@@ -345,7 +354,11 @@ mod tests {
         }
         let text = std::fs::read_to_string(dir.path().join("c.jsonl")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines[0].starts_with(r#"{"capture":"mizuban/1","from":"#), "{}", lines[0]);
+        assert!(
+            lines[0].starts_with(r#"{"capture":"mizuban/1","from":"#),
+            "{}",
+            lines[0]
+        );
         assert_eq!(
             lines[1],
             r#"{"source":"mqtt","arrived":"2026-12-01T03:00:02.125Z","topic":"akita/v1/dma/B17/AKT-DMA-017/telemetry","payload_b64":"eyJzY2hlbWEiOv8="}"#

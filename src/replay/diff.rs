@@ -89,7 +89,13 @@ fn pairs(a: &Occurrence, b: &Occurrence, end: Timestamp) -> bool {
 
 pub fn diff(configured: &[Occurrence], candidate: &[Occurrence]) -> Diff {
     type Key = (String, String, String);
-    let key = |o: &Occurrence| -> Key { (o.alarm.site.to_string(), o.alarm.source.clone(), o.alarm.condition.clone()) };
+    let key = |o: &Occurrence| -> Key {
+        (
+            o.alarm.site.to_string(),
+            o.alarm.source.clone(),
+            o.alarm.condition.clone(),
+        )
+    };
     let end = configured
         .iter()
         .chain(candidate)

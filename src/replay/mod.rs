@@ -26,7 +26,10 @@ pub use run::{InputCounts, Occurrence, Replay, RunResult};
 pub enum Inputs {
     Capture(PathBuf),
     /// The service's own record (its store) for `[from, to)`.
-    Record { from: Timestamp, to: Timestamp },
+    Record {
+        from: Timestamp,
+        to: Timestamp,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -181,32 +184,35 @@ pub fn replay_with(
     };
     let offset = cfg.service.utc_offset_hours;
     let diff = (results.len() == 2).then(|| diff::diff(&results[0].alarms, &results[1].alarms));
-    Ok((Output {
-        capture: CaptureSummary {
-            from: Some(span.0),
-            to: Some(span.1),
-            inputs: counts.inputs,
-            readings: results.first().map_or(0, |r| r.readings),
-            mqtt: counts.mqtt,
-            polls: counts.polls,
-            poll_errors: counts.poll_errors,
-            rejected: counts.rejected,
+    Ok((
+        Output {
+            capture: CaptureSummary {
+                from: Some(span.0),
+                to: Some(span.1),
+                inputs: counts.inputs,
+                readings: results.first().map_or(0, |r| r.readings),
+                mqtt: counts.mqtt,
+                polls: counts.polls,
+                poll_errors: counts.poll_errors,
+                rejected: counts.rejected,
+            },
+            runs: results
+                .into_iter()
+                .map(|r| RunOut {
+                    kpis: crate::alarm::kpi::compute(&kpi_events(&r.alarms), &[], span.0, span.1, offset),
+                    name: r.name,
+                    alarms: r.alarms,
+                    readings: r.readings,
+                    late_samples: r.late_samples,
+                    duplicate_samples: r.duplicate_samples,
+                    duplicate_messages: r.duplicate_messages,
+                    quarantined: r.quarantined,
+                })
+                .collect(),
+            diff,
         },
-        runs: results
-            .into_iter()
-            .map(|r| RunOut {
-                kpis: crate::alarm::kpi::compute(&kpi_events(&r.alarms), &[], span.0, span.1, offset),
-                name: r.name,
-                alarms: r.alarms,
-                readings: r.readings,
-                late_samples: r.late_samples,
-                duplicate_samples: r.duplicate_samples,
-                duplicate_messages: r.duplicate_messages,
-                quarantined: r.quarantined,
-            })
-            .collect(),
-        diff,
-    }, tr))
+        tr,
+    ))
 }
 
 /// Writes the service's recorded inputs for `filter` to `out` as a capture.

@@ -28,7 +28,9 @@ struct Zone(i32);
 
 impl Zone {
     fn fmt(&self, t: Timestamp) -> String {
-        (t + Duration::hours(self.0 as i64)).format("%Y-%m-%d %H:%M").to_string()
+        (t + Duration::hours(self.0 as i64))
+            .format("%Y-%m-%d %H:%M")
+            .to_string()
     }
     fn name(&self) -> String {
         format!("UTC{:+}", self.0)
@@ -115,11 +117,25 @@ fn alarms_chart(out: &Output, from: Timestamp, to: Timestamp, z: &Zone) -> Strin
 
 /// One point's trend (min–max band) with each run's alarm spans of the site
 /// as a strip: the first run above, the second below.
-fn trend_chart(point: &str, band: &[(f32, f32)], spans: &[Vec<(Timestamp, Timestamp)>], tr: &Trends, z: &Zone) -> String {
-    let vals: Vec<f32> = band.iter().flat_map(|(a, b)| [*a, *b]).filter(|v| !v.is_nan()).collect();
+fn trend_chart(
+    point: &str,
+    band: &[(f32, f32)],
+    spans: &[Vec<(Timestamp, Timestamp)>],
+    tr: &Trends,
+    z: &Zone,
+) -> String {
+    let vals: Vec<f32> = band
+        .iter()
+        .flat_map(|(a, b)| [*a, *b])
+        .filter(|v| !v.is_nan())
+        .collect();
     let lo = vals.iter().copied().fold(f32::INFINITY, f32::min);
     let hi = vals.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let (lo, hi) = if lo.is_finite() { (lo, if hi > lo { hi } else { lo + 1.0 }) } else { (0.0, 1.0) };
+    let (lo, hi) = if lo.is_finite() {
+        (lo, if hi > lo { hi } else { lo + 1.0 })
+    } else {
+        (0.0, 1.0)
+    };
     let (w, h, left) = (900.0, 170.0, 56.0);
     let (top, plot_h) = (22.0, 110.0);
     let plot_w = w - left - 10.0;
@@ -224,17 +240,26 @@ fn kpi_rows(k: &[&Kpis]) -> String {
         s.push_str("</tr>");
     };
     row("Alarms annunciated", &|k| k.annunciations.to_string());
-    row("Per hour, mean (EEMUA 191: ≤ 6 acceptable)", &|k| format!("{:.2}", k.per_hour_mean));
+    row("Per hour, mean (EEMUA 191: ≤ 6 acceptable)", &|k| {
+        format!("{:.2}", k.per_hour_mean)
+    });
     row("Per hour, peak", &|k| k.per_hour_peak.to_string());
-    row("Per 10 minutes, peak (ISA-18.2: ≤ 10)", &|k| k.per_10min_peak.to_string());
+    row("Per 10 minutes, peak (ISA-18.2: ≤ 10)", &|k| {
+        k.per_10min_peak.to_string()
+    });
     row("Flood periods (> 10 in 10 min)", &|k| k.flood_periods.to_string());
     row("Time in flood", &|k| format!("{} %", k.time_in_flood_pct));
     row("Chattering alarms (≥ 3 in 60 s)", &|k| k.chattering.len().to_string());
     row("Stale alarms (active > 24 h)", &|k| k.stale.to_string());
     row("Ten worst actors' share", &|k| format!("{} %", k.bad_actors_share_pct));
-    for (i, p) in ["high + critical (guide 5 %)", "medium (guide 15 %)", "low (guide 80 %)"].iter().enumerate() {
+    for (i, p) in ["high + critical (guide 5 %)", "medium (guide 15 %)", "low (guide 80 %)"]
+        .iter()
+        .enumerate()
+    {
         row(&format!("Priority {p}"), &|k| {
-            k.priorities.get(i).map_or(String::new(), |x| format!("{} ({} %)", x.count, x.share_pct))
+            k.priorities
+                .get(i)
+                .map_or(String::new(), |x| format!("{} ({} %)", x.count, x.share_pct))
         });
     }
     s
@@ -270,7 +295,11 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
         esc(&if c.rejected.is_empty() {
             "none".to_string()
         } else {
-            c.rejected.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+            c.rejected
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         })
     );
     for r in &out.runs {
@@ -305,7 +334,12 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
 
     h.push_str(r#"<h2 id="over-time">Alarms over time</h2><p class="key">"#);
     for (i, r) in out.runs.iter().enumerate() {
-        let _ = write!(h, r#"<span style="background:{}"></span>{}"#, COLOURS[i % 2], esc(&r.name));
+        let _ = write!(
+            h,
+            r#"<span style="background:{}"></span>{}"#,
+            COLOURS[i % 2],
+            esc(&r.name)
+        );
     }
     h.push_str("</p>");
     h.push_str(&alarms_chart(out, from, to, &z));
@@ -346,7 +380,12 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
     }
     for site in sites.iter().take(MAX_SITES) {
         let name = cfg.site(site).map(|s| s.name.clone()).unwrap_or_default();
-        let _ = write!(h, r#"<h3 class="site">{} <small>{}</small></h3>"#, esc(site), esc(&name));
+        let _ = write!(
+            h,
+            r#"<h3 class="site">{} <small>{}</small></h3>"#,
+            esc(site),
+            esc(&name)
+        );
         let spans: Vec<Vec<(Timestamp, Timestamp)>> = out
             .runs
             .iter()
@@ -376,7 +415,9 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
         for p in points {
             h.push_str(&trend_chart(p, &trends.points[p], &spans, trends, &z));
         }
-        h.push_str("<table class=\"site-alarms\"><tr><th>rules</th><th>condition</th><th>raised</th><th>cleared</th></tr>");
+        h.push_str(
+            "<table class=\"site-alarms\"><tr><th>rules</th><th>condition</th><th>raised</th><th>cleared</th></tr>",
+        );
         for (ri, r) in out.runs.iter().enumerate() {
             for o in r.alarms.iter().filter(|o| o.alarm.site.as_str() == site).take(40) {
                 let _ = write!(

@@ -258,7 +258,9 @@ impl Replay {
             InputBody::Poll(poll) => {
                 c.polls += 1;
                 let site = input.site.as_deref().and_then(|s| self.cfg.site(s));
-                let map = site.and_then(|s| self.cfg.profiles.get(&s.profile)).and_then(|p| p.modbus.as_ref());
+                let map = site
+                    .and_then(|s| self.cfg.profiles.get(&s.profile))
+                    .and_then(|p| p.modbus.as_ref());
                 let (Some(site), Some(map)) = (site, map) else {
                     *c.rejected.entry("unknown_site".into()).or_default() += 1;
                     return;
@@ -313,12 +315,18 @@ impl Replay {
             .map(|mut r| {
                 let mut alarms: Vec<Occurrence> = r.alarms.into_values().collect();
                 alarms.sort_by(|a, b| {
-                    (a.alarm.raised_at, a.alarm.site.as_str(), &a.alarm.condition, &a.alarm.id).cmp(&(
-                        b.alarm.raised_at,
-                        b.alarm.site.as_str(),
-                        &b.alarm.condition,
-                        &b.alarm.id,
-                    ))
+                    (
+                        a.alarm.raised_at,
+                        a.alarm.site.as_str(),
+                        &a.alarm.condition,
+                        &a.alarm.id,
+                    )
+                        .cmp(&(
+                            b.alarm.raised_at,
+                            b.alarm.site.as_str(),
+                            &b.alarm.condition,
+                            &b.alarm.id,
+                        ))
                 });
                 r.result.alarms = alarms;
                 r.result.name = r.name;

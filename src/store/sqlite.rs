@@ -912,7 +912,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let metrics = Arc::new(Metrics::new());
-        let (store, _) = Store::open(&path, 8, Retention::default(), metrics.clone(), Arc::new(Quarantine::new(4))).unwrap();
+        let (store, _) = Store::open(
+            &path,
+            8,
+            Retention::default(),
+            metrics.clone(),
+            Arc::new(Quarantine::new(4)),
+        )
+        .unwrap();
         let mut commits = store.subscribe();
         store
             .submit(

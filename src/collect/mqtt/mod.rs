@@ -37,8 +37,8 @@ use crate::config::{Config, MqttSection};
 use crate::device::Profile;
 use crate::model::{Clock, Timestamp};
 use crate::pipeline::{preview, Incoming, Pipeline, QuarantineEntry};
-use crate::store::{InputBody, RecordedInput};
 use crate::store::Ack;
+use crate::store::{InputBody, RecordedInput};
 use crate::telemetry::{events, Metrics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -469,19 +469,20 @@ impl MqttCollector {
                 payload: payload.clone(),
             },
         };
-        let (site, msg) = match crate::engine::decode_publish(&self.cfg, &self.profiles, &topic, &payload, arrived, true) {
-            Ok(m) => m,
-            Err(r) => {
-                quarantine(&r.reason, r.error);
-                // Recorded as received (replay judges it the same way), and
-                // acknowledged once that record is durable.
-                if let Err(e) = self.pipeline.record(record(None), Some(ack)).await {
-                    // Not acked (the ack's drop asks for a reconnect); the broker redelivers.
-                    tracing::error!(topic = %topic, error = %e, "store unavailable");
+        let (site, msg) =
+            match crate::engine::decode_publish(&self.cfg, &self.profiles, &topic, &payload, arrived, true) {
+                Ok(m) => m,
+                Err(r) => {
+                    quarantine(&r.reason, r.error);
+                    // Recorded as received (replay judges it the same way), and
+                    // acknowledged once that record is durable.
+                    if let Err(e) = self.pipeline.record(record(None), Some(ack)).await {
+                        // Not acked (the ack's drop asks for a reconnect); the broker redelivers.
+                        tracing::error!(topic = %topic, error = %e, "store unavailable");
+                    }
+                    return;
                 }
-                return;
-            }
-        };
+            };
         let msg = Incoming {
             decoded: msg.decoded,
             topic: msg.topic,

@@ -14,7 +14,6 @@
 use chrono::{DateTime, Duration, Utc};
 use mizuban::config::Config;
 use mizuban::replay::{self, CaptureWriter, Header, Inputs};
-use mizuban::store::{InputBody, RecordedInput};
 use mizuban_sim::dma::{DmaLogger, DmaOptions};
 use mizuban_sim::fleet::{dma_ids, mps_ids};
 use mizuban_sim::mps::{MpsNotifier, MpsOptions};
@@ -102,15 +101,7 @@ fn generate(days: i64, path: &Path) -> u64 {
         }
         for d in devices.iter_mut() {
             for m in d.step(now) {
-                w.write(&RecordedInput {
-                    arrived: now,
-                    site: None,
-                    body: InputBody::Mqtt {
-                        topic: m.topic,
-                        payload: m.payload.into(),
-                    },
-                })
-                .unwrap();
+                w.write_publish(now, m.topic, m.payload).unwrap();
                 n += 1;
             }
         }
@@ -152,7 +143,7 @@ fn main() {
             size as f64 / (1 << 20) as f64,
             readings / secs,
             out.capture.inputs as f64 / secs,
-            out.runs[0].alarms.len(),
+            out.runs[0].run.alarms.len(),
             peak_rss_mib()
         );
     }

@@ -299,9 +299,9 @@ fn replay(
     for r in &out.runs {
         eprintln!(
             "{}: {} alarm occurrences, {} readings",
-            r.name,
-            r.alarms.len(),
-            r.readings
+            r.run.name,
+            r.run.alarms.len(),
+            r.run.readings
         );
     }
     if let Some(d) = &out.diff {

@@ -258,7 +258,6 @@ async fn board_with_500_active_alarms() {
 async fn replay_report_in_headless_chromium() {
     let Some(out) = browser_ready() else { return };
     use mizuban::replay::{capture::FORMAT, CaptureWriter, Header};
-    use mizuban::store::{InputBody, RecordedInput};
     use mizuban_sim::Device;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
@@ -301,15 +300,7 @@ async fn replay_report_in_headless_chromium() {
         }
         for d in devices.iter_mut() {
             for m in d.step(now) {
-                w.write(&RecordedInput {
-                    arrived: now,
-                    site: None,
-                    body: InputBody::Mqtt {
-                        topic: m.topic,
-                        payload: m.payload.into(),
-                    },
-                })
-                .unwrap();
+                w.write_publish(now, m.topic, m.payload).unwrap();
             }
         }
     }

@@ -108,9 +108,9 @@ pub struct Registry {
     by_id: HashMap<String, AlarmKey>,
     /// Parent conditions per (device, child condition), from the profiles.
     parents: HashMap<(DeviceId, String), Vec<String>>,
-    /// Ids issued in the current processing millisecond (closed occurrences
+    /// Ids issued in the processing millisecond `.0` (closed occurrences
     /// leave `by_id`, and the store keys every occurrence by id).
-    issued: Vec<String>,
+    issued: (i64, Vec<String>),
 }
 
 /// An occurrence's id, derived from what it is and when: the key, the event
@@ -143,16 +143,6 @@ fn new_id(key: &AlarmKey, t: Timestamp, now: Timestamp, salt: u32) -> String {
 impl Registry {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    fn remember_issued(&mut self, id: &str) {
-        // Ids start with their processing millisecond: an id of another
-        // millisecond can never collide with this one.
-        let ms = |s: &str| s.rsplit_once('-').map(|(a, _)| a.to_string());
-        if self.issued.first().is_some_and(|f| ms(f) != ms(id)) {
-            self.issued.clear();
-        }
-        self.issued.push(id.to_string());
     }
 
     /// Puts back the open occurrences found in the store after a restart.
@@ -329,13 +319,17 @@ impl Registry {
                 !a.paged && !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
             out.push(self.finish(&key, before, "raise", now, Some(t), "system", None, notify));
         } else {
+            // An id of another millisecond can never collide with this one's.
+            if self.issued.0 != now.timestamp_millis() {
+                self.issued = (now.timestamp_millis(), Vec::new());
+            }
             let mut salt = 0;
             let mut id = new_id(&key, t, now, salt);
-            while self.by_id.contains_key(&id) || self.issued.contains(&id) {
+            while self.by_id.contains_key(&id) || self.issued.1.contains(&id) {
                 salt += 1;
                 id = new_id(&key, t, now, salt);
             }
-            self.remember_issued(&id);
+            self.issued.1.push(id.clone());
             let mut a = Alarm {
                 id,
                 site: spec.site.clone(),

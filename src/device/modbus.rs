@@ -505,41 +505,29 @@ impl Poll {
     /// protocol allows is cut (a hand-written capture cannot make a read
     /// that no device could answer).
     pub fn ranges(&self) -> Vec<(ReadRange, RangeData)> {
-        let count = |n: usize| n.min(u16::MAX as usize) as u16;
-        let bits = |table, blocks: &[PollBlock<Bit>]| {
+        fn blocks<T>(
+            table: Table,
+            blocks: &[PollBlock<T>],
+            data: impl Fn(&[T]) -> RangeData,
+        ) -> Vec<(ReadRange, RangeData)> {
             blocks
                 .iter()
-                .map(move |b| {
-                    (
-                        ReadRange {
-                            table,
-                            address: b.start,
-                            count: count(b.values.len()),
-                        },
-                        RangeData::Bits(b.values.iter().map(|v| v.0).collect()),
-                    )
+                .map(|b| {
+                    let range = ReadRange {
+                        table,
+                        address: b.start,
+                        count: b.values.len().min(u16::MAX as usize) as u16,
+                    };
+                    (range, data(&b.values))
                 })
-                .collect::<Vec<_>>()
-        };
-        let words = |table, blocks: &[PollBlock<u16>]| {
-            blocks
-                .iter()
-                .map(move |b| {
-                    (
-                        ReadRange {
-                            table,
-                            address: b.start,
-                            count: count(b.values.len()),
-                        },
-                        RangeData::Words(b.values.clone()),
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut out = bits(Table::Coil, &self.coils);
-        out.extend(bits(Table::Discrete, &self.discrete));
-        out.extend(words(Table::Input, &self.input));
-        out.extend(words(Table::Holding, &self.holding));
+                .collect()
+        }
+        let bits = |v: &[Bit]| RangeData::Bits(v.iter().map(|b| b.0).collect());
+        let words = |v: &[u16]| RangeData::Words(v.to_vec());
+        let mut out = blocks(Table::Coil, &self.coils, bits);
+        out.extend(blocks(Table::Discrete, &self.discrete, bits));
+        out.extend(blocks(Table::Input, &self.input, words));
+        out.extend(blocks(Table::Holding, &self.holding, words));
         out
     }
 }

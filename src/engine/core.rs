@@ -288,15 +288,15 @@ impl Engine {
                 vec![site]
             }
         };
+        if !self.live {
+            return step; // no board to show statuses on
+        }
         let mut touched: Vec<SiteId> = touched
             .into_iter()
             .chain(step.transitions.iter().map(|t| t.alarm.site.clone()))
             .collect();
         touched.sort();
         touched.dedup();
-        if !self.live {
-            return step;
-        }
         for id in touched {
             if let Some(s) = self.sites.get(&id) {
                 step.sites.push(s.status(&id, self.registry.iter()));

@@ -134,6 +134,18 @@ impl CaptureWriter {
         Ok(())
     }
 
+    /// An MQTT publish as it arrived (a rig or simulator writing a capture).
+    pub fn write_publish(&mut self, arrived: Timestamp, topic: String, payload: Vec<u8>) -> Result<(), CaptureError> {
+        self.write(&RecordedInput {
+            arrived,
+            site: None,
+            body: InputBody::Mqtt {
+                topic,
+                payload: payload.into(),
+            },
+        })
+    }
+
     /// Flushes and ends the file (the gzip trailer); without it a `.gz` is cut.
     pub fn finish(mut self) -> Result<u64, CaptureError> {
         let io = |e| CaptureError::Io {

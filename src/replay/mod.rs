@@ -54,15 +54,11 @@ pub struct CaptureSummary {
     pub rejected: std::collections::BTreeMap<String, u64>,
 }
 
+/// One rule set's result with its KPIs.
 #[derive(Serialize)]
 pub struct RunOut {
-    pub name: String,
-    pub alarms: Vec<Occurrence>,
-    pub readings: u64,
-    pub late_samples: u64,
-    pub duplicate_samples: u64,
-    pub duplicate_messages: u64,
-    pub quarantined: std::collections::BTreeMap<String, u64>,
+    #[serde(flatten)]
+    pub run: RunResult,
     /// ISA-18.2 / EEMUA 191 KPIs of this run over the capture's span (pages
     /// per night stay empty until notification routing runs in replay).
     pub kpis: crate::alarm::kpi::Kpis,
@@ -200,13 +196,7 @@ pub fn replay_with(
                 .into_iter()
                 .map(|r| RunOut {
                     kpis: crate::alarm::kpi::compute(&kpi_events(&r.alarms), &[], span.0, span.1, offset),
-                    name: r.name,
-                    alarms: r.alarms,
-                    readings: r.readings,
-                    late_samples: r.late_samples,
-                    duplicate_samples: r.duplicate_samples,
-                    duplicate_messages: r.duplicate_messages,
-                    quarantined: r.quarantined,
+                    run: r,
                 })
                 .collect(),
             diff,

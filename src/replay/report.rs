@@ -46,6 +46,21 @@ fn annunciations(alarms: &[Occurrence]) -> Vec<Timestamp> {
         .collect()
 }
 
+/// Five time labels along the x axis at height `y`, the outer ones kept
+/// inside the chart.
+fn time_axis(s: &mut String, z: &Zone, (from, to): (Timestamp, Timestamp), (left, width): (f64, f64), y: f64) {
+    let span = (to - from).num_milliseconds();
+    for k in 0..=4 {
+        let _ = write!(
+            s,
+            r#"<text x="{x:.0}" y="{y}" class="ax" text-anchor="{a}">{l}</text>"#,
+            a = ["start", "middle", "middle", "middle", "end"][k as usize],
+            x = left + width * k as f64 / 4.0,
+            l = z.fmt(from + Duration::milliseconds(span * k / 4))
+        );
+    }
+}
+
 /// Bars per run over the span: hourly up to three days, then daily, then weekly.
 fn alarms_chart(out: &Output, from: Timestamp, to: Timestamp, z: &Zone) -> String {
     let span_h = ((to - from).num_minutes() as f64 / 60.0).max(1.0);
@@ -62,7 +77,7 @@ fn alarms_chart(out: &Output, from: Timestamp, to: Timestamp, z: &Zone) -> Strin
         .iter()
         .map(|r| {
             let mut b = vec![0usize; n];
-            for t in annunciations(&r.alarms) {
+            for t in annunciations(&r.run.alarms) {
                 let i = ((t - from).num_seconds() / step.num_seconds()).clamp(0, n as i64 - 1) as usize;
                 b[i] += 1;
             }
@@ -95,22 +110,12 @@ fn alarms_chart(out: &Output, from: Timestamp, to: Timestamp, z: &Zone) -> Strin
                 y = 10.0 + plot_h - bh,
                 bw = (bar * 0.9).max(0.5),
                 col = COLOURS[ri % 2],
-                run = esc(&out.runs[ri].name),
+                run = esc(&out.runs[ri].run.name),
                 t = z.fmt(from + step * i as i32),
             );
         }
     }
-    for k in 0..=4 {
-        let t = from + Duration::seconds((to - from).num_seconds() * k / 4);
-        let _ = write!(
-            s,
-            r#"<text x="{x:.0}" y="{y}" class="ax" text-anchor="{a}">{l}</text>"#,
-            a = ["start", "middle", "middle", "middle", "end"][k as usize],
-            x = left + plot_w * k as f64 / 4.0,
-            y = h - 8.0,
-            l = z.fmt(t)
-        );
-    }
+    time_axis(&mut s, z, (from, to), (left, plot_w), h - 8.0);
     s.push_str("</svg>");
     s
 }
@@ -190,17 +195,7 @@ fn trend_chart(
         hi = hi,
         lo = lo
     );
-    for k in 0..=4 {
-        let t = tr.from + Duration::milliseconds((span as i64) * k / 4);
-        let _ = write!(
-            s,
-            r#"<text x="{x:.0}" y="{y}" class="ax" text-anchor="{a}">{l}</text>"#,
-            a = ["start", "middle", "middle", "middle", "end"][k as usize],
-            x = left + plot_w * k as f64 / 4.0,
-            y = h - 4.0,
-            l = z.fmt(t)
-        );
-    }
+    time_axis(&mut s, z, (tr.from, tr.to), (left, plot_w), h - 4.0);
     s.push_str("</svg>");
     s
 }
@@ -306,9 +301,9 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
         let _ = write!(
             h,
             "<tr><th>{} rules</th><td>{} alarm occurrences, {} late samples</td></tr>",
-            esc(&r.name),
-            r.alarms.len(),
-            r.late_samples
+            esc(&r.run.name),
+            r.run.alarms.len(),
+            r.run.late_samples
         );
     }
     if let Some(d) = &out.diff {
@@ -326,7 +321,7 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
 
     h.push_str(r#"<h2 id="kpis">Alarm-management KPIs</h2><table class="kpis"><tr><th></th>"#);
     for r in &out.runs {
-        let _ = write!(h, "<th>{}</th>", esc(&r.name));
+        let _ = write!(h, "<th>{}</th>", esc(&r.run.name));
     }
     h.push_str("</tr>");
     h.push_str(&kpi_rows(&out.runs.iter().map(|r| &r.kpis).collect::<Vec<_>>()));
@@ -338,7 +333,7 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
             h,
             r#"<span style="background:{}"></span>{}"#,
             COLOURS[i % 2],
-            esc(&r.name)
+            esc(&r.run.name)
         );
     }
     h.push_str("</p>");
@@ -357,7 +352,7 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
         }
     } else {
         let mut count: BTreeMap<String, usize> = BTreeMap::new();
-        for o in out.runs.iter().flat_map(|r| &r.alarms) {
+        for o in out.runs.iter().flat_map(|r| &r.run.alarms) {
             *count.entry(o.alarm.site.to_string()).or_default() += 1;
             sources
                 .entry(o.alarm.site.to_string())
@@ -390,7 +385,8 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
             .runs
             .iter()
             .map(|r| {
-                r.alarms
+                r.run
+                    .alarms
                     .iter()
                     .filter(|o| o.alarm.site.as_str() == site)
                     .flat_map(|o| active_periods(o, to))
@@ -419,12 +415,12 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
             "<table class=\"site-alarms\"><tr><th>rules</th><th>condition</th><th>raised</th><th>cleared</th></tr>",
         );
         for (ri, r) in out.runs.iter().enumerate() {
-            for o in r.alarms.iter().filter(|o| o.alarm.site.as_str() == site).take(40) {
+            for o in r.run.alarms.iter().filter(|o| o.alarm.site.as_str() == site).take(40) {
                 let _ = write!(
                     h,
                     r#"<tr><td style="color:{}">{}</td><td title="{}">{}</td><td>{}</td><td>{}</td></tr>"#,
                     COLOURS[ri % 2],
-                    esc(&r.name),
+                    esc(&r.run.name),
                     esc(&o.alarm.source),
                     esc(&o.alarm.condition),
                     z.fmt(o.alarm.raised_at),

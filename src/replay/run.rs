@@ -43,7 +43,7 @@ pub struct Occurrence {
 }
 
 /// What one rule set made of the inputs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct RunResult {
     pub name: String,
     /// In order of raise (event time), then site, condition and id.
@@ -116,7 +116,7 @@ fn record(alarms: &mut HashMap<String, Occurrence>, t: Transition) {
 }
 
 /// Counts of the inputs themselves (the same for every rule set).
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone)]
 pub struct InputCounts {
     pub inputs: u64,
     pub mqtt: u64,
@@ -125,8 +125,6 @@ pub struct InputCounts {
     /// Publishes no profile accepted, or for sites not configured, by reason
     /// (as the live collector quarantines them).
     pub rejected: BTreeMap<String, u64>,
-    pub first_arrival: Option<Timestamp>,
-    pub last_arrival: Option<Timestamp>,
 }
 
 /// Each point's readings over the span, in `BUCKETS` buckets of (min, max):
@@ -242,8 +240,6 @@ impl Replay {
         self.now = Some(now);
         let c = &mut self.counts;
         c.inputs += 1;
-        c.first_arrival.get_or_insert(arrived);
-        c.last_arrival = Some(arrived);
         let msg = match input.body {
             InputBody::Mqtt { topic, payload } => {
                 c.mqtt += 1;

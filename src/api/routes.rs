@@ -803,15 +803,22 @@ pub async fn command(
             why: reason.clone(),
             result: outcome.clone(),
         };
+        // Answered only once the journal row is durable: whoever reads the
+        // journal after the reply finds the command there.
+        let (durable, committed) = tokio::sync::oneshot::channel::<()>();
         st.store
             .submit(
                 crate::store::Batch {
                     commands: vec![rec],
+                    acks: vec![Box::new(durable)],
                     ..Default::default()
                 },
                 &st.metrics,
             )
             .await?;
+        committed
+            .await
+            .map_err(|_| ApiError::Unavailable("the command's journal entry could not be written".into()))?;
     }
     match result {
         Ok(readback) => Ok(Json(

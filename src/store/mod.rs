@@ -32,6 +32,14 @@ pub trait Ack: Send {
     fn ack(self: Box<Self>);
 }
 
+/// The plainest ack: a waiter told that its batch is durable (the sender is
+/// dropped unsent when the commit fails, which the waiter sees as an error).
+impl Ack for tokio::sync::oneshot::Sender<()> {
+    fn ack(self: Box<Self>) {
+        let _ = (*self).send(());
+    }
+}
+
 /// A device command as journaled: who sent what, why, and how it ended.
 #[derive(Debug, Clone)]
 pub struct CommandRecord {

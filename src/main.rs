@@ -296,13 +296,26 @@ fn replay(
             }
         };
     bar.finish_and_clear();
+    let offset = cfg.service.utc_offset_hours;
     for r in &out.runs {
         eprintln!(
-            "{}: {} alarm occurrences, {} readings",
+            "{}: {} alarm occurrences, {} readings, {} notifications ({} held for a summary)",
             r.run.name,
             r.run.alarms.len(),
-            r.run.readings
+            r.run.readings,
+            r.run.notifications.len(),
+            r.run.held_notifications
         );
+        const SHOWN: usize = 20;
+        for m in r.run.notifications.iter().take(SHOWN) {
+            eprintln!("  {}", mizuban::replay::describe(m, &r.run.alarms, offset));
+        }
+        if r.run.notifications.len() > SHOWN {
+            eprintln!(
+                "  … and {} more (all of them in --json)",
+                r.run.notifications.len() - SHOWN
+            );
+        }
     }
     if let Some(d) = &out.diff {
         eprintln!(

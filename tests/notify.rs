@@ -656,6 +656,22 @@ policy = "p"
     .await
     .unwrap();
     eventually("level 1", || !hook.to("chief").is_empty()).await;
+    // Killed between levels: once level 1 is recorded as delivered (killed
+    // between the receiver's 200 and that record, it is sent again with the
+    // same id, which is the contract's at-least-once, not what this tests).
+    let sent = format!("http://127.0.0.1:{http}/api/v1/notifications?state=sent");
+    let client = reqwest::Client::new();
+    let mut recorded = false;
+    for _ in 0..100 {
+        let r = client.get(&sent).bearer_auth(VIEW_TOKEN).send().await.unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        if v.as_array().is_some_and(|a| a.len() == 1) {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(recorded, "level 1 recorded as sent");
     // Killed before level 2 (due 6 s after level 1); level 2 falls due while it is down.
     child.start_kill().unwrap();
     child.wait().await.unwrap();
@@ -771,5 +787,164 @@ conditions = ["DOOR_OPEN"]
     h.run(&[&sim], Duration::minutes(11)).await;
     eventually("told again", || hook.to("kato").len() == 3).await;
     assert_eq!(hook.to("kato")[2]["type"], "alarm.raised");
+    h.stop().await;
+}
+
+/// The alarms of a site as served, by condition: `(state, paged)`.
+async fn paged_by_condition(h: &Harness, site: &str) -> Vec<(String, bool)> {
+    let mut v: Vec<(String, bool)> = h
+        .get(&format!("/api/v1/alarms?all=true&site={site}"))
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["condition"].as_str().unwrap().to_string(), a["paged"] == true))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blip_over_within_the_group_wait_is_one_brief_not_silence() {
+    let hook = Receiver::start().await;
+    // Five stations lose mains for 20 s: raised and cleared inside the 30 s
+    // group wait, so nobody is paged, but on-call hears it happened.
+    let (h, sims) = stations(
+        "notify-blip",
+        401,
+        5,
+        &hook_only(&hook, ""),
+        Scenario::PowerCut {
+            duration: Duration::seconds(20),
+        },
+    )
+    .await;
+    let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
+    h.run(&refs, Duration::seconds(10)).await;
+    h.run(&refs, Duration::seconds(15)).await;
+    h.wait_until("all five over", || async {
+        let a = h.get("/api/v1/alarms?all=true").await;
+        let a = a.as_array().unwrap();
+        a.iter().filter(|a| a["condition"] == "POWER_FAIL").count() == 5 && a.iter().all(|a| a["active"] == false)
+    })
+    .await;
+    settle().await;
+    assert!(hook.all().is_empty(), "nothing before the group wait is over");
+    assert!(
+        paged_by_condition(&h, "MP-0401").await.iter().all(|(_, p)| !p),
+        "nothing delivered yet: paged is false"
+    );
+    h.run(&refs, Duration::seconds(30)).await;
+    eventually("briefs", || hook.all().len() >= 2).await;
+    settle().await;
+    for who in ["chief", "suzuki"] {
+        let got = hook.to(who);
+        assert_eq!(types(&got), vec!["incident.brief"], "{who}: one brief, no page");
+        let m = &got[0];
+        assert_eq!(m["incident"]["count"], 5);
+        assert_eq!(m["episode"]["sites"], 5);
+        assert!(
+            m["episode"]["from"].is_string() && m["episode"]["to"].is_string(),
+            "{m}"
+        );
+        assert!(m["episode"]["reported_at"].is_null(), "reported as it happened: {m}");
+        assert!(m.get("ack_url").is_none(), "nothing to acknowledge: {m}");
+        assert!(m["incident"]["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["condition"] == "POWER_FAIL" && a["active"] == false));
+    }
+    // Now a message about it was delivered: paged, on every station.
+    for i in 401..406 {
+        assert_eq!(
+            paged_by_condition(&h, &format!("MP-{i:04}")).await,
+            vec![("POWER_FAIL".to_string(), true)],
+            "MP-{i:04}"
+        );
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episode_over_before_its_data_arrived_is_reported_as_a_brief() {
+    let hook = Receiver::start().await;
+    let mut h = Harness::start("notify-late", &[mps("MP-0411", "AKT-MPN-0411")]).await;
+    with_notify(&mut h, &hook_only(&hook, "")).await;
+    let sim = h.spawn_mps(quiet_mps("MP-0411", "AKT-MPN-0411"), t0()).await;
+    h.run(&[&sim], Duration::minutes(30)).await;
+    sim.inject(Scenario::LteOutage {
+        duration: Duration::hours(1),
+    })
+    .await
+    .unwrap();
+    h.run(&[&sim], Duration::minutes(20)).await;
+    // The door opens and closes while the radio is down.
+    sim.inject(Scenario::DoorOpen {
+        duration: Duration::minutes(10),
+    })
+    .await
+    .unwrap();
+    h.run(&[&sim], Duration::minutes(20)).await;
+    settle().await;
+    assert!(hook.all().is_empty(), "nothing known yet");
+    // Radio back: the backlog tells of the door, already over.
+    h.run(&[&sim], Duration::minutes(40)).await;
+    eventually("brief", || hook.all().len() >= 2).await;
+    settle().await;
+    for who in ["chief", "suzuki"] {
+        let got = hook.to(who);
+        assert_eq!(types(&got), vec!["alarm.brief"], "{who}");
+        let m = &got[0];
+        assert_eq!(m["alarm"]["condition"], "DOOR_OPEN");
+        assert_eq!(m["alarm"]["late"], true);
+        let reported = m["episode"]["reported_at"].as_str().expect("reported late");
+        let to = m["episode"]["to"].as_str().unwrap();
+        assert!(reported > to, "reported at {reported}, after it was over at {to}");
+    }
+    let j = h.get("/api/v1/journal?site=MP-0411&condition=DOOR_OPEN").await;
+    assert!(
+        j.as_array().unwrap().iter().all(|r| r["notify"] == false),
+        "the transitions themselves still page nobody: {j}"
+    );
+    assert_eq!(
+        paged_by_condition(&h, "MP-0411").await,
+        vec![("DOOR_OPEN".to_string(), true)]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_without_briefs_sends_nothing_and_nothing_claims_paged() {
+    let hook = Receiver::start().await;
+    let notify = hook_only(&hook, "").replace("policy = \"p\"\n", "policy = \"p\"\nbriefs = false\n");
+    assert!(notify.contains("briefs = false"));
+    let (h, sims) = stations(
+        "notify-nobrief",
+        421,
+        2,
+        &notify,
+        Scenario::PowerCut {
+            duration: Duration::seconds(20),
+        },
+    )
+    .await;
+    let refs: Vec<&mizuban_sim::Handle> = sims.iter().collect();
+    h.run(&refs, Duration::seconds(10)).await;
+    h.run(&refs, Duration::seconds(15)).await;
+    settle().await;
+    h.run(&refs, Duration::seconds(40)).await;
+    settle().await;
+    settle().await;
+    assert!(hook.all().is_empty(), "{:?}", hook.all());
+    let all = h.get("/api/v1/notifications").await;
+    assert!(all.as_array().unwrap().is_empty(), "{all}");
+    for site in ["MP-0421", "MP-0422"] {
+        assert_eq!(
+            paged_by_condition(&h, site).await,
+            vec![("POWER_FAIL".to_string(), false)],
+            "{site}: no notification, so not paged"
+        );
+    }
     h.stop().await;
 }

@@ -443,3 +443,131 @@ async fn a_hand_written_capture_replays_as_the_spec_says_with_malformed_payloads
     // Nearly four hours without a message after 04:10: comm loss before the span ends.
     assert!(alarms.iter().any(|a| a["condition"] == "comm_loss"), "{alarms:#?}");
 }
+
+/// A webhook receiver that accepts everything (the live side's deliveries).
+async fn accepting_hook() -> String {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://127.0.0.1:{port}/hook")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_runs_notification_routing_dry_and_pages_whom_live_paged() {
+    let mut h = Harness::start("replay-notify", &[mps("MP-0005", "AKT-MPN-0005")]).await;
+    let hook = accepting_hook().await;
+    write_notify(
+        &h.config_path,
+        &format!(
+            r#"
+[settings]
+group_wait_s = 30
+[[webhook]]
+name = "ops"
+url = "{hook}"
+secret = "s3cret-for-tests"
+[[person]]
+id = "tanaka"
+name = "Tanaka Jiro"
+contact = [{{kind = "webhook", to = "ops"}}]
+[[person]]
+id = "sato"
+name = "佐藤 一郎"
+contact = [{{kind = "webhook", to = "ops"}}]
+[[policy]]
+id = "standard"
+repeat_minutes = 120
+level = [{{after_minutes = 0, notify = ["person:tanaka"]}}, {{after_minutes = 15, notify = ["person:sato"]}}]
+[[route]]
+conditions = ["DOOR_OPEN"]
+policy = "standard"
+"#
+        ),
+    );
+    h.restart().await;
+    let start = t0();
+    let mp = h.spawn_mps(quiet_mps("MP-0005", "AKT-MPN-0005"), start).await;
+    h.run(&[&mp], Duration::minutes(10)).await;
+    mp.inject(Scenario::DoorOpen {
+        duration: Duration::minutes(40),
+    })
+    .await
+    .unwrap();
+    // Minute steps, so the live engine's timers fire close to their times.
+    for _ in 0..50 {
+        h.run(&[&mp], Duration::minutes(1)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    }
+    let live_sent = || async {
+        let mut v: Vec<(String, String, u64)> = h
+            .get("/api/v1/notifications?state=sent")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .map(|n| {
+                (
+                    n["type"].as_str().unwrap().to_string(),
+                    n["person"].as_str().unwrap().to_string(),
+                    n["level"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    h.wait_until("live: raised, escalated, cleared to both", || async {
+        live_sent().await.len() == 4
+    })
+    .await;
+    let live = live_sent().await;
+    assert!(live.contains(&("alarm.escalated".into(), "sato".into(), 2)), "{live:?}");
+
+    let cfg = Arc::new(Config::load(&h.config_path).unwrap());
+    assert!(cfg.notify.is_some());
+    let capture = h.dir.path().join("door.jsonl");
+    export(&cfg, start - Duration::minutes(1), start + Duration::hours(1), &capture);
+    let out = replay::replay(cfg.clone(), None, &Inputs::Capture(capture), &()).unwrap();
+    let run = &out.runs[0].run;
+    let mut dry: Vec<(String, String, u64)> = run
+        .notifications
+        .iter()
+        .map(|m| {
+            (
+                m.kind.clone(),
+                m.recipient.clone(),
+                m.escalation_level.unwrap_or(0) as u64,
+            )
+        })
+        .collect();
+    dry.sort();
+    assert_eq!(dry, live, "the dry run would have sent what the live service sent");
+    // In time order: tanaka first, sato 15 minutes later.
+    let raised = &run.notifications[0];
+    let escalated = &run.notifications[1];
+    assert_eq!(
+        (raised.kind.as_str(), raised.recipient.as_str()),
+        ("alarm.raised", "tanaka")
+    );
+    assert_eq!(escalated.kind, "alarm.escalated");
+    assert_eq!(escalated.at - raised.at, Duration::minutes(15));
+    let said = replay::describe(raised, &run.alarms, cfg.service.utc_offset_hours);
+    assert!(said.starts_with("would have paged tanaka by webhook at "), "{said}");
+    assert!(said.contains("MP-0005 DOOR_OPEN"), "{said}");
+    let said = replay::describe(escalated, &run.alarms, cfg.service.utc_offset_hours);
+    assert!(said.starts_with("would have escalated to sato by webhook"), "{said}");
+    // `paged` and the pages per night agree with the live service's.
+    let door = run.alarms.iter().find(|o| o.alarm.condition == "DOOR_OPEN").unwrap();
+    assert!(door.alarm.paged);
+    let live_door = h.get("/api/v1/alarms?all=true&site=MP-0005").await;
+    assert!(live_door
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["condition"] == "DOOR_OPEN" && a["paged"] == true));
+    let k = serde_json::to_value(&out.runs[0].kpis).unwrap();
+    assert_eq!(k["pages"], 4, "{k:#}");
+    h.stop().await;
+}

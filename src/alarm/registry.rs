@@ -147,7 +147,11 @@ impl Registry {
 
     /// Puts back the open occurrences found in the store after a restart.
     pub fn restore(&mut self, alarms: impl IntoIterator<Item = Alarm>) {
-        for a in alarms {
+        for mut a in alarms {
+            // Stored before `told` existed, `paged` meant it; now `paged` is
+            // the outbox's to say, never the pipeline's.
+            a.told |= a.paged;
+            a.paged = false;
             let key = AlarmKey {
                 site: a.site.clone(),
                 source: a.source.clone(),
@@ -214,7 +218,7 @@ impl Registry {
         a.state = a.derive_state();
         a.updated_at = at;
         if notify {
-            a.paged = true;
+            a.told = true;
         }
         let t = Transition {
             alarm: a.clone(),
@@ -260,7 +264,7 @@ impl Registry {
                 // never told to anyone, so now it is.
                 None => (
                     "unsuppress",
-                    was_suppressed && a.active && !a.acked && !a.late && !a.paged,
+                    was_suppressed && a.active && !a.acked && !a.late && !a.told,
                 ),
             };
             out.push(self.finish(
@@ -316,7 +320,7 @@ impl Registry {
             // Its page is still outstanding (nobody acknowledged): a chattering
             // condition is one page, not one per crossing.
             let notify =
-                !a.paged && !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
+                !a.told && !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
             out.push(self.finish(&key, before, "raise", now, Some(t), "system", None, notify));
         } else {
             // An id of another millisecond can never collide with this one's.
@@ -357,6 +361,7 @@ impl Registry {
                 message: spec.message,
                 message_ja: spec.message_ja,
                 late: false,
+                told: false,
                 paged: false,
                 reactivations: 0,
                 updated_at: now,
@@ -384,8 +389,8 @@ impl Registry {
         let device = a.device.clone();
         // A return to normal is worth telling only about an alarm someone was
         // told about (visible, not suppressed or shelved at the time).
-        // Told once per occurrence: the first return to normal of a paged alarm.
-        let notify = a.paged && !a.late && a.reactivations == 0;
+        // Told once per occurrence: the first return to normal of a told alarm.
+        let notify = a.told && !a.late && a.reactivations == 0;
         a.active = false;
         a.cleared_at = Some(t);
         if value.is_some() {
@@ -585,7 +590,7 @@ impl Registry {
         let key = self.by_id.get(id)?.clone();
         let a = self.open.get_mut(&key)?;
         a.late = true;
-        a.paged = false;
+        a.told = false;
         Some(a.clone())
     }
 

@@ -89,9 +89,16 @@ pub struct Alarm {
     /// Raised and cleared within data that arrived after the fact: kept for the
     /// operators' review, never paged.
     pub late: bool,
-    /// Someone was told (a notification-worthy transition was emitted). A
-    /// return to normal is worth telling only then, and a re-raise of an
-    /// occurrence nobody acknowledged yet is not told again (chattering).
+    /// A notification-worthy transition was emitted for this occurrence
+    /// (whether a message then went out is the notification engine's
+    /// routing). A return to normal is worth telling only then, and a
+    /// re-raise of an occurrence nobody acknowledged yet is not told again
+    /// (chattering).
+    #[serde(default)]
+    pub told: bool,
+    /// A notification about it was actually delivered to someone (page,
+    /// escalation, brief or summary). Filled in from the outbox where alarms
+    /// are served; the pipeline's own copy never claims it.
     #[serde(default)]
     pub paged: bool,
     /// Times it became active again before anyone acknowledged it (a

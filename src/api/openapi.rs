@@ -165,7 +165,10 @@ pub fn document() -> Value {
                         "suppressed_by": {"type": ["string", "null"]},
                         "value": {"type": ["number", "null"]}, "limit": {"type": ["number", "null"]},
                         "message": {"type": "string"}, "message_ja": {"type": "string"},
-                        "late": {"type": "boolean", "description": "raised and cleared in data that arrived after the fact; for review, not paged"}
+                        "late": {"type": "boolean", "description": "raised and cleared in data that arrived after the fact; for review, not paged as it happened (routing may send a brief)"},
+                        "told": {"type": "boolean", "description": "a transition worth notifying was emitted for this occurrence; whether anyone was notified is `paged`"},
+                        "paged": {"type": "boolean", "description": "a notification about this alarm (page, escalation, brief or summary) was delivered to someone; false while a message is pending, held or failed"},
+                        "reactivations": {"type": "integer", "minimum": 0, "description": "times it became active again before anyone acknowledged it"}
                     }
                 },
                 "Site": {

@@ -295,10 +295,20 @@ pub async fn site(State(st): State<AppState>, caller: Caller, Path(id): Path<Str
     Ok(Json(json!({
         "site": **s,
         "status": status,
-        "alarms": sorted(alarms),
+        "alarms": sorted(served(&st, alarms)),
         "points": profile.map(|p| p.point_names().iter().map(|n| format!("{id}.{n}")).collect::<Vec<_>>()),
         "latest_raw": raw.map(|(r, at)| json!({"arrived": at, "message": r})),
     })))
+}
+
+/// Alarms as served: `paged` from the outbox (a message about it was
+/// delivered), never from the pipeline's copy.
+pub fn served(st: &AppState, mut v: Vec<Alarm>) -> Vec<Alarm> {
+    match &st.notifier {
+        Some(n) => n.mark_paged(&mut v),
+        None => v.iter_mut().for_each(|a| a.paged = false),
+    }
+    v
 }
 
 /// Highest priority first, then newest.
@@ -353,7 +363,7 @@ pub async fn alarms(
             && states.as_ref().is_none_or(|s| s.contains(&a.state))
             && q.site.as_ref().is_none_or(|s| a.site.as_str() == s)
     });
-    Ok(Json(sorted(v)))
+    Ok(Json(sorted(served(&st, v))))
 }
 
 pub async fn alarm(
@@ -363,7 +373,7 @@ pub async fn alarm(
 ) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Viewer)?;
     if let Some(a) = st.pipeline.open_alarms().into_iter().find(|a| a.id == id) {
-        return Ok(Json(a));
+        return Ok(Json(served(&st, vec![a]).remove(0)));
     }
     let store = st.store.clone();
     let i = id.clone();
@@ -372,7 +382,7 @@ pub async fn alarm(
         .map_err(|e| ApiError::Unavailable(e.to_string()))??;
     a.map(|mut a| {
         a.state = a.derive_state();
-        Json(a)
+        Json(served(&st, vec![a]).remove(0))
     })
     .ok_or_else(|| ApiError::NotFound(format!("no alarm with id {id}")))
 }
@@ -440,15 +450,15 @@ pub async fn ack(
     let req: AckBody = body(b)?;
     check_text("comment", &req.comment)?;
     let comment = req.comment.filter(|c| !c.trim().is_empty());
-    Ok(Json(
-        st.pipeline
-            .command(Command::Ack {
-                id,
-                who: caller.name,
-                comment,
-            })
-            .await?,
-    ))
+    let a = st
+        .pipeline
+        .command(Command::Ack {
+            id,
+            who: caller.name,
+            comment,
+        })
+        .await?;
+    Ok(Json(served(&st, vec![a]).remove(0)))
 }
 
 #[derive(Deserialize, Default)]
@@ -482,16 +492,16 @@ pub async fn shelve(
         return Err(ApiError::Unprocessable(format!("minutes must be 1..={MAX_SHELVE_MIN}")));
     }
     let reason = required_reason(req.reason)?;
-    Ok(Json(
-        st.pipeline
-            .command(Command::Shelve {
-                id,
-                minutes: minutes as u32,
-                reason,
-                who: caller.name,
-            })
-            .await?,
-    ))
+    let a = st
+        .pipeline
+        .command(Command::Shelve {
+            id,
+            minutes: minutes as u32,
+            reason,
+            who: caller.name,
+        })
+        .await?;
+    Ok(Json(served(&st, vec![a]).remove(0)))
 }
 
 pub async fn unshelve(
@@ -500,9 +510,8 @@ pub async fn unshelve(
     Path(id): Path<String>,
 ) -> Result<Json<Alarm>, ApiError> {
     caller.require(Role::Operator)?;
-    Ok(Json(
-        st.pipeline.command(Command::Unshelve { id, who: caller.name }).await?,
-    ))
+    let a = st.pipeline.command(Command::Unshelve { id, who: caller.name }).await?;
+    Ok(Json(served(&st, vec![a]).remove(0)))
 }
 
 #[derive(Deserialize, Default)]
@@ -521,16 +530,16 @@ async fn oos(
     caller.require(Role::Engineer)?;
     let req: ReasonBody = body(b)?;
     let reason = required_reason(req.reason)?;
-    Ok(Json(
-        st.pipeline
-            .command(Command::OutOfService {
-                id,
-                oos,
-                who: caller.name,
-                reason,
-            })
-            .await?,
-    ))
+    let a = st
+        .pipeline
+        .command(Command::OutOfService {
+            id,
+            oos,
+            who: caller.name,
+            reason,
+        })
+        .await?;
+    Ok(Json(served(&st, vec![a]).remove(0)))
 }
 
 pub async fn out_of_service(

@@ -243,6 +243,15 @@ pub struct Route {
     /// Local time window `HH:MM-HH:MM` (may wrap midnight); empty: any time.
     #[serde(default)]
     pub hours: Option<String>,
+    /// Episodes over before anyone was paged (raised and cleared within the
+    /// group wait, or reported by late data) go to the policy's first level
+    /// as one short brief. `false`: the board only.
+    #[serde(default = "d_true")]
+    pub briefs: bool,
+}
+
+fn d_true() -> bool {
+    true
 }
 
 /// A problem in the file: the `index`-th `[[table]]` entry's `field`.

@@ -7,6 +7,8 @@
 //! journal rows not yet handled are handled, unsent messages are sent, sent
 //! ones are not sent again.
 
+use super::plan::{Grant, JournalRow, Ledger};
+use crate::alarm::Alarm;
 use crate::model::Timestamp;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -263,6 +265,17 @@ pub fn sent_between(c: &Connection, from: Timestamp, to: Timestamp) -> rusqlite:
     rows.collect()
 }
 
+/// Every alarm a delivered message was about.
+pub fn sent_alarm_ids(c: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
+    let mut st = c.prepare("SELECT alarm_ids FROM outbox WHERE state = 'sent'")?;
+    let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+    let mut out = std::collections::HashSet::new();
+    for r in rows {
+        out.extend(serde_json::from_str::<Vec<String>>(&r?).unwrap_or_default());
+    }
+    Ok(out)
+}
+
 /// Who has been told about an incident so far (any message but a summary).
 pub fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>> {
     let mut st = c.prepare_cached(
@@ -300,4 +313,77 @@ pub fn work_due(c: &Connection, now: Timestamp) -> rusqlite::Result<(bool, i64)>
 
 pub fn pending_count(c: &Connection) -> rusqlite::Result<i64> {
     c.query_row("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))
+}
+
+/// Journal rows past the engine's cursor, oldest first, with their `seq`.
+pub fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<Vec<(i64, JournalRow)>> {
+    let mut st =
+        c.prepare_cached("SELECT seq, alarm_id, action, notify FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let r = st.query_map(params![cursor, limit as i64], |r| {
+        Ok((
+            r.get(0)?,
+            JournalRow {
+                alarm_id: r.get(1)?,
+                action: r.get(2)?,
+                notify: r.get::<_, i64>(3)? != 0,
+            },
+        ))
+    })?;
+    r.collect()
+}
+
+pub fn alarm(c: &Connection, id: &str) -> rusqlite::Result<Option<Alarm>> {
+    let j: Option<String> = c
+        .query_row("SELECT json FROM alarms WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    Ok(j.and_then(|j| serde_json::from_str(&j).ok()))
+}
+
+/// The planner's ledger in the outbox tables, inside the caller's transaction.
+pub struct SqlLedger<'c>(pub &'c Connection);
+
+impl Ledger for SqlLedger<'_> {
+    type Error = rusqlite::Error;
+
+    fn alarm(&self, id: &str) -> rusqlite::Result<Option<Alarm>> {
+        alarm(self.0, id)
+    }
+    fn save_incident(&mut self, i: &Incident) -> rusqlite::Result<()> {
+        save_incident(self.0, i)
+    }
+    fn notified(&self, incident: &str) -> rusqlite::Result<Vec<String>> {
+        notified(self.0, incident)
+    }
+    fn last_contact(&self, incident: &str, person: &str) -> rusqlite::Result<Option<usize>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT contact_idx FROM outbox WHERE incident_id = ?1 AND person = ?2 AND state = 'sent' ORDER BY rowid DESC LIMIT 1",
+                params![incident, person],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()?
+            .map(|i| i as usize))
+    }
+    fn counted_since(&self, person: &str, since: Timestamp) -> rusqlite::Result<usize> {
+        sent_since(self.0, person, since)
+    }
+    fn grant(&mut self, g: &Grant) -> rusqlite::Result<()> {
+        self.0.execute(
+            "INSERT INTO ack_tokens (token_hash, code, incident_id, person, channel, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![g.token_hash, g.code, g.incident, g.person, g.channel, ms(g.expires)],
+        )?;
+        Ok(())
+    }
+    fn insert(&mut self, row: &OutboxRow, _lead: Option<&str>) -> rusqlite::Result<()> {
+        insert_outbox(self.0, row)
+    }
+    fn held(&self) -> rusqlite::Result<Vec<OutboxRow>> {
+        outbox_where(self.0, "state = ?1", "held")
+    }
+    fn summarized(&mut self, id: &str) -> rusqlite::Result<()> {
+        self.0
+            .execute("UPDATE outbox SET state = 'summarized' WHERE id = ?1", [id])?;
+        Ok(())
+    }
 }

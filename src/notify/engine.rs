@@ -1,10 +1,11 @@
 use super::config::{NotifyConfig, Person, WebhookFormat};
-use super::db::{self, ms, Incident, OutboxRow};
-use super::{render, roster, route};
-use crate::alarm::{Alarm, AlarmOrigin, AlarmState, RaiseSpec};
+use super::db::{self, ms, OutboxRow, SqlLedger};
+use super::plan::{JournalRow, Planner, RandomIds};
+use super::{render, roster};
+use crate::alarm::{Alarm, AlarmOrigin, RaiseSpec};
 use crate::config::Config;
 use crate::device::Priority;
-use crate::model::secret::{hmac_sha256_hex, random_from, random_hex, sha256_hex};
+use crate::model::secret::{hmac_sha256_hex, sha256_hex};
 use crate::model::{Clock, Timestamp};
 use crate::pipeline::{Command, Pipeline};
 use crate::telemetry::metrics::ChannelResultLabel;
@@ -70,6 +71,8 @@ struct Inner {
     /// People whose delivery failed with every contact method, and the site
     /// the `notification_failed` alarm was raised on (cleared on the next success).
     failing: Mutex<HashMap<String, crate::model::SiteId>>,
+    /// Alarms a delivered message was about (an alarm's `paged`).
+    paged: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Handle to the notification engine: the API acknowledges through it and
@@ -77,28 +80,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Notifier {
     inner: Arc<Inner>,
-}
-
-/// `n-<time>-<random>`: the message's idempotency key, kept across retries.
-fn message_id(now: Timestamp) -> String {
-    format!("n-{}-{}", now.format("%Y%m%d%H%M%S"), random_hex(6))
-}
-
-/// 8 characters a person can type from a phone screen: no 0/O or 1/I/L.
-fn short_code() -> String {
-    random_from(b"ABCDEFGHJKMNPQRSTUVWXYZ23456789", 8)
-}
-
-/// Someone must still be paged about it: active and unacknowledged, and not
-/// shelved, out of service or suppressed — exactly ISA-18.2's UNACK ACTIVE.
-/// (Not `Alarm::needs_attention`, which also keeps acknowledged and returned
-/// alarms on the board.)
-fn must_page(a: &Alarm) -> bool {
-    a.derive_state() == AlarmState::UnackActive
-}
-
-fn mins(m: f64) -> Duration {
-    Duration::milliseconds((m * 60_000.0) as i64)
 }
 
 impl Notifier {
@@ -114,6 +95,7 @@ impl Notifier {
         cancel: CancellationToken,
     ) -> anyhow::Result<(Self, JoinHandle<()>)> {
         let conn = db::open(&cfg.store_path)?;
+        let paged = db::sent_alarm_ids(&conn)?;
         let smtp = match &n.smtp {
             None => None,
             Some(s) => {
@@ -146,6 +128,7 @@ impl Notifier {
                 smtp,
                 public_url: public_url.trim_end_matches('/').to_string(),
                 failing: Mutex::new(HashMap::new()),
+                paged: Mutex::new(paged),
             }),
         };
         let engine = me.clone();
@@ -191,7 +174,8 @@ impl Notifier {
     }
 
     /// Everything that decides what to send, in one transaction: follow the
-    /// journal, flush groups, escalate, summarise held messages.
+    /// journal, flush groups, escalate, summarise held messages (the
+    /// [`Planner`], over the outbox tables).
     fn plan(&self) -> rusqlite::Result<()> {
         let now = self.inner.clock.now();
         let mut c = self.lock();
@@ -208,369 +192,20 @@ impl Notifier {
         // the store's writer committed in between, instead of waiting its turn.
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut open = db::open_incidents(&tx)?;
-        self.follow_journal(&tx, now, &mut open)?;
-        for inc in open.iter_mut().filter(|i| !i.closed) {
-            if inc.flush_at.is_some_and(|t| t <= now) {
-                self.flush(&tx, inc, now)?;
-                db::save_incident(&tx, inc)?;
-            }
-            if inc.next_level_at.is_some_and(|t| t <= now) {
-                self.escalate(&tx, inc, now)?;
-                db::save_incident(&tx, inc)?;
-            }
+        let rows = db::journal_after(&tx, db::cursor(&tx)?, 1000)?;
+        let journal: Vec<JournalRow> = rows.iter().map(|(_, r)| r.clone()).collect();
+        let mut planner = Planner {
+            cfg: &self.inner.cfg,
+            n: &self.inner.n,
+            public_url: &self.inner.public_url,
+            ids: &mut RandomIds,
+        };
+        planner.step(&mut SqlLedger(&tx), &journal, &mut open, now)?;
+        if let Some((last, _)) = rows.last() {
+            db::set_cursor(&tx, *last)?;
         }
-        self.summarise(&tx, now)?;
         self.inner.metrics.notify_pending.set(db::pending_count(&tx)?);
         tx.commit()
-    }
-
-    fn alarm(c: &Connection, id: &str) -> rusqlite::Result<Option<Alarm>> {
-        let j: Option<String> = c
-            .query_row("SELECT json FROM alarms WHERE id = ?1", [id], |r| r.get(0))
-            .optional()?;
-        Ok(j.and_then(|j| serde_json::from_str(&j).ok()))
-    }
-
-    fn members(c: &Connection, inc: &Incident) -> rusqlite::Result<Vec<Alarm>> {
-        let mut v = Vec::new();
-        for id in &inc.alarms {
-            if let Some(a) = Self::alarm(c, id)? {
-                v.push(a);
-            }
-        }
-        Ok(v)
-    }
-
-    fn group_key(&self, policy: &str, a: &Alarm) -> String {
-        let site = self.inner.cfg.site(a.site.as_str());
-        let mut k = policy.to_string();
-        for g in &self.inner.n.settings.group_by {
-            k.push('|');
-            match g.as_str() {
-                "area" => k.push_str(site.map(|s| s.area.as_str()).unwrap_or("")),
-                "kind" => k.push_str(site.map(|s| s.kind.as_str()).unwrap_or("")),
-                "site" => k.push_str(a.site.as_str()),
-                "priority" => k.push_str(a.priority.as_str()),
-                _ => k.push_str(&a.condition),
-            }
-        }
-        k
-    }
-
-    /// Handles new journal rows against the open incidents (`open`, updated in place).
-    fn follow_journal(&self, c: &Connection, now: Timestamp, open: &mut Vec<Incident>) -> rusqlite::Result<()> {
-        let cur = db::cursor(c)?;
-        let rows: Vec<(i64, String, String, bool)> = {
-            let mut st = c.prepare_cached(
-                "SELECT seq, alarm_id, action, notify FROM journal WHERE seq > ?1 ORDER BY seq LIMIT 1000",
-            )?;
-            let r = st.query_map([cur], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0))
-            })?;
-            r.collect::<rusqlite::Result<_>>()?
-        };
-        let Some(last) = rows.last().map(|r| r.0) else {
-            return Ok(());
-        };
-        for (_, alarm_id, action, notify) in rows {
-            if alarm_id.is_empty() {
-                continue; // device commands
-            }
-            let Some(a) = Self::alarm(c, &alarm_id)? else { continue };
-            let pos = open.iter().position(|i| !i.closed && i.alarms.contains(&alarm_id));
-            match action.as_str() {
-                "raise" | "confirm" | "unshelve" if notify => {
-                    if let Some(p) = pos {
-                        // Told again: a shelve ran out on an active alarm, or late
-                        // data was confirmed. Start its escalation over.
-                        let inc = &mut open[p];
-                        if inc.first_sent_at.is_some() {
-                            inc.first_sent_at = Some(now);
-                            inc.level = 0;
-                            inc.next_level_at = Some(now);
-                            db::save_incident(c, inc)?;
-                        }
-                        continue;
-                    }
-                    let site = self.inner.cfg.site(a.site.as_str()).map(|s| s.as_ref());
-                    let tz = self.inner.cfg.service.utc_offset_hours;
-                    let Some(policy) = route::route(&self.inner.n, &a, site, now, tz) else {
-                        continue;
-                    };
-                    let key = self.group_key(policy, &a);
-                    let window = Duration::seconds(self.inner.n.settings.group_window_s as i64);
-                    if let Some(inc) = open
-                        .iter_mut()
-                        .find(|i| !i.closed && i.group_key == key && i.opened_at + window > now)
-                    {
-                        inc.alarms.push(alarm_id.clone());
-                        if inc.first_sent_at.is_some() {
-                            if inc.next_level_at.is_none() {
-                                // Everything before was handled; this one needs someone.
-                                inc.first_sent_at = Some(now);
-                                inc.level = 0;
-                                inc.next_level_at = Some(now);
-                            } else if inc.flush_at.is_none() {
-                                let gap = Duration::seconds(self.inner.n.settings.group_interval_s as i64);
-                                inc.flush_at = Some(inc.last_msg_at.map(|t| (t + gap).max(now)).unwrap_or(now));
-                            }
-                        }
-                        db::save_incident(c, inc)?;
-                    } else {
-                        let inc = Incident {
-                            id: format!("i-{}-{}", now.format("%Y%m%d%H%M%S"), random_hex(4)),
-                            group_key: key,
-                            policy: policy.to_string(),
-                            site: a.site.as_str().to_string(),
-                            opened_at: now,
-                            first_sent_at: None,
-                            flush_at: Some(now + Duration::seconds(self.inner.n.settings.group_wait_s as i64)),
-                            last_msg_at: None,
-                            level: 0,
-                            next_level_at: None,
-                            closed: false,
-                            announced: 0,
-                            alarms: vec![alarm_id.clone()],
-                        };
-                        db::save_incident(c, &inc)?;
-                        open.push(inc);
-                    }
-                }
-                "ack" | "shelve" | "out_of_service" | "suppress" | "clear" => {
-                    let Some(p) = pos else { continue };
-                    let inc = &mut open[p];
-                    let members = Self::members(c, inc)?;
-                    let told = inc.first_sent_at.is_some();
-                    let single = inc.alarms.len() == 1;
-                    if members.iter().all(|m| !m.active) {
-                        // Back to normal: everyone who was told hears it.
-                        inc.closed = true;
-                        inc.next_level_at = None;
-                        inc.flush_at = None;
-                        if told {
-                            let kind = if single { "alarm.cleared" } else { "incident.closed" };
-                            self.tell_notified(c, inc, kind, &members, now)?;
-                        }
-                    } else if !members.iter().any(must_page) && inc.next_level_at.is_some() {
-                        inc.next_level_at = None;
-                        if told {
-                            let kind = match action.as_str() {
-                                "shelve" => Some("alarm.shelved"),
-                                "ack" => Some("alarm.acknowledged"),
-                                _ => None,
-                            };
-                            if let Some(kind) = kind {
-                                self.tell_notified(c, inc, kind, &members, now)?;
-                            }
-                        }
-                    }
-                    db::save_incident(c, inc)?;
-                }
-                _ => {}
-            }
-        }
-        db::set_cursor(c, last)?;
-        Ok(())
-    }
-
-    /// The first message of a group after its wait, or an update to an open incident.
-    fn flush(&self, c: &Connection, inc: &mut Incident, now: Timestamp) -> rusqlite::Result<()> {
-        inc.flush_at = None;
-        let members = Self::members(c, inc)?;
-        if inc.first_sent_at.is_none() {
-            if members.iter().any(must_page) {
-                inc.first_sent_at = Some(now);
-                inc.level = 0;
-                inc.next_level_at = Some(now);
-            }
-            return Ok(());
-        }
-        if members.len() > inc.announced {
-            let kind = if inc.announced <= 1 {
-                "incident.opened"
-            } else {
-                "incident.updated"
-            };
-            self.tell_notified(c, inc, kind, &members, now)?;
-            inc.announced = members.len();
-            inc.last_msg_at = Some(now);
-        }
-        Ok(())
-    }
-
-    fn escalate(&self, c: &Connection, inc: &mut Incident, now: Timestamp) -> rusqlite::Result<()> {
-        let members = Self::members(c, inc)?;
-        let Some(policy) = self.inner.n.policy(&inc.policy) else {
-            inc.next_level_at = None;
-            return Ok(());
-        };
-        if !members.iter().any(must_page) || policy.levels.is_empty() {
-            inc.next_level_at = None;
-            return Ok(());
-        }
-        let idx = inc.level.min(policy.levels.len() - 1);
-        let tz = self.inner.cfg.service.utc_offset_hours;
-        let people = roster::resolve(&self.inner.n, &policy.levels[idx].notify, now, tz);
-        let kind = match (inc.level, members.len() > 1) {
-            (0, true) => "incident.opened",
-            (0, false) => "alarm.raised",
-            _ => "alarm.escalated",
-        };
-        for p in &people {
-            self.enqueue(c, inc, p, kind, idx + 1, &members, now)?;
-        }
-        if people.is_empty() {
-            tracing::error!(incident = %inc.id, level = idx + 1, "escalation level resolves to nobody");
-        }
-        inc.announced = members.len();
-        inc.last_msg_at = Some(now);
-        inc.level += 1;
-        let base = inc.first_sent_at.unwrap_or(now);
-        inc.next_level_at = Some(if inc.level < policy.levels.len() {
-            base + mins(policy.levels[inc.level].after_minutes)
-        } else {
-            now + mins(policy.repeat_minutes)
-        });
-        Ok(())
-    }
-
-    fn tell_notified(
-        &self,
-        c: &Connection,
-        inc: &Incident,
-        kind: &str,
-        members: &[Alarm],
-        now: Timestamp,
-    ) -> rusqlite::Result<()> {
-        for p in db::notified(c, &inc.id)? {
-            self.enqueue(c, inc, &p, kind, 0, members, now)?;
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn enqueue(
-        &self,
-        c: &Connection,
-        inc: &Incident,
-        person: &str,
-        kind: &str,
-        level: usize,
-        members: &[Alarm],
-        now: Timestamp,
-    ) -> rusqlite::Result<()> {
-        let Some(p) = self.inner.n.person(person) else {
-            return Ok(());
-        };
-        // The contact method that last worked for this person about this
-        // incident, so follow-ups do not rediscover a dead one first.
-        let idx: usize = c
-            .query_row(
-                "SELECT contact_idx FROM outbox WHERE incident_id = ?1 AND person = ?2 AND state = 'sent' ORDER BY rowid DESC LIMIT 1",
-                params![inc.id, person],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()?
-            .map(|i| i as usize)
-            .filter(|i| *i < p.contacts.len())
-            .unwrap_or(0);
-        let Some(contact) = p.contacts.get(idx) else {
-            return Ok(());
-        };
-        let id = message_id(now);
-        let lead = members.iter().find(|a| must_page(a)).or(members.first());
-        let mut body = json!({
-            "id": id, "type": kind, "sent_at": null,
-            "alarm": lead, "recipient": person, "recipient_name": p.name, "language": p.language,
-            "incident": {"id": inc.id, "count": members.len(), "alarms": members},
-            "board_url": format!("{}/", self.inner.public_url),
-        });
-        if level > 0 {
-            body["escalation_level"] = json!(level);
-        }
-        if matches!(
-            kind,
-            "alarm.raised" | "alarm.escalated" | "incident.opened" | "incident.updated"
-        ) {
-            let token = random_hex(24);
-            let code = short_code();
-            let expires = now + Duration::minutes(self.inner.n.settings.ack_link_ttl_minutes);
-            c.execute(
-                "INSERT INTO ack_tokens (token_hash, code, incident_id, person, channel, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![sha256_hex(&token), code, inc.id, person, contact.kind, ms(expires)],
-            )?;
-            body["ack_url"] = json!(format!("{}/ack/{token}", self.inner.public_url));
-            body["ack_code"] = json!(code);
-            body["ack_expires_at"] = json!(expires);
-        }
-        let window = Duration::minutes(self.inner.n.settings.rate_limit_window_minutes);
-        let held = db::sent_since(c, person, now - window)? >= self.inner.n.settings.rate_limit_per_recipient;
-        db::insert_outbox(
-            c,
-            &OutboxRow {
-                id,
-                incident_id: inc.id.clone(),
-                kind: kind.to_string(),
-                person: person.to_string(),
-                contact_idx: idx,
-                channel: contact.channel(),
-                level,
-                state: if held { "held" } else { "pending" }.into(),
-                alarm_ids: members.iter().map(|a| a.id.clone()).collect(),
-                body: body.to_string(),
-                ..OutboxRow::due(now)
-            },
-        )
-    }
-
-    /// Held messages (over a person's rate limit) go out as one summary once
-    /// the window allows another message.
-    fn summarise(&self, c: &Connection, now: Timestamp) -> rusqlite::Result<()> {
-        let held = db::outbox_where(c, "state = ?1", "held")?;
-        let mut by_person: HashMap<String, Vec<OutboxRow>> = HashMap::new();
-        for r in held {
-            by_person.entry(r.person.clone()).or_default().push(r);
-        }
-        let window = Duration::minutes(self.inner.n.settings.rate_limit_window_minutes);
-        for (person, rows) in by_person {
-            if db::sent_since(c, &person, now - window)? >= self.inner.n.settings.rate_limit_per_recipient {
-                continue;
-            }
-            let Some(p) = self.inner.n.person(&person) else {
-                continue;
-            };
-            let Some(contact) = p.contacts.first() else { continue };
-            let messages: Vec<Value> = rows
-                .iter()
-                .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
-                .map(
-                    |b| json!({"id": b["id"], "type": b["type"], "alarm": b["alarm"], "incident": b["incident"]["id"]}),
-                )
-                .collect();
-            let id = message_id(now);
-            let body = json!({"id": id, "type": "summary", "sent_at": null, "recipient": person,
-                "recipient_name": p.name, "language": p.language, "messages": messages,
-                "board_url": format!("{}/", self.inner.public_url)});
-            let mut ids: Vec<String> = rows.iter().flat_map(|r| r.alarm_ids.clone()).collect();
-            ids.sort();
-            ids.dedup();
-            db::insert_outbox(
-                c,
-                &OutboxRow {
-                    id,
-                    kind: "summary".into(),
-                    person: person.clone(),
-                    channel: contact.channel(),
-                    alarm_ids: ids,
-                    body: body.to_string(),
-                    ..OutboxRow::due(now)
-                },
-            )?;
-            for r in rows {
-                c.execute("UPDATE outbox SET state = 'summarized' WHERE id = ?1", [&r.id])?;
-            }
-        }
-        Ok(())
     }
 
     /// Sends what is due, concurrently, and records each outcome. A message is
@@ -606,6 +241,11 @@ impl Notifier {
                     if let Err(e) = r {
                         tracing::error!(error = %e, id = %row.id, "sent but cannot record it; it may be sent again with the same id");
                     }
+                    self.inner
+                        .paged
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .extend(row.alarm_ids.iter().cloned());
                     let cleared = self
                         .inner
                         .failing
@@ -862,7 +502,10 @@ impl Notifier {
             .optional()?
             .ok_or(AckError::Unknown)?;
         let inc = db::incident(&c, &incident)?.ok_or(AckError::Unknown)?;
-        let members = Self::members(&c, &inc)?;
+        let mut members = Vec::new();
+        for id in &inc.alarms {
+            members.extend(db::alarm(&c, id)?);
+        }
         Ok(Grant {
             incident,
             person,
@@ -871,6 +514,15 @@ impl Notifier {
             used: used.is_some(),
             members,
         })
+    }
+
+    /// Sets each alarm's `paged`: true only if a message about it was
+    /// delivered to someone.
+    pub fn mark_paged(&self, alarms: &mut [Alarm]) {
+        let paged = self.inner.paged.lock().unwrap_or_else(|p| p.into_inner());
+        for a in alarms {
+            a.paged = paged.contains(&a.id);
+        }
     }
 
     /// Every message about an alarm: to whom, through what, when, delivered or not.

@@ -11,9 +11,10 @@
 pub mod config;
 mod db;
 mod engine;
+pub mod plan;
 pub mod render;
 pub mod roster;
 pub mod route;
 
-pub use db::OutboxRow;
+pub use db::{Incident, OutboxRow};
 pub use engine::{AckError, AckKey, Notifier};

@@ -55,10 +55,18 @@ pub fn route<'a>(
     at: DateTime<Utc>,
     utc_offset_hours: i32,
 ) -> Option<&'a str> {
-    cfg.routes
-        .iter()
-        .find(|r| matches(r, a, site, at, utc_offset_hours))
-        .map(|r| r.policy.as_str())
+    find(cfg, a, site, at, utc_offset_hours).map(|r| r.policy.as_str())
+}
+
+/// The route that takes an alarm at `at`, if any.
+pub fn find<'a>(
+    cfg: &'a NotifyConfig,
+    a: &Alarm,
+    site: Option<&Site>,
+    at: DateTime<Utc>,
+    utc_offset_hours: i32,
+) -> Option<&'a Route> {
+    cfg.routes.iter().find(|r| matches(r, a, site, at, utc_offset_hours))
 }
 
 #[cfg(test)]

@@ -163,6 +163,13 @@ impl Pipeline {
         self.store.subscribe()
     }
 
+    /// Whether every shard has looked at the clock (comm supervision, shelve
+    /// expiry) at or after `t`: for a test on a manual clock to know a tick
+    /// saw the time it set.
+    pub fn ticked_through(&self, t: crate::model::Timestamp) -> bool {
+        self.views.iter().all(|v| v.ticked_ms() >= t.timestamp_millis())
+    }
+
     pub fn shard_count(&self) -> usize {
         self.senders.len()
     }

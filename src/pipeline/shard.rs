@@ -135,7 +135,10 @@ impl Shard {
                 self.engine.step(crate::engine::Input::Command(cmd), now)
             }
             Input::Tick if draining => Step::default(),
-            Input::Tick => self.engine.step(crate::engine::Input::Tick, now),
+            Input::Tick => {
+                self.view.set_ticked(now);
+                self.engine.step(crate::engine::Input::Tick, now)
+            }
             Input::External(spec, active) => self.engine.step(crate::engine::Input::External(spec, active), now),
         };
         let mut batch = self.account(step, reply, acks);

@@ -12,9 +12,18 @@ pub struct ShardView {
     // std RwLocks: readers copy out and release; no await while held.
     alarms: RwLock<HashMap<String, Alarm>>,
     sites: RwLock<HashMap<String, SiteStatus>>,
+    /// The service clock (ms) of the shard's last supervision tick.
+    ticked_ms: std::sync::atomic::AtomicI64,
 }
 
 impl ShardView {
+    pub fn set_ticked(&self, now: crate::model::Timestamp) {
+        self.ticked_ms
+            .store(now.timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn ticked_ms(&self) -> i64 {
+        self.ticked_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
     pub fn has_alarm(&self, id: &str) -> bool {
         self.alarms.read().unwrap_or_else(|p| p.into_inner()).contains_key(id)
     }

@@ -29,8 +29,8 @@ pub struct Span {
     pub id: String,
     pub raised_at: Timestamp,
     pub cleared_at: Option<Timestamp>,
-    /// Worth a page when it raised (the alert path's input; who would have
-    /// been paged is in the run's notifications).
+    /// A notification about it would have gone out (the dry run's routing;
+    /// who and when is in the run's notifications).
     pub paged: bool,
 }
 
@@ -51,12 +51,12 @@ pub struct Diff {
     pub added: Vec<Listed>,
     pub removed: Vec<Listed>,
     pub changed: Vec<Moved>,
-    /// Occurrences that would page: configured, candidate.
+    /// Occurrences someone would have been notified about: configured, candidate.
     pub pages: (usize, usize),
 }
 
 fn paged(o: &Occurrence) -> bool {
-    o.changes.iter().any(|c| c.notify && c.action == "raise")
+    o.alarm.paged
 }
 
 fn listed(o: &Occurrence) -> Listed {

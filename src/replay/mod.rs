@@ -60,7 +60,7 @@ pub struct RunOut {
     #[serde(flatten)]
     pub run: RunResult,
     /// ISA-18.2 / EEMUA 191 KPIs of this run over the capture's span (pages
-    /// per night stay empty until notification routing runs in replay).
+    /// per person and night from the dry run's notifications).
     pub kpis: crate::alarm::kpi::Kpis,
 }
 
@@ -83,6 +83,37 @@ fn kpi_events(alarms: &[Occurrence]) -> Vec<crate::alarm::kpi::AlarmEvent> {
             })
         })
         .collect()
+}
+
+/// One dry-run message as a sentence: "would have paged tanaka by email at
+/// 2026-12-01 02:14 (alarm.raised, MP-0190 HH_LEVEL)", "escalated to sato …".
+pub fn describe(m: &crate::notify::plan::DryMessage, alarms: &[Occurrence], utc_offset_hours: i32) -> String {
+    let tz =
+        chrono::FixedOffset::east_opt(utc_offset_hours * 3600).unwrap_or(chrono::FixedOffset::east_opt(0).unwrap());
+    let at = m.at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S");
+    let how = m.channel.split(':').next().unwrap_or("");
+    let verb = match (m.kind.as_str(), m.escalation_level) {
+        ("alarm.escalated", _) => "escalated to",
+        (_, Some(1)) => "paged",
+        (k, _) if k.ends_with(".brief") => "sent a brief to",
+        ("summary", _) => "sent a summary to",
+        _ => "told",
+    };
+    let about = m
+        .alarm
+        .as_deref()
+        .and_then(|id| alarms.iter().find(|o| o.alarm.id == id))
+        .map(|o| format!(", {} {}", o.alarm.site, o.alarm.condition))
+        .unwrap_or_default();
+    let more = if m.alarms.len() > 1 {
+        format!(" and {} more", m.alarms.len() - 1)
+    } else {
+        String::new()
+    };
+    format!(
+        "would have {verb} {} by {how} at {at} ({}{about}{more})",
+        m.recipient, m.kind
+    )
 }
 
 /// The replay's answer (`--json`); the same capture and configuration give
@@ -194,9 +225,19 @@ pub fn replay_with(
             },
             runs: results
                 .into_iter()
-                .map(|r| RunOut {
-                    kpis: crate::alarm::kpi::compute(&kpi_events(&r.alarms), &[], span.0, span.1, offset),
-                    run: r,
+                .map(|r| {
+                    let pages: Vec<crate::alarm::kpi::Page> = r
+                        .notifications
+                        .iter()
+                        .map(|m| crate::alarm::kpi::Page {
+                            at: m.at,
+                            person: m.recipient.clone(),
+                        })
+                        .collect();
+                    RunOut {
+                        kpis: crate::alarm::kpi::compute(&kpi_events(&r.alarms), &pages, span.0, span.1, offset),
+                        run: r,
+                    }
                 })
                 .collect(),
             diff,

@@ -309,7 +309,7 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
     if let Some(d) = &out.diff {
         let _ = write!(
             h,
-            "<tr><th>Candidate against configured</th><td>{} added, {} removed, {} moved; occurrences that would page: {} → {}</td></tr>",
+            "<tr><th>Candidate against configured</th><td>{} added, {} removed, {} moved; occurrences someone would have been notified about: {} → {}</td></tr>",
             d.added.len(),
             d.removed.len(),
             d.changed.len(),
@@ -326,6 +326,42 @@ h2{{margin-top:2rem;border-bottom:1px solid #ddd}}code{{background:#f4f4f4;paddi
     h.push_str("</tr>");
     h.push_str(&kpi_rows(&out.runs.iter().map(|r| &r.kpis).collect::<Vec<_>>()));
     h.push_str("</table>");
+
+    // Who would have been woken: the dry run's messages, per rule set.
+    h.push_str(r#"<h2 id="notifications">Notifications that would have gone out</h2>"#);
+    if out.runs.iter().all(|r| r.run.notifications.is_empty()) {
+        h.push_str("<p>None (no route took these alarms, or no notification configuration).</p>");
+    }
+    const LISTED: usize = 200;
+    for r in out.runs.iter().filter(|r| !r.run.notifications.is_empty()) {
+        let _ = write!(
+            h,
+            r#"<h3>{} rules: {} messages{}</h3><table class="notifications"><tr><th>When</th><th>What</th></tr>"#,
+            esc(&r.run.name),
+            r.run.notifications.len(),
+            if r.run.held_notifications > 0 {
+                format!(", {} held by the rate limit for a summary", r.run.held_notifications)
+            } else {
+                String::new()
+            }
+        );
+        for m in r.run.notifications.iter().take(LISTED) {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td></tr>",
+                esc(&z.fmt(m.at)),
+                esc(&super::describe(m, &r.run.alarms, cfg.service.utc_offset_hours))
+            );
+        }
+        h.push_str("</table>");
+        if r.run.notifications.len() > LISTED {
+            let _ = write!(
+                h,
+                "<p>… and {} more (the JSON output lists every one).</p>",
+                r.run.notifications.len() - LISTED
+            );
+        }
+    }
 
     h.push_str(r#"<h2 id="over-time">Alarms over time</h2><p class="key">"#);
     for (i, r) in out.runs.iter().enumerate() {

@@ -11,6 +11,9 @@ use crate::config::Config;
 use crate::device::Profile;
 use crate::engine::{decode_publish, profiles_in_order, Engine, Input, Message, Resume, Step};
 use crate::model::Timestamp;
+use crate::notify::config::NotifyConfig;
+use crate::notify::plan::{CountedIds, DryMessage, JournalRow, MemLedger, Planner};
+use crate::notify::Incident;
 use crate::store::{InputBody, RecordedInput};
 use chrono::Duration;
 use serde::Serialize;
@@ -54,6 +57,62 @@ pub struct RunResult {
     pub duplicate_messages: u64,
     /// Quarantined by the engine (an unknown device, bad samples), by reason.
     pub quarantined: BTreeMap<String, u64>,
+    /// What notification routing, rosters, grouping, rate limits and
+    /// escalation would have sent, in order (a dry run: every message counts
+    /// as delivered, and nobody acknowledges from a message). Empty without
+    /// a notification configuration.
+    pub notifications: Vec<DryMessage>,
+    /// Messages the rate limit would have held back for a summary.
+    pub held_notifications: u64,
+}
+
+/// The notification planner running dry beside one engine.
+struct Dry {
+    n: Arc<NotifyConfig>,
+    public_url: String,
+    ledger: MemLedger,
+    open: Vec<Incident>,
+    ids: CountedIds,
+    /// The last planning step: the live engine steps every 100 ms, so work
+    /// due at or before it is done at the next such step, never twice at one
+    /// instant (which would not move the clock).
+    last: Option<Timestamp>,
+}
+
+impl Dry {
+    fn new(cfg: &Config) -> Option<Self> {
+        let n = cfg.notify.clone()?;
+        Some(Self {
+            ledger: MemLedger::new(&n),
+            public_url: cfg.http.public_url.clone().unwrap_or_default(),
+            n,
+            open: Vec::new(),
+            ids: CountedIds::default(),
+            last: None,
+        })
+    }
+
+    fn step(&mut self, cfg: &Config, rows: &[JournalRow], now: Timestamp) {
+        let mut planner = Planner {
+            cfg,
+            n: &self.n,
+            public_url: &self.public_url,
+            ids: &mut self.ids,
+        };
+        let Ok(()) = planner.step(&mut self.ledger, rows, &mut self.open, now);
+        self.ledger.forget(&self.open);
+        self.last = Some(now);
+    }
+
+    /// The next moment the planner has time-driven work.
+    fn due(&self) -> Option<Timestamp> {
+        let release = self.ledger.next_release(&self.n);
+        let due = Planner::next_due(&self.open).into_iter().chain(release).min()?;
+        Some(match self.last {
+            Some(last) => due.max(last + Duration::milliseconds(100)),
+            None => due,
+        })
+    }
 }
 
 struct Run {
@@ -63,10 +122,12 @@ struct Run {
     due: Option<Timestamp>,
     alarms: HashMap<String, Occurrence>,
     result: RunResult,
+    cfg: Arc<Config>,
+    dry: Option<Dry>,
 }
 
 impl Run {
-    fn apply(&mut self, step: Step) {
+    fn apply(&mut self, step: Step, now: Timestamp) {
         let r = &mut self.result;
         r.readings += step.readings.len() as u64;
         r.late_samples += step.counts.late_samples;
@@ -80,6 +141,23 @@ impl Run {
             *r.quarantined.entry(q.reason).or_default() += 1;
         }
         let moves_due = step.reschedule || step.transitions.iter().any(|t| t.alarm.condition == COMM_LOSS);
+        if let Some(dry) = self.dry.as_mut().filter(|_| !step.transitions.is_empty()) {
+            // What the journal would hold after this commit, as the live
+            // notification engine reads it.
+            let rows: Vec<JournalRow> = step
+                .transitions
+                .iter()
+                .map(|t| {
+                    dry.ledger.update(&t.alarm);
+                    JournalRow {
+                        alarm_id: t.alarm.id.clone(),
+                        action: t.action.clone(),
+                        notify: t.notify,
+                    }
+                })
+                .collect();
+            dry.step(&self.cfg, &rows, now);
+        }
         for t in step.transitions {
             record(&mut self.alarms, t);
         }
@@ -184,9 +262,11 @@ impl Replay {
         let runs = runs
             .into_iter()
             .map(|(name, c)| {
-                let engine = Engine::new(c, |_| true, &mut Resume::default(), start).for_replay();
+                let engine = Engine::new(c.clone(), |_| true, &mut Resume::default(), start).for_replay();
                 let due = engine.next_due();
                 Run {
+                    dry: Dry::new(&c),
+                    cfg: c,
                     result: RunResult {
                         name: name.clone(),
                         ..Default::default()
@@ -210,22 +290,38 @@ impl Replay {
     }
 
     /// Ticks every run that has something due up to `until` (inclusive), on
-    /// the one-second grid from the start.
+    /// the one-second grid from the start, and runs its notification planner
+    /// at the moments it has something due (a group wait, an escalation, a
+    /// rate limit that lets a summary out), in time order.
     fn tick_until(&mut self, until: Timestamp) {
+        let start = self.start;
+        // The first grid point at or after `due`.
+        let grid = |due: Timestamp| {
+            let since = (due - start).num_milliseconds().max(0);
+            start + Duration::milliseconds((since + TICK - 1) / TICK * TICK)
+        };
         for run in &mut self.runs {
-            while let Some(due) = run.due.filter(|d| *d <= until) {
-                // The first grid point at or after `due`.
-                let since = (due - self.start).num_milliseconds().max(0);
-                let at = self.start + Duration::milliseconds((since + TICK - 1) / TICK * TICK);
-                if at > until {
-                    break;
-                }
-                let step = run.engine.step(Input::Tick, at);
-                run.apply(step);
-                run.due = run.engine.next_due();
-                if run.due.is_some_and(|d| d <= at) {
-                    // Nothing more can happen before the next grid point.
-                    run.due = Some(at + Duration::milliseconds(TICK));
+            loop {
+                let tick = run.due.map(grid).filter(|at| *at <= until);
+                let plan = run.dry.as_ref().and_then(Dry::due).filter(|at| *at <= until);
+                match (tick, plan) {
+                    (None, None) => break,
+                    (Some(at), p) if p.is_none_or(|p| at <= p) => {
+                        let step = run.engine.step(Input::Tick, at);
+                        run.apply(step, at);
+                        run.due = run.engine.next_due();
+                        if run.due.is_some_and(|d| d <= at) {
+                            // Nothing more can happen before the next grid point.
+                            run.due = Some(at + Duration::milliseconds(TICK));
+                        }
+                    }
+                    (_, Some(at)) => {
+                        let cfg = run.cfg.clone();
+                        if let Some(d) = run.dry.as_mut() {
+                            d.step(&cfg, &[], at);
+                        }
+                    }
+                    (Some(_), None) => unreachable!("handled above"),
                 }
             }
         }
@@ -294,7 +390,7 @@ impl Replay {
                     }
                 }
             }
-            run.apply(step);
+            run.apply(step, now);
         }
     }
 
@@ -324,6 +420,20 @@ impl Replay {
                             &b.alarm.id,
                         ))
                 });
+                if let Some(d) = r.dry {
+                    // `paged` as live: a message about it went out.
+                    let told: std::collections::HashSet<&str> = d
+                        .ledger
+                        .sent
+                        .iter()
+                        .flat_map(|m| m.alarms.iter().map(String::as_str))
+                        .collect();
+                    for o in &mut alarms {
+                        o.alarm.paged = told.contains(o.alarm.id.as_str());
+                    }
+                    r.result.held_notifications = d.ledger.held_total;
+                    r.result.notifications = d.ledger.sent;
+                }
                 r.result.alarms = alarms;
                 r.result.name = r.name;
                 r.result

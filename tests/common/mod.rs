@@ -556,6 +556,18 @@ impl Harness {
             // Processed before the clock moves on, so arrival times stay true.
             let total: usize = sims.iter().map(|s| s.sent()).sum();
             self.wait_messages((self.baseline_messages() + total) as f64).await;
+            // And looked at by a supervision tick (comm loss is stamped with
+            // the clock of the tick that sees the silence): on a loaded
+            // machine a tick can otherwise miss a whole step.
+            if let Some(app) = &self.app {
+                let now = mizuban::model::Clock::now(&*self.clock);
+                for _ in 0..500 {
+                    if app.pipeline.ticked_through(now) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
         }
     }
 

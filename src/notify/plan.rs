@@ -1,0 +1,749 @@
+//! What to send, decided without sending: routing, grouping into incidents,
+//! escalation, rate limits, summaries and briefs, as one synchronous planner
+//! over a [`Ledger`] (where incidents and messages are kept).
+//!
+//! The live engine plans over the SQLite outbox inside one transaction and
+//! then delivers; replay plans over [`MemLedger`], where every message counts
+//! as delivered the moment it is planned, and reports what would have gone
+//! out. The same code decides both, so "who would have been woken" in a
+//! replay is what the live service would have done.
+
+use super::config::NotifyConfig;
+use super::db::{Incident, OutboxRow};
+use super::{roster, route};
+use crate::alarm::{Alarm, AlarmState};
+use crate::config::Config;
+use crate::model::secret::{random_from, random_hex, sha256_hex};
+use crate::model::Timestamp;
+use chrono::Duration;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::{HashMap, VecDeque};
+
+/// Where the planner keeps its state and puts its messages.
+pub trait Ledger {
+    type Error;
+    /// An alarm as it is now (also after it closed, while an incident holds it).
+    fn alarm(&self, id: &str) -> Result<Option<Alarm>, Self::Error>;
+    fn save_incident(&mut self, i: &Incident) -> Result<(), Self::Error>;
+    /// Who has been told about an incident so far, first told first.
+    fn notified(&self, incident: &str) -> Result<Vec<String>, Self::Error>;
+    /// The contact method that last reached `person` about `incident`.
+    fn last_contact(&self, incident: &str, person: &str) -> Result<Option<usize>, Self::Error>;
+    /// Messages counted against `person`'s rate limit created after `since`.
+    fn counted_since(&self, person: &str, since: Timestamp) -> Result<usize, Self::Error>;
+    /// Keeps the hash of an acknowledge link and its short code.
+    fn grant(&mut self, g: &Grant) -> Result<(), Self::Error>;
+    /// A new message; `lead` is the alarm it is mainly about.
+    fn insert(&mut self, row: &OutboxRow, lead: Option<&str>) -> Result<(), Self::Error>;
+    /// Messages held back by the rate limit, oldest first.
+    fn held(&self) -> Result<Vec<OutboxRow>, Self::Error>;
+    /// A held message went out inside a summary.
+    fn summarized(&mut self, id: &str) -> Result<(), Self::Error>;
+}
+
+/// An acknowledge link (its token's hash) and code for one person and incident.
+pub struct Grant {
+    pub token_hash: String,
+    pub code: String,
+    pub incident: String,
+    pub person: String,
+    pub channel: String,
+    pub expires: Timestamp,
+}
+
+/// Where identifiers and secrets come from: random live, counted in replay
+/// (the same inputs give the same output).
+pub trait Ids {
+    /// A message's idempotency key, kept across retries.
+    fn message(&mut self, now: Timestamp) -> String;
+    fn incident(&mut self, now: Timestamp) -> String;
+    /// An acknowledge link's token and the short code typed from a phone.
+    fn ack(&mut self) -> (String, String);
+}
+
+pub struct RandomIds;
+
+impl Ids for RandomIds {
+    fn message(&mut self, now: Timestamp) -> String {
+        format!("n-{}-{}", now.format("%Y%m%d%H%M%S"), random_hex(6))
+    }
+    fn incident(&mut self, now: Timestamp) -> String {
+        format!("i-{}-{}", now.format("%Y%m%d%H%M%S"), random_hex(4))
+    }
+    fn ack(&mut self) -> (String, String) {
+        // 8 characters a person can type from a phone screen: no 0/O or 1/I/L.
+        (random_hex(24), random_from(b"ABCDEFGHJKMNPQRSTUVWXYZ23456789", 8))
+    }
+}
+
+/// Sequence-numbered ids, for a deterministic dry run.
+#[derive(Default)]
+pub struct CountedIds(u64);
+
+impl CountedIds {
+    fn next(&mut self) -> u64 {
+        self.0 += 1;
+        self.0
+    }
+}
+
+impl Ids for CountedIds {
+    fn message(&mut self, now: Timestamp) -> String {
+        format!("n-{}-{:06}", now.format("%Y%m%d%H%M%S"), self.next())
+    }
+    fn incident(&mut self, now: Timestamp) -> String {
+        format!("i-{}-{:06}", now.format("%Y%m%d%H%M%S"), self.next())
+    }
+    fn ack(&mut self) -> (String, String) {
+        let n = self.next();
+        (format!("dry-run-{n}"), format!("DRY{n:05}"))
+    }
+}
+
+/// One journal row as the planner reads it.
+#[derive(Debug, Clone)]
+pub struct JournalRow {
+    pub alarm_id: String,
+    pub action: String,
+    pub notify: bool,
+}
+
+/// Someone must still be paged about it: active and unacknowledged, and not
+/// shelved, out of service or suppressed — exactly ISA-18.2's UNACK ACTIVE.
+/// (Not `Alarm::needs_attention`, which also keeps acknowledged and returned
+/// alarms on the board.)
+pub fn must_page(a: &Alarm) -> bool {
+    a.derive_state() == AlarmState::UnackActive
+}
+
+/// Over without anyone having seen it: cleared, never acknowledged, and not
+/// kept from the operators on purpose (suppressed by design, out of service).
+fn unseen_episode(a: &Alarm) -> bool {
+    !a.active && !a.acked && a.suppressed_by.is_none() && !a.out_of_service
+}
+
+fn mins(m: f64) -> Duration {
+    Duration::milliseconds((m * 60_000.0) as i64)
+}
+
+pub struct Planner<'a> {
+    pub cfg: &'a Config,
+    pub n: &'a NotifyConfig,
+    pub public_url: &'a str,
+    pub ids: &'a mut dyn Ids,
+}
+
+impl Planner<'_> {
+    /// One planning step at `now`: the new journal rows, then the groups and
+    /// escalations that are due, then held messages that may go out as a
+    /// summary. `open` holds the open incidents and is updated in place.
+    pub fn step<L: Ledger>(
+        &mut self,
+        l: &mut L,
+        rows: &[JournalRow],
+        open: &mut Vec<Incident>,
+        now: Timestamp,
+    ) -> Result<(), L::Error> {
+        self.follow(l, rows, open, now)?;
+        for inc in open.iter_mut().filter(|i| !i.closed) {
+            if inc.flush_at.is_some_and(|t| t <= now) {
+                self.flush(l, inc, now)?;
+                l.save_incident(inc)?;
+            }
+            if inc.next_level_at.is_some_and(|t| t <= now) {
+                self.escalate(l, inc, now)?;
+                l.save_incident(inc)?;
+            }
+        }
+        open.retain(|i| !i.closed);
+        self.summarise(l, now)
+    }
+
+    /// The next moment a step has time-driven work (a group wait or an
+    /// escalation), for a runner that does not look every 100 ms.
+    pub fn next_due(open: &[Incident]) -> Option<Timestamp> {
+        open.iter()
+            .filter(|i| !i.closed)
+            .flat_map(|i| [i.flush_at, i.next_level_at])
+            .flatten()
+            .min()
+    }
+
+    fn members<L: Ledger>(l: &L, inc: &Incident) -> Result<Vec<Alarm>, L::Error> {
+        let mut v = Vec::with_capacity(inc.alarms.len());
+        for id in &inc.alarms {
+            if let Some(a) = l.alarm(id)? {
+                v.push(a);
+            }
+        }
+        Ok(v)
+    }
+
+    fn group_key(&self, policy: &str, a: &Alarm) -> String {
+        let site = self.cfg.site(a.site.as_str());
+        let mut k = policy.to_string();
+        for g in &self.n.settings.group_by {
+            k.push('|');
+            match g.as_str() {
+                "area" => k.push_str(site.map(|s| s.area.as_str()).unwrap_or("")),
+                "kind" => k.push_str(site.map(|s| s.kind.as_str()).unwrap_or("")),
+                "site" => k.push_str(a.site.as_str()),
+                "priority" => k.push_str(a.priority.as_str()),
+                _ => k.push_str(&a.condition),
+            }
+        }
+        k
+    }
+
+    fn new_incident(&mut self, key: String, policy: &str, a: &Alarm, now: Timestamp) -> Incident {
+        Incident {
+            id: self.ids.incident(now),
+            group_key: key,
+            policy: policy.to_string(),
+            site: a.site.as_str().to_string(),
+            opened_at: now,
+            first_sent_at: None,
+            flush_at: Some(now + Duration::seconds(self.n.settings.group_wait_s as i64)),
+            last_msg_at: None,
+            level: 0,
+            next_level_at: None,
+            closed: false,
+            announced: 0,
+            alarms: vec![a.id.clone()],
+        }
+    }
+
+    /// Handles new journal rows against the open incidents.
+    fn follow<L: Ledger>(
+        &mut self,
+        l: &mut L,
+        rows: &[JournalRow],
+        open: &mut Vec<Incident>,
+        now: Timestamp,
+    ) -> Result<(), L::Error> {
+        let tz = self.cfg.service.utc_offset_hours;
+        let window = Duration::seconds(self.n.settings.group_window_s as i64);
+        for row in rows {
+            if row.alarm_id.is_empty() {
+                continue; // device commands
+            }
+            let Some(a) = l.alarm(&row.alarm_id)? else { continue };
+            let pos = open.iter().position(|i| !i.closed && i.alarms.contains(&row.alarm_id));
+            match row.action.as_str() {
+                "raise" | "confirm" | "unshelve" if row.notify => {
+                    if let Some(p) = pos {
+                        // Told again: a shelve ran out on an active alarm, or late
+                        // data was confirmed. Start its escalation over.
+                        let inc = &mut open[p];
+                        if inc.first_sent_at.is_some() {
+                            inc.first_sent_at = Some(now);
+                            inc.level = 0;
+                            inc.next_level_at = Some(now);
+                            l.save_incident(inc)?;
+                        }
+                        continue;
+                    }
+                    let site = self.cfg.site(a.site.as_str()).map(|s| s.as_ref());
+                    let Some(r) = route::find(self.n, &a, site, now, tz) else {
+                        continue;
+                    };
+                    let key = self.group_key(&r.policy, &a);
+                    if let Some(inc) = open
+                        .iter_mut()
+                        .find(|i| !i.closed && i.group_key == key && i.opened_at + window > now)
+                    {
+                        inc.alarms.push(row.alarm_id.clone());
+                        if inc.first_sent_at.is_some() {
+                            if inc.next_level_at.is_none() {
+                                // Everything before was handled; this one needs someone.
+                                inc.first_sent_at = Some(now);
+                                inc.level = 0;
+                                inc.next_level_at = Some(now);
+                            } else if inc.flush_at.is_none() {
+                                let gap = Duration::seconds(self.n.settings.group_interval_s as i64);
+                                inc.flush_at = Some(inc.last_msg_at.map(|t| (t + gap).max(now)).unwrap_or(now));
+                            }
+                        } else if inc.flush_at.is_none() {
+                            // An untold group whose wait is over (all of it was
+                            // acknowledged or shelved before): look again now.
+                            inc.flush_at = Some(now);
+                        }
+                        l.save_incident(inc)?;
+                    } else {
+                        let inc = self.new_incident(key, &r.policy, &a, now);
+                        l.save_incident(&inc)?;
+                        open.push(inc);
+                    }
+                }
+                // An episode that was over when its data arrived: never paged
+                // as it happened, so it goes into a brief for the group.
+                "clear" if a.late && pos.is_none() && unseen_episode(&a) => {
+                    let site = self.cfg.site(a.site.as_str()).map(|s| s.as_ref());
+                    let Some(r) = route::find(self.n, &a, site, now, tz).filter(|r| r.briefs) else {
+                        continue;
+                    };
+                    let key = self.group_key(&r.policy, &a);
+                    if let Some(inc) = open.iter_mut().find(|i| {
+                        !i.closed && i.first_sent_at.is_none() && i.group_key == key && i.opened_at + window > now
+                    }) {
+                        inc.alarms.push(row.alarm_id.clone());
+                        inc.flush_at = inc.flush_at.or(Some(now));
+                        l.save_incident(inc)?;
+                    } else {
+                        let inc = self.new_incident(key, &r.policy, &a, now);
+                        l.save_incident(&inc)?;
+                        open.push(inc);
+                    }
+                }
+                "ack" | "shelve" | "out_of_service" | "suppress" | "clear" => {
+                    let Some(p) = pos else { continue };
+                    let inc = &mut open[p];
+                    let members = Self::members(l, inc)?;
+                    let told = inc.first_sent_at.is_some();
+                    let single = inc.alarms.len() == 1;
+                    if members.iter().all(|m| !m.active) {
+                        inc.next_level_at = None;
+                        if told {
+                            // Back to normal: everyone who was told hears it.
+                            inc.closed = true;
+                            inc.flush_at = None;
+                            let kind = if single { "alarm.cleared" } else { "incident.closed" };
+                            self.tell_notified(l, inc, kind, &members, now)?;
+                        } else if inc.flush_at.is_some() && members.iter().any(unseen_episode) && self.briefs(inc) {
+                            // Over within the group wait and nobody saw it:
+                            // kept open so its wait ends in one brief.
+                        } else {
+                            inc.closed = true;
+                            inc.flush_at = None;
+                        }
+                    } else if !members.iter().any(must_page) && inc.next_level_at.is_some() {
+                        inc.next_level_at = None;
+                        if told {
+                            let kind = match row.action.as_str() {
+                                "shelve" => Some("alarm.shelved"),
+                                "ack" => Some("alarm.acknowledged"),
+                                _ => None,
+                            };
+                            if let Some(kind) = kind {
+                                self.tell_notified(l, inc, kind, &members, now)?;
+                            }
+                        }
+                    }
+                    l.save_incident(inc)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the route that opened the incident sends briefs.
+    fn briefs(&self, inc: &Incident) -> bool {
+        self.n
+            .routes
+            .iter()
+            .filter(|r| r.policy == inc.policy)
+            .any(|r| r.briefs)
+    }
+
+    /// The first message of a group after its wait, or an update to an open incident.
+    fn flush<L: Ledger>(&mut self, l: &mut L, inc: &mut Incident, now: Timestamp) -> Result<(), L::Error> {
+        inc.flush_at = None;
+        let members = Self::members(l, inc)?;
+        if inc.first_sent_at.is_none() {
+            if members.iter().any(must_page) {
+                inc.first_sent_at = Some(now);
+                inc.level = 0;
+                inc.next_level_at = Some(now);
+            } else if members.iter().all(|m| !m.active) {
+                // All over before anyone was paged: one short brief to the
+                // first level, unless everything was seen on the board.
+                let unseen: Vec<Alarm> = members.into_iter().filter(unseen_episode).collect();
+                if !unseen.is_empty() && self.briefs(inc) {
+                    self.brief(l, inc, &unseen, now)?;
+                }
+                inc.closed = true;
+            }
+            return Ok(());
+        }
+        if members.len() > inc.announced {
+            let kind = if inc.announced <= 1 {
+                "incident.opened"
+            } else {
+                "incident.updated"
+            };
+            self.tell_notified(l, inc, kind, &members, now)?;
+            inc.announced = members.len();
+            inc.last_msg_at = Some(now);
+        }
+        Ok(())
+    }
+
+    fn brief<L: Ledger>(
+        &mut self,
+        l: &mut L,
+        inc: &Incident,
+        members: &[Alarm],
+        now: Timestamp,
+    ) -> Result<(), L::Error> {
+        let Some(policy) = self.n.policy(&inc.policy) else {
+            return Ok(());
+        };
+        let Some(first) = policy.levels.first() else {
+            return Ok(());
+        };
+        let tz = self.cfg.service.utc_offset_hours;
+        let kind = if members.len() > 1 {
+            "incident.brief"
+        } else {
+            "alarm.brief"
+        };
+        for p in roster::resolve(self.n, &first.notify, now, tz) {
+            self.enqueue(l, inc, &p, kind, 0, members, now)?;
+        }
+        Ok(())
+    }
+
+    fn escalate<L: Ledger>(&mut self, l: &mut L, inc: &mut Incident, now: Timestamp) -> Result<(), L::Error> {
+        let members = Self::members(l, inc)?;
+        let Some(policy) = self.n.policy(&inc.policy) else {
+            inc.next_level_at = None;
+            return Ok(());
+        };
+        if !members.iter().any(must_page) || policy.levels.is_empty() {
+            inc.next_level_at = None;
+            return Ok(());
+        }
+        let idx = inc.level.min(policy.levels.len() - 1);
+        let tz = self.cfg.service.utc_offset_hours;
+        let people = roster::resolve(self.n, &policy.levels[idx].notify, now, tz);
+        let kind = match (inc.level, members.len() > 1) {
+            (0, true) => "incident.opened",
+            (0, false) => "alarm.raised",
+            _ => "alarm.escalated",
+        };
+        for p in &people {
+            self.enqueue(l, inc, p, kind, idx + 1, &members, now)?;
+        }
+        if people.is_empty() {
+            tracing::error!(incident = %inc.id, level = idx + 1, "escalation level resolves to nobody");
+        }
+        inc.announced = members.len();
+        inc.last_msg_at = Some(now);
+        inc.level += 1;
+        let base = inc.first_sent_at.unwrap_or(now);
+        inc.next_level_at = Some(if inc.level < policy.levels.len() {
+            base + mins(policy.levels[inc.level].after_minutes)
+        } else {
+            now + mins(policy.repeat_minutes)
+        });
+        Ok(())
+    }
+
+    fn tell_notified<L: Ledger>(
+        &mut self,
+        l: &mut L,
+        inc: &Incident,
+        kind: &str,
+        members: &[Alarm],
+        now: Timestamp,
+    ) -> Result<(), L::Error> {
+        for p in l.notified(&inc.id)? {
+            self.enqueue(l, inc, &p, kind, 0, members, now)?;
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue<L: Ledger>(
+        &mut self,
+        l: &mut L,
+        inc: &Incident,
+        person: &str,
+        kind: &str,
+        level: usize,
+        members: &[Alarm],
+        now: Timestamp,
+    ) -> Result<(), L::Error> {
+        let Some(p) = self.n.person(person) else {
+            return Ok(());
+        };
+        // The contact method that last worked for this person about this
+        // incident, so follow-ups do not rediscover a dead one first.
+        let idx = l
+            .last_contact(&inc.id, person)?
+            .filter(|i| *i < p.contacts.len())
+            .unwrap_or(0);
+        let Some(contact) = p.contacts.get(idx) else {
+            return Ok(());
+        };
+        let id = self.ids.message(now);
+        let lead = members.iter().find(|a| must_page(a)).or(members.first());
+        let mut body = json!({
+            "id": id, "type": kind, "sent_at": null,
+            "alarm": lead, "recipient": person, "recipient_name": p.name, "language": p.language,
+            "incident": {"id": inc.id, "count": members.len(), "alarms": members},
+            "board_url": format!("{}/", self.public_url),
+        });
+        if level > 0 {
+            body["escalation_level"] = json!(level);
+        }
+        if kind.ends_with(".brief") {
+            // What the person reads first: when it began and ended, and when
+            // the data behind it arrived if that was after the fact.
+            let from = members.iter().map(|a| a.raised_at).min();
+            let to = members.iter().filter_map(|a| a.cleared_at).max();
+            let reported = members.iter().filter(|a| a.late).map(|a| a.detected_at).max();
+            body["episode"] =
+                json!({"from": from, "to": to, "reported_at": reported, "sites": distinct_sites(members)});
+        }
+        if matches!(
+            kind,
+            "alarm.raised" | "alarm.escalated" | "incident.opened" | "incident.updated"
+        ) {
+            let (token, code) = self.ids.ack();
+            let expires = now + Duration::minutes(self.n.settings.ack_link_ttl_minutes);
+            l.grant(&Grant {
+                token_hash: sha256_hex(&token),
+                code: code.clone(),
+                incident: inc.id.clone(),
+                person: person.to_string(),
+                channel: contact.kind.clone(),
+                expires,
+            })?;
+            body["ack_url"] = json!(format!("{}/ack/{token}", self.public_url));
+            body["ack_code"] = json!(code);
+            body["ack_expires_at"] = json!(expires);
+        }
+        let window = Duration::minutes(self.n.settings.rate_limit_window_minutes);
+        let held = l.counted_since(person, now - window)? >= self.n.settings.rate_limit_per_recipient;
+        l.insert(
+            &OutboxRow {
+                id,
+                incident_id: inc.id.clone(),
+                kind: kind.to_string(),
+                person: person.to_string(),
+                contact_idx: idx,
+                channel: contact.channel(),
+                level,
+                state: if held { "held" } else { "pending" }.into(),
+                alarm_ids: members.iter().map(|a| a.id.clone()).collect(),
+                body: body.to_string(),
+                ..OutboxRow::due(now)
+            },
+            lead.map(|a| a.id.as_str()),
+        )
+    }
+
+    /// Held messages (over a person's rate limit) go out as one summary once
+    /// the window allows another message.
+    fn summarise<L: Ledger>(&mut self, l: &mut L, now: Timestamp) -> Result<(), L::Error> {
+        let held = l.held()?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        // Per person, in the order they were first held.
+        let mut by_person: Vec<(String, Vec<OutboxRow>)> = Vec::new();
+        for r in held {
+            match by_person.iter_mut().find(|(p, _)| *p == r.person) {
+                Some((_, v)) => v.push(r),
+                None => by_person.push((r.person.clone(), vec![r])),
+            }
+        }
+        let window = Duration::minutes(self.n.settings.rate_limit_window_minutes);
+        for (person, rows) in by_person {
+            if l.counted_since(&person, now - window)? >= self.n.settings.rate_limit_per_recipient {
+                continue;
+            }
+            let Some(p) = self.n.person(&person) else {
+                continue;
+            };
+            let Some(contact) = p.contacts.first() else { continue };
+            let messages: Vec<serde_json::Value> = rows
+                .iter()
+                .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+                .map(
+                    |b| json!({"id": b["id"], "type": b["type"], "alarm": b["alarm"], "incident": b["incident"]["id"]}),
+                )
+                .collect();
+            let id = self.ids.message(now);
+            let body = json!({"id": id, "type": "summary", "sent_at": null, "recipient": person,
+                "recipient_name": p.name, "language": p.language, "messages": messages,
+                "board_url": format!("{}/", self.public_url)});
+            let mut ids: Vec<String> = rows.iter().flat_map(|r| r.alarm_ids.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            l.insert(
+                &OutboxRow {
+                    id,
+                    kind: "summary".into(),
+                    person: person.clone(),
+                    channel: contact.channel(),
+                    alarm_ids: ids,
+                    body: body.to_string(),
+                    ..OutboxRow::due(now)
+                },
+                None,
+            )?;
+            for r in rows {
+                l.summarized(&r.id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn distinct_sites(members: &[Alarm]) -> usize {
+    let mut s: Vec<&str> = members.iter().map(|a| a.site.as_str()).collect();
+    s.sort_unstable();
+    s.dedup();
+    s.len()
+}
+
+/// A message the dry run would have sent, as interfaces.md's replay JSON
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DryMessage {
+    pub at: Timestamp,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The alarm it is mainly about (none for a summary of held messages).
+    pub alarm: Option<String>,
+    pub incident: String,
+    pub recipient: String,
+    pub channel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub escalation_level: Option<usize>,
+    /// Every alarm the message is about.
+    pub alarms: Vec<String>,
+}
+
+/// The planner's state in memory, for replay: every planned message counts
+/// as delivered at once by its first contact method (a dry run has no
+/// receivers to fail), and nobody acknowledges from a message.
+#[derive(Default)]
+pub struct MemLedger {
+    alarms: HashMap<String, Alarm>,
+    /// Who was told per open incident.
+    told: HashMap<String, Vec<String>>,
+    /// Per person, when each message counted against the rate limit was made.
+    counted: HashMap<String, VecDeque<Timestamp>>,
+    held: Vec<OutboxRow>,
+    /// What would have been sent, in order.
+    pub sent: Vec<DryMessage>,
+    /// Messages held by the rate limit (and later summarised).
+    pub held_total: u64,
+    /// How far back the rate limit looks (older counts are dropped).
+    window: Duration,
+}
+
+impl MemLedger {
+    pub fn new(n: &NotifyConfig) -> Self {
+        Self {
+            window: Duration::minutes(n.settings.rate_limit_window_minutes),
+            ..Default::default()
+        }
+    }
+
+    /// The alarm as the engine just changed it.
+    pub fn update(&mut self, a: &Alarm) {
+        self.alarms.insert(a.id.clone(), a.clone());
+    }
+
+    /// When the rate limit next lets a held message out as a summary: for
+    /// each person with held messages, the moment the oldest message still
+    /// counted against them leaves the window.
+    pub fn next_release(&self, n: &NotifyConfig) -> Option<Timestamp> {
+        let limit = n.settings.rate_limit_per_recipient.max(1);
+        let mut people: Vec<&str> = self.held.iter().map(|r| r.person.as_str()).collect();
+        people.sort_unstable();
+        people.dedup();
+        people
+            .into_iter()
+            .filter(|p| n.person(p).is_some_and(|p| !p.contacts.is_empty()))
+            .map(|p| {
+                let q = self.counted.get(p);
+                match q.filter(|q| q.len() >= limit) {
+                    Some(q) => q[q.len() - limit] + self.window + Duration::milliseconds(1),
+                    None => Timestamp::MIN_UTC,
+                }
+            })
+            .min()
+    }
+
+    /// Forgets alarms no open incident holds (memory stays flat over a year).
+    pub fn forget(&mut self, open: &[Incident]) {
+        if self.alarms.len() <= open.iter().map(|i| i.alarms.len()).sum::<usize>() {
+            return;
+        }
+        let keep: std::collections::HashSet<&str> =
+            open.iter().flat_map(|i| i.alarms.iter().map(String::as_str)).collect();
+        self.alarms.retain(|id, _| keep.contains(id.as_str()));
+    }
+}
+
+impl Ledger for MemLedger {
+    type Error = std::convert::Infallible;
+
+    fn alarm(&self, id: &str) -> Result<Option<Alarm>, Self::Error> {
+        Ok(self.alarms.get(id).cloned())
+    }
+    fn save_incident(&mut self, i: &Incident) -> Result<(), Self::Error> {
+        if i.closed {
+            self.told.remove(&i.id);
+        }
+        Ok(())
+    }
+    fn notified(&self, incident: &str) -> Result<Vec<String>, Self::Error> {
+        Ok(self.told.get(incident).cloned().unwrap_or_default())
+    }
+    fn last_contact(&self, _: &str, _: &str) -> Result<Option<usize>, Self::Error> {
+        Ok(None)
+    }
+    fn counted_since(&self, person: &str, since: Timestamp) -> Result<usize, Self::Error> {
+        Ok(self
+            .counted
+            .get(person)
+            .map_or(0, |q| q.iter().filter(|t| **t > since).count()))
+    }
+    fn grant(&mut self, _: &Grant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn insert(&mut self, row: &OutboxRow, lead: Option<&str>) -> Result<(), Self::Error> {
+        if row.kind != "summary" && !row.incident_id.is_empty() {
+            let told = self.told.entry(row.incident_id.clone()).or_default();
+            if !told.contains(&row.person) {
+                told.push(row.person.clone());
+            }
+        }
+        if row.state == "held" {
+            self.held_total += 1;
+            self.held.push(row.clone());
+            return Ok(());
+        }
+        let q = self.counted.entry(row.person.clone()).or_default();
+        while q.front().is_some_and(|t| *t <= row.created_at - self.window) {
+            q.pop_front();
+        }
+        q.push_back(row.created_at);
+        self.sent.push(DryMessage {
+            at: row.created_at,
+            kind: row.kind.clone(),
+            alarm: lead.map(str::to_string),
+            incident: row.incident_id.clone(),
+            recipient: row.person.clone(),
+            channel: row.channel.clone(),
+            escalation_level: (row.level > 0).then_some(row.level),
+            alarms: row.alarm_ids.clone(),
+        });
+        Ok(())
+    }
+    fn held(&self) -> Result<Vec<OutboxRow>, Self::Error> {
+        Ok(self.held.clone())
+    }
+    fn summarized(&mut self, id: &str) -> Result<(), Self::Error> {
+        self.held.retain(|r| r.id != id);
+        Ok(())
+    }
+}

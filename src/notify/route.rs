@@ -47,17 +47,6 @@ pub fn matches(r: &Route, a: &Alarm, site: Option<&Site>, at: DateTime<Utc>, utc
     true
 }
 
-/// The policy for an alarm at `at`, if any route takes it.
-pub fn route<'a>(
-    cfg: &'a NotifyConfig,
-    a: &Alarm,
-    site: Option<&Site>,
-    at: DateTime<Utc>,
-    utc_offset_hours: i32,
-) -> Option<&'a str> {
-    find(cfg, a, site, at, utc_offset_hours).map(|r| r.policy.as_str())
-}
-
 /// The route that takes an alarm at `at`, if any.
 pub fn find<'a>(
     cfg: &'a NotifyConfig,

@@ -304,6 +304,7 @@ impl Replay {
             loop {
                 let tick = run.due.map(grid).filter(|at| *at <= until);
                 let plan = run.dry.as_ref().and_then(Dry::due).filter(|at| *at <= until);
+                // The engine's tick first when both fall at one instant.
                 match (tick, plan) {
                     (None, None) => break,
                     (Some(at), p) if p.is_none_or(|p| at <= p) => {
@@ -315,13 +316,13 @@ impl Replay {
                             run.due = Some(at + Duration::milliseconds(TICK));
                         }
                     }
-                    (_, Some(at)) => {
+                    (_, p) => {
+                        let at = p.expect("the tick arm takes a tick without a planner time");
                         let cfg = run.cfg.clone();
                         if let Some(d) = run.dry.as_mut() {
                             d.step(&cfg, &[], at);
                         }
                     }
-                    (Some(_), None) => unreachable!("handled above"),
                 }
             }
         }

@@ -5,10 +5,10 @@
 
 use chrono::{DateTime, Duration, Utc};
 use mizuban::device::{decode, Profile};
-use mizuban::health::StationHealth;
+use mizuban::health::{Instant, StationHealth};
 use mizuban_sim::mps::{MpsNotifier, MpsOptions};
 use mizuban_sim::{Device, Scenario};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 fn profile() -> Profile {
@@ -49,10 +49,10 @@ fn simulate(o: MpsOptions, days: i64, events: &[(i64, Scenario)]) -> Vec<(String
             let Some(d) = decode(&p, &m.topic, &m.payload, t, 1 << 20).unwrap() else {
                 continue;
             };
-            let mut by_t: BTreeMap<DateTime<Utc>, HashMap<&str, f64>> = BTreeMap::new();
+            let mut by_t: BTreeMap<DateTime<Utc>, Instant> = BTreeMap::new();
             for r in &d.readings {
                 if let Some(v) = r.value {
-                    by_t.entry(r.t).or_default().insert(r.point.as_str(), v);
+                    by_t.entry(r.t).or_default().set(r.point.as_str(), v);
                 }
             }
             for (rt, values) in by_t {

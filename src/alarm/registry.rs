@@ -2,7 +2,7 @@ use super::state::{Alarm, AlarmOrigin, AlarmState, Transition};
 use crate::device::Priority;
 use crate::model::{DeviceId, SiteId, Timestamp};
 use chrono::Duration;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// One occurrence at a time per key: this is what makes a raise arriving twice
 /// (an event and the status bit word, or a redelivered message) one alarm.
@@ -104,10 +104,10 @@ pub const COMM_LOSS: &str = "comm_loss";
 
 #[derive(Debug, Default)]
 pub struct Registry {
-    open: HashMap<AlarmKey, Alarm>,
-    by_id: HashMap<String, AlarmKey>,
+    open: FxHashMap<AlarmKey, Alarm>,
+    by_id: FxHashMap<String, AlarmKey>,
     /// Parent conditions per (device, child condition), from the profiles.
-    parents: HashMap<(DeviceId, String), Vec<String>>,
+    parents: FxHashMap<(DeviceId, String), Vec<String>>,
     /// Ids issued in the processing millisecond `.0` (closed occurrences
     /// leave `by_id`, and the store keys every occurrence by id).
     issued: (i64, Vec<String>),

@@ -6,10 +6,10 @@
 //! sample; the bad one becomes a `bad`-quality reading or a `SampleProblem`,
 //! counted by reason, so one broken value never costs its neighbours.
 
+use super::json::Json;
 use super::profile::{MessageKind, MessageSpec, PointSpec, Profile, ValueType};
 use crate::model::{Quality, Timestamp};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 /// `(device, boot, seq)` identifies a message; a reboot starts a new `boot`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -126,7 +126,7 @@ fn earliest_plausible() -> Timestamp {
 /// Samples more than this far ahead of arrival are from a clock gone wrong.
 const MAX_FUTURE_S: i64 = 24 * 3600;
 
-pub fn parse_time(v: Option<&Value>) -> Option<Timestamp> {
+pub fn parse_time(v: Option<&Json>) -> Option<Timestamp> {
     let s = v?.as_str()?;
     DateTime::parse_from_rfc3339(s).ok().map(|t| t.with_timezone(&Utc))
 }
@@ -135,7 +135,7 @@ fn plausible(t: Timestamp, arrived: Timestamp) -> bool {
     t >= earliest_plausible() && (t - arrived).num_seconds() <= MAX_FUTURE_S
 }
 
-fn u64_field(obj: &Value, field: &str) -> Option<u64> {
+fn u64_field(obj: &Json, field: &str) -> Option<u64> {
     obj.get(field)?.as_u64()
 }
 
@@ -144,13 +144,21 @@ fn u64_field(obj: &Value, field: &str) -> Option<u64> {
 fn select<'p>(
     profile: &'p Profile,
     topic: &str,
-    v: &Value,
+    v: &Json,
 ) -> Result<Option<(&'p MessageSpec, String, Option<String>)>, DecodeError> {
-    let schema = v.get("schema").and_then(Value::as_str);
+    let schema = v.get("schema").and_then(Json::as_str);
     let mut topic_matched = false;
     for m in &profile.messages {
-        let Ok(tt) = super::TopicTemplate::parse(&m.topic) else {
-            continue;
+        let parsed;
+        let tt = match &m.parsed_topic {
+            Some(t) => t,
+            None => match super::TopicTemplate::parse(&m.topic) {
+                Ok(t) => {
+                    parsed = t;
+                    &parsed
+                }
+                Err(_) => continue,
+            },
         };
         let Some((site, device)) = tt.matches(topic) else {
             continue;
@@ -159,7 +167,7 @@ fn select<'p>(
         let fits = match (&m.schema, schema) {
             (Some(s), Some(p)) => s == p,
             // The last will is the one message with no schema (and no boot/seq).
-            (None, None) => m.kind == MessageKind::Will && v.get("online") == Some(&Value::Bool(false)),
+            (None, None) => m.kind == MessageKind::Will && v.get("online").and_then(Json::as_bool) == Some(false),
             _ => false,
         };
         if fits {
@@ -179,22 +187,22 @@ pub fn topic_belongs(profile: &Profile, topic: &str) -> bool {
     profile.topics.iter().any(|t| t.matches(topic).is_some())
 }
 
-fn read_value(spec: &PointSpec, raw: Option<&Value>) -> Option<(Option<f64>, Quality, Option<SampleProblem>)> {
+fn read_value(spec: &PointSpec, raw: Option<&Json>) -> Option<(Option<f64>, Quality, Option<SampleProblem>)> {
     let raw = raw?;
     let num = match (raw, spec.value_type) {
-        (Value::Null, _) => return Some((None, Quality::Bad, Some(SampleProblem::NotANumber))),
-        (Value::Bool(b), ValueType::Bool) => {
+        (Json::Null, _) => return Some((None, Quality::Bad, Some(SampleProblem::NotANumber))),
+        (Json::Bool(b), ValueType::Bool) => {
             if *b {
                 1.0
             } else {
                 0.0
             }
         }
-        (Value::Number(n), _) => match n.as_f64() {
+        (Json::Num(_), _) => match raw.as_f64() {
             Some(f) if f.is_finite() => f,
             _ => return Some((None, Quality::Bad, Some(SampleProblem::NotANumber))),
         },
-        (Value::String(s), _) => {
+        (Json::Str(s), _) => {
             let l = s.trim().to_ascii_lowercase();
             let problem = if matches!(
                 l.as_str(),
@@ -219,7 +227,7 @@ fn read_value(spec: &PointSpec, raw: Option<&Value>) -> Option<(Option<f64>, Qua
 fn push_points(
     points: &[PointSpec],
     per_message: bool,
-    obj: &Value,
+    obj: &Json,
     t: Timestamp,
     base_quality: Quality,
     out: &mut Decoded,
@@ -266,7 +274,7 @@ pub fn decode(
         });
     }
     let text = std::str::from_utf8(payload).map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    let v: Value = serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let v = Json::parse(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if !v.is_object() {
         return Err(DecodeError::NotAnObject);
     }
@@ -274,7 +282,7 @@ pub fn decode(
         return Ok(None);
     };
     if let Some(sf) = &profile.device.site_field {
-        if let Some(ps) = v.get(sf).and_then(Value::as_str) {
+        if let Some(ps) = v.get(sf).and_then(Json::as_str) {
             if ps != site {
                 return Err(DecodeError::SiteMismatch {
                     topic: site,
@@ -285,7 +293,7 @@ pub fn decode(
     }
     let device = v
         .get(&profile.device.device_field)
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .map(str::to_string)
         .or(topic_device);
     let mut out = Decoded {
@@ -303,7 +311,7 @@ pub fn decode(
             .interval
             .as_ref()
             .and_then(|f| v.get(f))
-            .and_then(Value::as_u64)
+            .and_then(Json::as_u64)
             .map(|s| s.min(u32::MAX as u64) as u32),
         backlog: u64_field(&v, "backlog"),
         problems: Vec::new(),
@@ -327,7 +335,7 @@ pub fn decode(
     match spec.kind {
         MessageKind::Samples => {
             let field = spec.samples.as_deref().unwrap_or("samples");
-            let Some(samples) = v.get(field).and_then(Value::as_array) else {
+            let Some(samples) = v.get(field).and_then(Json::as_array) else {
                 return Err(DecodeError::MissingField { field: field.into() });
             };
             let mut newest: Option<Timestamp> = None;
@@ -342,8 +350,8 @@ pub fn decode(
                     continue;
                 }
                 let mut quality = Quality::Good;
-                if let Some(flags) = spec.flags.as_ref().and_then(|f| s.get(f)).and_then(Value::as_array) {
-                    for f in flags.iter().filter_map(Value::as_str) {
+                if let Some(flags) = spec.flags.as_ref().and_then(|f| s.get(f)).and_then(Json::as_array) {
+                    for f in flags.iter().filter_map(Json::as_str) {
                         match spec.flag_quality.get(f) {
                             Some(Quality::Bad) => quality = Quality::Bad,
                             Some(Quality::Uncertain) if quality == Quality::Good => quality = Quality::Uncertain,
@@ -382,16 +390,15 @@ pub fn decode(
                     }
                 }
                 if spec.kind == MessageKind::Event {
-                    let code = spec.code.as_ref().and_then(|f| v.get(f)).and_then(Value::as_str);
-                    let state = spec.state.as_ref().and_then(|f| v.get(f)).and_then(Value::as_str);
+                    let code = spec.code.as_ref().and_then(|f| v.get(f)).and_then(Json::as_str);
+                    let state = spec.state.as_ref().and_then(|f| v.get(f)).and_then(Json::as_str);
                     match (code, state) {
                         (Some(code), Some(state @ ("raise" | "clear"))) => {
                             if profile.condition(code).is_none() {
                                 out.problems
                                     .push((SampleProblem::UnknownCode, code.chars().take(64).collect()));
                             } else {
-                                let num =
-                                    |f: &Option<String>| f.as_ref().and_then(|f| v.get(f)).and_then(Value::as_f64);
+                                let num = |f: &Option<String>| f.as_ref().and_then(|f| v.get(f)).and_then(Json::as_f64);
                                 out.events.push(DeviceEvent {
                                     t,
                                     code: code.to_string(),
@@ -410,7 +417,7 @@ pub fn decode(
                 }
             }
             if spec.kind == MessageKind::Status {
-                out.online = spec.online.as_ref().and_then(|f| v.get(f)).and_then(Value::as_bool);
+                out.online = spec.online.as_ref().and_then(|f| v.get(f)).and_then(Json::as_bool);
             }
         }
         // Returned early above: a will carries nothing else.

@@ -5,6 +5,8 @@
 //! without a broker. Adding a second vendor's logger is a new profile file.
 
 mod decode;
+mod json;
+pub(crate) use json::Text;
 pub mod modbus;
 mod path;
 mod profile;

@@ -132,6 +132,9 @@ pub struct MessageSpec {
     pub online: Option<String>,
     #[serde(default, rename = "point")]
     pub points: Vec<PointSpec>,
+    /// `topic` parsed once when the profile is loaded.
+    #[serde(skip)]
+    pub parsed_topic: Option<TopicTemplate>,
 }
 
 fn default_time_field() -> String {
@@ -329,8 +332,9 @@ impl Profile {
             match TopicTemplate::parse(&m.topic) {
                 Ok(t) => {
                     if !topics.contains(&t) {
-                        topics.push(t)
+                        topics.push(t.clone())
                     }
+                    m.parsed_topic = Some(t);
                 }
                 Err(e) => errors.push(err(format!("topic = \"{}\"", m.topic), e)),
             }

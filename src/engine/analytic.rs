@@ -203,6 +203,8 @@ pub struct PumpHealth {
     key: String,
     health: crate::health::StationHealth,
     dirty: bool,
+    /// The site's derived point ids, by name, made once.
+    ids: Vec<(&'static str, PointId)>,
 }
 
 impl PumpHealth {
@@ -212,6 +214,10 @@ impl PumpHealth {
             health: restore(states, &key),
             key,
             dirty: false,
+            ids: crate::health::DERIVED_POINTS
+                .iter()
+                .filter_map(|p| Some((*p, PointId::new(&site.id, p).ok()?)))
+                .collect(),
         }
     }
 }
@@ -219,26 +225,33 @@ impl PumpHealth {
 impl Analytic for PumpHealth {
     fn observe(&mut self, at: &SiteRef<'_>, readings: &[Reading], out: &mut Findings) {
         let site = at.site;
-        let mut by_t: BTreeMap<Timestamp, HashMap<&str, f64>> = BTreeMap::new();
+        // The station's instants, in event time (a status has one; a backlog
+        // or a Modbus poll may have several).
+        let mut instants: Vec<(Timestamp, crate::health::Instant)> = Vec::new();
         for r in readings.iter().filter(|r| r.quality == Quality::Good) {
-            if let Some(v) = r.value {
-                by_t.entry(r.t).or_default().insert(r.point.local(), v);
-            }
+            let Some(v) = r.value else { continue };
+            let i = match instants.iter().position(|(t, _)| *t == r.t) {
+                Some(i) => i,
+                None => {
+                    instants.push((r.t, Default::default()));
+                    instants.len() - 1
+                }
+            };
+            instants[i].1.set(r.point.local(), v);
         }
+        instants.sort_by_key(|(t, _)| *t);
         // The state is persisted after every message with readings, as before
         // the split (a message without run states still moves nothing, but
         // writing it keeps the stored copy current).
         self.dirty = true;
         let area = site.attrs.get("well_area_m2").copied();
-        for (t, values) in by_t
-            .into_iter()
-            .filter(|(_, v)| v.contains_key("p1_run") || v.contains_key("p2_run"))
-        {
-            let o = self.health.update(t, &values, area);
+        for (t, values) in instants.iter().filter(|(_, v)| v.run.iter().any(Option::is_some)) {
+            let t = *t;
+            let o = self.health.update(t, values, area);
             for (name, v) in o.readings {
-                if let Ok(point) = PointId::new(&site.id, &name) {
+                if let Some((_, point)) = self.ids.iter().find(|(n, _)| *n == name) {
                     out.derived.push(Reading {
-                        point,
+                        point: point.clone(),
                         t,
                         value: Some(v),
                         quality: Quality::Good,

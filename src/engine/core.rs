@@ -9,9 +9,10 @@ use super::site::{DeviceState, SiteState, SiteStatus};
 use crate::alarm::{Alarm, AlarmKey, AlarmOrigin, CommandError, RaiseSpec, Registry, Transition, COMM_LOSS};
 use crate::config::Config;
 use crate::device::{Decoded, MessageKind, SampleProblem};
-use crate::model::{PointId, Reading, SiteId, Timestamp};
+use crate::model::{Reading, SiteId, Timestamp};
 use crate::telemetry::quarantine::QuarantineEntry;
 use chrono::Duration;
+use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -164,7 +165,7 @@ pub struct Resume {
 pub struct Engine {
     cfg: Arc<Config>,
     registry: Registry,
-    sites: HashMap<SiteId, SiteState>,
+    sites: FxHashMap<SiteId, SiteState>,
     /// Produce what only a running service needs: state to persist for a
     /// restart, the latest raw message, site statuses for the board. A
     /// replay turns it off; the decisions (readings, transitions, counts)
@@ -177,7 +178,7 @@ impl Engine {
     /// entries for those sites are taken out of it).
     pub fn new(cfg: Arc<Config>, mine: impl Fn(&SiteId) -> bool, resume: &mut Resume, now: Timestamp) -> Self {
         let mut registry = Registry::new();
-        let mut sites = HashMap::new();
+        let mut sites = FxHashMap::default();
         for site in cfg.sites.iter().filter(|s| mine(&s.id)) {
             let Some(profile) = cfg.profiles.get(&site.profile).cloned() else {
                 continue;
@@ -203,6 +204,7 @@ impl Engine {
                 msgs: MessageDedup::default(),
                 samples: SampleDedup::default(),
                 values: BTreeMap::new(),
+                point_ids: FxHashMap::default(),
             };
             for (d, boot, seq) in &resume.seen {
                 if d == site.device.as_str() {
@@ -317,7 +319,7 @@ impl Engine {
         });
     }
 
-    fn on_message(&mut self, m: Message, now: Timestamp, step: &mut Step) -> Vec<SiteId> {
+    fn on_message(&mut self, mut m: Message, now: Timestamp, step: &mut Step) -> Vec<SiteId> {
         let Ok(site_id) = SiteId::new(&m.decoded.site) else {
             let err = format!("site {:?} is not valid", m.decoded.site);
             Self::quarantine(step, &m, "unknown_site", err);
@@ -422,11 +424,11 @@ impl Engine {
         }
 
         // Readings, in event-time order per point, deduplicated.
-        let mut raw = d.readings.clone();
+        let mut raw = std::mem::take(&mut m.decoded.readings);
         raw.sort_by(|a, b| a.point.cmp(&b.point).then(a.t.cmp(&b.t)));
         let mut accepted = Vec::with_capacity(raw.len());
         for r in raw {
-            let Ok(point) = PointId::new(&site_id, &r.point) else {
+            let Some(point) = st.point_id(&r.point) else {
                 continue;
             };
             if !st.samples.first_time(point.as_str(), r.t.timestamp_millis()) {

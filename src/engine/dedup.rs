@@ -8,7 +8,8 @@
 //! `MAX_RUNS` runs, and what falls out is old enough that a QoS 1
 //! redelivery of it is no longer plausible.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, VecDeque};
 
 const BOOTS_KEPT: usize = 4;
 /// Runs kept per boot (of seqs) and per point (of sample times).
@@ -100,7 +101,7 @@ impl MessageDedup {
 
 #[derive(Debug, Default)]
 pub struct SampleDedup {
-    points: HashMap<String, Runs>,
+    points: FxHashMap<String, Runs>,
 }
 
 impl SampleDedup {

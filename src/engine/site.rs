@@ -7,7 +7,8 @@ use super::dedup::{MessageDedup, SampleDedup};
 use crate::alarm::{Alarm, AlarmState, COMM_LOSS};
 use crate::config::Site;
 use crate::device::Profile;
-use crate::model::{Quality, SiteId, Timestamp};
+use crate::model::{PointId, Quality, SiteId, Timestamp};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -83,9 +84,24 @@ pub(super) struct SiteState {
     pub msgs: MessageDedup,
     pub samples: SampleDedup,
     pub values: BTreeMap<String, LatestValue>,
+    /// The site's point ids by local name, made once: a point's id is shared
+    /// by every reading of it (the names come from the profile, so the set
+    /// is bounded).
+    pub point_ids: FxHashMap<Box<str>, PointId>,
 }
 
 impl SiteState {
+    /// The id of this site's point `local`, or `None` if the name is not a
+    /// valid point name.
+    pub fn point_id(&mut self, local: &str) -> Option<PointId> {
+        if let Some(p) = self.point_ids.get(local) {
+            return Some(p.clone());
+        }
+        let p = PointId::new(&self.site.id, local).ok()?;
+        self.point_ids.insert(local.into(), p.clone());
+        Some(p)
+    }
+
     /// The site's status from its device state and its open alarms.
     pub fn status<'a>(&self, id: &SiteId, alarms: impl Iterator<Item = &'a Alarm>) -> SiteStatus {
         let mut status = "ok";

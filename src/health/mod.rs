@@ -16,7 +16,7 @@ use crate::device::Priority;
 use crate::model::Timestamp;
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 
 pub const MAX_STARTS_PER_H: usize = 6;
 pub const MAX_RUN_S: i64 = 2 * 3600;
@@ -79,9 +79,38 @@ pub struct HealthChange {
     pub ja: String,
 }
 
+/// What one instant of a station said: the points health reads, by pump.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Instant {
+    /// `p1_run`, `p2_run` (0/1).
+    pub run: [Option<f64>; 2],
+    /// `p1_current`, `p2_current` (A).
+    pub current: [Option<f64>; 2],
+    /// `level` (cm).
+    pub level: Option<f64>,
+}
+
+impl Instant {
+    /// Takes `value` if `point` (a local point name) is one health reads;
+    /// `false` if it is not.
+    pub fn set(&mut self, point: &str, value: f64) -> bool {
+        let slot = match point {
+            "p1_run" => &mut self.run[0],
+            "p2_run" => &mut self.run[1],
+            "p1_current" => &mut self.current[0],
+            "p2_current" => &mut self.current[1],
+            "level" => &mut self.level,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct HealthOut {
-    pub readings: Vec<(String, f64)>,
+    /// Derived readings by point name (one of `DERIVED_POINTS`).
+    pub readings: Vec<(&'static str, f64)>,
     pub changes: Vec<HealthChange>,
 }
 
@@ -96,6 +125,11 @@ const LONG_RUN: [&str; 2] = ["p1_long_run", "p2_long_run"];
 const IDLE: [&str; 2] = ["p1_idle", "p2_idle"];
 const STARTS_HIGH: [&str; 2] = ["p1_starts_high", "p2_starts_high"];
 const CURRENT_DRIFT: [&str; 2] = ["p1_current_drift", "p2_current_drift"];
+// Derived point names per pump index.
+const STARTS_H: [&str; 2] = ["p1_starts_h", "p2_starts_h"];
+const RUN_S: [&str; 2] = ["p1_run_s", "p2_run_s"];
+const RUN_CURRENT: [&str; 2] = ["p1_run_current", "p2_run_current"];
+const DUTY: [&str; 2] = ["p1_duty", "p2_duty"];
 
 impl StationHealth {
     /// Sets condition `cond` to `on`; the texts are made only when it changes
@@ -129,23 +163,22 @@ impl StationHealth {
         });
     }
 
-    /// Feeds one instant of the station. `values` holds what the message had:
-    /// `p1_run`, `p2_run` (0/1), `p1_current`, `p2_current` (A), `level` (cm).
+    /// Feeds one instant of the station: what the message had of the run
+    /// states, currents and level.
     /// `well_area_m2` turns the level rise between cycles into inflow.
-    pub fn update(&mut self, t: Timestamp, values: &HashMap<&str, f64>, well_area_m2: Option<f64>) -> HealthOut {
+    pub fn update(&mut self, t: Timestamp, values: &Instant, well_area_m2: Option<f64>) -> HealthOut {
         let mut out = HealthOut::default();
         if self.last_t.is_some_and(|l| t <= l) {
             return out;
         }
         self.last_t = Some(t);
-        let level = values.get("level").copied();
+        let level = values.level;
         let mut any_start = false;
         for n in 0..2 {
-            let name = ["p1", "p2"][n];
-            let Some(run) = values.get(["p1_run", "p2_run"][n]).map(|v| *v > 0.5) else {
+            let Some(run) = values.run[n].map(|v| v > 0.5) else {
                 continue;
             };
-            let current = values.get(["p1_current", "p2_current"][n]).copied();
+            let current = values.current[n];
             let was = self.pumps[n].running;
             if run && !was {
                 any_start = true;
@@ -160,7 +193,7 @@ impl StationHealth {
                     p.starts.pop_front();
                 }
                 let per_h = p.starts.len();
-                out.readings.push((format!("{name}_starts_h"), per_h as f64));
+                out.readings.push((STARTS_H[n], per_h as f64));
                 self.pumps[1 - n].partner_cycles += 1;
                 let partner_idle = self.pumps[1 - n].partner_cycles;
                 self.set(
@@ -243,14 +276,14 @@ impl StationHealth {
                     .run_started
                     .map(|s| (t - s).num_milliseconds() as f64 / 1000.0)
                     .unwrap_or(0.0);
-                out.readings.push((format!("{name}_run_s"), secs));
+                out.readings.push((RUN_S[n], secs));
                 p.run_secs.push_back((t, secs));
                 while p.run_secs.front().is_some_and(|(e, _)| t - *e > Duration::hours(24)) {
                     p.run_secs.pop_front();
                 }
                 let avg = (p.cur_n > 0).then(|| p.cur_sum / p.cur_n as f64);
                 if let Some(avg) = avg {
-                    out.readings.push((format!("{name}_run_current"), avg));
+                    out.readings.push((RUN_CURRENT[n], avg));
                     p.runs.push_back((t, avg));
                     while p.runs.front().is_some_and(|(e, _)| t - *e > Duration::days(37)) {
                         p.runs.pop_front();
@@ -263,7 +296,7 @@ impl StationHealth {
                         let base = mean(baseline_runs.into_iter()).expect("non-empty");
                         let recent = mean(p.runs.iter().rev().take(RECENT_RUNS).map(|r| r.1)).expect("just pushed");
                         let drift = (recent - base) / base;
-                        out.readings.push((format!("{name}_current_drift"), drift * 100.0));
+                        out.readings.push((CURRENT_DRIFT[n], drift * 100.0));
                         self.set(
                             &mut out,
                             CURRENT_DRIFT[n],
@@ -287,8 +320,7 @@ impl StationHealth {
                 let mine: f64 = self.pumps[n].run_secs.iter().map(|r| r.1).sum();
                 let theirs: f64 = self.pumps[1 - n].run_secs.iter().map(|r| r.1).sum();
                 if mine + theirs > 0.0 {
-                    out.readings
-                        .push((format!("{name}_duty"), 100.0 * mine / (mine + theirs)));
+                    out.readings.push((DUTY[n], 100.0 * mine / (mine + theirs)));
                 }
                 self.set(&mut out, LONG_RUN[n], false, None, None, || {
                     (Priority::High, String::new(), String::new())
@@ -306,7 +338,7 @@ impl StationHealth {
                     let secs = (t - t0).num_milliseconds() as f64 / 1000.0;
                     if secs > 0.0 && l > l0 {
                         out.readings
-                            .push(("inflow_est_m3h".into(), (l - l0) / 100.0 * area / secs * 3600.0));
+                            .push(("inflow_est_m3h", (l - l0) / 100.0 * area / secs * 3600.0));
                     }
                 }
                 self.last_stop = None;
@@ -326,16 +358,20 @@ mod tests {
     fn at(s: i64) -> Timestamp {
         Utc.with_ymd_and_hms(2025, 7, 1, 0, 0, 0).unwrap() + Duration::seconds(s)
     }
-    fn v(p1: bool, p2: bool, c1: f64, c2: f64, level: f64) -> HashMap<&'static str, f64> {
-        [
-            ("p1_run", p1 as u8 as f64),
-            ("p2_run", p2 as u8 as f64),
-            ("p1_current", c1),
-            ("p2_current", c2),
-            ("level", level),
-        ]
-        .into_iter()
-        .collect()
+    fn v(p1: bool, p2: bool, c1: f64, c2: f64, level: f64) -> Instant {
+        Instant {
+            run: [Some(p1 as u8 as f64), Some(p2 as u8 as f64)],
+            current: [Some(c1), Some(c2)],
+            level: Some(level),
+        }
+    }
+
+    #[test]
+    fn every_derived_name_is_a_derived_point() {
+        for n in [STARTS_H, RUN_S, RUN_CURRENT, CURRENT_DRIFT, DUTY].iter().flatten() {
+            assert!(DERIVED_POINTS.contains(n), "{n}");
+        }
+        assert!(DERIVED_POINTS.contains(&"inflow_est_m3h"));
     }
 
     #[test]

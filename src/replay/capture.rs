@@ -4,6 +4,7 @@
 //! is never held in memory); written by `mizuban export`.
 
 use crate::device::modbus::Poll;
+use crate::device::Text;
 use crate::model::Timestamp;
 use crate::store::{InputBody, RecordedInput};
 use base64::Engine as _;
@@ -22,17 +23,17 @@ pub struct Header {
 }
 
 /// One line after the header, as the file holds it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 #[serde(tag = "source", rename_all = "lowercase")]
 enum Line {
     Mqtt {
-        #[serde(with = "millis")]
+        #[serde(serialize_with = "millis::serialize")]
         arrived: Timestamp,
         topic: String,
         payload_b64: String,
     },
     Modbus {
-        #[serde(with = "millis")]
+        #[serde(serialize_with = "millis::serialize")]
         arrived: Timestamp,
         site: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -42,18 +43,39 @@ enum Line {
     },
 }
 
+/// One line as read: flat, so serde reads it in one pass with the strings
+/// borrowed from the line (the tagged `Line` buffers a whole line before
+/// choosing its variant, which was a tenth of reading a capture). Which
+/// fields a source needs is checked after.
+#[derive(Deserialize)]
+struct LineIn<'a> {
+    #[serde(borrow)]
+    source: Text<'a>,
+    #[serde(borrow)]
+    arrived: Text<'a>,
+    #[serde(default, borrow)]
+    topic: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    payload_b64: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    site: Option<Text<'a>>,
+    #[serde(default)]
+    poll: Option<Poll>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
 /// RFC 3339 with milliseconds, `Z` (any RFC 3339 is read).
 mod millis {
     use crate::model::Timestamp;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::Serializer;
     pub fn serialize<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
     }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
-        let s = String::deserialize(d)?;
-        chrono::DateTime::parse_from_rfc3339(&s)
+    pub fn parse(s: &str) -> Result<Timestamp, String> {
+        chrono::DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&chrono::Utc))
-            .map_err(|e| serde::de::Error::custom(format!("arrived {s:?}: {e}")))
+            .map_err(|e| format!("arrived {s:?}: {e}"))
     }
 }
 
@@ -218,10 +240,10 @@ impl CaptureReader {
             read,
             size,
         };
-        let first = r
-            .next_line()?
-            .ok_or_else(|| r.err("empty file: no capture header".into()))?;
-        let header: Header = serde_json::from_str(&first).map_err(|e| r.err(format!("capture header: {e}")))?;
+        if !r.next_line()? {
+            return Err(r.err("empty file: no capture header".into()));
+        }
+        let header: Header = serde_json::from_str(r.buf.trim()).map_err(|e| r.err(format!("capture header: {e}")))?;
         if header.capture != FORMAT {
             return Err(r.err(format!("capture format {:?} is not {FORMAT:?}", header.capture)));
         }
@@ -237,7 +259,8 @@ impl CaptureReader {
         }
     }
 
-    fn next_line(&mut self) -> Result<Option<String>, CaptureError> {
+    /// Reads the next non-blank line into the buffer; `false` at the end.
+    fn next_line(&mut self) -> Result<bool, CaptureError> {
         loop {
             self.buf.clear();
             let n = self.lines.read_line(&mut self.buf).map_err(|e| CaptureError::Io {
@@ -245,12 +268,11 @@ impl CaptureReader {
                 source: e,
             })?;
             if n == 0 {
-                return Ok(None);
+                return Ok(false);
             }
             self.line += 1;
-            let t = self.buf.trim();
-            if !t.is_empty() {
-                return Ok(Some(t.to_string()));
+            if !self.buf.trim().is_empty() {
+                return Ok(true);
             }
         }
     }
@@ -259,42 +281,54 @@ impl CaptureReader {
     /// is an error naming the line: a capture is a file someone wrote, and a
     /// silent skip would change what the replay shows.
     pub fn next_input(&mut self) -> Result<Option<RecordedInput>, CaptureError> {
-        let Some(text) = self.next_line()? else {
+        if !self.next_line()? {
             return Ok(None);
+        }
+        let text = self.buf.trim();
+        let err = |msg: String| CaptureError::Line {
+            path: self.path.clone(),
+            line: self.line,
+            msg,
         };
-        let line: Line = serde_json::from_str(&text).map_err(|e| self.err(e.to_string()))?;
-        Ok(Some(match line {
-            Line::Mqtt {
-                arrived,
-                topic,
-                payload_b64,
-            } => {
+        let l: LineIn = serde_json::from_str(text).map_err(|e| err(e.to_string()))?;
+        let arrived = millis::parse(&l.arrived.0).map_err(err)?;
+        Ok(Some(match &*l.source.0 {
+            "mqtt" => {
+                let (Some(topic), Some(b64)) = (l.topic, l.payload_b64) else {
+                    return Err(err("an mqtt line needs topic and payload_b64".into()));
+                };
                 let payload = base64::engine::general_purpose::STANDARD
-                    .decode(payload_b64.as_bytes())
-                    .map_err(|e| self.err(format!("payload_b64: {e}")))?;
+                    .decode(b64.0.as_bytes())
+                    .map_err(|e| err(format!("payload_b64: {e}")))?;
                 RecordedInput {
                     arrived,
                     site: None,
                     body: InputBody::Mqtt {
-                        topic,
+                        topic: topic.0.into_owned(),
                         payload: payload.into(),
                     },
                 }
             }
-            Line::Modbus {
+            "modbus" => RecordedInput {
                 arrived,
-                site,
-                poll,
-                error,
-            } => RecordedInput {
-                arrived,
-                site: Some(site),
-                body: match (poll, error) {
+                site: Some(
+                    l.site
+                        .ok_or_else(|| err("a modbus line needs site".into()))?
+                        .0
+                        .into_owned(),
+                ),
+                body: match (l.poll, l.error) {
                     (Some(p), None) => InputBody::Poll(p),
                     (None, Some(e)) => InputBody::PollError(e),
-                    _ => return Err(self.err("a modbus line has exactly one of poll and error".into())),
+                    _ => return Err(err("a modbus line has exactly one of poll and error".into())),
                 },
             },
+            other => {
+                return Err(err(format!(
+                    "unknown source {:?}, expected \"mqtt\" or \"modbus\"",
+                    other.chars().take(32).collect::<String>()
+                )))
+            }
         }))
     }
 }

@@ -330,7 +330,31 @@ async fn the_same_capture_replays_to_the_same_bytes_and_a_wider_deadband_is_meas
     .await
     .unwrap();
     h.run(&[&mp], Duration::hours(1)).await;
+    // Someone on call for everything, so the replays page (nothing here is
+    // sent: the live service runs on without it).
+    write_notify(
+        &h.config_path,
+        r#"
+[settings]
+group_wait_s = 0
+[[webhook]]
+name = "ops"
+url = "http://127.0.0.1:9/hook"
+secret = "s3cret-for-tests"
+[[person]]
+id = "tanaka"
+name = "Tanaka Jiro"
+contact = [{kind = "webhook", to = "ops"}]
+[[policy]]
+id = "standard"
+repeat_minutes = 120
+level = [{after_minutes = 0, notify = ["person:tanaka"]}]
+[[route]]
+policy = "standard"
+"#,
+    );
     let cfg = Arc::new(Config::load(&h.config_path).unwrap());
+    assert!(cfg.notify.is_some());
     let capture = h.dir.path().join("chatter.jsonl");
     export(&cfg, start - Duration::minutes(1), start + Duration::hours(2), &capture);
 
@@ -379,6 +403,39 @@ async fn the_same_capture_replays_to_the_same_bytes_and_a_wider_deadband_is_meas
         !d["removed"].as_array().unwrap().is_empty() || !d["changed"].as_array().unwrap().is_empty(),
         "the diff shows the change: {d:#}"
     );
+    // And fewer pages: the messages each run would have sent, and the KPI.
+    let level_pages = |run: usize| {
+        let r = &out["runs"][run];
+        let level_ids: Vec<&str> = r["alarms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["condition"].as_str().unwrap().starts_with("level"))
+            .map(|a| a["id"].as_str().unwrap())
+            .collect();
+        r["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["alarm"].as_str().is_some_and(|id| level_ids.contains(&id)))
+            .count()
+    };
+    let pages = |run: usize| out["runs"][run]["kpis"]["pages"].as_u64().unwrap();
+    eprintln!(
+        "level pages {} -> {}, all pages {} -> {}, activations {narrow_n} -> {wide_n}",
+        level_pages(0),
+        level_pages(1),
+        pages(0),
+        pages(1)
+    );
+    assert!(level_pages(0) >= 2, "the narrow deadband pages: {}", level_pages(0));
+    assert!(
+        level_pages(1) < level_pages(0),
+        "the wide deadband pages less: {} vs {}",
+        level_pages(1),
+        level_pages(0)
+    );
+    assert!(pages(1) < pages(0), "the KPIs say so too: {} vs {}", pages(1), pages(0));
     h.stop().await;
 }
 

@@ -106,6 +106,11 @@ pub const COMM_LOSS: &str = "comm_loss";
 pub struct Registry {
     open: FxHashMap<AlarmKey, Alarm>,
     by_id: FxHashMap<String, AlarmKey>,
+    /// Keys of the open occurrences per device: what happens on one device
+    /// (its current data confirming late occurrences, a parent condition
+    /// suppressing the others) looks at that device's alarms, not at every
+    /// open one (a replay of a year, nobody acknowledging, holds thousands).
+    by_device: FxHashMap<DeviceId, Vec<AlarmKey>>,
     /// Parent conditions per (device, child condition), from the profiles.
     parents: FxHashMap<(DeviceId, String), Vec<String>>,
     /// Ids issued in the processing millisecond `.0` (closed occurrences
@@ -157,9 +162,55 @@ impl Registry {
                 source: a.source.clone(),
                 condition: a.condition.clone(),
             };
-            self.by_id.insert(a.id.clone(), key.clone());
-            self.open.insert(key, a);
+            self.insert_open(key, a);
         }
+    }
+
+    fn insert_open(&mut self, key: AlarmKey, a: Alarm) {
+        self.by_id.insert(a.id.clone(), key.clone());
+        let device = a.device.clone();
+        if let Some(old) = self.open.insert(key.clone(), a) {
+            if self.open[&key].id != old.id {
+                self.by_id.remove(&old.id);
+            }
+            self.unindex(&old.device, &key);
+        }
+        self.by_device.entry(device).or_default().push(key);
+    }
+
+    fn remove_open(&mut self, key: &AlarmKey) {
+        if let Some(a) = self.open.remove(key) {
+            self.by_id.remove(&a.id);
+            self.unindex(&a.device, key);
+        }
+    }
+
+    fn unindex(&mut self, device: &DeviceId, key: &AlarmKey) {
+        if let Some(keys) = self.by_device.get_mut(device) {
+            if let Some(i) = keys.iter().position(|k| k == key) {
+                keys.swap_remove(i);
+            }
+            if keys.is_empty() {
+                self.by_device.remove(device);
+            }
+        }
+    }
+
+    /// The keys of `device`'s open occurrences that pass `f`, in key order
+    /// (so transitions come out in the same order on every run).
+    fn device_keys(&self, device: &DeviceId, f: impl Fn(&Alarm) -> bool) -> Vec<AlarmKey> {
+        let mut keys: Vec<AlarmKey> = self
+            .by_device
+            .get(device)
+            .into_iter()
+            .flatten()
+            .filter(|k| self.open.get(*k).is_some_and(&f))
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| {
+            (a.site.as_str(), &a.source, &a.condition).cmp(&(b.site.as_str(), &b.source, &b.condition))
+        });
+        keys
     }
 
     pub fn get(&self, id: &str) -> Option<&Alarm> {
@@ -188,9 +239,10 @@ impl Registry {
     }
 
     fn active_on(&self, device: &DeviceId, condition: &str) -> bool {
-        self.open
-            .values()
-            .any(|a| &a.device == device && a.condition == condition && a.active)
+        self.by_device.get(device).is_some_and(|keys| {
+            keys.iter()
+                .any(|k| k.condition == condition && self.open.get(k).is_some_and(|a| a.active))
+        })
     }
 
     /// The condition suppressing this alarm now, if any.
@@ -232,9 +284,7 @@ impl Registry {
             notify,
         };
         if a.is_closed() {
-            let id = a.id.clone();
-            self.open.remove(key);
-            self.by_id.remove(&id);
+            self.remove_open(key);
         }
         t
     }
@@ -242,13 +292,7 @@ impl Registry {
     /// Re-evaluates suppression of the other alarms of a device after one of
     /// its conditions changed.
     fn resuppress(&mut self, device: &DeviceId, at: Timestamp, out: &mut Vec<Transition>) {
-        let keys: Vec<AlarmKey> = self
-            .open
-            .iter()
-            .filter(|(_, a)| &a.device == device)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in keys {
+        for k in self.device_keys(device, |_| true) {
             let a = &self.open[&k];
             let want = self.suppressor(a);
             if want == a.suppressed_by {
@@ -368,8 +412,7 @@ impl Registry {
             };
             a.suppressed_by = self.suppressor(&a);
             let notify = a.suppressed_by.is_none();
-            self.by_id.insert(a.id.clone(), key.clone());
-            self.open.insert(key.clone(), a);
+            self.insert_open(key.clone(), a);
             out.push(self.finish(&key, AlarmState::Normal, "raise", now, Some(t), "system", None, notify));
         }
         self.resuppress(&spec.device, now, &mut out);
@@ -519,6 +562,8 @@ impl Registry {
             .filter(|(_, a)| a.shelved_until.is_some_and(|u| u <= now))
             .map(|(k, _)| k.clone())
             .collect();
+        let mut due = due;
+        due.sort_by(|a, b| (a.site.as_str(), &a.source, &a.condition).cmp(&(b.site.as_str(), &b.source, &b.condition)));
         let mut out = Vec::new();
         for k in due {
             let a = self.open.get_mut(&k).expect("present");
@@ -597,14 +642,8 @@ impl Registry {
     /// Current data arrived from `device`: late occurrences of it that are
     /// still active are real now and are told like a fresh raise.
     pub fn confirm_late(&mut self, device: &DeviceId, now: Timestamp) -> Vec<Transition> {
-        let keys: Vec<AlarmKey> = self
-            .open
-            .iter()
-            .filter(|(_, a)| &a.device == device && a.late && a.active)
-            .map(|(k, _)| k.clone())
-            .collect();
         let mut out = Vec::new();
-        for k in keys {
+        for k in self.device_keys(device, |a| a.late && a.active) {
             let a = self.open.get_mut(&k).expect("present");
             let before = a.state;
             a.late = false;
@@ -651,6 +690,69 @@ mod tests {
         tr.iter()
             .map(|t| (t.alarm.condition.as_str(), t.action.as_str(), t.to.as_str()))
             .collect()
+    }
+
+    /// The per-device index is what confirm_late and suppression look at:
+    /// through raises, clears, acks, late findings and a restore it holds
+    /// exactly the open occurrences of each device.
+    #[test]
+    fn the_device_index_follows_every_open_occurrence() {
+        let check = |r: &Registry| {
+            let mut want: Vec<(String, String)> = r
+                .open
+                .iter()
+                .map(|(k, a)| (a.device.to_string(), k.condition.clone()))
+                .collect();
+            let mut got: Vec<(String, String)> = r
+                .by_device
+                .iter()
+                .flat_map(|(d, ks)| ks.iter().map(move |k| (d.to_string(), k.condition.clone())))
+                .collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want);
+            assert_eq!(r.by_id.len(), r.open.len());
+        };
+        let on = |dev: usize, cond: &str| {
+            let mut s = spec(cond, &[]);
+            s.site = SiteId::new(&format!("MP-000{dev}")).unwrap();
+            s.device = DeviceId::new(&format!("AKT-MPN-000{dev}")).unwrap();
+            s.source = s.device.to_string();
+            s
+        };
+        let mut r = Registry::new();
+        let conds = ["POWER_FAIL", "DOOR_OPEN", "P1_FAULT", "comm_loss"];
+        let mut x: u64 = 7;
+        for step in 0..2000i64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let (dev, cond, op) = ((x >> 20) % 3, conds[((x >> 30) % 4) as usize], (x >> 40) % 5);
+            let s = on(dev as usize + 1, cond);
+            match op {
+                0 | 1 => {
+                    r.raise(s, t(step), t(step));
+                }
+                2 => {
+                    r.clear(&s.key(), t(step), t(step), None);
+                }
+                3 => {
+                    if let Some(id) = r.get_key(&s.key()).map(|a| a.id.clone()) {
+                        let _ = r.ack(&id, "op", None, t(step));
+                    }
+                }
+                _ => {
+                    r.record_late(s, t(step - 5), t(step - 4), t(step));
+                }
+            }
+            check(&r);
+            if step % 500 == 499 {
+                // A restart: the open occurrences put back from the store.
+                let open: Vec<Alarm> = r.iter().cloned().collect();
+                r = Registry::new();
+                r.restore(open);
+                check(&r);
+            }
+        }
+        assert!(!r.open.is_empty());
     }
 
     #[test]

@@ -185,14 +185,16 @@ impl<'de> Deserialize<'de> for Json<'de> {
                 Ok(Json::Str(Cow::Owned(v)))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                // serde_json gives no size hint: start where a device's arrays and
+                // objects mostly end, rather than growing from nothing.
+                let mut v = Vec::with_capacity(a.size_hint().unwrap_or(8).min(64));
                 while let Some(e) = a.next_element()? {
                     v.push(e);
                 }
                 Ok(Json::Arr(v))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-                let mut m = Vec::with_capacity(a.size_hint().unwrap_or(0).min(64));
+                let mut m = Vec::with_capacity(a.size_hint().unwrap_or(8).min(64));
                 while let Some((Text(k), v)) = a.next_entry::<Text<'de>, Json<'de>>()? {
                     m.push((k, v));
                 }

@@ -195,6 +195,7 @@ impl Engine {
             // A device never heard from is given its first full period from now.
             let dev_dirty = dev.last_seen.is_none();
             dev.last_seen.get_or_insert(now);
+            let cond_t = SiteState::index_cond_t(&profile, &dev);
             let mut st = SiteState {
                 site: site.clone(),
                 profile,
@@ -205,6 +206,7 @@ impl Engine {
                 samples: SampleDedup::default(),
                 values: BTreeMap::new(),
                 point_ids: FxHashMap::default(),
+                cond_t,
             };
             for (d, boot, seq) in &resume.seen {
                 if d == site.device.as_str() {
@@ -369,7 +371,7 @@ impl Engine {
                     seq: id.seq,
                 });
                 if self.live {
-                    step.device_states.push((device.to_string(), st.dev.json()));
+                    step.device_states.push((device.to_string(), st.device_json()));
                     st.dev_dirty = false;
                 }
                 return vec![site_id];
@@ -518,7 +520,7 @@ impl Engine {
         }
         let st = self.sites.get_mut(&site_id).expect("present");
         if self.live && std::mem::take(&mut st.dev_dirty) {
-            step.device_states.push((device.to_string(), st.dev.json()));
+            step.device_states.push((device.to_string(), st.device_json()));
         }
         vec![site_id]
     }
@@ -530,39 +532,47 @@ impl Engine {
         let st = &self.sites[site_id];
         let profile = st.profile.clone();
         let device = st.site.device.clone();
-        let mut reports: Vec<(Timestamp, &crate::device::ConditionSpec, bool, Option<f64>, Option<f64>)> = m
+        // (time, condition index, raise, value, threshold)
+        let mut reports: Vec<(Timestamp, usize, bool, Option<f64>, Option<f64>)> = m
             .decoded
             .events
             .iter()
-            .filter_map(|e| Some((e.t, profile.condition(&e.code)?, e.raise, e.value, e.threshold)))
+            .filter_map(|e| {
+                let i = profile.conditions.iter().position(|c| c.code == e.code)?;
+                Some((e.t, i, e.raise, e.value, e.threshold))
+            })
             .collect();
         if let Some((t, bits)) = m.decoded.bits {
-            for c in profile.conditions.iter() {
+            for (i, c) in profile.conditions.iter().enumerate() {
                 if let Some(bit) = c.bit {
-                    reports.push((t, c, bits & (1u64 << bit) != 0, None, None));
+                    reports.push((t, i, bits & (1u64 << bit) != 0, None, None));
                 }
             }
         }
         reports.sort_by_key(|r| r.0);
-        for (t, cs, raise, value, threshold) in reports {
+        for (t, ci, raise, value, threshold) in reports {
+            let cs = &profile.conditions[ci];
             let code = cs.code.as_str();
             let open = self.registry.get_parts(site_id.as_str(), device.as_str(), code);
             let (is_open, active_now) = (open.is_some(), open.is_some_and(|a| a.active));
             let st = self.sites.get_mut(site_id).expect("present");
-            let last = st.dev.cond_t.get(code).copied();
-            let late = last.is_some_and(|l| t < l);
-            if !late {
-                match st.dev.cond_t.get_mut(code) {
-                    Some(l) if *l == t => {}
-                    Some(l) => {
+            // The condition's last applied time, moved on unless this is late.
+            let (last, late) = match &mut st.cond_t[ci] {
+                Some(l) => {
+                    let last = *l;
+                    if t > last {
                         *l = t;
                         st.dev_dirty = true;
                     }
-                    None => {
-                        st.dev.cond_t.insert(code.to_string(), t);
-                        st.dev_dirty = true;
-                    }
+                    (Some(last), t < last)
                 }
+                slot @ None => {
+                    *slot = Some(t);
+                    st.dev_dirty = true;
+                    (None, false)
+                }
+            };
+            if !late {
                 if raise == active_now {
                     continue; // what is known already
                 }

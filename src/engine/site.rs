@@ -43,6 +43,7 @@ pub(super) struct DeviceState {
     pub boot: Option<u64>,
     /// Event time of the last applied state per device condition; older
     /// reports of that condition are late.
+    /// (As stored; while running, `SiteState::cond_t` holds it.)
     pub cond_t: BTreeMap<String, Timestamp>,
     /// Recent episodes (raise, clear) per device condition. A late report that
     /// falls inside a known episode is the same episode seen again (MQTT does
@@ -88,9 +89,32 @@ pub(super) struct SiteState {
     /// by every reading of it (the names come from the profile, so the set
     /// is bounded).
     pub point_ids: FxHashMap<Box<str>, PointId>,
+    /// `dev.cond_t` by the profile's condition index: every status word
+    /// reports every bit condition, and a map lookup by name for each was
+    /// a cache miss each.
+    pub cond_t: Vec<Option<Timestamp>>,
 }
 
 impl SiteState {
+    /// `dev.cond_t` as the running index (at start, from what was stored).
+    pub fn index_cond_t(profile: &Profile, dev: &DeviceState) -> Vec<Option<Timestamp>> {
+        profile
+            .conditions
+            .iter()
+            .map(|c| dev.cond_t.get(&c.code).copied())
+            .collect()
+    }
+
+    /// The device state to store, `cond_t` brought up to date.
+    pub fn device_json(&mut self) -> String {
+        for (c, t) in self.profile.conditions.iter().zip(&self.cond_t) {
+            if let Some(t) = t {
+                self.dev.cond_t.insert(c.code.clone(), *t);
+            }
+        }
+        self.dev.json()
+    }
+
     /// The id of this site's point `local`, or `None` if the name is not a
     /// valid point name.
     pub fn point_id(&mut self, local: &str) -> Option<PointId> {

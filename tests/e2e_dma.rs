@@ -41,6 +41,45 @@ async fn healthy_block_for_a_day_raises_nothing() {
     let q = q.as_array().unwrap();
     assert_eq!(q.len(), 24 * 12, "one reading per 5 minutes");
     assert!(q.iter().all(|r| r["quality"] == "good"));
+
+    // The same span in pages of 100: each page names the next in a `Link`
+    // header until the span is exhausted, and together they are the whole
+    // span in order, nothing twice, nothing silently cut off.
+    let mut next =
+        Some("/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z&limit=100".to_string());
+    let (mut paged, mut sizes) = (Vec::new(), Vec::new());
+    while let Some(path) = next.take() {
+        let r = h
+            .http
+            .get(format!("{}{path}", h.base))
+            .bearer_auth(VIEW_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        next = r.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with(">; rel=\"next\""), "{l}");
+            l.trim_start_matches('<').split_once('>').unwrap().0.to_string()
+        });
+        let page: Vec<serde_json::Value> = r.json().await.unwrap();
+        sizes.push(page.len());
+        paged.extend(page);
+        assert!(sizes.len() < 10, "paging ends");
+    }
+    assert_eq!(sizes, vec![100, 100, 88]);
+    assert_eq!(&paged, q, "the pages are the span, in order");
+    let whole = h
+        .http
+        .get(format!(
+            "{}/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z",
+            h.base
+        ))
+        .bearer_auth(VIEW_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(whole.headers().get("link").is_none(), "one page holds it all: no next");
     let sites = h.get("/api/v1/sites").await;
     assert_eq!(sites[0]["status"], "ok");
     h.stop().await;

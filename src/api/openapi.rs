@@ -229,7 +229,11 @@ pub fn document() -> Value {
                     {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: 24 h before to"},
                     {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: now"},
                     limit(100_000)]),
-                None, ok_json("readings in event-time order", json!({"type": "array", "items": {"$ref": "#/components/schemas/Reading"}})), &[("400", "bad point id or time"), ("404", "no such site or point")])},
+                None, {
+                    let mut ok = ok_json("readings in event-time order, at most `limit`; when the span holds more, a `Link` header names the next page", json!({"type": "array", "items": {"$ref": "#/components/schemas/Reading"}}));
+                    ok["headers"] = json!({"Link": {"description": "`<…/readings?from=…&to=…&limit=…>; rel=\"next\"` when more readings follow in the span (RFC 8288); absent on the last page", "schema": {"type": "string"}}});
+                    ok
+                }, &[("400", "bad point id or time"), ("404", "no such site or point")])},
             "/api/v1/journal": {"get": op("Alarm journal, newest first", Some("viewer"), json!([
                     {"name": "site", "in": "query", "schema": {"type": "string"}},
                     {"name": "condition", "in": "query", "schema": {"type": "string"}},

@@ -572,7 +572,7 @@ pub async fn readings(
     caller: Caller,
     Path(id): Path<String>,
     Query(q): Query<RangeQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     caller.require(Role::Viewer)?;
     let point = PointId::parse(&id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let site = id.split_once('.').map(|(s, _)| s).unwrap_or("");
@@ -602,14 +602,29 @@ pub async fn readings(
     }
     let limit = check_limit(q.limit, 10_000, 100_000)?;
     let store = st.store.clone();
-    let rows = tokio::task::spawn_blocking(move || store.readings(&point, from, to, limit))
+    let (rows, more) = tokio::task::spawn_blocking(move || store.readings(&point, from, to, limit))
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    // More in the span than one page: the next page starts just after the
+    // last reading (a point has one reading per millisecond at most), and
+    // says so in a `Link` header (RFC 8288), as GitHub's API pages.
+    let next = rows.last().filter(|_| more).map(|(t, ..)| {
+        let stamp = |t: Timestamp| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        format!(
+            "</api/v1/points/{id}/readings?from={}&to={}&limit={limit}>; rel=\"next\"",
+            stamp(*t + Duration::milliseconds(1)),
+            stamp(to)
+        )
+    });
     let out: Vec<Value> = rows
         .into_iter()
         .map(|(t, v, q, arrived): (Timestamp, Option<f64>, Quality, Timestamp)| json!({"t": t, "value": v, "quality": q.as_str(), "arrived": arrived}))
         .collect();
-    Ok(Json(Value::Array(out)))
+    let mut resp = Json(Value::Array(out)).into_response();
+    if let Some(link) = next.and_then(|l| axum::http::HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(axum::http::header::LINK, link);
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize)]

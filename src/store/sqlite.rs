@@ -345,21 +345,28 @@ impl Store {
         f(&c).map_err(|e| StoreError::Query(e.to_string()))
     }
 
+    /// A point's readings in `[from, to]` in event-time order, at most
+    /// `limit`, and whether more follow in the span (a page, never a silent
+    /// cap: the caller is told where to go on).
     pub fn readings(
         &self,
         point: &PointId,
         from: Timestamp,
         to: Timestamp,
         limit: usize,
-    ) -> Result<Vec<(Timestamp, Option<f64>, Quality, Timestamp)>, StoreError> {
+    ) -> Result<(Vec<(Timestamp, Option<f64>, Quality, Timestamp)>, bool), StoreError> {
         self.with_read(|c| {
             let mut st = c.prepare_cached(
                 "SELECT t, value, quality, arrived FROM readings WHERE point = ?1 AND t >= ?2 AND t <= ?3 ORDER BY t LIMIT ?4",
             )?;
-            let rows = st.query_map(params![point.as_str(), ms(from), ms(to), limit as i64], |r| {
+            // One more than asked: whether it exists is whether a next page does.
+            let rows = st.query_map(params![point.as_str(), ms(from), ms(to), limit as i64 + 1], |r| {
                 Ok((from_ms(r.get(0)?), r.get::<_, Option<f64>>(1)?, int_q(r.get(2)?), from_ms(r.get(3)?)))
             })?;
-            rows.collect()
+            let mut rows: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            Ok((rows, more))
         })
     }
 
@@ -878,6 +885,7 @@ mod tests {
             store
                 .readings(&PointId::new(&site, "flow").unwrap(), from_ms(0), from_ms(10_000), 10)
                 .unwrap()
+                .0
                 .len()
         };
         assert_eq!((got("DM-01"), got("BAD-1"), got("DM-02")), (1, 0, 1));

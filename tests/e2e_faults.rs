@@ -94,6 +94,7 @@ fn stored(h: &Harness, site: usize) -> usize {
             1_000_000,
         )
         .unwrap()
+        .0
         .len()
 }
 

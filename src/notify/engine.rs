@@ -1,6 +1,5 @@
 use super::config::{NotifyConfig, Person, WebhookFormat};
-use super::db::{self, ms, OutboxRow, SqlLedger};
-use super::plan::{JournalRow, Planner, RandomIds};
+use super::plan::{Planner, RandomIds};
 use super::{render, roster};
 use crate::alarm::{Alarm, AlarmOrigin, RaiseSpec};
 use crate::config::Config;
@@ -8,11 +7,12 @@ use crate::device::Priority;
 use crate::model::secret::{hmac_sha256_hex, sha256_hex};
 use crate::model::{Clock, Timestamp};
 use crate::pipeline::{Command, Pipeline};
+use crate::store::outbox::{Outbox, OutboxRow, TokenKey};
+use crate::store::StoreError;
 use crate::telemetry::metrics::ChannelResultLabel;
 use crate::telemetry::Metrics;
 use chrono::Duration;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,8 +52,8 @@ struct Grant {
     members: Vec<Alarm>,
 }
 
-impl From<rusqlite::Error> for AckError {
-    fn from(e: rusqlite::Error) -> Self {
+impl From<StoreError> for AckError {
+    fn from(e: StoreError) -> Self {
         AckError::Failed(e.to_string())
     }
 }
@@ -64,7 +64,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
-    conn: Mutex<Connection>,
+    outbox: Outbox,
     http: reqwest::Client,
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
     public_url: String,
@@ -94,8 +94,8 @@ impl Notifier {
         mut commits: crate::store::Commits,
         cancel: CancellationToken,
     ) -> anyhow::Result<(Self, JoinHandle<()>)> {
-        let conn = db::open(&cfg.store_path)?;
-        let paged = db::sent_alarm_ids(&conn)?;
+        let outbox = Outbox::open(&cfg.store_path)?;
+        let paged = outbox.sent_alarm_ids()?;
         let smtp = match &n.smtp {
             None => None,
             Some(s) => {
@@ -123,7 +123,7 @@ impl Notifier {
                 clock,
                 pipeline,
                 metrics,
-                conn: Mutex::new(conn),
+                outbox,
                 http: reqwest::Client::builder().build()?,
                 smtp,
                 public_url: public_url.trim_end_matches('/').to_string(),
@@ -169,43 +169,22 @@ impl Notifier {
         Ok((me, task))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.inner.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Everything that decides what to send, in one transaction: follow the
     /// journal, flush groups, escalate, summarise held messages (the
     /// [`Planner`], over the outbox tables).
-    fn plan(&self) -> rusqlite::Result<()> {
+    fn plan(&self) -> Result<(), StoreError> {
         let now = self.inner.clock.now();
-        let mut c = self.lock();
-        // Most steps have nothing to do: find that out with a read, so the
-        // engine does not take the database's write lock ten times a second
-        // from under the store's writer (the ingest path).
-        let (work, pending) = db::work_due(&c, now)?;
+        let pending = self.inner.outbox.plan(now, |ledger, journal, open| {
+            let mut planner = Planner {
+                cfg: &self.inner.cfg,
+                n: &self.inner.n,
+                public_url: &self.inner.public_url,
+                ids: &mut RandomIds,
+            };
+            planner.step(ledger, journal, open, now).map(|_| ())
+        })?;
         self.inner.metrics.notify_pending.set(pending);
-        if !work {
-            return Ok(());
-        }
-        // IMMEDIATE: take the write lock up front. A deferred transaction that
-        // reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT) whenever
-        // the store's writer committed in between, instead of waiting its turn.
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut open = db::open_incidents(&tx)?;
-        let rows = db::journal_after(&tx, db::cursor(&tx)?, 1000)?;
-        let journal: Vec<JournalRow> = rows.iter().map(|(_, r)| r.clone()).collect();
-        let mut planner = Planner {
-            cfg: &self.inner.cfg,
-            n: &self.inner.n,
-            public_url: &self.inner.public_url,
-            ids: &mut RandomIds,
-        };
-        planner.step(&mut SqlLedger(&tx), &journal, &mut open, now)?;
-        if let Some((last, _)) = rows.last() {
-            db::set_cursor(&tx, *last)?;
-        }
-        self.inner.metrics.notify_pending.set(db::pending_count(&tx)?);
-        tx.commit()
+        Ok(())
     }
 
     /// Sends what is due, concurrently, and records each outcome. A message is
@@ -213,7 +192,7 @@ impl Notifier {
     /// sends it again with the same `id` (the receiver's idempotency key).
     async fn deliver(&self) {
         let now = self.inner.clock.now();
-        let due = match db::due(&self.lock(), now, 32) {
+        let due = match self.inner.outbox.due(now, 32) {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the outbox");
@@ -234,11 +213,7 @@ impl Notifier {
             match res {
                 Ok(()) => {
                     self.inner.metrics.notify_attempts.get_or_create(&label("ok")).inc();
-                    let r = self.lock().execute(
-                        "UPDATE outbox SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-                        params![row.id, ms(now)],
-                    );
-                    if let Err(e) = r {
+                    if let Err(e) = self.inner.outbox.mark_sent(&row.id, now) {
                         tracing::error!(error = %e, id = %row.id, "sent but cannot record it; it may be sent again with the same id");
                     }
                     self.inner
@@ -267,32 +242,26 @@ impl Notifier {
         }
     }
 
-    async fn after_failure(&self, row: &OutboxRow, err: &str, now: Timestamp) -> rusqlite::Result<()> {
+    async fn after_failure(&self, row: &OutboxRow, err: &str, now: Timestamp) -> Result<(), StoreError> {
         let s = &self.inner.n.settings;
         let attempts = row.attempts + 1;
         let mut give_up_site = None;
         {
-            let c = self.lock();
+            let outbox = &self.inner.outbox;
             if attempts < s.retry_max_attempts {
                 // Exponential backoff with ±25 % jitter, so a receiver coming
                 // back is not hit by every sender at the same instant.
                 let base = (s.retry_base_s as f64) * 2f64.powi(attempts as i32 - 1);
                 let delay = base.min(s.retry_max_s as f64) * rand::random_range(0.75..1.25);
-                c.execute(
-                    "UPDATE outbox SET attempts = ?2, last_error = ?3, next_at = ?4 WHERE id = ?1",
-                    params![
-                        row.id,
-                        attempts,
-                        err,
-                        ms(now + Duration::milliseconds((delay * 1000.0) as i64))
-                    ],
+                outbox.retry_at(
+                    &row.id,
+                    attempts,
+                    err,
+                    now + Duration::milliseconds((delay * 1000.0) as i64),
                 )?;
                 return Ok(());
             }
-            c.execute(
-                "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3 WHERE id = ?1",
-                params![row.id, attempts, err],
-            )?;
+            outbox.mark_failed(&row.id, attempts, err)?;
             self.inner.metrics.notify_failed.inc();
             // The next contact method of the same person, same message.
             let person = self.inner.n.person(&row.person);
@@ -305,24 +274,22 @@ impl Notifier {
                     );
                     let mut body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
                     body["id"] = json!(id);
-                    db::insert_outbox(
-                        &c,
-                        &OutboxRow {
-                            id,
-                            incident_id: row.incident_id.clone(),
-                            kind: row.kind.clone(),
-                            person: row.person.clone(),
-                            contact_idx: row.contact_idx + 1,
-                            channel: next.channel(),
-                            level: row.level,
-                            alarm_ids: row.alarm_ids.clone(),
-                            body: body.to_string(),
-                            ..OutboxRow::due(now)
-                        },
-                    )?;
+                    outbox.insert(&OutboxRow {
+                        id,
+                        incident_id: row.incident_id.clone(),
+                        kind: row.kind.clone(),
+                        person: row.person.clone(),
+                        contact_idx: row.contact_idx + 1,
+                        channel: next.channel(),
+                        level: row.level,
+                        alarm_ids: row.alarm_ids.clone(),
+                        body: body.to_string(),
+                        ..OutboxRow::due(now)
+                    })?;
                 }
                 None => {
-                    let site = db::incident(&c, &row.incident_id)?
+                    let site = outbox
+                        .incident(&row.incident_id)?
                         .map(|i| i.site)
                         .or_else(|| self.inner.cfg.sites.first().map(|s| s.id.as_str().to_string()));
                     give_up_site = site;
@@ -470,10 +437,7 @@ impl Notifier {
                 Err(e) => tracing::warn!(alarm = %a.id, error = %e, "ack from a message: alarm not acknowledgeable"),
             }
         }
-        self.lock().execute(
-            "UPDATE ack_tokens SET used_at = ?3 WHERE incident_id = ?1 AND person = ?2",
-            params![g.incident, g.person, ms(now)],
-        )?;
+        self.inner.outbox.tokens_used(&g.incident, &g.person, now)?;
         Ok(out)
     }
 
@@ -486,32 +450,24 @@ impl Notifier {
 
     /// The link or code as stored, with its incident's alarms as they are now.
     fn grant(&self, key: AckKey<'_>) -> Result<Grant, AckError> {
-        let c = self.lock();
-        let (column, value) = match key {
-            AckKey::Link(t) => ("token_hash", sha256_hex(t)),
-            AckKey::Code(code) => ("code", code.trim().to_ascii_uppercase()),
+        let (hash, code);
+        let key = match key {
+            AckKey::Link(t) => {
+                hash = sha256_hex(t);
+                TokenKey::Hash(&hash)
+            }
+            AckKey::Code(c) => {
+                code = c.trim().to_ascii_uppercase();
+                TokenKey::Code(&code)
+            }
         };
-        let (incident, person, channel, expires, used): (String, String, String, i64, Option<i64>) = c
-            .query_row(
-                &format!(
-                    "SELECT incident_id, person, channel, expires_at, used_at FROM ack_tokens WHERE {column} = ?1"
-                ),
-                [value],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
-            .optional()?
-            .ok_or(AckError::Unknown)?;
-        let inc = db::incident(&c, &incident)?.ok_or(AckError::Unknown)?;
-        let mut members = Vec::new();
-        for id in &inc.alarms {
-            members.extend(db::alarm(&c, id)?);
-        }
+        let (t, members) = self.inner.outbox.ack_token(key)?.ok_or(AckError::Unknown)?;
         Ok(Grant {
-            incident,
-            person,
-            channel,
-            expires: db::from_ms(expires),
-            used: used.is_some(),
+            incident: t.incident,
+            person: t.person,
+            channel: t.channel,
+            expires: t.expires,
+            used: t.used,
             members,
         })
     }
@@ -526,23 +482,24 @@ impl Notifier {
     }
 
     /// Every message about an alarm: to whom, through what, when, delivered or not.
-    pub fn notifications_for(&self, alarm_id: &str) -> rusqlite::Result<Vec<OutboxRow>> {
-        let c = self.lock();
-        let like = format!("%\"{}\"%", alarm_id.replace('"', ""));
-        db::outbox_where(&c, "alarm_ids LIKE ?1", &like)
+    pub fn notifications_for(&self, alarm_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        self.inner.outbox.for_alarm(alarm_id)
     }
 
     /// Recent messages, optionally of one state (`pending`, `sent`, `failed`, `held`, `summarized`).
     /// Pages sent in `[from, to)`, for the KPIs.
-    pub fn pages_between(&self, from: Timestamp, to: Timestamp) -> rusqlite::Result<Vec<crate::alarm::kpi::Page>> {
-        Ok(db::sent_between(&self.lock(), from, to)?
+    pub fn pages_between(&self, from: Timestamp, to: Timestamp) -> Result<Vec<crate::alarm::kpi::Page>, StoreError> {
+        Ok(self
+            .inner
+            .outbox
+            .sent_between(from, to)?
             .into_iter()
             .map(|(person, at)| crate::alarm::kpi::Page { at, person })
             .collect())
     }
 
-    pub fn recent(&self, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
-        db::recent(&self.lock(), state, limit)
+    pub fn recent(&self, state: Option<&str>, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        self.inner.outbox.recent(state, limit)
     }
 
     /// Who is on call now, per team.

@@ -9,12 +9,11 @@
 //! gap and without sending anything twice.
 
 pub mod config;
-mod db;
 mod engine;
 pub mod plan;
 pub mod render;
 pub mod roster;
 pub mod route;
 
-pub use db::{Incident, OutboxRow};
+pub use crate::store::outbox::{Incident, OutboxRow};
 pub use engine::{AckError, AckKey, Notifier};

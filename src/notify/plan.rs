@@ -9,12 +9,12 @@
 //! replay is what the live service would have done.
 
 use super::config::NotifyConfig;
-use super::db::{Incident, OutboxRow};
 use super::{roster, route};
 use crate::alarm::{Alarm, AlarmState};
 use crate::config::Config;
 use crate::model::secret::{random_from, random_hex, sha256_hex};
 use crate::model::Timestamp;
+use crate::store::outbox::{Incident, OutboxRow};
 use chrono::Duration;
 use serde::Serialize;
 use serde_json::json;

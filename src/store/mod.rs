@@ -7,6 +7,7 @@
 //! state needed to resume after a restart (`rule_state`, `device_state`,
 //! `msg_seen`).
 
+pub mod outbox;
 mod sqlite;
 
 pub use sqlite::{InputFilter, JournalFilter, JournalRow, Restored, Store, StoreError};

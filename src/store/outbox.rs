@@ -1,5 +1,7 @@
-//! The notification tables, in the service's SQLite file on a connection of
-//! their own (WAL lets the store's writer and this one take turns).
+//! The notification tables (incidents, outbox, ack tokens, the engine's
+//! journal cursor), in the service's SQLite file on a connection of their own
+//! (WAL lets the store's writer and this one take turns). The notify engine
+//! reaches them only through [`Outbox`]: all their SQL is here.
 //!
 //! The journal is the durable log the engine reads (a cursor of its own); every
 //! message is written to `outbox` in the same transaction that moves the cursor,
@@ -7,13 +9,15 @@
 //! journal rows not yet handled are handled, unsent messages are sent, sent
 //! ones are not sent again.
 
-use super::plan::{Grant, JournalRow, Ledger};
+use super::StoreError;
 use crate::alarm::Alarm;
 use crate::model::Timestamp;
+use crate::notify::plan::{Grant, JournalRow, Ledger};
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::{Mutex, MutexGuard};
 
-pub const SCHEMA: &str = "
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS notify_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY, group_key TEXT NOT NULL, policy TEXT NOT NULL, site TEXT NOT NULL,
@@ -35,10 +39,10 @@ CREATE TABLE IF NOT EXISTS ack_tokens (
 CREATE INDEX IF NOT EXISTS ack_code ON ack_tokens(code);
 ";
 
-pub fn ms(t: Timestamp) -> i64 {
+fn ms(t: Timestamp) -> i64 {
     t.timestamp_millis()
 }
-pub fn from_ms(v: i64) -> Timestamp {
+fn from_ms(v: i64) -> Timestamp {
     DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
 }
 
@@ -81,7 +85,7 @@ fn incident_row(r: &rusqlite::Row) -> rusqlite::Result<Incident> {
     })
 }
 
-pub fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
+fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
     let c = Connection::open(path)?;
     c.busy_timeout(std::time::Duration::from_secs(10))?;
     c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
@@ -89,7 +93,7 @@ pub fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
     Ok(c)
 }
 
-pub fn cursor(c: &Connection) -> rusqlite::Result<i64> {
+fn cursor(c: &Connection) -> rusqlite::Result<i64> {
     Ok(
         c.query_row("SELECT value FROM notify_meta WHERE key = 'cursor'", [], |r| {
             r.get::<_, String>(0)
@@ -100,7 +104,7 @@ pub fn cursor(c: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
-pub fn set_cursor(c: &Connection, seq: i64) -> rusqlite::Result<()> {
+fn set_cursor(c: &Connection, seq: i64) -> rusqlite::Result<()> {
     c.execute(
         "INSERT OR REPLACE INTO notify_meta (key, value) VALUES ('cursor', ?1)",
         [seq.to_string()],
@@ -108,7 +112,7 @@ pub fn set_cursor(c: &Connection, seq: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn save_incident(c: &Connection, i: &Incident) -> rusqlite::Result<()> {
+fn save_incident(c: &Connection, i: &Incident) -> rusqlite::Result<()> {
     c.execute(
         &format!("INSERT OR REPLACE INTO incidents ({INCIDENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
         params![
@@ -130,13 +134,13 @@ pub fn save_incident(c: &Connection, i: &Incident) -> rusqlite::Result<()> {
     Ok(())
 }
 
-pub fn open_incidents(c: &Connection) -> rusqlite::Result<Vec<Incident>> {
+fn open_incidents(c: &Connection) -> rusqlite::Result<Vec<Incident>> {
     let mut st = c.prepare_cached(&format!("SELECT {INCIDENT_COLS} FROM incidents WHERE closed = 0"))?;
     let rows = st.query_map([], incident_row)?;
     rows.collect()
 }
 
-pub fn incident(c: &Connection, id: &str) -> rusqlite::Result<Option<Incident>> {
+fn incident(c: &Connection, id: &str) -> rusqlite::Result<Option<Incident>> {
     c.query_row(
         &format!("SELECT {INCIDENT_COLS} FROM incidents WHERE id = ?1"),
         [id],
@@ -201,7 +205,7 @@ fn outbox_row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
     })
 }
 
-pub fn insert_outbox(c: &Connection, o: &OutboxRow) -> rusqlite::Result<()> {
+fn insert_outbox(c: &Connection, o: &OutboxRow) -> rusqlite::Result<()> {
     c.execute(
         &format!("INSERT OR IGNORE INTO outbox ({OUTBOX_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
         params![
@@ -228,7 +232,7 @@ pub fn insert_outbox(c: &Connection, o: &OutboxRow) -> rusqlite::Result<()> {
 /// Messages due now. A person hears about one incident in order: a message
 /// waits while an earlier one to them about the same incident is still being
 /// retried (no "cleared" before "raised").
-pub fn due(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+fn due(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut st = c.prepare_cached(&format!(
         "SELECT {OUTBOX_COLS} FROM outbox WHERE state = 'pending' AND next_at <= ?1
          AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.person = outbox.person AND o.incident_id = outbox.incident_id
@@ -239,7 +243,7 @@ pub fn due(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result<Vec
     rows.collect()
 }
 
-pub fn outbox_where(c: &Connection, clause: &str, arg: &str) -> rusqlite::Result<Vec<OutboxRow>> {
+fn outbox_where(c: &Connection, clause: &str, arg: &str) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut st = c.prepare(&format!(
         "SELECT {OUTBOX_COLS} FROM outbox WHERE {clause} ORDER BY created_at, rowid"
     ))?;
@@ -248,7 +252,7 @@ pub fn outbox_where(c: &Connection, clause: &str, arg: &str) -> rusqlite::Result
 }
 
 /// The newest `limit` messages, of one state or all.
-pub fn recent(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
+fn recent(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut st = c.prepare_cached(&format!(
         "SELECT {OUTBOX_COLS} FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY rowid DESC LIMIT ?2"
     ))?;
@@ -257,7 +261,7 @@ pub fn recent(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite::Re
 }
 
 /// `(person, sent_at)` of every message sent in `[from, to)`.
-pub fn sent_between(c: &Connection, from: Timestamp, to: Timestamp) -> rusqlite::Result<Vec<(String, Timestamp)>> {
+fn sent_between(c: &Connection, from: Timestamp, to: Timestamp) -> rusqlite::Result<Vec<(String, Timestamp)>> {
     let mut st = c.prepare_cached(
         "SELECT person, sent_at FROM outbox WHERE state = 'sent' AND sent_at >= ?1 AND sent_at < ?2 ORDER BY sent_at",
     )?;
@@ -266,7 +270,7 @@ pub fn sent_between(c: &Connection, from: Timestamp, to: Timestamp) -> rusqlite:
 }
 
 /// Every alarm a delivered message was about.
-pub fn sent_alarm_ids(c: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
+fn sent_alarm_ids(c: &Connection) -> rusqlite::Result<std::collections::HashSet<String>> {
     let mut st = c.prepare("SELECT alarm_ids FROM outbox WHERE state = 'sent'")?;
     let rows = st.query_map([], |r| r.get::<_, String>(0))?;
     let mut out = std::collections::HashSet::new();
@@ -277,7 +281,7 @@ pub fn sent_alarm_ids(c: &Connection) -> rusqlite::Result<std::collections::Hash
 }
 
 /// Who has been told about an incident so far (any message but a summary).
-pub fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>> {
+fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>> {
     let mut st = c.prepare_cached(
         "SELECT person, MIN(created_at) m FROM outbox WHERE incident_id = ?1 AND kind != 'summary' GROUP BY person ORDER BY m",
     )?;
@@ -286,7 +290,7 @@ pub fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>>
 }
 
 /// Messages counted against a person's rate limit since `since`.
-pub fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::Result<usize> {
+fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::Result<usize> {
     c.query_row(
         "SELECT COUNT(*) FROM outbox WHERE person = ?1 AND created_at > ?2 AND state NOT IN ('held', 'summarized') AND id NOT LIKE '%-c_'",
         params![person, ms(since)],
@@ -298,7 +302,7 @@ pub fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::R
 /// Whether a planning step has anything to do (journal rows past the cursor,
 /// a group or escalation due, held messages), and how many messages wait to be
 /// sent. A read only: no write lock.
-pub fn work_due(c: &Connection, now: Timestamp) -> rusqlite::Result<(bool, i64)> {
+fn work_due(c: &Connection, now: Timestamp) -> rusqlite::Result<(bool, i64)> {
     c.query_row(
         "SELECT
            (SELECT COALESCE(MAX(seq), 0) FROM journal)
@@ -311,12 +315,12 @@ pub fn work_due(c: &Connection, now: Timestamp) -> rusqlite::Result<(bool, i64)>
     )
 }
 
-pub fn pending_count(c: &Connection) -> rusqlite::Result<i64> {
+fn pending_count(c: &Connection) -> rusqlite::Result<i64> {
     c.query_row("SELECT COUNT(*) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))
 }
 
 /// Journal rows past the engine's cursor, oldest first, with their `seq`.
-pub fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<Vec<(i64, JournalRow)>> {
+fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<Vec<(i64, JournalRow)>> {
     let mut st =
         c.prepare_cached("SELECT seq, alarm_id, action, notify FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
     let r = st.query_map(params![cursor, limit as i64], |r| {
@@ -332,29 +336,34 @@ pub fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Res
     r.collect()
 }
 
-pub fn alarm(c: &Connection, id: &str) -> rusqlite::Result<Option<Alarm>> {
+fn alarm(c: &Connection, id: &str) -> rusqlite::Result<Option<Alarm>> {
     let j: Option<String> = c
         .query_row("SELECT json FROM alarms WHERE id = ?1", [id], |r| r.get(0))
         .optional()?;
     Ok(j.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
-/// The planner's ledger in the outbox tables, inside the caller's transaction.
-pub struct SqlLedger<'c>(pub &'c Connection);
+fn q(e: rusqlite::Error) -> StoreError {
+    StoreError::Query(e.to_string())
+}
+
+/// The planner's ledger in the outbox tables, inside [`Outbox::plan`]'s
+/// transaction.
+pub struct SqlLedger<'c>(&'c Connection);
 
 impl Ledger for SqlLedger<'_> {
-    type Error = rusqlite::Error;
+    type Error = StoreError;
 
-    fn alarm(&self, id: &str) -> rusqlite::Result<Option<Alarm>> {
-        alarm(self.0, id)
+    fn alarm(&self, id: &str) -> Result<Option<Alarm>, StoreError> {
+        alarm(self.0, id).map_err(q)
     }
-    fn save_incident(&mut self, i: &Incident) -> rusqlite::Result<()> {
-        save_incident(self.0, i)
+    fn save_incident(&mut self, i: &Incident) -> Result<(), StoreError> {
+        save_incident(self.0, i).map_err(q)
     }
-    fn notified(&self, incident: &str) -> rusqlite::Result<Vec<String>> {
-        notified(self.0, incident)
+    fn notified(&self, incident: &str) -> Result<Vec<String>, StoreError> {
+        notified(self.0, incident).map_err(q)
     }
-    fn last_contact(&self, incident: &str, person: &str) -> rusqlite::Result<Option<usize>> {
+    fn last_contact(&self, incident: &str, person: &str) -> Result<Option<usize>, StoreError> {
         Ok(self
             .0
             .query_row(
@@ -362,28 +371,219 @@ impl Ledger for SqlLedger<'_> {
                 params![incident, person],
                 |r| r.get::<_, i64>(0),
             )
-            .optional()?
+            .optional()
+            .map_err(q)?
             .map(|i| i as usize))
     }
-    fn counted_since(&self, person: &str, since: Timestamp) -> rusqlite::Result<usize> {
-        sent_since(self.0, person, since)
+    fn counted_since(&self, person: &str, since: Timestamp) -> Result<usize, StoreError> {
+        sent_since(self.0, person, since).map_err(q)
     }
-    fn grant(&mut self, g: &Grant) -> rusqlite::Result<()> {
-        self.0.execute(
-            "INSERT INTO ack_tokens (token_hash, code, incident_id, person, channel, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![g.token_hash, g.code, g.incident, g.person, g.channel, ms(g.expires)],
-        )?;
-        Ok(())
-    }
-    fn insert(&mut self, row: &OutboxRow, _lead: Option<&str>) -> rusqlite::Result<()> {
-        insert_outbox(self.0, row)
-    }
-    fn held(&self) -> rusqlite::Result<Vec<OutboxRow>> {
-        outbox_where(self.0, "state = ?1", "held")
-    }
-    fn summarized(&mut self, id: &str) -> rusqlite::Result<()> {
+    fn grant(&mut self, g: &Grant) -> Result<(), StoreError> {
         self.0
-            .execute("UPDATE outbox SET state = 'summarized' WHERE id = ?1", [id])?;
+            .execute(
+                "INSERT INTO ack_tokens (token_hash, code, incident_id, person, channel, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![g.token_hash, g.code, g.incident, g.person, g.channel, ms(g.expires)],
+            )
+            .map_err(q)?;
         Ok(())
+    }
+    fn insert(&mut self, row: &OutboxRow, _lead: Option<&str>) -> Result<(), StoreError> {
+        insert_outbox(self.0, row).map_err(q)
+    }
+    fn held(&self) -> Result<Vec<OutboxRow>, StoreError> {
+        outbox_where(self.0, "state = ?1", "held").map_err(q)
+    }
+    fn summarized(&mut self, id: &str) -> Result<(), StoreError> {
+        self.0
+            .execute("UPDATE outbox SET state = 'summarized' WHERE id = ?1", [id])
+            .map_err(q)?;
+        Ok(())
+    }
+}
+
+/// An ack link or code as stored.
+pub struct AckToken {
+    pub incident: String,
+    pub person: String,
+    /// The channel it was sent through (`email`, `webhook`).
+    pub channel: String,
+    pub expires: Timestamp,
+    pub used: bool,
+}
+
+/// How an ack token is looked up: the hash of a link's token, or a code.
+pub enum TokenKey<'a> {
+    Hash(&'a str),
+    Code(&'a str),
+}
+
+/// The notification tables, on their own connection.
+pub struct Outbox {
+    conn: Mutex<Connection>,
+}
+
+impl Outbox {
+    /// Opens (and creates) the tables in the store's file.
+    pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        let conn = open(path).map_err(|source| StoreError::Sqlite {
+            path: path.into(),
+            source,
+        })?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One planning step in one transaction: `step` gets the ledger, the
+    /// journal rows past the engine's cursor (oldest first) and the open
+    /// incidents; the cursor moves past those rows when it returns. Returns
+    /// how many messages wait to be sent. Most steps have nothing to do:
+    /// that is found with a read, so the write lock is taken only for work.
+    pub fn plan(
+        &self,
+        now: Timestamp,
+        step: impl FnOnce(&mut SqlLedger<'_>, &[JournalRow], &mut Vec<Incident>) -> Result<(), StoreError>,
+    ) -> Result<i64, StoreError> {
+        let mut c = self.lock();
+        let (work, pending) = work_due(&c, now).map_err(q)?;
+        if !work {
+            return Ok(pending);
+        }
+        // IMMEDIATE: take the write lock up front. A deferred transaction that
+        // reads and then writes fails at once (SQLITE_BUSY_SNAPSHOT) whenever
+        // the store's writer committed in between, instead of waiting its turn.
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(q)?;
+        let mut open = open_incidents(&tx).map_err(q)?;
+        let rows = journal_after(&tx, cursor(&tx).map_err(q)?, 1000).map_err(q)?;
+        let journal: Vec<JournalRow> = rows.iter().map(|(_, r)| r.clone()).collect();
+        step(&mut SqlLedger(&tx), &journal, &mut open)?;
+        if let Some((last, _)) = rows.last() {
+            set_cursor(&tx, *last).map_err(q)?;
+        }
+        let pending = pending_count(&tx).map_err(q)?;
+        tx.commit().map_err(q)?;
+        Ok(pending)
+    }
+
+    /// Messages due now (see `due`).
+    pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        due(&self.lock(), now, limit).map_err(q)
+    }
+
+    /// The peer accepted the message.
+    pub fn mark_sent(&self, id: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE outbox SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+                params![id, ms(now)],
+            )
+            .map_err(q)?;
+        Ok(())
+    }
+
+    /// Not delivered; tried again at `next_at`.
+    pub fn retry_at(&self, id: &str, attempts: u32, err: &str, next_at: Timestamp) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE outbox SET attempts = ?2, last_error = ?3, next_at = ?4 WHERE id = ?1",
+                params![id, attempts, err, ms(next_at)],
+            )
+            .map_err(q)?;
+        Ok(())
+    }
+
+    /// Not delivered, and no more tries by this contact method.
+    pub fn mark_failed(&self, id: &str, attempts: u32, err: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3 WHERE id = ?1",
+                params![id, attempts, err],
+            )
+            .map_err(q)?;
+        Ok(())
+    }
+
+    /// A new message (kept as it is if its id exists: ids are idempotency keys).
+    pub fn insert(&self, row: &OutboxRow) -> Result<(), StoreError> {
+        insert_outbox(&self.lock(), row).map_err(q)
+    }
+
+    pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
+        incident(&self.lock(), id).map_err(q)
+    }
+
+    /// An ack token, with the alarms of its incident as they are now.
+    pub fn ack_token(&self, key: TokenKey<'_>) -> Result<Option<(AckToken, Vec<Alarm>)>, StoreError> {
+        let c = self.lock();
+        let (column, value) = match key {
+            TokenKey::Hash(h) => ("token_hash", h),
+            TokenKey::Code(code) => ("code", code),
+        };
+        let row: Option<(String, String, String, i64, Option<i64>)> = c
+            .query_row(
+                &format!(
+                    "SELECT incident_id, person, channel, expires_at, used_at FROM ack_tokens WHERE {column} = ?1"
+                ),
+                [value],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()
+            .map_err(q)?;
+        let Some((incident_id, person, channel, expires, used)) = row else {
+            return Ok(None);
+        };
+        let Some(inc) = incident(&c, &incident_id).map_err(q)? else {
+            return Ok(None);
+        };
+        let mut members = Vec::new();
+        for id in &inc.alarms {
+            members.extend(alarm(&c, id).map_err(q)?);
+        }
+        Ok(Some((
+            AckToken {
+                incident: incident_id,
+                person,
+                channel,
+                expires: from_ms(expires),
+                used: used.is_some(),
+            },
+            members,
+        )))
+    }
+
+    /// The person's links and codes for the incident are spent.
+    pub fn tokens_used(&self, incident: &str, person: &str, now: Timestamp) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE ack_tokens SET used_at = ?3 WHERE incident_id = ?1 AND person = ?2",
+                params![incident, person, ms(now)],
+            )
+            .map_err(q)?;
+        Ok(())
+    }
+
+    /// Every message about an alarm, oldest first.
+    pub fn for_alarm(&self, alarm_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        let like = format!("%\"{}\"%", alarm_id.replace('"', ""));
+        outbox_where(&self.lock(), "alarm_ids LIKE ?1", &like).map_err(q)
+    }
+
+    /// `(person, sent_at)` of every message sent in `[from, to)`.
+    pub fn sent_between(&self, from: Timestamp, to: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {
+        sent_between(&self.lock(), from, to).map_err(q)
+    }
+
+    /// The newest `limit` messages, of one state or all.
+    pub fn recent(&self, state: Option<&str>, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        recent(&self.lock(), state, limit).map_err(q)
+    }
+
+    /// Every alarm a delivered message was about.
+    pub fn sent_alarm_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        sent_alarm_ids(&self.lock()).map_err(q)
     }
 }

@@ -17,6 +17,7 @@
 //! - time to acknowledge (median, 90th percentile);
 //! - pages per on-call person per night (17:00–09:00 local).
 
+use super::Action;
 use crate::device::Priority;
 use crate::model::Timestamp;
 use chrono::Duration;
@@ -35,14 +36,24 @@ pub enum EventKind {
 /// What a journal transition is for the KPIs: `action` and the state it
 /// went `to`, and whether it came from late data. The same for the live
 /// journal and a replay.
-pub fn classify(action: &str, to: &str, late: bool) -> Option<EventKind> {
+pub fn classify(action: Action, to: &str, late: bool) -> Option<EventKind> {
     match action {
         // Shown to operators: not suppressed, shelved, out of service, or
         // found in data that arrived after the fact.
-        "raise" if !late && matches!(to, "unack_active" | "ack_active") => Some(EventKind::Annunciated),
-        "clear" => Some(EventKind::Cleared),
-        "ack" => Some(EventKind::Acked),
-        _ => None,
+        Action::Raise if !late && matches!(to, "unack_active" | "ack_active") => Some(EventKind::Annunciated),
+        Action::Clear => Some(EventKind::Cleared),
+        Action::Ack => Some(EventKind::Acked),
+        // Named one by one, so a new action is a decision here, not a default.
+        Action::Raise
+        | Action::Shelve
+        | Action::Unshelve
+        | Action::Suppress
+        | Action::Unsuppress
+        | Action::OutOfService
+        | Action::ReturnToService
+        | Action::Late
+        | Action::Confirm
+        | Action::Command => None,
     }
 }
 

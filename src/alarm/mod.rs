@@ -10,4 +10,4 @@ mod registry;
 mod state;
 
 pub use registry::{AlarmKey, CommandError, KeyParts, RaiseSpec, Registry, COMM_LOSS};
-pub use state::{Alarm, AlarmOrigin, AlarmState, Transition};
+pub use state::{Action, Alarm, AlarmOrigin, AlarmState, Transition};

@@ -1,4 +1,4 @@
-use super::state::{Alarm, AlarmOrigin, AlarmState, Transition};
+use super::state::{Action, Alarm, AlarmOrigin, AlarmState, Transition};
 use crate::device::Priority;
 use crate::model::{DeviceId, SiteId, Timestamp};
 use chrono::Duration;
@@ -259,7 +259,7 @@ impl Registry {
         &mut self,
         key: &AlarmKey,
         before: AlarmState,
-        action: &str,
+        action: Action,
         at: Timestamp,
         event_time: Option<Timestamp>,
         who: &str,
@@ -276,7 +276,7 @@ impl Registry {
             alarm: a.clone(),
             from: before,
             to: a.state,
-            action: action.into(),
+            action,
             at,
             event_time,
             who: who.into(),
@@ -303,11 +303,11 @@ impl Registry {
             let a = self.open.get_mut(&k).expect("key from map");
             a.suppressed_by = want.clone();
             let (action, notify) = match &want {
-                Some(_) => ("suppress", false),
+                Some(_) => (Action::Suppress, false),
                 // Out of suppression still active and never acknowledged: it was
                 // never told to anyone, so now it is.
                 None => (
-                    "unsuppress",
+                    Action::Unsuppress,
                     was_suppressed && a.active && !a.acked && !a.late && !a.told,
                 ),
             };
@@ -365,7 +365,7 @@ impl Registry {
             // condition is one page, not one per crossing.
             let notify =
                 !a.told && !a.late && a.suppressed_by.is_none() && a.shelved_until.is_none() && !a.out_of_service;
-            out.push(self.finish(&key, before, "raise", now, Some(t), "system", None, notify));
+            out.push(self.finish(&key, before, Action::Raise, now, Some(t), "system", None, notify));
         } else {
             // An id of another millisecond can never collide with this one's.
             if self.issued.0 != now.timestamp_millis() {
@@ -413,7 +413,16 @@ impl Registry {
             a.suppressed_by = self.suppressor(&a);
             let notify = a.suppressed_by.is_none();
             self.insert_open(key.clone(), a);
-            out.push(self.finish(&key, AlarmState::Normal, "raise", now, Some(t), "system", None, notify));
+            out.push(self.finish(
+                &key,
+                AlarmState::Normal,
+                Action::Raise,
+                now,
+                Some(t),
+                "system",
+                None,
+                notify,
+            ));
         }
         self.resuppress(&spec.device, now, &mut out);
         out
@@ -439,7 +448,7 @@ impl Registry {
         if value.is_some() {
             a.value = value;
         }
-        out.push(self.finish(key, before, "clear", now, Some(t), "system", None, notify));
+        out.push(self.finish(key, before, Action::Clear, now, Some(t), "system", None, notify));
         self.resuppress(&device, now, &mut out);
         out
     }
@@ -472,7 +481,7 @@ impl Registry {
         a.acked_at = Some(now);
         a.acked_by = Some(who.into());
         a.ack_comment = comment.clone();
-        Ok(self.finish(&key, before, "ack", now, None, who, comment, false))
+        Ok(self.finish(&key, before, Action::Ack, now, None, who, comment, false))
     }
 
     pub fn shelve(
@@ -499,7 +508,7 @@ impl Registry {
         Ok(self.finish(
             &key,
             before,
-            "shelve",
+            Action::Shelve,
             now,
             None,
             who,
@@ -521,7 +530,7 @@ impl Registry {
         let before = a.state;
         a.shelved_until = None;
         let notify = a.active && !a.acked && a.suppressed_by.is_none();
-        Ok(self.finish(&key, before, "unshelve", now, None, who, None, notify))
+        Ok(self.finish(&key, before, Action::Unshelve, now, None, who, None, notify))
     }
 
     pub fn set_out_of_service(
@@ -550,7 +559,11 @@ impl Registry {
         if oos {
             a.shelved_until = None;
         }
-        let action = if oos { "out_of_service" } else { "return_to_service" };
+        let action = if oos {
+            Action::OutOfService
+        } else {
+            Action::ReturnToService
+        };
         Ok(self.finish(&key, before, action, now, None, who, Some(reason), false))
     }
 
@@ -573,7 +586,7 @@ impl Registry {
             out.push(self.finish(
                 &k,
                 before,
-                "unshelve",
+                Action::Unshelve,
                 now,
                 None,
                 "system",
@@ -595,7 +608,7 @@ impl Registry {
                 alarm: a.clone(),
                 from: a.state,
                 to: a.state,
-                action: "late".into(),
+                action: Action::Late,
                 at: now,
                 event_time: Some(from),
                 who: "system".into(),
@@ -651,7 +664,7 @@ impl Registry {
             out.push(self.finish(
                 &k,
                 before,
-                "confirm",
+                Action::Confirm,
                 now,
                 None,
                 "system",

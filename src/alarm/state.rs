@@ -143,15 +143,82 @@ impl Alarm {
     }
 }
 
+/// What a journal row records. Stored and served as its snake_case name
+/// (`raise`, `out_of_service`, …), as before it was typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Raise,
+    Clear,
+    Ack,
+    Shelve,
+    Unshelve,
+    Suppress,
+    Unsuppress,
+    OutOfService,
+    ReturnToService,
+    /// Found in data that arrived after the fact.
+    Late,
+    /// Late data confirmed by current data.
+    Confirm,
+    /// A device command (a journal row that is not an alarm transition).
+    Command,
+}
+
+impl Action {
+    pub const ALL: [Action; 12] = [
+        Action::Raise,
+        Action::Clear,
+        Action::Ack,
+        Action::Shelve,
+        Action::Unshelve,
+        Action::Suppress,
+        Action::Unsuppress,
+        Action::OutOfService,
+        Action::ReturnToService,
+        Action::Late,
+        Action::Confirm,
+        Action::Command,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Raise => "raise",
+            Action::Clear => "clear",
+            Action::Ack => "ack",
+            Action::Shelve => "shelve",
+            Action::Unshelve => "unshelve",
+            Action::Suppress => "suppress",
+            Action::Unsuppress => "unsuppress",
+            Action::OutOfService => "out_of_service",
+            Action::ReturnToService => "return_to_service",
+            Action::Late => "late",
+            Action::Confirm => "confirm",
+            Action::Command => "command",
+        }
+    }
+
+    /// The action a stored name stands for; `None` for a name this version
+    /// does not know (the store reports it, it does not guess).
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A change of an alarm, with the actor and reason, as journaled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Transition {
     pub alarm: Alarm,
     pub from: AlarmState,
     pub to: AlarmState,
-    /// What happened: raise, clear, ack, shelve, unshelve, suppress, unsuppress,
-    /// out_of_service, return_to_service, late, comment.
-    pub action: String,
+    /// What happened.
+    pub action: Action,
     /// Processing time of the change.
     pub at: Timestamp,
     /// Event time that caused it, for process-driven changes.
@@ -162,4 +229,18 @@ pub struct Transition {
     /// Worth telling on-call staff (a new unacknowledged alarm, a return to
     /// normal of a paged alarm, a shelve that expired on an active alarm).
     pub notify: bool,
+}
+
+#[cfg(test)]
+mod action_tests {
+    use super::*;
+
+    #[test]
+    fn actions_are_stored_by_their_names() {
+        for a in Action::ALL {
+            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{}\"", a.as_str()));
+            assert_eq!(Action::parse(a.as_str()), Some(a));
+        }
+        assert_eq!(Action::parse("comment"), None);
+    }
 }

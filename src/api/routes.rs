@@ -682,7 +682,7 @@ pub async fn kpis(State(st): State<AppState>, caller: Caller, Query(q): Query<Kp
             .iter()
             .filter_map(|r| {
                 Some(kpi::AlarmEvent {
-                    kind: kpi::classify(&r.action, &r.to, r.late)?,
+                    kind: kpi::classify(r.action, &r.to, r.late)?,
                     at: r.at,
                     alarm: r.alarm_id.clone(),
                     site: r.site.clone(),
@@ -738,7 +738,7 @@ pub async fn journal(
                     r.source.clone(),
                     r.condition.clone(),
                     r.priority.clone(),
-                    r.action.clone(),
+                    r.action.as_str().to_string(),
                     r.from.clone(),
                     r.to.clone(),
                     r.who.clone(),

@@ -6,7 +6,7 @@
 use super::analytic::{for_site, Findings, SiteRef};
 use super::dedup::{MessageDedup, SampleDedup};
 use super::site::{DeviceState, SiteState, SiteStatus};
-use crate::alarm::{Alarm, AlarmKey, AlarmOrigin, CommandError, RaiseSpec, Registry, Transition, COMM_LOSS};
+use crate::alarm::{Action, Alarm, AlarmKey, AlarmOrigin, CommandError, RaiseSpec, Registry, Transition, COMM_LOSS};
 use crate::config::Config;
 use crate::device::{Decoded, MessageKind, SampleProblem};
 use crate::model::{Reading, SiteId, Timestamp};
@@ -619,7 +619,10 @@ impl Engine {
     /// once current data shows it).
     fn finish_late(&mut self, transitions: &mut Vec<Transition>, late_msg: bool, now: Timestamp) {
         let mut raised: Vec<String> = Vec::new();
-        for t in transitions.iter().filter(|t| t.action == "raise" && !t.alarm.late) {
+        for t in transitions
+            .iter()
+            .filter(|t| t.action == Action::Raise && !t.alarm.late)
+        {
             if !raised.contains(&t.alarm.id) {
                 raised.push(t.alarm.id.clone());
             }
@@ -640,7 +643,7 @@ impl Engine {
             extra.push(Transition {
                 from: a.state,
                 to: a.state,
-                action: "late".into(),
+                action: Action::Late,
                 at: now,
                 event_time: Some(a.raised_at),
                 who: "system".into(),
@@ -793,7 +796,7 @@ mod tests {
         assert_eq!(s.readings.len(), 12, "q, p and tot of four samples");
         assert_eq!(s.counts.stored[0], 12);
         assert_eq!(s.seen, vec![("AKT-DMA-017".into(), 3, 1, now)]);
-        let raised: Vec<_> = s.transitions.iter().filter(|t| t.action == "raise").collect();
+        let raised: Vec<_> = s.transitions.iter().filter(|t| t.action == Action::Raise).collect();
         let conds: Vec<&str> = raised.iter().map(|t| t.alarm.condition.as_str()).collect();
         assert_eq!(conds, ["pressure_l", "pressure_ll"], "{:?}", s.transitions);
         assert!(raised.iter().all(|t| t.notify && !t.alarm.late), "current data: told");
@@ -836,7 +839,7 @@ mod tests {
             (reply.state, reply.acked_by.as_deref()),
             (AlarmState::AckActive, Some("sato"))
         );
-        assert_eq!(ack.transitions[0].action, "ack");
+        assert_eq!(ack.transitions[0].action, Action::Ack);
         let unknown = e.step(
             Input::Command(Command::Ack {
                 id: "al-0-000000".into(),
@@ -869,7 +872,7 @@ mod tests {
         let clear = s
             .transitions
             .iter()
-            .find(|t| t.action == "clear")
+            .find(|t| t.action == Action::Clear)
             .expect("comm loss cleared");
         assert_eq!(clear.alarm.condition, "comm_loss");
         assert_eq!(s.sites[0].status, "ok");

@@ -10,7 +10,7 @@
 
 use super::config::NotifyConfig;
 use super::{roster, route};
-use crate::alarm::{Alarm, AlarmState};
+use crate::alarm::{Action, Alarm, AlarmState};
 use crate::config::Config;
 use crate::model::secret::{random_from, random_hex, sha256_hex};
 use crate::model::Timestamp;
@@ -105,7 +105,7 @@ impl Ids for CountedIds {
 #[derive(Debug, Clone)]
 pub struct JournalRow {
     pub alarm_id: String,
-    pub action: String,
+    pub action: Action,
     pub notify: bool,
 }
 
@@ -230,8 +230,8 @@ impl Planner<'_> {
             }
             let Some(a) = l.alarm(&row.alarm_id)? else { continue };
             let pos = open.iter().position(|i| !i.closed && i.alarms.contains(&row.alarm_id));
-            match row.action.as_str() {
-                "raise" | "confirm" | "unshelve" if row.notify => {
+            match row.action {
+                Action::Raise | Action::Confirm | Action::Unshelve if row.notify => {
                     if let Some(p) = pos {
                         // Told again: a shelve ran out on an active alarm, or late
                         // data was confirmed. Start its escalation over.
@@ -278,7 +278,7 @@ impl Planner<'_> {
                 }
                 // An episode that was over when its data arrived: never paged
                 // as it happened, so it goes into a brief for the group.
-                "clear" if a.late && pos.is_none() && unseen_episode(&a) => {
+                Action::Clear if a.late && pos.is_none() && unseen_episode(&a) => {
                     let site = self.cfg.site(a.site.as_str()).map(|s| s.as_ref());
                     let Some(r) = route::find(self.n, &a, site, now, tz).filter(|r| r.briefs) else {
                         continue;
@@ -296,7 +296,7 @@ impl Planner<'_> {
                         open.push(inc);
                     }
                 }
-                "ack" | "shelve" | "out_of_service" | "suppress" | "clear" => {
+                Action::Ack | Action::Shelve | Action::OutOfService | Action::Suppress | Action::Clear => {
                     let Some(p) = pos else { continue };
                     let inc = &mut open[p];
                     let members = Self::members(l, inc)?;
@@ -320,9 +320,9 @@ impl Planner<'_> {
                     } else if !members.iter().any(must_page) && inc.next_level_at.is_some() {
                         inc.next_level_at = None;
                         if told {
-                            let kind = match row.action.as_str() {
-                                "shelve" => Some("alarm.shelved"),
-                                "ack" => Some("alarm.acknowledged"),
+                            let kind = match row.action {
+                                Action::Shelve => Some("alarm.shelved"),
+                                Action::Ack => Some("alarm.acknowledged"),
                                 _ => None,
                             };
                             if let Some(kind) = kind {
@@ -332,7 +332,16 @@ impl Planner<'_> {
                     }
                     l.save_incident(inc)?;
                 }
-                _ => {}
+                // Nothing to tell: a raise or return nobody is to hear of
+                // (suppressed, late, shelved), a way back into view that is
+                // told by its own raise, history, or a device command.
+                Action::Raise
+                | Action::Confirm
+                | Action::Unshelve
+                | Action::Unsuppress
+                | Action::ReturnToService
+                | Action::Late
+                | Action::Command => {}
             }
         }
         Ok(())

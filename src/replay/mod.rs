@@ -72,7 +72,7 @@ fn kpi_events(alarms: &[Occurrence]) -> Vec<crate::alarm::kpi::AlarmEvent> {
         .flat_map(|o| {
             o.changes.iter().filter_map(move |c| {
                 Some(kpi::AlarmEvent {
-                    kind: kpi::classify(&c.action, c.to, c.late)?,
+                    kind: kpi::classify(c.action, c.to, c.late)?,
                     at: c.at,
                     alarm: o.alarm.id.clone(),
                     site: o.alarm.site.to_string(),

@@ -41,7 +41,7 @@ fn annunciations(alarms: &[Occurrence]) -> Vec<Timestamp> {
     alarms
         .iter()
         .flat_map(|o| o.changes.iter())
-        .filter(|c| classify(&c.action, c.to, c.late) == Some(EventKind::Annunciated))
+        .filter(|c| classify(c.action, c.to, c.late) == Some(EventKind::Annunciated))
         .map(|c| c.at)
         .collect()
 }
@@ -207,11 +207,11 @@ fn active_periods(o: &Occurrence, end: Timestamp) -> Vec<(Timestamp, Timestamp)>
     let mut since = None;
     for c in &o.changes {
         let t = c.event_time.unwrap_or(c.at);
-        match c.action.as_str() {
-            "raise" => {
+        match c.action {
+            crate::alarm::Action::Raise => {
                 since.get_or_insert(t);
             }
-            "clear" => {
+            crate::alarm::Action::Clear => {
                 if let Some(s) = since.take() {
                     out.push((s, t.max(s)));
                 }

@@ -28,7 +28,7 @@ pub struct Change {
     /// The device's time of the reading behind it (process changes).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_time: Option<Timestamp>,
-    pub action: String,
+    pub action: crate::alarm::Action,
     pub to: &'static str,
     /// Worth telling on-call staff.
     pub notify: bool,
@@ -151,7 +151,7 @@ impl Run {
                     dry.ledger.update(&t.alarm);
                     JournalRow {
                         alarm_id: t.alarm.id.clone(),
-                        action: t.action.clone(),
+                        action: t.action,
                         notify: t.notify,
                     }
                 })

@@ -328,7 +328,7 @@ fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<
             r.get(0)?,
             JournalRow {
                 alarm_id: r.get(1)?,
-                action: r.get(2)?,
+                action: super::sqlite::action(r, 2)?,
                 notify: r.get::<_, i64>(3)? != 0,
             },
         ))

@@ -1,5 +1,5 @@
 use super::{Batch, Commits, Committed, InputBody, RecordedInput, Retention};
-use crate::alarm::Alarm;
+use crate::alarm::{Action, Alarm};
 use crate::model::{PointId, Quality, Timestamp};
 use crate::telemetry::quarantine::{Quarantine, QuarantineEntry};
 use crate::telemetry::Metrics;
@@ -55,7 +55,7 @@ pub struct JournalRow {
     pub site: String,
     pub source: String,
     pub condition: String,
-    pub action: String,
+    pub action: Action,
     pub from: String,
     pub to: String,
     pub who: String,
@@ -152,6 +152,19 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
         c.execute_batch("ALTER TABLE journal ADD COLUMN priority TEXT NOT NULL DEFAULT ''")?;
     }
     Ok(())
+}
+
+/// A stored action name as the enum; a name this version does not know is
+/// an error naming it, not a guess.
+pub(super) fn action(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Action> {
+    let s: String = r.get(i)?;
+    Action::parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown journal action {s:?}").into(),
+        )
+    })
 }
 
 fn ms(t: Timestamp) -> i64 {
@@ -426,7 +439,7 @@ impl Store {
                     site: r.get(3)?,
                     source: r.get(4)?,
                     condition: r.get(5)?,
-                    action: r.get(6)?,
+                    action: action(r, 6)?,
                     from: r.get(7)?,
                     to: r.get(8)?,
                     who: r.get(9)?,
@@ -613,7 +626,7 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Re
                         a.site.as_str(),
                         a.source,
                         a.condition,
-                        t.action,
+                        t.action.as_str(),
                         t.from.as_str(),
                         t.to.as_str(),
                         t.who,
@@ -648,7 +661,7 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Re
                         c.site,
                         c.device,
                         c.command,
-                        "command",
+                        Action::Command.as_str(),
                         if c.value { "true" } else { "false" },
                         c.result,
                         c.who,

@@ -79,7 +79,7 @@ impl AlarmTransition<'_> {
         );
         m.alarm_transitions
             .get_or_create(&ActionLabel {
-                action: t.action.clone(),
+                action: t.action.as_str().to_string(),
             })
             .inc();
     }

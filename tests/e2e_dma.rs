@@ -49,14 +49,7 @@ async fn healthy_block_for_a_day_raises_nothing() {
         Some("/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z&limit=100".to_string());
     let (mut paged, mut sizes) = (Vec::new(), Vec::new());
     while let Some(path) = next.take() {
-        let r = h
-            .http
-            .get(format!("{}{path}", h.base))
-            .bearer_auth(VIEW_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        let r = h.get_response(&path).await;
         next = r.headers().get("link").map(|l| {
             let l = l.to_str().unwrap();
             assert!(l.ends_with(">; rel=\"next\""), "{l}");
@@ -70,15 +63,8 @@ async fn healthy_block_for_a_day_raises_nothing() {
     assert_eq!(sizes, vec![100, 100, 88]);
     assert_eq!(&paged, q, "the pages are the span, in order");
     let whole = h
-        .http
-        .get(format!(
-            "{}/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z",
-            h.base
-        ))
-        .bearer_auth(VIEW_TOKEN)
-        .send()
-        .await
-        .unwrap();
+        .get_response("/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z")
+        .await;
     assert!(whole.headers().get("link").is_none(), "one page holds it all: no next");
     let sites = h.get("/api/v1/sites").await;
     assert_eq!(sites[0]["status"], "ok");

@@ -98,6 +98,12 @@ pub enum CommandError {
     },
 }
 
+/// Keys in (site, source, condition) order: transitions of several
+/// occurrences come out in this order on every run.
+fn key_order(a: &AlarmKey, b: &AlarmKey) -> std::cmp::Ordering {
+    (a.site.as_str(), &a.source, &a.condition).cmp(&(b.site.as_str(), &b.source, &b.condition))
+}
+
 /// The comm-loss condition name; while it is active on a device every other
 /// alarm of that device is suppressed.
 pub const COMM_LOSS: &str = "comm_loss";
@@ -207,9 +213,7 @@ impl Registry {
             .filter(|k| self.open.get(*k).is_some_and(&f))
             .cloned()
             .collect();
-        keys.sort_by(|a, b| {
-            (a.site.as_str(), &a.source, &a.condition).cmp(&(b.site.as_str(), &b.source, &b.condition))
-        });
+        keys.sort_by(key_order);
         keys
     }
 
@@ -569,14 +573,13 @@ impl Registry {
 
     /// Shelves expire by themselves; called by the shard's ticker.
     pub fn expire_shelves(&mut self, now: Timestamp) -> Vec<Transition> {
-        let due: Vec<AlarmKey> = self
+        let mut due: Vec<AlarmKey> = self
             .open
             .iter()
             .filter(|(_, a)| a.shelved_until.is_some_and(|u| u <= now))
             .map(|(k, _)| k.clone())
             .collect();
-        let mut due = due;
-        due.sort_by(|a, b| (a.site.as_str(), &a.source, &a.condition).cmp(&(b.site.as_str(), &b.source, &b.condition)));
+        due.sort_by(key_order);
         let mut out = Vec::new();
         for k in due {
             let a = self.open.get_mut(&k).expect("present");

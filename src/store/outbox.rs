@@ -9,11 +9,11 @@
 //! journal rows not yet handled are handled, unsent messages are sent, sent
 //! ones are not sent again.
 
+use super::sqlite::{from_ms, ms};
 use super::StoreError;
 use crate::alarm::Alarm;
 use crate::model::Timestamp;
 use crate::notify::plan::{Grant, JournalRow, Ledger};
-use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::{Mutex, MutexGuard};
 
@@ -38,13 +38,6 @@ CREATE TABLE IF NOT EXISTS ack_tokens (
     channel TEXT NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER);
 CREATE INDEX IF NOT EXISTS ack_code ON ack_tokens(code);
 ";
-
-fn ms(t: Timestamp) -> i64 {
-    t.timestamp_millis()
-}
-fn from_ms(v: i64) -> Timestamp {
-    DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
-}
 
 #[derive(Debug, Clone)]
 pub struct Incident {

@@ -167,10 +167,10 @@ pub(super) fn action(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Action> {
     })
 }
 
-fn ms(t: Timestamp) -> i64 {
+pub(super) fn ms(t: Timestamp) -> i64 {
     t.timestamp_millis()
 }
-fn from_ms(v: i64) -> Timestamp {
+pub(super) fn from_ms(v: i64) -> Timestamp {
     DateTime::<Utc>::from_timestamp_millis(v).unwrap_or_default()
 }
 fn q_int(q: Quality) -> i64 {

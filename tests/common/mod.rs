@@ -443,6 +443,11 @@ impl Harness {
     }
 
     pub async fn get(&self, path: &str) -> Value {
+        self.get_response(path).await.json().await.unwrap()
+    }
+
+    /// A successful GET as a viewer, headers and all.
+    pub async fn get_response(&self, path: &str) -> reqwest::Response {
         let r = self
             .http
             .get(format!("{}{path}", self.base))
@@ -451,7 +456,7 @@ impl Harness {
             .await
             .unwrap();
         assert!(r.status().is_success(), "GET {path}: {}", r.status());
-        r.json().await.unwrap()
+        r
     }
 
     pub async fn request(

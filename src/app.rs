@@ -62,6 +62,9 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         64,
         crate::store::Retention {
             inputs_days: cfg.store.inputs_retention_days,
+            readings_days: cfg.store.readings_retention_days,
+            rollup_1m_days: cfg.store.rollup_1m_retention_days,
+            rollup_1h_days: cfg.store.rollup_1h_retention_days,
         },
         metrics.clone(),
         quarantine.clone(),

@@ -66,6 +66,66 @@ async fn healthy_block_for_a_day_raises_nothing() {
         .get_response("/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z")
         .await;
     assert!(whole.headers().get("link").is_none(), "one page holds it all: no next");
+
+    // The hourly trend of the same day: one bucket per hour, each the mean,
+    // min, max and count of that hour's readings as served raw, and it pages
+    // at its own resolution.
+    let raw: Vec<(String, f64)> = q
+        .iter()
+        .map(|r| (r["t"].as_str().unwrap().to_string(), r["value"].as_f64().unwrap()))
+        .collect();
+    let hours = h
+        .get("/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z&resolution=1h")
+        .await;
+    let hours = hours.as_array().unwrap();
+    let mut distinct: Vec<&str> = raw.iter().map(|(t, _)| &t[..13]).collect();
+    distinct.dedup();
+    assert_eq!(hours.len(), distinct.len(), "one bucket per hour with readings");
+    assert!(hours.len() >= 24);
+    for b in hours {
+        let hour = &b["t"].as_str().unwrap()[..13];
+        let vals: Vec<f64> = raw
+            .iter()
+            .filter(|(t, _)| t.starts_with(hour))
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(b["count"], vals.len(), "{b}");
+        let mean = vals.iter().sum::<f64>() / vals.len() as f64;
+        assert!((b["value"].as_f64().unwrap() - mean).abs() < 1e-9, "{b} vs {mean}");
+        assert_eq!(
+            b["min"].as_f64().unwrap(),
+            vals.iter().cloned().fold(f64::INFINITY, f64::min)
+        );
+        assert_eq!(
+            b["max"].as_f64().unwrap(),
+            vals.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+        );
+    }
+    let first = h
+        .get_response(
+            "/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z&resolution=1h&limit=10",
+        )
+        .await;
+    let link = first.headers().get("link").unwrap().to_str().unwrap().to_string();
+    assert!(link.contains("&resolution=1h>"), "{link}");
+    let minutes = h
+        .get("/api/v1/points/B01.q/readings?from=2025-01-20T00:00:00Z&to=2025-01-23T00:00:00Z&resolution=1m")
+        .await;
+    assert_eq!(
+        minutes.as_array().unwrap().len(),
+        24 * 12,
+        "a 5-minute reading is alone in its minute"
+    );
+    let (status, _) = h
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/points/B01.q/readings?resolution=5m",
+            Some(VIEW_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 400, "an unknown resolution is refused, not read as raw");
+
     let sites = h.get("/api/v1/sites").await;
     assert_eq!(sites[0]["status"], "ok");
     h.stop().await;

@@ -593,7 +593,7 @@ policy = "standard"
         .iter()
         .map(|m| {
             (
-                m.kind.clone(),
+                m.kind.to_string(),
                 m.recipient.clone(),
                 m.escalation_level.unwrap_or(0) as u64,
             )
@@ -608,7 +608,7 @@ policy = "standard"
         (raised.kind.as_str(), raised.recipient.as_str()),
         ("alarm.raised", "tanaka")
     );
-    assert_eq!(escalated.kind, "alarm.escalated");
+    assert_eq!(escalated.kind.as_str(), "alarm.escalated");
     assert_eq!(escalated.at - raised.at, Duration::minutes(15));
     let said = replay::describe(raised, &run.alarms, cfg.service.utc_offset_hours);
     assert!(said.starts_with("would have paged tanaka by webhook at "), "{said}");

@@ -5,7 +5,7 @@ const T = {
        prios:{critical:"最重要", high:"重要", medium:"中", low:"低"}, late:"遅延データ（要確認）", comment:"コメント（任意）", minutes:"保留時間（分）", reason:"理由",
        mute:"🔔 音あり", muted:"🔕 消音", detail_value:"値", detail_limit:"設定値", detail_raised:"発生（事象時刻）", detail_detected:"検知", detail_cleared:"復旧", detail_acked:"確認",
        tab_journal:"履歴", at:"日時", cancel:"取消", notified:"通知先", oncall:"当番", deliv:{sent:"✓ 送信済", pending:"… 送信待ち", failed:"✕ 失敗", held:"保留（まとめて送信）", summarized:"まとめて送信済"}, ack_title:"警報を確認", shelve_title:"警報を保留", reason_required:"理由を入力してください",
-       all_prio:"全優先度", zoom_hint:"ドラッグで拡大", zoom_reset:"拡大解除", action:"操作", who:"担当", why:"理由", show:"表示",
+       all_prio:"全優先度", zoom_hint:"ドラッグで拡大", zoom_reset:"拡大解除", year:"1年", res:{raw:"生データ", "1m":"1分集計", "1h":"1時間集計（平均と最小–最大）"}, action:"操作", who:"担当", why:"理由", show:"表示",
        tab_analysis:"分析", kpi_title:"警報管理指標（過去24時間）", replay_title:"再生（リプレイ）", from:"開始", to:"終了", candidate:"候補ルール（任意）", replay_start:"再生開始",
        rp_running:"再生中", rp_done:"完了", rp_failed:"失敗", rp_report:"レポートを開く", rp_alarms:"警報", rp_diff:"差分：追加 {a}・削除 {r}・変更 {c}",
        k:{annunciations:"発報数", per_hour_mean:"1時間平均", per_hour_peak:"1時間最大", per_10min_peak:"10分最大", flood_periods:"警報洪水（10分10件超）", time_in_flood_pct:"洪水時間率 %", chattering:"チャタリング", stale:"長期発報（24時間超）", bad_actors_share_pct:"上位10件の割合 %", ack_median_s:"確認までの中央値（秒）", pages_per_night_max:"一晩の最多通知"},
@@ -17,7 +17,7 @@ const T = {
        prios:{critical:"CRITICAL", high:"HIGH", medium:"MEDIUM", low:"LOW"}, late:"late data (review)", comment:"Comment (optional)", minutes:"Shelve for (minutes)", reason:"Reason",
        mute:"🔔 Sound on", muted:"🔕 Muted", detail_value:"Value", detail_limit:"Limit", detail_raised:"Raised (event time)", detail_detected:"Detected", detail_cleared:"Cleared", detail_acked:"Acknowledged",
        tab_journal:"Journal", at:"When", cancel:"Cancel", notified:"Notified", oncall:"On call", deliv:{sent:"✓ delivered", pending:"… pending", failed:"✕ failed", held:"held (rate limit)", summarized:"sent in a summary"}, ack_title:"Acknowledge alarm", shelve_title:"Shelve alarm", reason_required:"A reason is required",
-       all_prio:"All priorities", zoom_hint:"drag to zoom", zoom_reset:"Reset zoom", action:"Action", who:"Who", why:"Why", show:"Show",
+       all_prio:"All priorities", zoom_hint:"drag to zoom", zoom_reset:"Reset zoom", year:"1 y", res:{raw:"raw readings", "1m":"1-minute rollups", "1h":"hourly rollups (mean, min–max band)"}, action:"Action", who:"Who", why:"Why", show:"Show",
        tab_analysis:"Analysis", kpi_title:"Alarm-management KPIs (last 24 h)", replay_title:"Replay", from:"From", to:"To", candidate:"Candidate rules (optional)", replay_start:"Start replay",
        rp_running:"running", rp_done:"done", rp_failed:"failed", rp_report:"Open the report", rp_alarms:"alarms", rp_diff:"difference: {a} added, {r} removed, {c} moved",
        k:{annunciations:"Annunciations", per_hour_mean:"Per hour, mean", per_hour_peak:"Per hour, peak", per_10min_peak:"Per 10 minutes, peak", flood_periods:"Flood periods (> 10 in 10 min)", time_in_flood_pct:"Time in flood %", chattering:"Chattering alarms", stale:"Stale (active > 24 h)", bad_actors_share_pct:"Top 10 share %", ack_median_s:"Time to ack, median (s)", pages_per_night_max:"Most pages in a night"},
@@ -153,10 +153,17 @@ function renderSites() {
         <div>${esc(lang === "ja" ? s.name : (s.name_en || s.name))}</div><div class="vals">${esc(vals)}</div></div>`;
     }).join("") + `</div></div>`).join("");
 }
-// Site detail: trends of the site's key points over 24 h or 7 d as inline SVG,
-// alarm markers on the time axis, and the latest raw message.
-// Drag across a trend to zoom into that span (readings fetched again at full
-// resolution); "reset zoom" goes back to the chosen range.
+// Site detail: trends of the site's key points over 24 h, 7 d, 30 d or a year
+// as inline SVG, alarm markers on the time axis, and the latest raw message.
+// Spans of 7 days and more read the hourly rollups (mean as the line, the
+// min–max envelope as a band), 2 to 7 days the 1-minute rollups, shorter
+// ones the raw readings. Drag across a trend to zoom into that span
+// (fetched again at the resolution the new span calls for); "reset zoom"
+// goes back to the chosen range.
+function resolutionFor(spanMs) {
+  const d = spanMs / 86400e3;
+  return d >= 7 ? "1h" : d > 2 ? "1m" : "raw";
+}
 async function showSite(id, zoom) {
   const s = sites.find((x) => x.id === id); if (!s) return;
   const range = $("trend-range") ? $("trend-range").value : "24";
@@ -165,7 +172,8 @@ async function showSite(id, zoom) {
   let to = s.last_seen ? new Date(s.last_seen) : new Date(), from = new Date(to - Number(range) * 3600e3);
   if (zoom) { from = zoom.from; to = zoom.to; }
   const pts = s.kind === "dma" ? [["q", "m³/h"], ["p", "MPa"]] : [["level", "cm"], ["p1_run", ""], ["p2_run", ""]];
-  const q = `from=${from.toISOString()}&to=${to.toISOString()}&limit=20000`;
+  const res = resolutionFor(to - from);
+  const q = `from=${from.toISOString()}&to=${to.toISOString()}&limit=20000&resolution=${res}`;
   const detail = await api(`/api/v1/sites/${encodeURIComponent(id)}`);
   const journal = await api(`/api/v1/journal?site=${encodeURIComponent(id)}&from=${from.toISOString()}&limit=500`);
   const marks = journal.filter((r) => r.action === "raise").map((r) => new Date(r.event_time || r.at));
@@ -175,17 +183,29 @@ async function showSite(id, zoom) {
     const rows = await api(`/api/v1/points/${encodeURIComponent(id + "." + p)}/readings?${q}`);
     const vals = rows.filter((r) => r.value != null);
     if (!vals.length) { charts.push(`<div class="trend"><b>${esc(p)}</b> –</div>`); continue; }
-    const lo = Math.min(...vals.map((r) => r.value)), hi = Math.max(...vals.map((r) => r.value));
+    // Rollup rows carry min and max beside the mean.
+    const lows = vals.map((r) => r.min ?? r.value), highs = vals.map((r) => r.max ?? r.value);
+    let lo = lows[0], hi = highs[0];
+    for (let i = 1; i < vals.length; i++) { lo = Math.min(lo, lows[i]); hi = Math.max(hi, highs[i]); }
     const x = (t) => ((new Date(t) - from) / (to - from)) * W;
     const y = (v) => H - 4 - ((v - lo) / ((hi - lo) || 1)) * (H - 8);
-    const path = vals.map((r, i) => `${i ? "L" : "M"}${x(r.t).toFixed(1)},${y(r.value).toFixed(1)}`).join("");
+    // A bucket covers its whole width: rollups are drawn as steps from the
+    // bucket's start to its end, raw readings as a line through them.
+    const width = {raw: 0, "1m": 60e3, "1h": 3600e3}[res];
+    const steps = (v) => vals.flatMap((r, i) => {
+      const t0 = new Date(r.t);
+      return width ? [[x(t0), y(v[i])], [x(+t0 + width), y(v[i])]] : [[x(t0), y(v[i])]];
+    });
+    const d = (ps) => ps.map(([a, b], i) => `${i ? "L" : "M"}${a.toFixed(1)},${b.toFixed(1)}`).join("");
+    const path = d(steps(vals.map((r) => r.value)));
+    const band = width ? `<path class="band" d="${d([...steps(highs), ...steps(lows).reverse()])}Z"/>` : "";
     const m = marks.map((t) => `<line class="mark" x1="${x(t)}" x2="${x(t)}" y1="0" y2="${H}"/>`).join("");
-    charts.push(`<div class="trend"><b>${esc(p)}</b> <span class="mute">${lo.toFixed(2)}–${hi.toFixed(2)} ${esc(unit)}</span>
-      <svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" data-point="${esc(p)}">${m}<path d="${path}"/></svg></div>`);
+    charts.push(`<div class="trend"><b>${esc(p)}</b> <span class="mute">${lo.toFixed(2)}–${hi.toFixed(2)} ${esc(unit)} · ${esc(t("res")[res])}</span>
+      <svg viewBox="0 0 ${W} ${H}" preserveAspectRatio="none" data-point="${esc(p)}" data-resolution="${res}">${m}${band}<path class="line" d="${path}"/></svg></div>`);
   }
   const raw = detail.latest_raw ? `<pre class="raw">${esc(detail.latest_raw.message)}</pre>` : "";
   $("site-detail-body").innerHTML = `<h3>${esc(s.id)} · ${esc(lang === "ja" ? s.name : (s.name_en || s.name))}</h3>
-    <select id="trend-range"><option value="24"${range === "24" ? " selected" : ""}>24 h</option><option value="168"${range === "168" ? " selected" : ""}>7 d</option></select>
+    <select id="trend-range"><option value="24"${range === "24" ? " selected" : ""}>24 h</option><option value="168"${range === "168" ? " selected" : ""}>7 d</option><option value="720"${range === "720" ? " selected" : ""}>30 d</option><option value="8760"${range === "8760" ? " selected" : ""}>${esc(t("year"))}</option></select>
     <span id="trend-span" data-from="${from.toISOString()}" data-to="${to.toISOString()}">${esc(when(from))} – ${esc(when(to))}</span>
     ${zoom ? `<button id="zoom-reset">${esc(t("zoom_reset"))}</button>` : `<span class="mute">${esc(t("zoom_hint"))}</span>`}
     ${charts.join("")}${raw}`;

@@ -182,7 +182,11 @@ pub fn document() -> Value {
                 },
                 "Reading": {"type": "object", "required": ["t", "value", "quality"], "properties": {
                     "t": {"type": "string", "format": "date-time"}, "value": {"type": ["number", "null"]},
-                    "quality": {"enum": ["good", "uncertain", "bad"]}, "arrived": {"type": "string", "format": "date-time"}}}
+                    "quality": {"enum": ["good", "uncertain", "bad"]}, "arrived": {"type": "string", "format": "date-time"}}},
+                "Rollup": {"type": "object", "description": "the good and uncertain values whose event time falls in the bucket starting at `t`",
+                    "required": ["t", "value", "min", "max", "count"], "properties": {
+                    "t": {"type": "string", "format": "date-time"}, "value": {"type": "number", "description": "mean"},
+                    "min": {"type": "number"}, "max": {"type": "number"}, "count": {"type": "integer", "minimum": 1}}}
             }
         },
         "paths": {
@@ -228,10 +232,11 @@ pub fn document() -> Value {
                     {"name": "id", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]+\\.[A-Za-z0-9._-]+$"}, "example": "B17.p"},
                     {"name": "from", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: 24 h before to"},
                     {"name": "to", "in": "query", "schema": {"type": "string", "format": "date-time"}, "description": "default: now"},
+                    {"name": "resolution", "in": "query", "schema": {"enum": ["raw", "1m", "1h"]}, "description": "raw readings (default), or 1-minute / 1-hour rollups (mean as `value`, with min, max and count) of the buckets that overlap the span"},
                     limit(100_000)]),
                 None, {
-                    let mut ok = ok_json("readings in event-time order, at most `limit`; when the span holds more, a `Link` header names the next page", json!({"type": "array", "items": {"$ref": "#/components/schemas/Reading"}}));
-                    ok["headers"] = json!({"Link": {"description": "`<…/readings?from=…&to=…&limit=…>; rel=\"next\"` when more readings follow in the span (RFC 8288); absent on the last page", "schema": {"type": "string"}}});
+                    let mut ok = ok_json("readings (or rollup buckets) in event-time order, at most `limit`; when the span holds more, a `Link` header names the next page", json!({"type": "array", "items": {"oneOf": [{"$ref": "#/components/schemas/Reading"}, {"$ref": "#/components/schemas/Rollup"}]}}));
+                    ok["headers"] = json!({"Link": {"description": "`<…/readings?from=…&to=…&limit=…[&resolution=…]>; rel=\"next\"` when more follow in the span (RFC 8288); absent on the last page", "schema": {"type": "string"}}});
                     ok
                 }, &[("400", "bad point id or time"), ("404", "no such site or point")])},
             "/api/v1/journal": {"get": op("Alarm journal, newest first", Some("viewer"), json!([

@@ -4,7 +4,7 @@ use super::auth::{cookie_value, COOKIE};
 use super::{ApiError, AppState, Caller};
 use crate::alarm::{Alarm, AlarmState};
 use crate::config::Role;
-use crate::model::{PointId, Quality, Timestamp};
+use crate::model::{PointId, Timestamp};
 use crate::pipeline::Command;
 use crate::store::JournalFilter;
 use axum::body::Bytes;
@@ -565,6 +565,8 @@ pub struct RangeQuery {
     from: Option<String>,
     to: Option<String>,
     limit: Option<usize>,
+    /// `raw` (the default), `1m` or `1h`; an unknown one is refused (400).
+    resolution: Option<crate::store::Resolution>,
 }
 
 pub async fn readings(
@@ -601,25 +603,48 @@ pub async fn readings(
         return Err(ApiError::BadRequest("from is after to".into()));
     }
     let limit = check_limit(q.limit, 10_000, 100_000)?;
+    let res = q.resolution.unwrap_or(crate::store::Resolution::Raw);
     let store = st.store.clone();
-    let (rows, more) = tokio::task::spawn_blocking(move || store.readings(&point, from, to, limit))
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))??;
+    // Rows as served, and the time of the last one (where a next page starts).
+    let (out, last, more) = tokio::task::spawn_blocking(move || {
+        if res == crate::store::Resolution::Raw {
+            store.readings(&point, from, to, limit).map(|(rows, more)| {
+                let last = rows.last().map(|r| r.0);
+                let out: Vec<Value> = rows
+                    .into_iter()
+                    .map(|(t, v, q, arrived)| json!({"t": t, "value": v, "quality": q.as_str(), "arrived": arrived}))
+                    .collect();
+                (out, last, more)
+            })
+        } else {
+            store.rollups(&point, res, from, to, limit).map(|(rows, more)| {
+                let last = rows.last().map(|b| b.t);
+                let out: Vec<Value> = rows
+                    .into_iter()
+                    .map(|b| json!({"t": b.t, "value": b.mean, "min": b.min, "max": b.max, "count": b.count}))
+                    .collect();
+                (out, last, more)
+            })
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Unavailable(e.to_string()))??;
     // More in the span than one page: the next page starts just after the
-    // last reading (a point has one reading per millisecond at most), and
-    // says so in a `Link` header (RFC 8288), as GitHub's API pages.
-    let next = rows.last().filter(|_| more).map(|(t, ..)| {
+    // last row (a point has one reading per millisecond at most, one bucket
+    // per start time), and says so in a `Link` header (RFC 8288), as
+    // GitHub's API pages.
+    let next = last.filter(|_| more).map(|t| {
         let stamp = |t: Timestamp| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let res = match res {
+            crate::store::Resolution::Raw => String::new(),
+            r => format!("&resolution={}", r.as_str()),
+        };
         format!(
-            "</api/v1/points/{id}/readings?from={}&to={}&limit={limit}>; rel=\"next\"",
-            stamp(*t + Duration::milliseconds(1)),
+            "</api/v1/points/{id}/readings?from={}&to={}&limit={limit}{res}>; rel=\"next\"",
+            stamp(t + Duration::milliseconds(1)),
             stamp(to)
         )
     });
-    let out: Vec<Value> = rows
-        .into_iter()
-        .map(|(t, v, q, arrived): (Timestamp, Option<f64>, Quality, Timestamp)| json!({"t": t, "value": v, "quality": q.as_str(), "arrived": arrived}))
-        .collect();
     let mut resp = Json(Value::Array(out)).into_response();
     if let Some(link) = next.and_then(|l| axum::http::HeaderValue::from_str(&l).ok()) {
         resp.headers_mut().insert(axum::http::header::LINK, link);

@@ -187,10 +187,26 @@ pub struct StoreSection {
     /// failures) is kept for `mizuban export` and `mizuban replay`.
     #[serde(default = "default_inputs_retention")]
     pub inputs_retention_days: u32,
+    /// Days raw readings are kept (by event time); 0 keeps them for ever.
+    /// Trends beyond this come from the rollups.
+    #[serde(default = "default_readings_retention")]
+    pub readings_retention_days: u32,
+    /// Days 1-minute rollups are kept; 0 keeps them for ever.
+    #[serde(default = "default_readings_retention")]
+    pub rollup_1m_retention_days: u32,
+    /// Days 1-hour rollups are kept; 0 (the default) keeps them for ever:
+    /// a point-year is 8,760 rows.
+    #[serde(default)]
+    pub rollup_1h_retention_days: u32,
 }
 
 fn default_inputs_retention() -> u32 {
     35
+}
+
+/// Two years: this year's data beside last year's at full resolution.
+fn default_readings_retention() -> u32 {
+    730
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

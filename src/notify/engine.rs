@@ -1,4 +1,5 @@
 use super::config::{NotifyConfig, Person, WebhookFormat};
+use super::message::Message;
 use super::plan::{Planner, RandomIds};
 use super::{render, roster};
 use crate::alarm::{Alarm, AlarmOrigin, RaiseSpec};
@@ -11,9 +12,8 @@ use crate::store::outbox::{Outbox, OutboxRow, TokenKey};
 use crate::store::StoreError;
 use crate::telemetry::metrics::ChannelResultLabel;
 use crate::telemetry::Metrics;
-use chrono::Duration;
+use chrono::{Duration, SubsecRound};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
@@ -272,19 +272,14 @@ impl Notifier {
                         row.id.split("-c").next().unwrap_or(&row.id),
                         row.contact_idx + 1
                     );
-                    let mut body: Value = serde_json::from_str(&row.body).unwrap_or(Value::Null);
-                    body["id"] = json!(id);
+                    let body = Message { id, ..row.body.clone() };
                     outbox.insert(&OutboxRow {
-                        id,
                         incident_id: row.incident_id.clone(),
-                        kind: row.kind.clone(),
-                        person: row.person.clone(),
                         contact_idx: row.contact_idx + 1,
                         channel: next.channel(),
                         level: row.level,
                         alarm_ids: row.alarm_ids.clone(),
-                        body: body.to_string(),
-                        ..OutboxRow::due(now)
+                        ..OutboxRow::due(now, body)
                     })?;
                 }
                 None => {
@@ -331,8 +326,11 @@ impl Notifier {
     }
 
     async fn send(&self, row: &OutboxRow) -> Result<(), String> {
-        let mut body: Value = serde_json::from_str(&row.body).map_err(|e| e.to_string())?;
-        body["sent_at"] = json!(render::now_rfc3339(chrono::Utc::now()));
+        // Stamped to the millisecond, as the payload has always carried it.
+        let body = Message {
+            sent_at: Some(chrono::Utc::now().trunc_subsecs(3)),
+            ..row.body.clone()
+        };
         let person = self.inner.n.person(&row.person).ok_or("person no longer configured")?;
         let (kind, to) = row.channel.split_once(':').ok_or("bad channel")?;
         match kind {
@@ -342,12 +340,12 @@ impl Notifier {
         }
     }
 
-    async fn send_webhook(&self, name: &str, body: &Value, person: &Person) -> Result<(), String> {
+    async fn send_webhook(&self, name: &str, body: &Message, person: &Person) -> Result<(), String> {
         let hook = self.inner.n.webhook(name).ok_or("webhook no longer configured")?;
         let ja = person.language == "ja";
         let tz = self.inner.cfg.service.utc_offset_hours;
         let payload = match hook.format {
-            WebhookFormat::Mizuban => body.clone(),
+            WebhookFormat::Mizuban => serde_json::to_value(body).map_err(|e| e.to_string())?,
             WebhookFormat::Slack => render::chat(body, false, ja, tz, &self.inner.cfg.service.name),
             WebhookFormat::Teams => render::chat(body, true, ja, tz, &self.inner.cfg.service.name),
         };
@@ -360,7 +358,7 @@ impl Notifier {
             .timeout(std::time::Duration::from_secs(hook.timeout_s))
             .header("content-type", "application/json")
             .header("x-mizuban-signature", format!("sha256={sig}"))
-            .header("idempotency-key", body["id"].as_str().unwrap_or(""))
+            .header("idempotency-key", body.id.as_str())
             .body(bytes)
             .send()
             .await
@@ -372,7 +370,7 @@ impl Notifier {
         }
     }
 
-    async fn send_email(&self, to: &str, body: &Value, person: &Person, id: &str) -> Result<(), String> {
+    async fn send_email(&self, to: &str, body: &Message, person: &Person, id: &str) -> Result<(), String> {
         let smtp = self.inner.smtp.as_ref().ok_or("no [smtp] configured")?;
         let from = &self.inner.n.smtp.as_ref().ok_or("no [smtp] configured")?.from;
         let ja = person.language == "ja";

@@ -10,6 +10,7 @@
 
 pub mod config;
 mod engine;
+pub mod message;
 pub mod plan;
 pub mod render;
 pub mod roster;

@@ -9,6 +9,7 @@
 //! replay is what the live service would have done.
 
 use super::config::NotifyConfig;
+use super::message::{Episode, Held, IncidentPart, Kind, Message};
 use super::{roster, route};
 use crate::alarm::{Action, Alarm, AlarmState};
 use crate::config::Config;
@@ -17,7 +18,6 @@ use crate::model::Timestamp;
 use crate::store::outbox::{Incident, OutboxRow};
 use chrono::Duration;
 use serde::Serialize;
-use serde_json::json;
 use std::collections::{HashMap, VecDeque};
 
 /// Where the planner keeps its state and puts its messages.
@@ -308,7 +308,11 @@ impl Planner<'_> {
                             // Back to normal: everyone who was told hears it.
                             inc.closed = true;
                             inc.flush_at = None;
-                            let kind = if single { "alarm.cleared" } else { "incident.closed" };
+                            let kind = if single {
+                                Kind::AlarmCleared
+                            } else {
+                                Kind::IncidentClosed
+                            };
                             self.tell_notified(l, inc, kind, &members, now)?;
                         } else if inc.flush_at.is_some() && members.iter().any(unseen_episode) && self.briefs(inc) {
                             // Over within the group wait and nobody saw it:
@@ -321,8 +325,8 @@ impl Planner<'_> {
                         inc.next_level_at = None;
                         if told {
                             let kind = match row.action {
-                                Action::Shelve => Some("alarm.shelved"),
-                                Action::Ack => Some("alarm.acknowledged"),
+                                Action::Shelve => Some(Kind::AlarmShelved),
+                                Action::Ack => Some(Kind::AlarmAcknowledged),
                                 _ => None,
                             };
                             if let Some(kind) = kind {
@@ -378,9 +382,9 @@ impl Planner<'_> {
         }
         if members.len() > inc.announced {
             let kind = if inc.announced <= 1 {
-                "incident.opened"
+                Kind::IncidentOpened
             } else {
-                "incident.updated"
+                Kind::IncidentUpdated
             };
             self.tell_notified(l, inc, kind, &members, now)?;
             inc.announced = members.len();
@@ -404,9 +408,9 @@ impl Planner<'_> {
         };
         let tz = self.cfg.service.utc_offset_hours;
         let kind = if members.len() > 1 {
-            "incident.brief"
+            Kind::IncidentBrief
         } else {
-            "alarm.brief"
+            Kind::AlarmBrief
         };
         for p in roster::resolve(self.n, &first.notify, now, tz) {
             self.enqueue(l, inc, &p, kind, 0, members, now)?;
@@ -428,9 +432,9 @@ impl Planner<'_> {
         let tz = self.cfg.service.utc_offset_hours;
         let people = roster::resolve(self.n, &policy.levels[idx].notify, now, tz);
         let kind = match (inc.level, members.len() > 1) {
-            (0, true) => "incident.opened",
-            (0, false) => "alarm.raised",
-            _ => "alarm.escalated",
+            (0, true) => Kind::IncidentOpened,
+            (0, false) => Kind::AlarmRaised,
+            _ => Kind::AlarmEscalated,
         };
         for p in &people {
             self.enqueue(l, inc, p, kind, idx + 1, &members, now)?;
@@ -454,7 +458,7 @@ impl Planner<'_> {
         &mut self,
         l: &mut L,
         inc: &Incident,
-        kind: &str,
+        kind: Kind,
         members: &[Alarm],
         now: Timestamp,
     ) -> Result<(), L::Error> {
@@ -470,7 +474,7 @@ impl Planner<'_> {
         l: &mut L,
         inc: &Incident,
         person: &str,
-        kind: &str,
+        kind: Kind,
         level: usize,
         members: &[Alarm],
         now: Timestamp,
@@ -489,28 +493,38 @@ impl Planner<'_> {
         };
         let id = self.ids.message(now);
         let lead = members.iter().find(|a| must_page(a)).or(members.first());
-        let mut body = json!({
-            "id": id, "type": kind, "sent_at": null,
-            "alarm": lead, "recipient": person, "recipient_name": p.name, "language": p.language,
-            "incident": {"id": inc.id, "count": members.len(), "alarms": members},
-            "board_url": format!("{}/", self.public_url),
-        });
-        if level > 0 {
-            body["escalation_level"] = json!(level);
-        }
-        if kind.ends_with(".brief") {
+        let mut body = Message {
+            id: id.clone(),
+            kind,
+            sent_at: None,
+            alarm: lead.cloned(),
+            recipient: person.to_string(),
+            recipient_name: p.name.clone(),
+            language: p.language.clone(),
+            incident: Some(IncidentPart {
+                id: inc.id.clone(),
+                count: members.len(),
+                alarms: members.to_vec(),
+            }),
+            board_url: format!("{}/", self.public_url),
+            escalation_level: (level > 0).then_some(level),
+            episode: None,
+            ack_url: None,
+            ack_code: None,
+            ack_expires_at: None,
+            messages: None,
+        };
+        if kind.is_brief() {
             // What the person reads first: when it began and ended, and when
             // the data behind it arrived if that was after the fact.
-            let from = members.iter().map(|a| a.raised_at).min();
-            let to = members.iter().filter_map(|a| a.cleared_at).max();
-            let reported = members.iter().filter(|a| a.late).map(|a| a.detected_at).max();
-            body["episode"] =
-                json!({"from": from, "to": to, "reported_at": reported, "sites": distinct_sites(members)});
+            body.episode = Some(Episode {
+                from: members.iter().map(|a| a.raised_at).min(),
+                to: members.iter().filter_map(|a| a.cleared_at).max(),
+                reported_at: members.iter().filter(|a| a.late).map(|a| a.detected_at).max(),
+                sites: distinct_sites(members),
+            });
         }
-        if matches!(
-            kind,
-            "alarm.raised" | "alarm.escalated" | "incident.opened" | "incident.updated"
-        ) {
+        if kind.asks_ack() {
             let (token, code) = self.ids.ack();
             let expires = now + Duration::minutes(self.n.settings.ack_link_ttl_minutes);
             l.grant(&Grant {
@@ -521,25 +535,21 @@ impl Planner<'_> {
                 channel: contact.kind.clone(),
                 expires,
             })?;
-            body["ack_url"] = json!(format!("{}/ack/{token}", self.public_url));
-            body["ack_code"] = json!(code);
-            body["ack_expires_at"] = json!(expires);
+            body.ack_url = Some(format!("{}/ack/{token}", self.public_url));
+            body.ack_code = Some(code);
+            body.ack_expires_at = Some(expires);
         }
         let window = Duration::minutes(self.n.settings.rate_limit_window_minutes);
         let held = l.counted_since(person, now - window)? >= self.n.settings.rate_limit_per_recipient;
         l.insert(
             &OutboxRow {
-                id,
                 incident_id: inc.id.clone(),
-                kind: kind.to_string(),
-                person: person.to_string(),
                 contact_idx: idx,
                 channel: contact.channel(),
                 level,
                 state: if held { "held" } else { "pending" }.into(),
                 alarm_ids: members.iter().map(|a| a.id.clone()).collect(),
-                body: body.to_string(),
-                ..OutboxRow::due(now)
+                ..OutboxRow::due(now, body)
             },
             lead.map(|a| a.id.as_str()),
         )
@@ -569,29 +579,42 @@ impl Planner<'_> {
                 continue;
             };
             let Some(contact) = p.contacts.first() else { continue };
-            let messages: Vec<serde_json::Value> = rows
+            let messages: Vec<Held> = rows
                 .iter()
-                .filter_map(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-                .map(
-                    |b| json!({"id": b["id"], "type": b["type"], "alarm": b["alarm"], "incident": b["incident"]["id"]}),
-                )
+                .map(|r| &r.body)
+                .map(|b| Held {
+                    id: b.id.clone(),
+                    kind: b.kind,
+                    alarm: b.alarm.clone(),
+                    incident: b.incident.as_ref().map(|i| i.id.clone()),
+                })
                 .collect();
             let id = self.ids.message(now);
-            let body = json!({"id": id, "type": "summary", "sent_at": null, "recipient": person,
-                "recipient_name": p.name, "language": p.language, "messages": messages,
-                "board_url": format!("{}/", self.public_url)});
+            let body = Message {
+                id: id.clone(),
+                kind: Kind::Summary,
+                sent_at: None,
+                alarm: None,
+                recipient: person.clone(),
+                recipient_name: p.name.clone(),
+                language: p.language.clone(),
+                incident: None,
+                board_url: format!("{}/", self.public_url),
+                escalation_level: None,
+                episode: None,
+                ack_url: None,
+                ack_code: None,
+                ack_expires_at: None,
+                messages: Some(messages),
+            };
             let mut ids: Vec<String> = rows.iter().flat_map(|r| r.alarm_ids.clone()).collect();
             ids.sort();
             ids.dedup();
             l.insert(
                 &OutboxRow {
-                    id,
-                    kind: "summary".into(),
-                    person: person.clone(),
                     channel: contact.channel(),
                     alarm_ids: ids,
-                    body: body.to_string(),
-                    ..OutboxRow::due(now)
+                    ..OutboxRow::due(now, body)
                 },
                 None,
             )?;
@@ -616,7 +639,7 @@ fn distinct_sites(members: &[Alarm]) -> usize {
 pub struct DryMessage {
     pub at: Timestamp,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Kind,
     /// The alarm it is mainly about (none for a summary of held messages).
     pub alarm: Option<String>,
     pub incident: String,
@@ -720,7 +743,7 @@ impl Ledger for MemLedger {
         Ok(())
     }
     fn insert(&mut self, row: &OutboxRow, lead: Option<&str>) -> Result<(), Self::Error> {
-        if row.kind != "summary" && !row.incident_id.is_empty() {
+        if row.kind != Kind::Summary && !row.incident_id.is_empty() {
             let told = self.told.entry(row.incident_id.clone()).or_default();
             if !told.contains(&row.person) {
                 told.push(row.person.clone());
@@ -738,7 +761,7 @@ impl Ledger for MemLedger {
         q.push_back(row.created_at);
         self.sent.push(DryMessage {
             at: row.created_at,
-            kind: row.kind.clone(),
+            kind: row.kind,
             alarm: lead.map(str::to_string),
             incident: row.incident_id.clone(),
             recipient: row.person.clone(),

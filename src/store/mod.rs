@@ -8,6 +8,7 @@
 //! `msg_seen`).
 
 pub mod outbox;
+pub mod schema;
 mod sqlite;
 
 pub use sqlite::{InputFilter, JournalFilter, JournalRow, Restored, Store, StoreError};
@@ -76,16 +77,68 @@ pub enum InputBody {
     PollError(String),
 }
 
-/// How long each kind of record is kept.
+/// The resolution a point's history is read at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum Resolution {
+    /// Every reading as stored.
+    #[serde(rename = "raw")]
+    Raw,
+    /// 1-minute rollups.
+    #[serde(rename = "1m")]
+    Minute,
+    /// 1-hour rollups.
+    #[serde(rename = "1h")]
+    Hour,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Raw => "raw",
+            Resolution::Minute => "1m",
+            Resolution::Hour => "1h",
+        }
+    }
+    /// A bucket's width in milliseconds (raw readings have none).
+    pub fn width_ms(self) -> Option<i64> {
+        match self {
+            Resolution::Raw => None,
+            Resolution::Minute => Some(60_000),
+            Resolution::Hour => Some(3_600_000),
+        }
+    }
+}
+
+/// One rollup bucket: the values of the good and uncertain readings whose
+/// event time falls in `[t, t + width)`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Bucket {
+    pub t: Timestamp,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+/// How long each kind of record is kept, in days; 0 keeps it for ever.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
-    /// Recorded inputs (the replay record), in days.
+    /// Recorded inputs (the replay record), by arrival time.
     pub inputs_days: u32,
+    /// Raw readings, by event time.
+    pub readings_days: u32,
+    pub rollup_1m_days: u32,
+    pub rollup_1h_days: u32,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { inputs_days: 35 }
+        Self {
+            inputs_days: 35,
+            readings_days: 730,
+            rollup_1m_days: 730,
+            rollup_1h_days: 0,
+        }
     }
 }
 

@@ -13,31 +13,10 @@ use super::sqlite::{from_ms, ms};
 use super::StoreError;
 use crate::alarm::Alarm;
 use crate::model::Timestamp;
+use crate::notify::message::{Kind, Message};
 use crate::notify::plan::{Grant, JournalRow, Ledger};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::{Mutex, MutexGuard};
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS notify_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS incidents (
-    id TEXT PRIMARY KEY, group_key TEXT NOT NULL, policy TEXT NOT NULL, site TEXT NOT NULL,
-    opened_at INTEGER NOT NULL, first_sent_at INTEGER, flush_at INTEGER, last_msg_at INTEGER,
-    level INTEGER NOT NULL DEFAULT 0, next_level_at INTEGER, closed INTEGER NOT NULL DEFAULT 0,
-    announced INTEGER NOT NULL DEFAULT 0, alarms TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS incidents_open ON incidents(closed, group_key);
-CREATE TABLE IF NOT EXISTS outbox (
-    id TEXT PRIMARY KEY, incident_id TEXT NOT NULL, kind TEXT NOT NULL, person TEXT NOT NULL,
-    contact_idx INTEGER NOT NULL, channel TEXT NOT NULL, level INTEGER NOT NULL,
-    created_at INTEGER NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    next_at INTEGER NOT NULL, last_error TEXT, sent_at INTEGER, alarm_ids TEXT NOT NULL, body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_at);
-CREATE INDEX IF NOT EXISTS outbox_person ON outbox(person, created_at);
-CREATE INDEX IF NOT EXISTS outbox_incident ON outbox(incident_id);
-CREATE TABLE IF NOT EXISTS ack_tokens (
-    token_hash TEXT PRIMARY KEY, code TEXT NOT NULL, incident_id TEXT NOT NULL, person TEXT NOT NULL,
-    channel TEXT NOT NULL, expires_at INTEGER NOT NULL, used_at INTEGER);
-CREATE INDEX IF NOT EXISTS ack_code ON ack_tokens(code);
-";
 
 #[derive(Debug, Clone)]
 pub struct Incident {
@@ -78,11 +57,21 @@ fn incident_row(r: &rusqlite::Row) -> rusqlite::Result<Incident> {
     })
 }
 
-fn open(path: &std::path::Path) -> rusqlite::Result<Connection> {
-    let c = Connection::open(path)?;
-    c.busy_timeout(std::time::Duration::from_secs(10))?;
-    c.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
-    c.execute_batch(SCHEMA)?;
+/// The notification tables share the store's file and schema (migrated by
+/// whichever opens it first) and its durability: a message recorded as sent
+/// stays recorded across a power loss, so it is not sent again.
+fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let sq = |e| StoreError::Sqlite {
+        path: path.into(),
+        source: e,
+    };
+    let mut c = Connection::open(path).map_err(sq)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq)?;
+    c.execute_batch(super::sqlite::PRAGMAS).map_err(sq)?;
+    super::schema::migrate(&mut c).map_err(|e| StoreError::Schema {
+        path: path.into(),
+        source: e,
+    })?;
     Ok(c)
 }
 
@@ -142,12 +131,12 @@ fn incident(c: &Connection, id: &str) -> rusqlite::Result<Option<Incident>> {
     .optional()
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct OutboxRow {
     pub id: String,
     pub incident_id: String,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: Kind,
     pub person: String,
     pub contact_idx: usize,
     pub channel: String,
@@ -159,20 +148,39 @@ pub struct OutboxRow {
     pub last_error: Option<String>,
     pub sent_at: Option<Timestamp>,
     pub alarm_ids: Vec<String>,
+    /// What is sent (stored as its JSON).
     #[serde(skip)]
-    pub body: String,
+    pub body: Message,
 }
 
 impl OutboxRow {
-    /// The fields every new message starts with: pending, due now, never tried.
-    pub fn due(now: Timestamp) -> Self {
+    /// A new message as every one starts: pending, due now, never tried, its
+    /// id, kind and recipient those of its body.
+    pub fn due(now: Timestamp, body: Message) -> Self {
         OutboxRow {
+            id: body.id.clone(),
+            incident_id: String::new(),
+            kind: body.kind,
+            person: body.recipient.clone(),
+            contact_idx: 0,
+            channel: String::new(),
+            level: 0,
             created_at: now,
-            next_at: now,
             state: "pending".into(),
-            ..Default::default()
+            attempts: 0,
+            next_at: now,
+            last_error: None,
+            sent_at: None,
+            alarm_ids: Vec::new(),
+            body,
         }
     }
+}
+
+/// A stored column that does not parse as the type this build reads it as:
+/// an error naming the column, not a default.
+fn conversion(i: usize, what: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, format!("outbox {what}: {e}").into())
 }
 
 const OUTBOX_COLS: &str = "id, incident_id, kind, person, contact_idx, channel, level, created_at, state, attempts, next_at, last_error, sent_at, alarm_ids, body";
@@ -182,7 +190,10 @@ fn outbox_row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
     Ok(OutboxRow {
         id: r.get(0)?,
         incident_id: r.get(1)?,
-        kind: r.get(2)?,
+        kind: {
+            let k: String = r.get(2)?;
+            Kind::parse(&k).ok_or_else(|| conversion(2, "kind", format!("unknown kind {k:?}")))?
+        },
         person: r.get(3)?,
         contact_idx: r.get::<_, i64>(4)? as usize,
         channel: r.get(5)?,
@@ -194,17 +205,20 @@ fn outbox_row(r: &rusqlite::Row) -> rusqlite::Result<OutboxRow> {
         last_error: r.get(11)?,
         sent_at: r.get::<_, Option<i64>>(12)?.map(from_ms),
         alarm_ids: serde_json::from_str(&ids).unwrap_or_default(),
-        body: r.get(14)?,
+        body: serde_json::from_str(&r.get::<_, String>(14)?).map_err(|e| conversion(14, "body", e))?,
     })
 }
 
 fn insert_outbox(c: &Connection, o: &OutboxRow) -> rusqlite::Result<()> {
     c.execute(
-        &format!("INSERT OR IGNORE INTO outbox ({OUTBOX_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+        // `seq` orders an incident's messages: the next after the incident's
+        // last (an incident has one writer, so this needs no global counter).
+        &format!("INSERT OR IGNORE INTO outbox ({OUTBOX_COLS}, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                  (SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox WHERE incident_id = ?2))"),
         params![
             o.id,
             o.incident_id,
-            o.kind,
+            o.kind.as_str(),
             o.person,
             o.contact_idx as i64,
             o.channel,
@@ -216,7 +230,7 @@ fn insert_outbox(c: &Connection, o: &OutboxRow) -> rusqlite::Result<()> {
             o.last_error,
             o.sent_at.map(ms),
             serde_json::to_string(&o.alarm_ids).unwrap_or_default(),
-            o.body
+            serde_json::to_string(&o.body).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
         ],
     )?;
     Ok(())
@@ -229,8 +243,8 @@ fn due(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result<Vec<Out
     let mut st = c.prepare_cached(&format!(
         "SELECT {OUTBOX_COLS} FROM outbox WHERE state = 'pending' AND next_at <= ?1
          AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.person = outbox.person AND o.incident_id = outbox.incident_id
-                         AND o.state = 'pending' AND o.rowid < outbox.rowid)
-         ORDER BY created_at, rowid LIMIT ?2"
+                         AND o.state = 'pending' AND o.seq < outbox.seq)
+         ORDER BY created_at, incident_id, seq LIMIT ?2"
     ))?;
     let rows = st.query_map(params![ms(now), limit as i64], outbox_row)?;
     rows.collect()
@@ -238,7 +252,7 @@ fn due(c: &Connection, now: Timestamp, limit: usize) -> rusqlite::Result<Vec<Out
 
 fn outbox_where(c: &Connection, clause: &str, arg: &str) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut st = c.prepare(&format!(
-        "SELECT {OUTBOX_COLS} FROM outbox WHERE {clause} ORDER BY created_at, rowid"
+        "SELECT {OUTBOX_COLS} FROM outbox WHERE {clause} ORDER BY created_at, incident_id, seq"
     ))?;
     let rows = st.query_map([arg], outbox_row)?;
     rows.collect()
@@ -247,7 +261,7 @@ fn outbox_where(c: &Connection, clause: &str, arg: &str) -> rusqlite::Result<Vec
 /// The newest `limit` messages, of one state or all.
 fn recent(c: &Connection, state: Option<&str>, limit: usize) -> rusqlite::Result<Vec<OutboxRow>> {
     let mut st = c.prepare_cached(&format!(
-        "SELECT {OUTBOX_COLS} FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY rowid DESC LIMIT ?2"
+        "SELECT {OUTBOX_COLS} FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY created_at DESC, incident_id DESC, seq DESC LIMIT ?2"
     ))?;
     let rows = st.query_map(params![state, limit as i64], outbox_row)?;
     rows.collect()
@@ -360,7 +374,7 @@ impl Ledger for SqlLedger<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT contact_idx FROM outbox WHERE incident_id = ?1 AND person = ?2 AND state = 'sent' ORDER BY rowid DESC LIMIT 1",
+                "SELECT contact_idx FROM outbox WHERE incident_id = ?1 AND person = ?2 AND state = 'sent' ORDER BY seq DESC LIMIT 1",
                 params![incident, person],
                 |r| r.get::<_, i64>(0),
             )
@@ -418,11 +432,9 @@ pub struct Outbox {
 impl Outbox {
     /// Opens (and creates) the tables in the store's file.
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        let conn = open(path).map_err(|source| StoreError::Sqlite {
-            path: path.into(),
-            source,
-        })?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(open(path)?),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {

@@ -1,10 +1,11 @@
-use super::{Batch, Commits, Committed, InputBody, RecordedInput, Retention};
+use super::{Batch, Bucket, Commits, Committed, InputBody, RecordedInput, Resolution, Retention};
 use crate::alarm::{Action, Alarm};
 use crate::model::{PointId, Quality, Timestamp};
 use crate::telemetry::quarantine::{Quarantine, QuarantineEntry};
 use crate::telemetry::Metrics;
 use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension};
+use rustc_hash::FxHashMap;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,11 @@ pub enum StoreError {
     Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("store {path}: cannot create directory: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
+    #[error("store {path}: {source}")]
+    Schema {
+        path: PathBuf,
+        source: super::schema::MigrateError,
+    },
     #[error("store writer has stopped")]
     Closed,
     #[error("store query failed: {0}")]
@@ -103,56 +109,7 @@ pub struct Store {
 /// would lose the last commits on power loss while the broker believes them
 /// delivered. The cost is one fsync per transaction; the writer groups every
 /// waiting batch into one transaction, so it is paid per group, not per message.
-const SCHEMA: &str = "
-PRAGMA journal_mode = WAL;
-PRAGMA synchronous = FULL;
-CREATE TABLE IF NOT EXISTS readings (
-    point TEXT NOT NULL, t INTEGER NOT NULL, value REAL, quality INTEGER NOT NULL, arrived INTEGER NOT NULL,
-    PRIMARY KEY (point, t)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS alarms (
-    id TEXT PRIMARY KEY, site TEXT NOT NULL, source TEXT NOT NULL, condition TEXT NOT NULL,
-    open INTEGER NOT NULL, updated INTEGER NOT NULL, json TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS alarms_open ON alarms(open);
-CREATE INDEX IF NOT EXISTS alarms_updated ON alarms(updated);
-CREATE TABLE IF NOT EXISTS journal (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, alarm_id TEXT NOT NULL, site TEXT NOT NULL,
-    source TEXT NOT NULL, condition TEXT NOT NULL, action TEXT NOT NULL, from_state TEXT NOT NULL,
-    to_state TEXT NOT NULL, who TEXT NOT NULL, why TEXT, event_time INTEGER, notify INTEGER NOT NULL,
-    late INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS journal_alarm ON journal(alarm_id);
-CREATE INDEX IF NOT EXISTS journal_site ON journal(site, at);
-CREATE TABLE IF NOT EXISTS rule_state (key TEXT PRIMARY KEY, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS device_state (device TEXT PRIMARY KEY, json TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS msg_seen (
-    device TEXT NOT NULL, boot INTEGER NOT NULL, seq INTEGER NOT NULL, arrived INTEGER NOT NULL,
-    PRIMARY KEY (device, boot, seq)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS msg_seen_arrived ON msg_seen(arrived);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS revoked_sessions (mac TEXT PRIMARY KEY, expires INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS raw_latest (site TEXT PRIMARY KEY, topic_payload TEXT NOT NULL, arrived INTEGER NOT NULL);
--- Every input as received, for export and replay: source 0 = MQTT (topic,
--- exact payload bytes), 1 = Modbus poll (body: the poll's blocks as JSON),
--- 2 = Modbus poll failure (body: the error).
-CREATE TABLE IF NOT EXISTS inputs (
-    id INTEGER PRIMARY KEY, arrived INTEGER NOT NULL, site TEXT, source INTEGER NOT NULL,
-    topic TEXT, body BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS inputs_arrived ON inputs(arrived);
-";
-
-/// Columns added after the first release, added in place to an older database.
-fn migrate(c: &Connection) -> rusqlite::Result<()> {
-    let has = |table: &str, col: &str| -> rusqlite::Result<bool> {
-        let mut st = c.prepare(&format!("PRAGMA table_info({table})"))?;
-        let names = st
-            .query_map([], |r| r.get::<_, String>(1))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(names.iter().any(|n| n == col))
-    };
-    if !has("journal", "priority")? {
-        c.execute_batch("ALTER TABLE journal ADD COLUMN priority TEXT NOT NULL DEFAULT ''")?;
-    }
-    Ok(())
-}
+pub(super) const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;";
 
 /// A stored action name as the enum; a name this version does not know is
 /// an error naming it, not a guess.
@@ -220,9 +177,12 @@ impl Store {
             path: path.into(),
             source: e,
         };
-        let write = Connection::open(path).map_err(sq)?;
-        write.execute_batch(SCHEMA).map_err(sq)?;
-        migrate(&write).map_err(sq)?;
+        let mut write = Connection::open(path).map_err(sq)?;
+        write.execute_batch(PRAGMAS).map_err(sq)?;
+        super::schema::migrate(&mut write).map_err(|e| StoreError::Schema {
+            path: path.into(),
+            source: e,
+        })?;
         write.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
         let read = Connection::open(path).map_err(sq)?;
         read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
@@ -375,6 +335,45 @@ impl Store {
             // One more than asked: whether it exists is whether a next page does.
             let rows = st.query_map(params![point.as_str(), ms(from), ms(to), limit as i64 + 1], |r| {
                 Ok((from_ms(r.get(0)?), r.get::<_, Option<f64>>(1)?, int_q(r.get(2)?), from_ms(r.get(3)?)))
+            })?;
+            let mut rows: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            Ok((rows, more))
+        })
+    }
+
+    /// A point's rollup buckets at `res` (not [`Resolution::Raw`]) that
+    /// overlap `[from, to]`, in time order, at most `limit`, and whether more
+    /// follow (pages as [`Store::readings`]).
+    pub fn rollups(
+        &self,
+        point: &PointId,
+        res: Resolution,
+        from: Timestamp,
+        to: Timestamp,
+        limit: usize,
+    ) -> Result<(Vec<Bucket>, bool), StoreError> {
+        let (table, width) = match res {
+            Resolution::Minute => ("rollup_1m", MINUTE_MS),
+            Resolution::Hour => ("rollup_1h", HOUR_MS),
+            Resolution::Raw => return Err(StoreError::Query("raw readings are not rollups".into())),
+        };
+        self.with_read(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT t, n, sum, min, max FROM {table} WHERE point = ?1 AND t >= ?2 AND t <= ?3 ORDER BY t LIMIT ?4"
+            ))?;
+            // The bucket the span starts in begins before `from`.
+            let start = ms(from) - ms(from).rem_euclid(width);
+            let rows = st.query_map(params![point.as_str(), start, ms(to), limit as i64 + 1], |r| {
+                let n: i64 = r.get(1)?;
+                Ok(Bucket {
+                    t: from_ms(r.get(0)?),
+                    mean: r.get::<_, f64>(2)? / n.max(1) as f64,
+                    min: r.get(3)?,
+                    max: r.get(4)?,
+                    count: n as u64,
+                })
             })?;
             let mut rows: Vec<_> = rows.collect::<rusqlite::Result<_>>()?;
             let more = rows.len() > limit;
@@ -555,6 +554,9 @@ fn permanent(e: &rusqlite::Error) -> bool {
 /// only that statement); without, any failure fails the whole transaction.
 fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Rejected>>) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
+    // The rollups of what this transaction adds, summed per bucket first
+    // so a bucket is written once per commit, not once per reading.
+    let mut minutes: FxHashMap<(&str, i64), Rollup> = FxHashMap::default();
     {
         let mut row = |r: rusqlite::Result<usize>, table: &'static str, key: &dyn Fn() -> String| match r {
             Ok(_) => Ok(()),
@@ -591,17 +593,24 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Re
             tx.prepare_cached("INSERT INTO inputs (arrived, site, source, topic, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         for b in ops {
             for r in &b.readings {
-                row(
-                    ins_r.execute(params![
-                        r.point.as_str(),
-                        ms(r.t),
-                        r.value,
-                        q_int(r.quality),
-                        ms(r.arrived)
-                    ]),
-                    "readings",
-                    &|| format!("{} at {}", r.point, r.t.to_rfc3339()),
-                )?;
+                let res = ins_r.execute(params![
+                    r.point.as_str(),
+                    ms(r.t),
+                    r.value,
+                    q_int(r.quality),
+                    ms(r.arrived)
+                ]);
+                // Only a reading actually added counts (a duplicate is
+                // ignored by the table and must not be counted twice).
+                let added = matches!(res, Ok(1));
+                row(res, "readings", &|| format!("{} at {}", r.point, r.t.to_rfc3339()))?;
+                if let (true, Some(v)) = (added && r.quality != Quality::Bad, r.value.filter(|v| v.is_finite())) {
+                    let t = ms(r.t);
+                    minutes
+                        .entry((r.point.as_str(), t - t.rem_euclid(MINUTE_MS)))
+                        .or_insert_with(Rollup::empty)
+                        .add(v);
+                }
             }
             for t in &b.transitions {
                 let a = &t.alarm;
@@ -694,28 +703,155 @@ fn apply(c: &mut Connection, ops: &[Box<Batch>], mut rejects: Option<&mut Vec<Re
             }
         }
     }
+    if !minutes.is_empty() {
+        write_rollups(&tx, &minutes, rejects)?;
+    }
     tx.commit()
 }
 
-/// How often the writer drops inputs older than their retention.
+const MINUTE_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// Count, sum, min and max of a bucket's values.
+#[derive(Debug, Clone, Copy)]
+struct Rollup {
+    n: i64,
+    sum: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Rollup {
+    fn empty() -> Self {
+        Self {
+            n: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+    fn add(&mut self, v: f64) {
+        self.merge(&Rollup {
+            n: 1,
+            sum: v,
+            min: v,
+            max: v,
+        });
+    }
+    fn merge(&mut self, o: &Rollup) {
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+    }
+}
+
+/// Folds the transaction's new values into the 1-minute and 1-hour buckets
+/// they fall in (and only those: a late reading corrects its own buckets).
+fn write_rollups(
+    tx: &rusqlite::Transaction,
+    minutes: &FxHashMap<(&str, i64), Rollup>,
+    rejects: Option<&mut Vec<Rejected>>,
+) -> rusqlite::Result<()> {
+    let mut hours: FxHashMap<(&str, i64), Rollup> = FxHashMap::default();
+    for ((p, t), r) in minutes {
+        hours
+            .entry((p, t - t.rem_euclid(HOUR_MS)))
+            .or_insert_with(Rollup::empty)
+            .merge(r);
+    }
+    let mut rejects = rejects;
+    for (table, buckets) in [("rollup_1m", minutes), ("rollup_1h", &hours)] {
+        let mut up = tx.prepare_cached(&format!(
+            "INSERT INTO {table} (point, t, n, sum, min, max) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(point, t) DO UPDATE SET n = n + excluded.n, sum = sum + excluded.sum,
+             min = min(min, excluded.min), max = max(max, excluded.max)"
+        ))?;
+        for ((p, t), r) in buckets {
+            match up.execute(params![p, t, r.n, r.sum, r.min, r.max]) {
+                Ok(_) => {}
+                Err(e) if permanent(&e) && rejects.is_some() => {
+                    if let Some(list) = rejects.as_deref_mut() {
+                        list.push(Rejected {
+                            table,
+                            key: format!("{p} at {}", from_ms(*t).to_rfc3339()),
+                            error: e.to_string(),
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How often the writer drops what is older than its retention.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Drops recorded inputs past their retention, a slice at a time so the
-/// ingest path never waits long behind it.
-fn prune_inputs(c: &Connection, retention: Retention, metrics: &Metrics, path: &Path) {
-    let cutoff = Utc::now().timestamp_millis() - retention.inputs_days as i64 * 86_400_000;
-    loop {
-        match c.execute(
-            "DELETE FROM inputs WHERE id IN (SELECT id FROM inputs WHERE arrived < ?1 ORDER BY arrived LIMIT 5000)",
-            [cutoff],
-        ) {
-            Ok(5000) => continue,
-            Ok(_) => break,
-            Err(e) => {
-                metrics.store_errors.inc();
-                tracing::error!(path = %path.display(), error = %e, "pruning recorded inputs failed; retried later");
+/// Drops what is past its retention, in slices (a few thousand rows or a few
+/// hundred points per transaction) so the ingest path never waits long
+/// behind it. Returns how many rows each table lost.
+fn prune(c: &Connection, retention: Retention, now: Timestamp) -> rusqlite::Result<[(&'static str, usize); 4]> {
+    let cutoff = |days: u32| ms(now) - days as i64 * 86_400_000;
+    let mut out = [("inputs", 0), ("readings", 0), ("rollup_1m", 0), ("rollup_1h", 0)];
+    if retention.inputs_days > 0 {
+        loop {
+            let n = c.execute(
+                "DELETE FROM inputs WHERE id IN (SELECT id FROM inputs WHERE arrived < ?1 ORDER BY arrived LIMIT 5000)",
+                [cutoff(retention.inputs_days)],
+            )?;
+            out[0].1 += n;
+            if n < 5000 {
                 break;
             }
+        }
+    }
+    for (i, table, days) in [
+        (1, "readings", retention.readings_days),
+        (2, "rollup_1m", retention.rollup_1m_days),
+        (3, "rollup_1h", retention.rollup_1h_days),
+    ] {
+        if days > 0 {
+            out[i].1 += prune_by_point(c, table, cutoff(days))?;
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes a point-keyed table's rows older than `cutoff`, point by point:
+/// the key is `(point, t)`, so each delete is a range of the key, where a
+/// delete by time alone would read the whole table. The points are found by
+/// seeking to the next one, not by scanning.
+fn prune_by_point(c: &Connection, table: &str, cutoff: i64) -> rusqlite::Result<usize> {
+    let mut next = c.prepare_cached(&format!(
+        "SELECT point FROM {table} WHERE point > ?1 ORDER BY point LIMIT 1"
+    ))?;
+    let mut del = c.prepare_cached(&format!("DELETE FROM {table} WHERE point = ?1 AND t < ?2"))?;
+    let (mut after, mut total) = (String::new(), 0);
+    loop {
+        c.execute_batch("BEGIN IMMEDIATE")?;
+        let mut done = true;
+        let step = (|| {
+            for _ in 0..256 {
+                let Some(p) = next.query_row([&after], |r| r.get::<_, String>(0)).optional()? else {
+                    return Ok(());
+                };
+                total += del.execute(params![p, cutoff])?;
+                after = p;
+            }
+            done = false;
+            Ok(())
+        })();
+        match step {
+            Ok(()) => c.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = c.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        if done {
+            return Ok(total);
         }
     }
 }
@@ -752,7 +888,17 @@ fn writer(
     while let Some(first) = rx.blocking_recv() {
         if pruned.is_none_or(|p| p.elapsed() > PRUNE_EVERY) {
             pruned = Some(std::time::Instant::now());
-            prune_inputs(&c, retention, &metrics, &path);
+            match prune(&c, retention, Utc::now()) {
+                Ok(counts) => {
+                    for (table, n) in counts.into_iter().filter(|(_, n)| *n > 0) {
+                        tracing::info!(table, rows = n, "pruned past retention");
+                    }
+                }
+                Err(e) => {
+                    metrics.store_errors.inc();
+                    tracing::error!(path = %path.display(), error = %e, "pruning past retention failed; retried later");
+                }
+            }
         }
         let mut ops = vec![first];
         // Group whatever else is already waiting into the same transaction.
@@ -991,11 +1137,199 @@ mod tests {
         assert_eq!(n, 1, "the transition is in the journal when it is published");
     }
 
+    fn open_store(path: &Path) -> (Store, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let (store, _) = Store::open(
+            path,
+            8,
+            Retention::default(),
+            metrics.clone(),
+            Arc::new(Quarantine::new(4)),
+        )
+        .unwrap();
+        (store, metrics)
+    }
+
+    async fn submit_readings(store: &Store, metrics: &Metrics, readings: Vec<Reading>) {
+        let b = Batch {
+            readings,
+            ..Default::default()
+        };
+        store.submit(b, metrics).await.unwrap();
+    }
+
+    fn at(site: &str, t: i64, v: Option<f64>, q: Quality) -> Reading {
+        Reading {
+            value: v,
+            quality: q,
+            ..reading(site, t)
+        }
+    }
+
+    #[tokio::test]
+    async fn rollups_agree_with_the_raw_readings_through_late_duplicate_and_bad_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (store, metrics) = open_store(&path);
+        // Three hours of a reading every 20 s, in shuffled batches, with
+        // every tenth sent twice (a QoS 1 redelivery), some bad or without a
+        // value, and the first hour arriving last (a backlog).
+        let base = 1_764_633_600_000; // 2025-12-02T00:00Z, on an hour
+        let mut all: Vec<Reading> = (0..540)
+            .map(|i| {
+                let t = base + i * 20_000;
+                let v = ((i * 37) % 101) as f64 / 7.0;
+                match i % 17 {
+                    3 => at("DM-01", t, Some(v), Quality::Bad),
+                    5 => at("DM-01", t, None, Quality::Uncertain),
+                    7 => at("DM-01", t, Some(v), Quality::Uncertain),
+                    _ => at("DM-01", t, Some(v), Quality::Good),
+                }
+            })
+            .collect();
+        all.rotate_left(180);
+        let mut rng: u64 = 7;
+        for chunk in all.chunks(23) {
+            let mut readings = chunk.to_vec();
+            for r in chunk.iter().step_by(10) {
+                readings.push(r.clone());
+            }
+            // A shuffle without a crate: the order within a batch is arbitrary.
+            for k in (1..readings.len()).rev() {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                readings.swap(k, (rng >> 33) as usize % (k + 1));
+            }
+            submit_readings(&store, &metrics, readings).await;
+        }
+        // A redelivery in a later transaction, of readings already stored.
+        store
+            .submit(
+                Batch {
+                    readings: all[..50].to_vec(),
+                    ..Default::default()
+                },
+                &metrics,
+            )
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+
+        let point = PointId::new(&SiteId::new("DM-01").unwrap(), "flow").unwrap();
+        let (raw, _) = store
+            .readings(&point, from_ms(base), from_ms(base + 3 * HOUR_MS), 10_000)
+            .unwrap();
+        assert_eq!(raw.len(), 540, "every reading stored once");
+        for (res, width) in [(Resolution::Minute, MINUTE_MS), (Resolution::Hour, HOUR_MS)] {
+            let (got, more) = store
+                .rollups(&point, res, from_ms(base), from_ms(base + 3 * HOUR_MS), 10_000)
+                .unwrap();
+            assert!(!more);
+            // The same buckets computed afresh from the raw readings.
+            let mut want: Vec<Bucket> = Vec::new();
+            for (t, v, q, _) in &raw {
+                let (Some(v), false) = (v, *q == Quality::Bad) else {
+                    continue;
+                };
+                let b = ms(*t) - ms(*t).rem_euclid(width);
+                match want.last_mut() {
+                    Some(w) if ms(w.t) == b => {
+                        w.count += 1;
+                        w.mean += v;
+                        w.min = w.min.min(*v);
+                        w.max = w.max.max(*v);
+                    }
+                    _ => want.push(Bucket {
+                        t: from_ms(b),
+                        mean: *v,
+                        min: *v,
+                        max: *v,
+                        count: 1,
+                    }),
+                }
+            }
+            for w in &mut want {
+                w.mean /= w.count as f64;
+            }
+            assert_eq!(got.len(), want.len(), "{res:?}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!((g.t, g.count, g.min, g.max), (w.t, w.count, w.min, w.max), "{res:?}");
+                assert!((g.mean - w.mean).abs() < 1e-9, "{res:?} {g:?} {w:?}");
+            }
+        }
+        // A span starting mid-bucket includes the bucket it starts in, and
+        // pages when it holds more than the limit.
+        let (page, more) = store
+            .rollups(
+                &point,
+                Resolution::Hour,
+                from_ms(base + 90 * MINUTE_MS),
+                from_ms(base + 3 * HOUR_MS),
+                1,
+            )
+            .unwrap();
+        assert_eq!((ms(page[0].t), more), (base + HOUR_MS, true));
+    }
+
+    #[tokio::test]
+    async fn retention_drops_only_what_is_past_it_per_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (store, metrics) = open_store(&path);
+        let day = 86_400_000;
+        let now = 1_764_633_600_000;
+        // Three points, a reading every 6 hours over 40 days.
+        let readings: Vec<Reading> = ["DM-01", "DM-02", "MP-0001"]
+            .iter()
+            .flat_map(|s| (0..160).map(move |i| at(s, now - 40 * day + i * day / 4, Some(i as f64), Quality::Good)))
+            .collect();
+        submit_readings(&store, &metrics, readings).await;
+        store.flush().await.unwrap();
+        let c = Connection::open(&path).unwrap();
+        let count = |table: &str, older: i64| -> i64 {
+            c.query_row(&format!("SELECT count(*) FROM {table} WHERE t < ?1"), [older], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        let total = |table: &str| count(table, i64::MAX);
+        assert_eq!(
+            (total("readings"), total("rollup_1m"), total("rollup_1h")),
+            (480, 480, 480)
+        );
+        let keep = Retention {
+            inputs_days: 0,
+            readings_days: 10,
+            rollup_1m_days: 20,
+            rollup_1h_days: 0,
+        };
+        let pruned = prune(&c, keep, from_ms(now)).unwrap();
+        // 10 and 20 days of 4 readings a day per point remain.
+        assert_eq!(
+            (total("readings"), total("rollup_1m"), total("rollup_1h")),
+            (120, 240, 480)
+        );
+        assert_eq!(
+            (count("readings", now - 10 * day), count("rollup_1m", now - 20 * day)),
+            (0, 0)
+        );
+        assert_eq!(pruned.map(|(_, n)| n), [0, 360, 240, 0]);
+        // What the store serves agrees: raw is gone past 10 days, the hourly
+        // trend is whole.
+        let point = PointId::new(&SiteId::new("DM-02").unwrap(), "flow").unwrap();
+        let (raw, _) = store
+            .readings(&point, from_ms(now - 40 * day), from_ms(now), 1000)
+            .unwrap();
+        let (hours, _) = store
+            .rollups(&point, Resolution::Hour, from_ms(now - 40 * day), from_ms(now), 1000)
+            .unwrap();
+        assert_eq!((raw.len(), hours.len()), (40, 160));
+    }
+
     #[test]
     fn the_write_connection_syncs_every_commit() {
         let dir = tempfile::tempdir().unwrap();
         let c = Connection::open(dir.path().join("s.db")).unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        c.execute_batch(PRAGMAS).unwrap();
         let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
         let mode: String = c.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!((sync, mode.as_str()), (2, "wal"), "FULL (2) in WAL mode");

@@ -111,6 +111,13 @@ pub struct Store {
 /// waiting batch into one transaction, so it is paid per group, not per message.
 pub(super) const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;";
 
+/// The writer's page cache. Readings arrive interleaved across every point of
+/// the fleet and the table is keyed by point, so each commit touches a page
+/// per point; SQLite's default 2 MiB cache re-read most of them from disk
+/// for every commit (half the ingest time went to pread). 32 MiB holds the
+/// hot page of every point's key range and rollups of a few thousand points.
+const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -32768;";
+
 /// A stored action name as the enum; a name this version does not know is
 /// an error naming it, not a guess.
 pub(super) fn action(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Action> {
@@ -179,6 +186,7 @@ impl Store {
         };
         let mut write = Connection::open(path).map_err(sq)?;
         write.execute_batch(PRAGMAS).map_err(sq)?;
+        write.execute_batch(WRITER_PRAGMAS).map_err(sq)?;
         super::schema::migrate(&mut write).map_err(|e| StoreError::Schema {
             path: path.into(),
             source: e,

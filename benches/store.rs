@@ -1,0 +1,245 @@
+//! The historian on SQLite with the durability the README promises
+//! (`synchronous = FULL`, WAL; a batch is acknowledged only after its commit):
+//!
+//! - **ingest**: a month of the fleet's hourly uploads (241 sites, three
+//!   points, twelve 5-minute samples each: 36 readings per message), every
+//!   message a batch as the pipeline submits it (its readings, the input as
+//!   received, its dedup key, the site's latest raw message), submitted as
+//!   fast as the writer takes them; committed readings per second, rollups
+//!   included;
+//! - **point-month read**: one point's month raw (8,640 readings) and from
+//!   the 1-minute and 1-hour rollups, median of 50 reads;
+//! - **1-year trend**: one point with a year of 5-minute readings, read as
+//!   the board does (hourly rollups, 8,760 buckets), median of 20;
+//! - **bytes on disk per reading** after the month (database + WAL, inputs
+//!   and rollups included).
+//!
+//! `cargo bench --bench store -- [DAYS]` (default 30). The database is made
+//! under target/store-bench/ (a real disk, not tmpfs: fsync is the cost).
+
+use chrono::{DateTime, Duration, Utc};
+use mizuban::model::{PointId, Quality, Reading, SiteId};
+use mizuban::store::{Batch, InputBody, RecordedInput, Resolution, Retention, Store};
+use mizuban::telemetry::quarantine::Quarantine;
+use mizuban::telemetry::Metrics;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+const SITES: usize = 241;
+const POINTS: [&str; 3] = ["q", "p", "tot"];
+
+fn base() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn open(path: &Path) -> (Store, Arc<Metrics>) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("db-wal"));
+    let _ = std::fs::remove_file(path.with_extension("db-shm"));
+    let metrics = Arc::new(Metrics::new());
+    let retention = Retention {
+        inputs_days: 0,
+        readings_days: 0,
+        rollup_1m_days: 0,
+        rollup_1h_days: 0,
+    };
+    let (store, _) = Store::open(path, 1024, retention, metrics.clone(), Arc::new(Quarantine::new(16))).unwrap();
+    (store, metrics)
+}
+
+/// One site's hourly upload: 12 samples of three points, as one batch.
+fn upload(site: &SiteId, ids: &[PointId], hour: i64, arrived: DateTime<Utc>) -> Batch {
+    let mut readings = Vec::with_capacity(36);
+    for k in 0..12 {
+        let t = base() + Duration::hours(hour) + Duration::minutes(5 * k);
+        for (i, id) in ids.iter().enumerate() {
+            let v = match i {
+                0 => 80.0 + ((hour * 12 + k) % 37) as f64,
+                1 => 0.35 + ((hour + k) % 9) as f64 * 0.01,
+                _ => 1.0e5 + (hour * 12 + k) as f64 * 7.0,
+            };
+            readings.push(Reading {
+                point: id.clone(),
+                t,
+                value: Some(v),
+                quality: Quality::Good,
+                arrived,
+            });
+        }
+    }
+    // The payload as a logger sends it, about the size the fleet's are.
+    let payload = format!(
+        r#"{{"schema":"dma-telemetry/1","block_id":"{site}","seq":{hour},"boot":1,"samples":[{}]}}"#,
+        (0..12)
+            .map(|k| format!(r#"{{"t":"{}","q":88.25,"p":0.372,"tot":100123.5}}"#, k))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    Batch {
+        readings,
+        seen: vec![(format!("AKT-DMA-{site}"), 1, hour as u64, arrived)],
+        raw: vec![(site.as_str().to_string(), payload.clone(), arrived)],
+        inputs: vec![RecordedInput {
+            arrived,
+            site: Some(site.as_str().to_string()),
+            body: InputBody::Mqtt {
+                topic: format!("akita/v1/dma/{site}/telemetry"),
+                payload: payload.into_bytes().into(),
+            },
+        }],
+        ..Default::default()
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn time_ms(n: usize, mut f: impl FnMut()) -> f64 {
+    median(
+        (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect(),
+    )
+}
+
+fn size(path: &Path) -> u64 {
+    ["db", "db-wal"]
+        .iter()
+        .filter_map(|e| std::fs::metadata(path.with_extension(e)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::main]
+async fn main() {
+    let days: i64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(30);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/store-bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("month.db");
+    let (store, metrics) = open(&path);
+    let sites: Vec<(SiteId, Vec<PointId>)> = (0..SITES)
+        .map(|i| {
+            let s = SiteId::new(&format!("B{i:03}")).unwrap();
+            let ids = POINTS.iter().map(|p| PointId::new(&s, p).unwrap()).collect();
+            (s, ids)
+        })
+        .collect();
+
+    // Ingest: every message a batch with its ack; the clock stops when the
+    // last ack has run (everything committed).
+    let hours = days * 24;
+    let started = Instant::now();
+    let mut acks = Vec::with_capacity(SITES * hours as usize);
+    for hour in 0..hours {
+        let arrived = base() + Duration::hours(hour + 1);
+        for (s, ids) in &sites {
+            let mut b = upload(s, ids, hour, arrived);
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            b.acks.push(Box::new(tx));
+            store.submit(b, &metrics).await.unwrap();
+            acks.push(rx);
+        }
+    }
+    for rx in acks {
+        rx.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let readings = (hours as usize * SITES * 36) as f64;
+    let messages = (hours as usize * SITES) as f64;
+    let commit = metrics.encode();
+    let commits = commit
+        .lines()
+        .find(|l| l.starts_with("mizuban_store_commit_seconds_count"))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or("?")
+        .to_string();
+    println!(
+        "ingest: {days} days of {SITES} sites, {readings:.0} readings in {messages:.0} batches, {commits} commits: {secs:.1} s, {:.0} readings/s ({:.0} messages/s)",
+        readings / secs,
+        messages / secs
+    );
+    let bytes = size(&path);
+    println!(
+        "on disk: {:.1} MiB, {:.1} bytes per reading (raw readings, 1m and 1h rollups, inputs as received, dedup keys)",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / readings
+    );
+
+    // A point's month, raw and from the rollups.
+    let point = sites[7].1[0].clone();
+    let (from, to) = (base(), base() + Duration::days(days.min(30)));
+    let (raw, _) = store.readings(&point, from, to, 100_000).unwrap();
+    let raw_ms = time_ms(50, || {
+        store.readings(&point, from, to, 100_000).unwrap();
+    });
+    let (m1, _) = store.rollups(&point, Resolution::Minute, from, to, 100_000).unwrap();
+    let m1_ms = time_ms(50, || {
+        store.rollups(&point, Resolution::Minute, from, to, 100_000).unwrap();
+    });
+    let (h1, _) = store.rollups(&point, Resolution::Hour, from, to, 100_000).unwrap();
+    let h1_ms = time_ms(50, || {
+        store.rollups(&point, Resolution::Hour, from, to, 100_000).unwrap();
+    });
+    println!(
+        "point-month read: raw {} readings {raw_ms:.2} ms; 1m rollups {} buckets {m1_ms:.2} ms; 1h rollups {} buckets {h1_ms:.2} ms (median of 50)",
+        raw.len(),
+        m1.len(),
+        h1.len()
+    );
+    drop(store);
+
+    // A year of one point at 5 minutes, read as the board's 1-year trend.
+    let path = dir.join("year.db");
+    let (store, metrics) = open(&path);
+    let site = SiteId::new("B001").unwrap();
+    let id = PointId::new(&site, "q").unwrap();
+    let mut acks = Vec::new();
+    for hour in 0..365 * 24 {
+        let readings = (0..12)
+            .map(|k| Reading {
+                point: id.clone(),
+                t: base() + Duration::hours(hour) + Duration::minutes(5 * k),
+                value: Some(50.0 + (hour % 24) as f64 + k as f64 * 0.1),
+                quality: Quality::Good,
+                arrived: base() + Duration::hours(hour + 1),
+            })
+            .collect();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let b = Batch {
+            readings,
+            acks: vec![Box::new(tx)],
+            ..Default::default()
+        };
+        store.submit(b, &metrics).await.unwrap();
+        acks.push(rx);
+    }
+    for rx in acks {
+        rx.await.unwrap();
+    }
+    let (from, to) = (base(), base() + Duration::days(365));
+    let (year, _) = store.rollups(&id, Resolution::Hour, from, to, 100_000).unwrap();
+    let year_ms = time_ms(20, || {
+        store.rollups(&id, Resolution::Hour, from, to, 100_000).unwrap();
+    });
+    let (year_raw, _) = store.readings(&id, from, to, 200_000).unwrap();
+    let year_raw_ms = time_ms(5, || {
+        store.readings(&id, from, to, 200_000).unwrap();
+    });
+    println!(
+        "1-year trend: 1h rollups {} buckets {year_ms:.2} ms (median of 20); the same year raw, {} readings, {year_raw_ms:.1} ms",
+        year.len(),
+        year_raw.len()
+    );
+}

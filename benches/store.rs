@@ -46,7 +46,15 @@ fn open(path: &Path) -> (Store, Arc<Metrics>) {
         rollup_1m_days: 0,
         rollup_1h_days: 0,
     };
-    let (store, _) = Store::open(path, 1024, retention, metrics.clone(), Arc::new(Quarantine::new(16))).unwrap();
+    let (store, _) = Store::open(
+        path,
+        1024,
+        retention,
+        false,
+        metrics.clone(),
+        Arc::new(Quarantine::new(16)),
+    )
+    .unwrap();
     (store, metrics)
 }
 

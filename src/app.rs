@@ -48,6 +48,7 @@ pub struct Running {
     /// Alerts to on-call staff, when configured.
     pub notifier: Option<crate::notify::Notifier>,
     notify: (CancellationToken, Option<JoinHandle<()>>),
+    sink: (CancellationToken, Option<JoinHandle<()>>),
     collectors: (CancellationToken, Vec<JoinHandle<()>>),
     shards: (CancellationToken, Vec<JoinHandle<()>>),
     http: (CancellationToken, JoinHandle<()>),
@@ -66,6 +67,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
             rollup_1m_days: cfg.store.rollup_1m_retention_days,
             rollup_1h_days: cfg.store.rollup_1h_retention_days,
         },
+        cfg.influx.is_some(),
         metrics.clone(),
         quarantine.clone(),
     )
@@ -142,6 +144,17 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    // The InfluxDB sink reads the export feed (durable: whatever commits
+    // before it runs, or was left by an earlier run, is in the feed).
+    let sink_cancel = CancellationToken::new();
+    let sink_task = match &cfg.influx {
+        Some(i) => Some(
+            crate::sink::influx::Sink::new(&cfg, i, metrics.clone())
+                .context("starting the InfluxDB sink")?
+                .start(store.subscribe(), sink_cancel.clone()),
+        ),
+        None => None,
+    };
     let state = AppState {
         cfg: cfg.clone(),
         pipeline: pipeline.clone(),
@@ -194,6 +207,7 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         commander: state_commander,
         notifier,
         notify: (notify_cancel, notify_task),
+        sink: (sink_cancel, sink_task),
         collectors: (coll_cancel, coll_tasks),
         shards: (shard_cancel, shard_tasks),
         http: (http_cancel, http_task),
@@ -225,6 +239,13 @@ impl Running {
         }
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final store flush failed");
+        }
+        // What the sink has not delivered stays in the export feed for the next start.
+        self.sink.0.cancel();
+        if let Some(t) = self.sink.1 {
+            if let Err(e) = t.await {
+                tracing::error!(error = %e, "InfluxDB sink task ended abnormally");
+            }
         }
         self.http.0.cancel();
         // Event streams end on the cancellation; other requests get 5 s to finish.

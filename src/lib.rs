@@ -20,5 +20,6 @@ pub mod notify;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;
+pub mod sink;
 pub mod store;
 pub mod telemetry;

@@ -73,6 +73,7 @@ fn open(path: &Path) -> Store {
         path,
         8,
         Retention::default(),
+        false,
         Arc::new(Metrics::new()),
         Arc::new(Quarantine::new(4)),
     )
@@ -223,6 +224,7 @@ fn the_store_refuses_a_database_from_a_newer_release() {
         &path,
         8,
         Retention::default(),
+        false,
         Arc::new(Metrics::new()),
         Arc::new(Quarantine::new(4)),
     )

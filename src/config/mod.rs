@@ -200,6 +200,59 @@ pub struct StoreSection {
     pub rollup_1h_retention_days: u32,
 }
 
+/// The InfluxDB 2 sink (`[influx]`): every committed reading and alarm
+/// transition is also written to an InfluxDB 2 bucket (or a server speaking
+/// its write API), from the store's export feed, never on the ingest path.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxSection {
+    /// Base URL of the server (`http://host:8086`).
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    /// API token; empty sends none. `token_env` names an environment
+    /// variable to read it from instead (kept out of the file).
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Lines per write request (InfluxDB's guidance: 5,000).
+    #[serde(default = "default_influx_batch")]
+    pub batch_lines: usize,
+    /// Gzip the request bodies.
+    #[serde(default = "default_true")]
+    pub gzip: bool,
+    /// Seconds a write may take before it is abandoned and retried.
+    #[serde(default = "default_influx_timeout")]
+    pub timeout_s: u64,
+    /// The longest wait between retries while the server is unreachable.
+    #[serde(default = "default_influx_backoff")]
+    pub max_backoff_s: u64,
+}
+
+fn default_influx_batch() -> usize {
+    5000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_influx_timeout() -> u64 {
+    10
+}
+fn default_influx_backoff() -> u64 {
+    30
+}
+
+impl InfluxSection {
+    /// The token, from `token_env` when set.
+    pub fn token(&self) -> String {
+        match &self.token_env {
+            Some(var) => std::env::var(var).unwrap_or_default(),
+            None => self.token.clone(),
+        }
+    }
+}
+
 fn default_inputs_retention() -> u32 {
     35
 }
@@ -272,6 +325,8 @@ struct RawMain {
     mqtt: MqttSection,
     store: StoreSection,
     http: HttpSection,
+    #[serde(default)]
+    influx: Option<InfluxSection>,
     #[serde(default, rename = "token")]
     tokens: Vec<Spanned<TokenSpec>>,
     #[serde(default, rename = "user")]
@@ -364,6 +419,7 @@ pub struct Config {
     pub store: StoreSection,
     pub http_listen: SocketAddr,
     pub http: HttpSection,
+    pub influx: Option<InfluxSection>,
     pub tokens: Vec<TokenSpec>,
     pub users: Vec<UserSpec>,
     pub profiles: HashMap<String, Arc<Profile>>,
@@ -748,6 +804,7 @@ impl Config {
             store: raw.store.clone(),
             http_listen,
             http: raw.http.clone(),
+            influx: raw.influx.clone(),
             tokens: raw.tokens.into_iter().map(Spanned::into_inner).collect(),
             users: raw.users.into_iter().map(Spanned::into_inner).collect(),
             profiles,
@@ -853,6 +910,7 @@ struct RawMainParts {
     mqtt: Option<MqttSection>,
     store: Option<StoreSection>,
     http: Option<HttpSection>,
+    influx: Option<InfluxSection>,
     #[serde(default, rename = "token")]
     tokens: Vec<Spanned<TokenSpec>>,
     #[serde(default, rename = "user")]
@@ -929,6 +987,31 @@ fn main_checks(raw: &RawMain, path: &Path, text: &str, errors: &mut Vec<SourceEr
     };
     if raw.service.shards == 0 || raw.service.shards > 256 {
         errors.push(fe("shards", "shards must be 1..=256".into()));
+    }
+    if let Some(i) = &raw.influx {
+        match reqwest::Url::parse(&i.url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            Ok(u) => errors.push(fe(
+                "url",
+                format!("influx url {:?}: scheme {} is not http or https", i.url, u.scheme()),
+            )),
+            Err(e) => errors.push(fe("url", format!("influx url {:?} is not a URL: {e}", i.url))),
+        }
+        if i.org.is_empty() {
+            errors.push(fe("org", "influx org must not be empty".into()));
+        }
+        if i.bucket.is_empty() {
+            errors.push(fe("bucket", "influx bucket must not be empty".into()));
+        }
+        if !(1..=5000).contains(&i.batch_lines) {
+            errors.push(fe("batch_lines", "influx batch_lines must be 1..=5000".into()));
+        }
+        if i.timeout_s == 0 || i.max_backoff_s == 0 {
+            errors.push(fe(
+                "timeout_s",
+                "influx timeout_s and max_backoff_s must be above 0".into(),
+            ));
+        }
     }
     if raw.service.shard_queue == 0 {
         errors.push(fe("shard_queue", "shard_queue must be above 0".into()));

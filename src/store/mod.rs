@@ -7,6 +7,7 @@
 //! state needed to resume after a restart (`rule_state`, `device_state`,
 //! `msg_seen`).
 
+pub mod feed;
 pub mod outbox;
 pub mod schema;
 mod sqlite;

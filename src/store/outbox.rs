@@ -60,7 +60,7 @@ fn incident_row(r: &rusqlite::Row) -> rusqlite::Result<Incident> {
 /// The notification tables share the store's file and schema (migrated by
 /// whichever opens it first) and its durability: a message recorded as sent
 /// stays recorded across a power loss, so it is not sent again.
-fn open(path: &std::path::Path) -> Result<Connection, StoreError> {
+pub(super) fn connect(path: &std::path::Path) -> Result<Connection, StoreError> {
     let sq = |e| StoreError::Sqlite {
         path: path.into(),
         source: e,
@@ -433,7 +433,7 @@ impl Outbox {
     /// Opens (and creates) the tables in the store's file.
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: Mutex::new(open(path)?),
+            conn: Mutex::new(connect(path)?),
         })
     }
 

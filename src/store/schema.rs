@@ -23,11 +23,12 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migrations/sqlite/07-outbox-order.sql")),
         M::up(include_str!("migrations/sqlite/08-rollups.sql")),
         M::up(include_str!("migrations/sqlite/09-point-ids.sql")),
+        M::up(include_str!("migrations/sqlite/10-feed.sql")),
     ])
 }
 
 /// The schema version this build writes.
-pub const LATEST: usize = 9;
+pub const LATEST: usize = 10;
 
 fn has_table(c: &Connection, name: &str) -> rusqlite::Result<bool> {
     c.query_row(

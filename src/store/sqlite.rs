@@ -171,11 +171,14 @@ const COMMITS_KEPT: usize = 4096;
 impl Store {
     /// Opens (creating if needed) the database and starts the writer thread.
     /// `queue` bounds the batches waiting for the writer; a full queue makes the
-    /// pipeline wait (policy: block), which in turn holds back MQTT acks.
+    /// pipeline wait (policy: block), which in turn holds back MQTT acks. With
+    /// `feed`, every commit also appends its record to the export feed
+    /// ([`super::feed`]) for a sink to deliver.
     pub fn open(
         path: &Path,
         queue: usize,
         retention: Retention,
+        feed: bool,
         metrics: Arc<Metrics>,
         quarantine: Arc<Quarantine>,
     ) -> Result<(Self, Restored), StoreError> {
@@ -211,7 +214,7 @@ impl Store {
         let p = path.to_path_buf();
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(write, rx, retention, metrics, h, p, quarantine, signal))
+            .spawn(move || writer(write, rx, retention, metrics, h, p, quarantine, signal, feed))
             .map_err(|e| StoreError::Query(format!("cannot start writer thread: {e}")))?;
         Ok((
             Self {
@@ -607,10 +610,13 @@ const POINT_ID: &str = "(SELECT id FROM points WHERE name = ?1)";
 fn apply(
     c: &mut Connection,
     ids: &mut PointIds,
+    feed: bool,
     ops: &[Box<Batch>],
     mut rejects: Option<&mut Vec<Rejected>>,
 ) -> rusqlite::Result<()> {
     let tx = c.transaction()?;
+    // The export feed's record of this commit (only with a sink configured).
+    let mut export = super::feed::Body::default();
     // The rollups of what this transaction adds, summed per bucket first
     // so a bucket is written once per commit, not once per reading.
     let mut minutes: FxHashMap<(i64, i64), (&str, Rollup)> = FxHashMap::default();
@@ -659,6 +665,14 @@ fn apply(
             // ignored by the table and must not be counted twice).
             let added = matches!(res, Ok(1));
             row(res, "readings", &|| format!("{} at {}", r.point, r.t.to_rfc3339()))?;
+            if added && feed {
+                export.readings.push(super::feed::FeedReading {
+                    point: r.point.as_str().to_string(),
+                    t: ms(r.t),
+                    value: r.value,
+                    quality: r.quality,
+                });
+            }
             if let (true, Some(v)) = (added && r.quality != Quality::Bad, r.value.filter(|v| v.is_finite())) {
                 let t = ms(r.t);
                 minutes
@@ -705,6 +719,20 @@ fn apply(
                     "journal",
                     &key,
                 )?;
+                if feed {
+                    export.transitions.push(super::feed::FeedTransition {
+                        at: ms(t.at),
+                        alarm_id: a.id.clone(),
+                        site: a.site.as_str().to_string(),
+                        source: a.source.clone(),
+                        condition: a.condition.clone(),
+                        priority: a.priority.as_str().to_string(),
+                        action: t.action.as_str().to_string(),
+                        state: t.to.as_str().to_string(),
+                        active: a.active,
+                        acked: a.acked,
+                    });
+                }
             }
             for (k, v) in &b.rule_states {
                 row(up_rs.execute(params![k, v]), "rule_state", &|| k.clone())?;
@@ -762,6 +790,9 @@ fn apply(
     }
     if !minutes.is_empty() {
         write_rollups(&tx, &minutes, rejects)?;
+    }
+    if !export.readings.is_empty() || !export.transitions.is_empty() {
+        super::feed::append(&tx, Utc::now(), &export)?;
     }
     tx.commit()
 }
@@ -943,6 +974,7 @@ fn writer(
     path: PathBuf,
     quarantine: Arc<Quarantine>,
     commits: tokio::sync::broadcast::Sender<Arc<Committed>>,
+    feed: bool,
 ) {
     let mut backoff_ms = 50u64;
     let mut ids = PointIds::default();
@@ -986,13 +1018,13 @@ fn writer(
         }
         loop {
             let started = std::time::Instant::now();
-            let mut result = apply(&mut c, &mut ids, &batches, None);
+            let mut result = apply(&mut c, &mut ids, feed, &batches, None);
             if result.as_ref().is_err_and(permanent) {
                 // Some row can never commit: retrying would stall every site
                 // for ever. Commit the rest and quarantine that row.
                 ids.rolled_back();
                 let mut rejects = Vec::new();
-                result = apply(&mut c, &mut ids, &batches, Some(&mut rejects));
+                result = apply(&mut c, &mut ids, feed, &batches, Some(&mut rejects));
                 if result.is_ok() {
                     reject(&rejects, &metrics, &quarantine);
                 }
@@ -1077,12 +1109,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_commit_is_in_the_export_feed_in_order_until_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let metrics = Arc::new(Metrics::new());
+        let q = Arc::new(Quarantine::new(10));
+        let (store, _) = Store::open(&path, 8, Retention::default(), true, metrics.clone(), q).unwrap();
+        let feed = super::super::feed::Feed::open(&path).unwrap();
+        for (site, t) in [("DM-01", 1_000), ("DM-02", 2_000), ("DM-01", 3_000), ("DM-01", 1_000)] {
+            let b = Batch {
+                readings: vec![reading(site, t)],
+                ..Default::default()
+            };
+            store.submit(b, &metrics).await.unwrap();
+            store.flush().await.unwrap();
+        }
+        let got: Vec<(String, i64)> = feed
+            .next(0, 5000)
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.readings.iter().map(|x| (x.point.clone(), x.t)))
+            .collect();
+        // The duplicate (DM-01 at 1 s again) was not stored, so not exported.
+        let want = [("DM-01.flow", 1_000), ("DM-02.flow", 2_000), ("DM-01.flow", 3_000)];
+        assert_eq!(got, want.map(|(p, t)| (p.to_string(), t)));
+        let p = feed.pending().unwrap();
+        assert_eq!((p.records, p.readings), (3, 3));
+        let records = feed.next(0, 1).unwrap();
+        assert_eq!(records.len(), 1, "a record at a time when one fills the request");
+        feed.done(records[0].seq).unwrap();
+        assert_eq!(feed.pending().unwrap().readings, 2);
+        assert_eq!(feed.next(0, 5000).unwrap()[0].readings[0].point, "DM-02.flow");
+        // Emptied, the feed goes on after its last sequence, never behind a
+        // sink's cursor.
+        let last = feed.next(0, 5000).unwrap().last().unwrap().seq;
+        feed.done(last).unwrap();
+        let b = Batch {
+            readings: vec![reading("DM-03", 4_000)],
+            ..Default::default()
+        };
+        store.submit(b, &metrics).await.unwrap();
+        store.flush().await.unwrap();
+        let after = feed.next(last, 5000).unwrap();
+        assert_eq!(after.len(), 1);
+        assert!(after[0].seq > last);
+    }
+
+    #[tokio::test]
     async fn a_row_that_can_never_commit_is_quarantined_and_the_rest_commits() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let metrics = Arc::new(Metrics::new());
         let q = Arc::new(Quarantine::new(10));
-        let (store, _) = Store::open(&path, 8, Retention::default(), metrics.clone(), q.clone()).unwrap();
+        let (store, _) = Store::open(&path, 8, Retention::default(), false, metrics.clone(), q.clone()).unwrap();
         // A constraint the bad row breaks (as a schema change or a corrupt
         // value would): a trigger that refuses one site's readings.
         Connection::open(&path)
@@ -1153,6 +1232,7 @@ mod tests {
             &path,
             8,
             Retention::default(),
+            false,
             metrics.clone(),
             Arc::new(Quarantine::new(4)),
         )
@@ -1213,6 +1293,7 @@ mod tests {
             path,
             8,
             Retention::default(),
+            false,
             metrics.clone(),
             Arc::new(Quarantine::new(4)),
         )

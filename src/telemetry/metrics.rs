@@ -88,6 +88,11 @@ pub struct Metrics {
     pub notify_attempts: Family<ChannelResultLabel, Counter>,
     pub notify_pending: Gauge,
     pub notify_failed: Counter,
+    pub influx_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub influx_pending: Gauge,
+    pub influx_errors: Family<Reason, Counter>,
+    pub influx_lines: Counter,
+    pub influx_rejected: Counter,
 }
 
 impl Default for Metrics {
@@ -132,6 +137,11 @@ impl Metrics {
             notify_attempts: Family::default(),
             notify_pending: Gauge::default(),
             notify_failed: Counter::default(),
+            influx_lag: Gauge::default(),
+            influx_pending: Gauge::default(),
+            influx_errors: Family::default(),
+            influx_lines: Counter::default(),
+            influx_rejected: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -277,6 +287,31 @@ impl Metrics {
             "notifications_failed",
             "Notifications given up on one contact method after every retry",
             m.notify_failed.clone(),
+        );
+        r.register(
+            "influx_lag_seconds",
+            "Age of the oldest commit not yet written to InfluxDB (0 when caught up)",
+            m.influx_lag.clone(),
+        );
+        r.register(
+            "influx_pending_points",
+            "Readings and alarm transitions committed but not yet written to InfluxDB",
+            m.influx_pending.clone(),
+        );
+        r.register(
+            "influx_write_errors",
+            "Failed InfluxDB writes, by reason (unreachable, timeout, http_<status>); each is retried",
+            m.influx_errors.clone(),
+        );
+        r.register(
+            "influx_lines",
+            "Lines written to InfluxDB (a resend after a crash or a timeout counts again)",
+            m.influx_lines.clone(),
+        );
+        r.register(
+            "influx_rejected_lines",
+            "Lines in write requests InfluxDB refused as malformed (HTTP 400), logged and skipped",
+            m.influx_rejected.clone(),
         );
         Self { registry: r, ..m }
     }

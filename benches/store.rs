@@ -17,90 +17,15 @@
 //! `cargo bench --bench store -- [DAYS]` (default 30). The database is made
 //! under target/store-bench/ (a real disk, not tmpfs: fsync is the cost).
 
-use chrono::{DateTime, Duration, Utc};
+#[path = "support/fleet.rs"]
+mod fleet;
+
+use chrono::Duration;
+use fleet::{base, open, SITES};
 use mizuban::model::{PointId, Quality, Reading, SiteId};
-use mizuban::store::{Batch, InputBody, RecordedInput, Resolution, Retention, Store};
-use mizuban::telemetry::quarantine::Quarantine;
-use mizuban::telemetry::Metrics;
+use mizuban::store::{Batch, Resolution};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
-
-const SITES: usize = 241;
-const POINTS: [&str; 3] = ["q", "p", "tot"];
-
-fn base() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc)
-}
-
-fn open(path: &Path) -> (Store, Arc<Metrics>) {
-    let _ = std::fs::remove_file(path);
-    let _ = std::fs::remove_file(path.with_extension("db-wal"));
-    let _ = std::fs::remove_file(path.with_extension("db-shm"));
-    let metrics = Arc::new(Metrics::new());
-    let retention = Retention {
-        inputs_days: 0,
-        readings_days: 0,
-        rollup_1m_days: 0,
-        rollup_1h_days: 0,
-    };
-    let (store, _) = Store::open(
-        path,
-        1024,
-        retention,
-        false,
-        metrics.clone(),
-        Arc::new(Quarantine::new(16)),
-    )
-    .unwrap();
-    (store, metrics)
-}
-
-/// One site's hourly upload: 12 samples of three points, as one batch.
-fn upload(site: &SiteId, ids: &[PointId], hour: i64, arrived: DateTime<Utc>) -> Batch {
-    let mut readings = Vec::with_capacity(36);
-    for k in 0..12 {
-        let t = base() + Duration::hours(hour) + Duration::minutes(5 * k);
-        for (i, id) in ids.iter().enumerate() {
-            let v = match i {
-                0 => 80.0 + ((hour * 12 + k) % 37) as f64,
-                1 => 0.35 + ((hour + k) % 9) as f64 * 0.01,
-                _ => 1.0e5 + (hour * 12 + k) as f64 * 7.0,
-            };
-            readings.push(Reading {
-                point: id.clone(),
-                t,
-                value: Some(v),
-                quality: Quality::Good,
-                arrived,
-            });
-        }
-    }
-    // The payload as a logger sends it, about the size the fleet's are.
-    let payload = format!(
-        r#"{{"schema":"dma-telemetry/1","block_id":"{site}","seq":{hour},"boot":1,"samples":[{}]}}"#,
-        (0..12)
-            .map(|k| format!(r#"{{"t":"{}","q":88.25,"p":0.372,"tot":100123.5}}"#, k))
-            .collect::<Vec<_>>()
-            .join(",")
-    );
-    Batch {
-        readings,
-        seen: vec![(format!("AKT-DMA-{site}"), 1, hour as u64, arrived)],
-        raw: vec![(site.as_str().to_string(), payload.clone(), arrived)],
-        inputs: vec![RecordedInput {
-            arrived,
-            site: Some(site.as_str().to_string()),
-            body: InputBody::Mqtt {
-                topic: format!("akita/v1/dma/{site}/telemetry"),
-                payload: payload.into_bytes().into(),
-            },
-        }],
-        ..Default::default()
-    }
-}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -131,33 +56,14 @@ async fn main() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/store-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("month.db");
-    let (store, metrics) = open(&path);
-    let sites: Vec<(SiteId, Vec<PointId>)> = (0..SITES)
-        .map(|i| {
-            let s = SiteId::new(&format!("B{i:03}")).unwrap();
-            let ids = POINTS.iter().map(|p| PointId::new(&s, p).unwrap()).collect();
-            (s, ids)
-        })
-        .collect();
+    let (store, metrics) = open(&path, false);
+    let sites = fleet::sites();
 
     // Ingest: every message a batch with its ack; the clock stops when the
     // last ack has run (everything committed).
     let hours = days * 24;
     let started = Instant::now();
-    let mut acks = Vec::with_capacity(SITES * hours as usize);
-    for hour in 0..hours {
-        let arrived = base() + Duration::hours(hour + 1);
-        for (s, ids) in &sites {
-            let mut b = upload(s, ids, hour, arrived);
-            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            b.acks.push(Box::new(tx));
-            store.submit(b, &metrics).await.unwrap();
-            acks.push(rx);
-        }
-    }
-    for rx in acks {
-        rx.await.unwrap();
-    }
+    fleet::ingest(&store, &metrics, &sites, 0, hours).await;
     let secs = started.elapsed().as_secs_f64();
     let readings = (hours as usize * SITES * 36) as f64;
     let messages = (hours as usize * SITES) as f64;
@@ -207,7 +113,7 @@ async fn main() {
 
     // A year of one point at 5 minutes, read as the board's 1-year trend.
     let path = dir.join("year.db");
-    let (store, metrics) = open(&path);
+    let (store, metrics) = open(&path, false);
     let site = SiteId::new("B001").unwrap();
     let id = PointId::new(&site, "q").unwrap();
     let mut acks = Vec::new();

@@ -58,16 +58,23 @@ pub struct Lines {
 
 impl Lines {
     pub fn new(cfg: &Config) -> Self {
-        Self {
-            sites: cfg
-                .sites
+        Self::of_sites(
+            cfg.sites
                 .iter()
-                .map(|s| {
+                .map(|s| (s.id.as_str().to_string(), s.area.clone(), s.kind)),
+        )
+    }
+
+    /// From `(site id, area, kind)`.
+    pub fn of_sites(sites: impl Iterator<Item = (String, String, crate::model::SiteKind)>) -> Self {
+        Self {
+            sites: sites
+                .map(|(id, area, kind)| {
                     (
-                        s.id.as_str().to_string(),
+                        id,
                         SiteTags {
-                            area: s.area.clone(),
-                            kind: s.kind.as_str(),
+                            area,
+                            kind: kind.as_str(),
                         },
                     )
                 })
@@ -164,6 +171,16 @@ const IDLE: Duration = Duration::from_secs(1);
 
 impl Sink {
     pub fn new(cfg: &Config, influx: &InfluxSection, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
+        Self::open(&cfg.store_path, influx, Lines::new(cfg), metrics)
+    }
+
+    /// On the store at `store_path`, tagging lines with `lines`' sites.
+    pub fn open(
+        store_path: &std::path::Path,
+        influx: &InfluxSection,
+        lines: Lines,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let mut b = influxdb2::ClientBuilder::new(influx.url.as_str(), influx.org.as_str(), influx.token());
         if influx.gzip {
             b = b.gzip(true);
@@ -171,8 +188,8 @@ impl Sink {
         Ok(Self {
             cfg: influx.clone(),
             client: b.build()?,
-            feed: Arc::new(Feed::open(&cfg.store_path)?),
-            lines: Lines::new(cfg),
+            feed: Arc::new(Feed::open(store_path)?),
+            lines,
             metrics,
         })
     }

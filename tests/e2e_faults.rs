@@ -104,7 +104,10 @@ async fn wait_stored(h: &Harness, n: usize) {
     let per_site = n / SITES;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        h.app.as_ref().unwrap().store.flush().await.unwrap();
+        // A flush waits for the writer, which retries a failing commit for
+        // as long as it fails: bounded here so the deadline below holds.
+        let flush = h.app.as_ref().unwrap().store.flush();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), flush).await;
         let got: Vec<usize> = (1..=SITES).map(|s| stored(h, s)).collect();
         if got.iter().all(|&g| g == per_site) {
             return;

@@ -125,6 +125,36 @@ pub(super) const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous 
 /// slower again, readers searching a longer WAL index).
 const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -32768; PRAGMA wal_autocheckpoint = 10000;";
 
+/// Once the disk has been full, the long WAL is a liability: a WAL that has
+/// grown to fill the disk leaves no room for the checkpoint that would empty
+/// it, and every retry fails for ever (seen on a 24 MiB volume). From the
+/// first full-disk error on, the writer checkpoints at SQLite's default
+/// interval for the rest of the run, and truncates the WAL before each retry
+/// so that freed space goes to the database first.
+const SHORT_WAL: &str = "PRAGMA wal_autocheckpoint = 1000;";
+
+fn disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+/// Copies every committed WAL frame into the database and truncates the WAL
+/// to nothing. Fails (and is retried with the next attempt) while the disk
+/// has no room for the database to grow.
+fn truncate_wal(c: &Connection, path: &Path) {
+    let r = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    });
+    match r {
+        Ok((0, log, done)) => {
+            tracing::info!(path = %path.display(), wal_pages = log, checkpointed = done, "WAL truncated")
+        }
+        Ok((_, log, done)) => {
+            tracing::warn!(path = %path.display(), wal_pages = log, checkpointed = done, "WAL checkpoint blocked by a reader")
+        }
+        Err(e) => tracing::warn!(path = %path.display(), error = %e, "WAL checkpoint failed"),
+    }
+}
+
 /// A stored action name as the enum; a name this version does not know is
 /// an error naming it, not a guess.
 pub(super) fn action(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Action> {
@@ -567,9 +597,6 @@ fn permanent(e: &rusqlite::Error) -> bool {
     }
 }
 
-/// Applies the batches in one transaction. With `rejects`, a row that fails
-/// for a permanent reason is recorded there and skipped (SQLite rolls back
-/// only that statement); without, any failure fails the whole transaction.
 /// The writer's map from point names to their ids in `points` (the readings
 /// and rollups key). A point seen for the first time is added inside the
 /// transaction that first stores it; if that transaction rolls back, so does
@@ -607,6 +634,9 @@ impl PointIds {
 /// A point's id for a reader: the readings and rollups are keyed by it.
 const POINT_ID: &str = "(SELECT id FROM points WHERE name = ?1)";
 
+/// Applies the batches in one transaction. With `rejects`, a row that fails
+/// for a permanent reason is recorded there and skipped (SQLite rolls back
+/// only that statement); without, any failure fails the whole transaction.
 fn apply(
     c: &mut Connection,
     ids: &mut PointIds,
@@ -977,6 +1007,7 @@ fn writer(
     feed: bool,
 ) {
     let mut backoff_ms = 50u64;
+    let mut short_wal = false;
     let mut ids = PointIds::default();
     let mut pruned: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -1044,8 +1075,19 @@ fn writer(
                     metrics.store_errors.inc();
                     healthy.store(false, Ordering::Relaxed);
                     tracing::error!(path = %path.display(), error = %e, retry_in_ms = backoff_ms, "store commit failed");
+                    let full = disk_full(&e);
+                    if full && !short_wal {
+                        short_wal = true;
+                        if let Err(e) = c.execute_batch(SHORT_WAL) {
+                            tracing::warn!(error = %e, "could not shorten the WAL checkpoint interval");
+                        }
+                        tracing::warn!(path = %path.display(), "disk full: the WAL is now checkpointed every 1,000 pages and truncated before each retry");
+                    }
                     std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
                     backoff_ms = (backoff_ms * 2).min(5_000);
+                    if full {
+                        truncate_wal(&c, &path);
+                    }
                 }
             }
         }

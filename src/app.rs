@@ -58,8 +58,8 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::new());
     let quarantine = Arc::new(crate::pipeline::Quarantine::new(cfg.service.quarantine_capacity));
-    let (store, mut restored) = Store::open(
-        &cfg.store_path,
+    let (store, mut restored) = Store::open_at(
+        &cfg.store_location(),
         64,
         crate::store::Retention {
             inputs_days: cfg.store.inputs_retention_days,
@@ -71,9 +71,9 @@ pub async fn start(cfg: Config, opts: Options) -> anyhow::Result<Running> {
         metrics.clone(),
         quarantine.clone(),
     )
-    .with_context(|| format!("opening the store at {}", cfg.store_path.display()))?;
+    .with_context(|| format!("opening the store at {}", cfg.store_location()))?;
     tracing::info!(
-        store = %cfg.store_path.display(),
+        store = %cfg.store_location(),
         open_alarms = restored.open_alarms.len(),
         rule_states = restored.rule_states.len(),
         "store opened"

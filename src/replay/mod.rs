@@ -195,7 +195,7 @@ pub fn replay_with(
             };
             let total = (*to - *from).num_milliseconds().max(1) as u64;
             let mut n = 0u64;
-            Store::inputs(&cfg.store_path, &filter, |i: RecordedInput| {
+            Store::inputs(&cfg.store_location(), &filter, |i: RecordedInput| {
                 let at = (i.arrived - *from).num_milliseconds().max(0) as u64;
                 replay.feed(i);
                 n += 1;
@@ -256,7 +256,7 @@ pub fn export(cfg: &Config, filter: &InputFilter, out: &Path, created_at: Timest
     };
     let mut w = CaptureWriter::create(out, &header)?;
     let mut failed = None;
-    Store::inputs(&cfg.store_path, filter, |i| {
+    Store::inputs(&cfg.store_location(), filter, |i| {
         w.write(&i).map_err(|e| {
             let msg = e.to_string();
             failed = Some(e);

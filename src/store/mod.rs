@@ -8,11 +8,68 @@
 //! `msg_seen`).
 
 pub mod feed;
+mod handle;
 pub mod outbox;
+mod postgres;
+mod rollup;
 pub mod schema;
 mod sqlite;
+mod writer;
 
-pub use sqlite::{InputFilter, JournalFilter, JournalRow, Restored, Store, StoreError};
+/// How both stores encode times and qualities: milliseconds since the Unix
+/// epoch (UTC), and 0 good, 1 uncertain, 2 bad.
+mod codec {
+    use crate::model::{Quality, Timestamp};
+
+    pub fn ms(t: Timestamp) -> i64 {
+        t.timestamp_millis()
+    }
+    pub fn from_ms(v: i64) -> Timestamp {
+        chrono::DateTime::from_timestamp_millis(v).unwrap_or_default()
+    }
+    pub fn q_int(q: Quality) -> i16 {
+        match q {
+            Quality::Good => 0,
+            Quality::Uncertain => 1,
+            Quality::Bad => 2,
+        }
+    }
+    pub fn int_q(v: i64) -> Quality {
+        match v {
+            0 => Quality::Good,
+            1 => Quality::Uncertain,
+            _ => Quality::Bad,
+        }
+    }
+}
+
+pub use handle::{InputFilter, JournalFilter, JournalRow, ReadingRow, Restored, Store, StoreError};
+
+/// Where the store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// An SQLite database file (the embedded default).
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL database, by its connection URL
+    /// (`postgres://user@host:5432/db`).
+    Postgres(String),
+}
+
+/// Whether a PostgreSQL store at `url` answers (for check-config): connects
+/// with a 5-second timeout and disconnects. The error names the server, not
+/// the password.
+pub fn reachable(url: &str) -> Result<(), String> {
+    self::postgres::reachable(url)
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "{}", p.display()),
+            Location::Postgres(url) => f.write_str(&self::postgres::redacted(url)),
+        }
+    }
+}
 
 use crate::alarm::Transition;
 use crate::model::{Reading, Timestamp};
@@ -183,3 +240,6 @@ impl Batch {
             && self.commands.is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,50 @@
+-- mizuban's store on PostgreSQL, version 1: the tables SQLite reached at its
+-- version 10, minus the notification outbox and the export feed (not yet on
+-- PostgreSQL). Times are milliseconds since the Unix epoch, UTC, as on
+-- SQLite, so both stores hold the same numbers.
+
+-- Points by name; readings and rollups are keyed by the integer id.
+CREATE TABLE points (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+
+CREATE TABLE readings (
+    point BIGINT NOT NULL, t BIGINT NOT NULL, value DOUBLE PRECISION, quality SMALLINT NOT NULL,
+    arrived BIGINT NOT NULL, PRIMARY KEY (point, t));
+CREATE TABLE rollup_1m (
+    point BIGINT NOT NULL, t BIGINT NOT NULL, n BIGINT NOT NULL, sum DOUBLE PRECISION NOT NULL,
+    min DOUBLE PRECISION NOT NULL, max DOUBLE PRECISION NOT NULL, PRIMARY KEY (point, t));
+CREATE TABLE rollup_1h (
+    point BIGINT NOT NULL, t BIGINT NOT NULL, n BIGINT NOT NULL, sum DOUBLE PRECISION NOT NULL,
+    min DOUBLE PRECISION NOT NULL, max DOUBLE PRECISION NOT NULL, PRIMARY KEY (point, t));
+
+-- Every occurrence, open or closed, as JSON.
+CREATE TABLE alarms (
+    id TEXT PRIMARY KEY, site TEXT NOT NULL, source TEXT NOT NULL, condition TEXT NOT NULL,
+    open BOOLEAN NOT NULL, updated BIGINT NOT NULL, json TEXT NOT NULL);
+CREATE INDEX alarms_open ON alarms (open) WHERE open;
+CREATE INDEX alarms_updated ON alarms (updated);
+
+-- Every transition and device command, in order.
+CREATE TABLE journal (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at BIGINT NOT NULL, alarm_id TEXT NOT NULL,
+    site TEXT NOT NULL, source TEXT NOT NULL, condition TEXT NOT NULL, action TEXT NOT NULL,
+    from_state TEXT NOT NULL, to_state TEXT NOT NULL, who TEXT NOT NULL, why TEXT, event_time BIGINT,
+    notify BOOLEAN NOT NULL, late BOOLEAN NOT NULL, priority TEXT NOT NULL DEFAULT '');
+CREATE INDEX journal_alarm ON journal (alarm_id);
+CREATE INDEX journal_site ON journal (site, at);
+
+-- What the pipeline resumes from.
+CREATE TABLE rule_state (key TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE device_state (device TEXT PRIMARY KEY, json TEXT NOT NULL);
+CREATE TABLE msg_seen (
+    device TEXT NOT NULL, boot BIGINT NOT NULL, seq BIGINT NOT NULL, arrived BIGINT NOT NULL,
+    PRIMARY KEY (device, boot, seq));
+CREATE INDEX msg_seen_arrived ON msg_seen (arrived);
+CREATE TABLE raw_latest (site TEXT PRIMARY KEY, topic_payload TEXT NOT NULL, arrived BIGINT NOT NULL);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE revoked_sessions (mac TEXT PRIMARY KEY, expires BIGINT NOT NULL);
+
+-- Every input as received, for export and replay.
+CREATE TABLE inputs (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, arrived BIGINT NOT NULL, site TEXT,
+    source SMALLINT NOT NULL, topic TEXT, body BYTEA NOT NULL);
+CREATE INDEX inputs_arrived ON inputs (arrived);

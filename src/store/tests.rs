@@ -1,0 +1,486 @@
+//! The store's behaviour, the same on both backends: every test here runs
+//! on SQLite (a temporary file) and on PostgreSQL (a database made for the
+//! test and dropped after it, on the server `MIZUBAN_TEST_POSTGRES` names,
+//! by default `postgres://root@127.0.0.1:5432/postgres`). Without a server
+//! the PostgreSQL half is skipped, except under `CI=true`, where it fails.
+
+use super::codec::{from_ms, ms};
+use super::rollup::{HOUR_MS, MINUTE_MS};
+use super::{Batch, Bucket, Location, Resolution, Retention, Store};
+use crate::model::{PointId, Quality, Reading, SiteId, Timestamp};
+use crate::telemetry::quarantine::Quarantine;
+use crate::telemetry::Metrics;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty store of either kind, removed afterwards.
+struct Db {
+    at: Location,
+    _dir: Option<tempfile::TempDir>,
+    /// The server's admin URL and this test's database on it.
+    pg: Option<(String, String)>,
+}
+
+fn admin_url() -> String {
+    std::env::var("MIZUBAN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+}
+
+/// `url` with its database replaced by `db`.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database");
+    format!("{base}/{db}")
+}
+
+impl Db {
+    fn new(kind: Kind) -> Option<Self> {
+        match kind {
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                Some(Self {
+                    at: Location::Sqlite(dir.path().join("s.db")),
+                    _dir: Some(dir),
+                    pg: None,
+                })
+            }
+            Kind::Postgres => {
+                static N: AtomicUsize = AtomicUsize::new(0);
+                let admin = admin_url();
+                let name = format!("mizuban_t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+                let made = super::postgres::off_runtime(|| {
+                    let mut c = postgres::Client::connect(&admin, postgres::NoTls)?;
+                    c.batch_execute(&format!("CREATE DATABASE {name}"))
+                });
+                if let Err(e) = made {
+                    assert!(
+                        std::env::var("CI").as_deref() != Ok("true"),
+                        "PostgreSQL at {admin} is required under CI=true: {e}"
+                    );
+                    eprintln!("SKIPPED: PostgreSQL at {admin}: {e}");
+                    return None;
+                }
+                Some(Self {
+                    at: Location::Postgres(with_database(&admin, &name)),
+                    _dir: None,
+                    pg: Some((admin, name)),
+                })
+            }
+        }
+    }
+
+    /// One number from a query (`SELECT count(*) ...`) on a connection of its own.
+    fn count(&self, sql: &str) -> i64 {
+        match &self.at {
+            Location::Sqlite(p) => rusqlite::Connection::open(p)
+                .unwrap()
+                .query_row(sql, [], |r| r.get(0))
+                .unwrap(),
+            Location::Postgres(url) => super::postgres::off_runtime(|| {
+                let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+                c.query_one(sql, &[]).unwrap().get(0)
+            }),
+        }
+    }
+
+    /// A constraint that readings of points named like `pattern` break, as
+    /// a schema change or a corrupt value would.
+    fn poison_readings_of(&self, pattern: &str) {
+        match &self.at {
+            Location::Sqlite(p) => rusqlite::Connection::open(p)
+                .unwrap()
+                .execute_batch(&format!(
+                    "CREATE TRIGGER poison BEFORE INSERT ON readings
+                     WHEN NEW.point IN (SELECT id FROM points WHERE name LIKE '{pattern}')
+                     BEGIN SELECT RAISE(ABORT, 'poisoned row'); END;"
+                ))
+                .unwrap(),
+            Location::Postgres(url) => super::postgres::off_runtime(|| {
+                let mut c = postgres::Client::connect(url, postgres::NoTls).unwrap();
+                c.batch_execute(&format!(
+                    "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN
+                       IF NEW.point IN (SELECT id FROM points WHERE name LIKE '{pattern}') THEN
+                         RAISE EXCEPTION 'poisoned row' USING ERRCODE = 'check_violation';
+                       END IF;
+                       RETURN NEW;
+                     END $$ LANGUAGE plpgsql;
+                     CREATE TRIGGER poison BEFORE INSERT ON readings FOR EACH ROW EXECUTE FUNCTION poison();"
+                ))
+                .unwrap()
+            }),
+        }
+    }
+
+    /// What a writer's pruning drops at `now` with `keep` (through the
+    /// backend itself, on a writer of its own).
+    fn prune(&self, keep: Retention, now: Timestamp) -> Vec<(&'static str, usize)> {
+        use super::writer::Backend;
+        match &self.at {
+            Location::Sqlite(p) => {
+                let (mut w, _, _) = super::sqlite::open(p, false).unwrap();
+                w.prune(keep, now).unwrap()
+            }
+            Location::Postgres(url) => super::postgres::off_runtime(|| {
+                let (mut w, _, _) = super::postgres::open(url).unwrap();
+                w.prune(keep, now).unwrap()
+            }),
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.pg.take() {
+            super::postgres::off_runtime(|| {
+                if let Ok(mut c) = postgres::Client::connect(&admin, postgres::NoTls) {
+                    let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+                }
+            });
+        }
+    }
+}
+
+struct Count(Arc<AtomicUsize>);
+impl super::Ack for Count {
+    fn ack(self: Box<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+pub(super) fn reading(site: &str, t: i64) -> Reading {
+    let site = SiteId::new(site).unwrap();
+    Reading {
+        point: PointId::new(&site, "flow").unwrap(),
+        t: from_ms(t),
+        value: Some(1.0),
+        quality: Quality::Good,
+        arrived: from_ms(t),
+    }
+}
+
+/// Each test on both stores: `name::sqlite` and `name::postgres`.
+macro_rules! on_both {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name(super::Kind::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$name(super::Kind::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+on_both!(
+    a_row_that_can_never_commit_is_quarantined_and_the_rest_commits,
+    each_commit_is_published_after_it_is_durable_with_its_transitions,
+    rollups_agree_with_the_raw_readings_through_late_duplicate_and_bad_data,
+    retention_drops_only_what_is_past_it_per_table
+);
+
+async fn a_row_that_can_never_commit_is_quarantined_and_the_rest_commits(kind: Kind) {
+    let Some(db) = Db::new(kind) else { return };
+    let metrics = Arc::new(Metrics::new());
+    let q = Arc::new(Quarantine::new(10));
+    let (store, _) = Store::open_at(&db.at, 8, Retention::default(), false, metrics.clone(), q.clone()).unwrap();
+    // A constraint the bad row breaks (as a schema change or a corrupt
+    // value would): a trigger that refuses one site's readings.
+    db.poison_readings_of("BAD%");
+    let acked = Arc::new(AtomicUsize::new(0));
+    for (site, t) in [("DM-01", 1_000), ("BAD-1", 2_000), ("DM-02", 3_000)] {
+        let b = Batch {
+            readings: vec![reading(site, t)],
+            acks: vec![Box::new(Count(acked.clone()))],
+            ..Default::default()
+        };
+        store.submit(b, &metrics).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    assert!(store.is_healthy(), "a poisoned row must not turn into a failing store");
+    assert_eq!(
+        acked.load(Ordering::SeqCst),
+        3,
+        "every message behind the batches is acknowledged"
+    );
+    let got = |site: &str| {
+        let site = SiteId::new(site).unwrap();
+        store
+            .readings(&PointId::new(&site, "flow").unwrap(), from_ms(0), from_ms(10_000), 10)
+            .unwrap()
+            .0
+            .len()
+    };
+    assert_eq!((got("DM-01"), got("BAD-1"), got("DM-02")), (1, 0, 1));
+    let list = q.list(10);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].reason, "store_rejected");
+    assert_eq!(list[0].topic, "store:readings");
+    assert!(list[0].error.contains("poisoned row"), "{:?}", list[0]);
+    assert!(list[0].payload.contains("BAD-1.flow"), "{:?}", list[0]);
+    assert!(metrics
+        .encode()
+        .contains("mizuban_store_rejected_rows_total{reason=\"readings\"} 1"));
+    // And later batches are not held up by it.
+    store
+        .submit(
+            Batch {
+                readings: vec![reading("DM-03", 4_000)],
+                ..Default::default()
+            },
+            &metrics,
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(got("DM-03"), 1);
+}
+
+async fn each_commit_is_published_after_it_is_durable_with_its_transitions(kind: Kind) {
+    use crate::alarm::{AlarmOrigin, RaiseSpec, Registry};
+    use crate::model::DeviceId;
+    let Some(db) = Db::new(kind) else { return };
+    let metrics = Arc::new(Metrics::new());
+    let (store, _) = Store::open_at(
+        &db.at,
+        8,
+        Retention::default(),
+        false,
+        metrics.clone(),
+        Arc::new(Quarantine::new(4)),
+    )
+    .unwrap();
+    let mut commits = store.subscribe();
+    store
+        .submit(
+            Batch {
+                readings: vec![reading("DM-01", 1_000)],
+                ..Default::default()
+            },
+            &metrics,
+        )
+        .await
+        .unwrap();
+    let c = commits.recv().await.unwrap();
+    assert_eq!((c.readings, c.transitions.len()), (1, 0));
+    let mut reg = Registry::new();
+    let spec = RaiseSpec {
+        site: SiteId::new("MP-0001").unwrap(),
+        device: DeviceId::new("AKT-MPN-0001").unwrap(),
+        source: "AKT-MPN-0001".into(),
+        condition: "DOOR_OPEN".into(),
+        origin: AlarmOrigin::Device,
+        priority: crate::device::Priority::High,
+        value: None,
+        limit: None,
+        message: "door open".into(),
+        message_ja: "扉開".into(),
+        suppressed_by: vec![],
+    };
+    let transitions = reg.raise(spec, from_ms(2_000), from_ms(2_000));
+    let id = transitions[0].alarm.id.clone();
+    store
+        .submit(
+            Batch {
+                transitions,
+                ..Default::default()
+            },
+            &metrics,
+        )
+        .await
+        .unwrap();
+    let c = commits.recv().await.unwrap();
+    assert_eq!(c.transitions.len(), 1);
+    assert_eq!(c.transitions[0].alarm.id, id);
+    // Published means durable: another connection reads it at once.
+    let n = db.count(&format!("SELECT count(*) FROM journal WHERE alarm_id = '{id}'"));
+    assert_eq!(n, 1, "the transition is in the journal when it is published");
+}
+
+fn open_store(db: &Db) -> (Store, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let (store, _) = Store::open_at(
+        &db.at,
+        8,
+        Retention::default(),
+        false,
+        metrics.clone(),
+        Arc::new(Quarantine::new(4)),
+    )
+    .unwrap();
+    (store, metrics)
+}
+
+async fn submit_readings(store: &Store, metrics: &Metrics, readings: Vec<Reading>) {
+    let b = Batch {
+        readings,
+        ..Default::default()
+    };
+    store.submit(b, metrics).await.unwrap();
+}
+
+fn at(site: &str, t: i64, v: Option<f64>, q: Quality) -> Reading {
+    Reading {
+        value: v,
+        quality: q,
+        ..reading(site, t)
+    }
+}
+
+async fn rollups_agree_with_the_raw_readings_through_late_duplicate_and_bad_data(kind: Kind) {
+    let Some(db) = Db::new(kind) else { return };
+    let (store, metrics) = open_store(&db);
+    // Three hours of a reading every 20 s, in shuffled batches, with
+    // every tenth sent twice (a QoS 1 redelivery), some bad or without a
+    // value, and the first hour arriving last (a backlog).
+    let base = 1_764_633_600_000; // 2025-12-02T00:00Z, on an hour
+    let mut all: Vec<Reading> = (0..540)
+        .map(|i| {
+            let t = base + i * 20_000;
+            let v = ((i * 37) % 101) as f64 / 7.0;
+            match i % 17 {
+                3 => at("DM-01", t, Some(v), Quality::Bad),
+                5 => at("DM-01", t, None, Quality::Uncertain),
+                7 => at("DM-01", t, Some(v), Quality::Uncertain),
+                _ => at("DM-01", t, Some(v), Quality::Good),
+            }
+        })
+        .collect();
+    all.rotate_left(180);
+    let mut rng: u64 = 7;
+    for chunk in all.chunks(23) {
+        let mut readings = chunk.to_vec();
+        for r in chunk.iter().step_by(10) {
+            readings.push(r.clone());
+        }
+        // A shuffle without a crate: the order within a batch is arbitrary.
+        for k in (1..readings.len()).rev() {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            readings.swap(k, (rng >> 33) as usize % (k + 1));
+        }
+        submit_readings(&store, &metrics, readings).await;
+    }
+    // A redelivery in a later transaction, of readings already stored.
+    store
+        .submit(
+            Batch {
+                readings: all[..50].to_vec(),
+                ..Default::default()
+            },
+            &metrics,
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+
+    let point = PointId::new(&SiteId::new("DM-01").unwrap(), "flow").unwrap();
+    let (raw, _) = store
+        .readings(&point, from_ms(base), from_ms(base + 3 * HOUR_MS), 10_000)
+        .unwrap();
+    assert_eq!(raw.len(), 540, "every reading stored once");
+    for (res, width) in [(Resolution::Minute, MINUTE_MS), (Resolution::Hour, HOUR_MS)] {
+        let (got, more) = store
+            .rollups(&point, res, from_ms(base), from_ms(base + 3 * HOUR_MS), 10_000)
+            .unwrap();
+        assert!(!more);
+        // The same buckets computed afresh from the raw readings.
+        let mut want: Vec<Bucket> = Vec::new();
+        for (t, v, q, _) in &raw {
+            let (Some(v), false) = (v, *q == Quality::Bad) else {
+                continue;
+            };
+            let b = ms(*t) - ms(*t).rem_euclid(width);
+            match want.last_mut() {
+                Some(w) if ms(w.t) == b => {
+                    w.count += 1;
+                    w.mean += v;
+                    w.min = w.min.min(*v);
+                    w.max = w.max.max(*v);
+                }
+                _ => want.push(Bucket {
+                    t: from_ms(b),
+                    mean: *v,
+                    min: *v,
+                    max: *v,
+                    count: 1,
+                }),
+            }
+        }
+        for w in &mut want {
+            w.mean /= w.count as f64;
+        }
+        assert_eq!(got.len(), want.len(), "{res:?}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.t, g.count, g.min, g.max), (w.t, w.count, w.min, w.max), "{res:?}");
+            assert!((g.mean - w.mean).abs() < 1e-9, "{res:?} {g:?} {w:?}");
+        }
+    }
+    // A span starting mid-bucket includes the bucket it starts in, and
+    // pages when it holds more than the limit.
+    let (page, more) = store
+        .rollups(
+            &point,
+            Resolution::Hour,
+            from_ms(base + 90 * MINUTE_MS),
+            from_ms(base + 3 * HOUR_MS),
+            1,
+        )
+        .unwrap();
+    assert_eq!((ms(page[0].t), more), (base + HOUR_MS, true));
+}
+
+async fn retention_drops_only_what_is_past_it_per_table(kind: Kind) {
+    let Some(db) = Db::new(kind) else { return };
+    let (store, metrics) = open_store(&db);
+    let day = 86_400_000;
+    let now = 1_764_633_600_000;
+    // Three points, a reading every 6 hours over 40 days.
+    let readings: Vec<Reading> = ["DM-01", "DM-02", "MP-0001"]
+        .iter()
+        .flat_map(|s| (0..160).map(move |i| at(s, now - 40 * day + i * day / 4, Some(i as f64), Quality::Good)))
+        .collect();
+    submit_readings(&store, &metrics, readings).await;
+    store.flush().await.unwrap();
+    let count =
+        |table: &str, older: i64| -> i64 { db.count(&format!("SELECT count(*) FROM {table} WHERE t < {older}")) };
+    let total = |table: &str| count(table, i64::MAX);
+    assert_eq!(
+        (total("readings"), total("rollup_1m"), total("rollup_1h")),
+        (480, 480, 480)
+    );
+    let keep = Retention {
+        inputs_days: 0,
+        readings_days: 10,
+        rollup_1m_days: 20,
+        rollup_1h_days: 0,
+    };
+    let pruned = db.prune(keep, from_ms(now));
+    // 10 and 20 days of 4 readings a day per point remain.
+    assert_eq!(
+        (total("readings"), total("rollup_1m"), total("rollup_1h")),
+        (120, 240, 480)
+    );
+    assert_eq!(
+        (count("readings", now - 10 * day), count("rollup_1m", now - 20 * day)),
+        (0, 0)
+    );
+    assert_eq!(pruned.iter().map(|(_, n)| *n).collect::<Vec<_>>(), [0, 360, 240, 0]);
+    // What the store serves agrees: raw is gone past 10 days, the hourly
+    // trend is whole.
+    let point = PointId::new(&SiteId::new("DM-02").unwrap(), "flow").unwrap();
+    let (raw, _) = store
+        .readings(&point, from_ms(now - 40 * day), from_ms(now), 1000)
+        .unwrap();
+    let (hours, _) = store
+        .rollups(&point, Resolution::Hour, from_ms(now - 40 * day), from_ms(now), 1000)
+        .unwrap();
+    assert_eq!((raw.len(), hours.len()), (40, 160));
+}

@@ -64,8 +64,7 @@ const SESSION: &str = "SET synchronous_commit = on";
 pub(super) fn reachable(url: &str) -> Result<(), String> {
     let mut config: postgres::Config = url.parse().map_err(|e| format!("{}: {e}", redacted(url)))?;
     config.connect_timeout(std::time::Duration::from_secs(5));
-    off_runtime(|| config.connect(NoTls).map(|_| ()))
-        .map_err(|e| format!("{}: {}", redacted(url), PgError::Db(e)))
+    off_runtime(|| config.connect(NoTls).map(|_| ())).map_err(|e| format!("{}: {}", redacted(url), PgError::Db(e)))
 }
 
 fn connect(url: &str) -> Result<Client, postgres::Error> {

@@ -51,7 +51,11 @@ impl Db {
             Kind::Postgres => {
                 static N: AtomicUsize = AtomicUsize::new(0);
                 let admin = admin_url();
-                let name = format!("mizuban_t{}_{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
+                let name = format!(
+                    "mizuban_unit_{}_{}",
+                    std::process::id(),
+                    N.fetch_add(1, Ordering::SeqCst)
+                );
                 let made = super::postgres::off_runtime(|| {
                     let mut c = postgres::Client::connect(&admin, postgres::NoTls)?;
                     c.batch_execute(&format!("CREATE DATABASE {name}"))

@@ -169,6 +169,7 @@ pub fn write_config_for(
         }
         None => repo().join("config/akita-rules.toml"),
     };
+    let store = store_section();
     let main = format!(
         r#"[service]
 name = "test"
@@ -188,9 +189,7 @@ topic_prefix = "{prefix}"
 backoff_min_ms = 50
 backoff_max_ms = 500
 
-[store]
-path = "data/test.db"
-
+{store}
 [http]
 listen = "127.0.0.1:0"
 
@@ -220,6 +219,67 @@ role = "admin"
     let p = dir.join("mizuban.toml");
     std::fs::write(&p, main).unwrap();
     p
+}
+
+/// The `[store]` section: SQLite in the test's directory, or with
+/// `MIZUBAN_TEST_STORE=postgres` a PostgreSQL database made for this test on
+/// the server `MIZUBAN_TEST_POSTGRES` names (default
+/// `postgres://root@127.0.0.1:5432/postgres`). `.ci/run` runs the end-to-end
+/// suites both ways and drops the `mizuban_e2e_*` databases afterwards.
+fn store_section() -> String {
+    if std::env::var("MIZUBAN_TEST_STORE").as_deref() != Ok("postgres") {
+        return "[store]\npath = \"data/test.db\"\n".into();
+    }
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let admin =
+        std::env::var("MIZUBAN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+    let name = format!(
+        "mizuban_e2e_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    // The blocking client on a thread of its own (tests call this from async code).
+    let made = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut c = postgres::Client::connect(&admin, postgres::NoTls)?;
+            c.batch_execute(&format!("CREATE DATABASE {name}"))
+        })
+        .join()
+        .unwrap()
+    });
+    if let Err(e) = made {
+        panic!("MIZUBAN_TEST_STORE=postgres, but PostgreSQL at {admin} cannot make a database: {e}");
+    }
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("[store]\nkind = \"postgres\"\nurl = \"{base}/{name}\"\npath = \"data/test.db\"\n")
+}
+
+/// True (and says so) when the suite runs on PostgreSQL and the test needs
+/// `what`, which is not on PostgreSQL yet: the test is for the SQLite run.
+pub fn not_on_postgres_yet(what: &str) -> bool {
+    let pg = std::env::var("MIZUBAN_TEST_STORE").as_deref() == Ok("postgres");
+    if pg {
+        eprintln!("not run on PostgreSQL: {what} is not on PostgreSQL yet (runs on SQLite)");
+    }
+    pg
+}
+
+/// One number from a query on the service's store, whichever it is.
+pub fn store_count(cfg: &mizuban::config::Config, sql: &str) -> i64 {
+    match cfg.store_location() {
+        mizuban::store::Location::Sqlite(p) => rusqlite::Connection::open(p)
+            .unwrap()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap(),
+        mizuban::store::Location::Postgres(url) => std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                c.query_one(sql, &[]).unwrap().get(0)
+            })
+            .join()
+            .unwrap()
+        }),
+    }
 }
 
 /// Whether a test's outside peer is here. Missing, the test is skipped with

@@ -94,7 +94,13 @@ async fn main() {
     fleet::ingest(&store, &metrics, &sites, 0, hours).await;
     let waiting = feed.pending().unwrap();
     let cancel = CancellationToken::new();
-    let sink = Sink::open(&path, &influx, lines(), metrics.clone()).unwrap();
+    let sink = Sink::open(
+        &mizuban::store::Location::Sqlite(path.clone()),
+        &influx,
+        lines(),
+        metrics.clone(),
+    )
+    .unwrap();
     let task = sink.start(store.subscribe(), cancel.clone());
     let took = drained(&feed).await;
     println!(

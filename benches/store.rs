@@ -14,14 +14,19 @@
 //! - **bytes on disk per reading** after the month (database + WAL, inputs
 //!   and rollups included).
 //!
-//! `cargo bench --bench store -- [DAYS]` (default 30). The database is made
-//! under target/store-bench/ (a real disk, not tmpfs: fsync is the cost).
+//! `cargo bench --bench store -- [DAYS] [postgres]` (default 30 days, on
+//! SQLite). The SQLite database is made under target/store-bench/ (a real
+//! disk, not tmpfs: fsync is the cost). With `postgres`, the same on the
+//! server `MIZUBAN_BENCH_POSTGRES` names (default
+//! `postgres://root@127.0.0.1:5432/postgres`), in databases
+//! `mizuban_bench_month` and `mizuban_bench_year` made afresh; bytes on disk
+//! are `pg_database_size` (its WAL is the server's, shared, and not counted).
 
 #[path = "support/fleet.rs"]
 mod fleet;
 
 use chrono::Duration;
-use fleet::{base, open, SITES};
+use fleet::{base, fresh_postgres, open, open_at, SITES};
 use mizuban::model::{PointId, Quality, Reading, SiteId};
 use mizuban::store::{Batch, Resolution};
 use std::path::Path;
@@ -50,13 +55,34 @@ fn size(path: &Path, ext: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The database's size on the server.
+fn pg_size(admin: &str, name: &str) -> u64 {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut c = postgres::Client::connect(admin, postgres::NoTls).unwrap();
+            c.query_one("SELECT pg_database_size($1)", &[&name])
+                .unwrap()
+                .get::<_, i64>(0) as u64
+        })
+        .join()
+        .unwrap()
+    })
+}
+
 #[tokio::main]
 async fn main() {
     let days: i64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(30);
+    let pg = std::env::args().any(|a| a == "postgres").then(|| {
+        std::env::var("MIZUBAN_BENCH_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into())
+    });
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/store-bench");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("month.db");
-    let (store, metrics) = open(&path, false);
+    let (store, metrics) = match &pg {
+        Some(admin) => open_at(&fresh_postgres(admin, "mizuban_bench_month"), false),
+        None => open(&path, false),
+    };
+    println!("store: {}", if pg.is_some() { "PostgreSQL" } else { "SQLite" });
     let sites = fleet::sites();
 
     // Ingest: every message a batch with its ack; the clock stops when the
@@ -80,7 +106,10 @@ async fn main() {
         messages / secs
     );
     // The WAL is bounded (its checkpoint interval), not a cost per reading.
-    let (bytes, wal) = (size(&path, "db"), size(&path, "db-wal"));
+    let (bytes, wal) = match &pg {
+        Some(admin) => (pg_size(admin, "mizuban_bench_month"), 0),
+        None => (size(&path, "db"), size(&path, "db-wal")),
+    };
     println!(
         "on disk: {:.1} MiB database ({:.1} bytes per reading: raw readings, 1m and 1h rollups, inputs as received, dedup keys) + {:.1} MiB WAL",
         bytes as f64 / 1048576.0,
@@ -113,7 +142,10 @@ async fn main() {
 
     // A year of one point at 5 minutes, read as the board's 1-year trend.
     let path = dir.join("year.db");
-    let (store, metrics) = open(&path, false);
+    let (store, metrics) = match &pg {
+        Some(admin) => open_at(&fresh_postgres(admin, "mizuban_bench_year"), false),
+        None => open(&path, false),
+    };
     let site = SiteId::new("B001").unwrap();
     let id = PointId::new(&site, "q").unwrap();
     let mut acks = Vec::new();

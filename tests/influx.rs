@@ -172,7 +172,7 @@ async fn stored(h: &Harness, point: &str) -> Vec<(i64, f64)> {
 async fn delivered(h: &Harness) {
     let app = h.app.as_ref().unwrap();
     app.store.flush().await.unwrap();
-    let feed = mizuban::store::feed::Feed::open(&app.config.store_path).unwrap();
+    let feed = mizuban::store::feed::Feed::open_at(&app.config.store_location()).unwrap();
     h.wait_until("the InfluxDB sink has delivered everything", || async {
         feed.pending().unwrap().records == 0
     })

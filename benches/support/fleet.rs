@@ -26,6 +26,30 @@ pub fn open(path: &Path, feed: bool) -> (Store, Arc<Metrics>) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("db-wal"));
     let _ = std::fs::remove_file(path.with_extension("db-shm"));
+    open_at(&mizuban::store::Location::Sqlite(path.to_path_buf()), feed)
+}
+
+/// An empty PostgreSQL database `name` on the server `admin` connects to
+/// (dropped first if it is there), as a store location.
+#[allow(dead_code)]
+pub fn fresh_postgres(admin: &str, name: &str) -> mizuban::store::Location {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("PostgreSQL for the bench");
+            c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE); CREATE DATABASE {name}"
+            ))
+            .unwrap();
+        })
+        .join()
+        .unwrap()
+    });
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    mizuban::store::Location::Postgres(format!("{base}/{name}"))
+}
+
+/// A store at `at` for the bench: nothing pruned, a deep queue.
+pub fn open_at(at: &mizuban::store::Location, feed: bool) -> (Store, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
     let retention = Retention {
         inputs_days: 0,
@@ -33,8 +57,8 @@ pub fn open(path: &Path, feed: bool) -> (Store, Arc<Metrics>) {
         rollup_1m_days: 0,
         rollup_1h_days: 0,
     };
-    let (store, _) = Store::open(
-        path,
+    let (store, _) = Store::open_at(
+        at,
         1024,
         retention,
         feed,

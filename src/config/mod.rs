@@ -835,12 +835,6 @@ impl Config {
                         "alerts ([notify]) need the SQLite store in this version: their outbox is not on PostgreSQL yet".into(),
                     ));
                 }
-                if raw.influx.is_some() {
-                    errors.push(fe(
-                        "kind",
-                        "the InfluxDB sink ([influx]) needs the SQLite store in this version: its export feed is not on PostgreSQL yet".into(),
-                    ));
-                }
             }
         }
         let Some(raw) = raw.filter(|_| errors.is_empty()) else {

@@ -171,12 +171,12 @@ const IDLE: Duration = Duration::from_secs(1);
 
 impl Sink {
     pub fn new(cfg: &Config, influx: &InfluxSection, metrics: Arc<Metrics>) -> anyhow::Result<Self> {
-        Self::open(&cfg.store_path, influx, Lines::new(cfg), metrics)
+        Self::open(&cfg.store_location(), influx, Lines::new(cfg), metrics)
     }
 
-    /// On the store at `store_path`, tagging lines with `lines`' sites.
+    /// On the store at `store`, tagging lines with `lines`' sites.
     pub fn open(
-        store_path: &std::path::Path,
+        store: &crate::store::Location,
         influx: &InfluxSection,
         lines: Lines,
         metrics: Arc<Metrics>,
@@ -188,7 +188,7 @@ impl Sink {
         Ok(Self {
             cfg: influx.clone(),
             client: b.build()?,
-            feed: Arc::new(Feed::open(store_path)?),
+            feed: Arc::new(Feed::open_at(store)?),
             lines,
             metrics,
         })

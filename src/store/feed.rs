@@ -39,6 +39,35 @@ pub struct FeedTransition {
     pub acked: bool,
 }
 
+impl FeedReading {
+    pub(super) fn of(r: &crate::model::Reading) -> Self {
+        Self {
+            point: r.point.as_str().to_string(),
+            t: ms(r.t),
+            value: r.value,
+            quality: r.quality,
+        }
+    }
+}
+
+impl FeedTransition {
+    pub(super) fn of(t: &crate::alarm::Transition) -> Self {
+        let a = &t.alarm;
+        Self {
+            at: ms(t.at),
+            alarm_id: a.id.clone(),
+            site: a.site.as_str().to_string(),
+            source: a.source.clone(),
+            condition: a.condition.clone(),
+            priority: a.priority.as_str().to_string(),
+            action: t.action.as_str().to_string(),
+            state: t.to.as_str().to_string(),
+            active: a.active,
+            acked: a.acked,
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(super) struct Body {
     #[serde(default)]
@@ -81,19 +110,63 @@ pub(super) fn append(tx: &rusqlite::Transaction, committed: Timestamp, body: &Bo
 
 /// The sink's side of the feed, on a connection of its own.
 pub struct Feed {
-    c: Mutex<Connection>,
+    db: Db,
+}
+
+enum Db {
+    Sqlite(Mutex<Connection>),
+    Postgres(super::postgres::Blocking),
+}
+
+/// The SQL of the feed, the same on both stores but for placeholders.
+const NEXT: &str = "SELECT seq, committed, body FROM feed WHERE seq > $1 ORDER BY seq LIMIT 256";
+const DONE: &str = "DELETE FROM feed WHERE seq <= $1";
+const PENDING: &str =
+    "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(transitions), 0), min(committed) FROM feed";
+
+fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+fn record(seq: i64, committed: i64, body: &[u8]) -> Result<FeedRecord, serde_json::Error> {
+    let body: Body = serde_json::from_slice(body)?;
+    Ok(FeedRecord {
+        seq,
+        committed: from_ms(committed),
+        readings: body.readings,
+        transitions: body.transitions,
+    })
+}
+
+/// Takes records in order until they hold at least `n` lines (always at
+/// least one record when any waits; a record is never split).
+fn take_until(records: impl Iterator<Item = FeedRecord>, n: usize) -> Vec<FeedRecord> {
+    let (mut out, mut lines) = (Vec::new(), 0usize);
+    for r in records {
+        lines += r.readings.len() + r.transitions.len();
+        out.push(r);
+        if lines >= n {
+            break;
+        }
+    }
+    out
 }
 
 impl Feed {
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        Ok(Self {
-            c: Mutex::new(super::outbox::connect(path)?),
-        })
+        Self::open_at(&super::Location::Sqlite(path.to_path_buf()))
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        let c = self
-            .c
+    pub fn open_at(at: &super::Location) -> Result<Self, StoreError> {
+        let db = match at {
+            super::Location::Sqlite(path) => Db::Sqlite(Mutex::new(super::outbox::connect(path)?)),
+            super::Location::Postgres(url) => Db::Postgres(super::postgres::Blocking::connect(url)?),
+        };
+        Ok(Self { db })
+    }
+
+    fn sqlite<T>(c: &Mutex<Connection>, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let c = c
             .lock()
             .map_err(|_| StoreError::Query("feed connection poisoned".into()))?;
         f(&c).map_err(|e| StoreError::Query(e.to_string()))
@@ -103,51 +176,68 @@ impl Feed {
     /// least `readings` readings and transitions (always at least one record
     /// when any waits; a record is never split here).
     pub fn next(&self, after: i64, readings: usize) -> Result<Vec<FeedRecord>, StoreError> {
-        self.with(|c| {
-            let mut st =
-                c.prepare_cached("SELECT seq, committed, body FROM feed WHERE seq > ?1 ORDER BY seq LIMIT 256")?;
-            let mut rows = st.query([after])?;
-            let (mut out, mut n) = (Vec::new(), 0usize);
-            while let Some(r) = rows.next()? {
-                let seq: i64 = r.get(0)?;
-                let body: Vec<u8> = r.get(2)?;
-                let body: Body = serde_json::from_slice(&body).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Blob, Box::new(e))
+        let bad = |e: serde_json::Error| StoreError::Query(format!("feed record unreadable: {e}"));
+        match &self.db {
+            Db::Sqlite(c) => {
+                let rows: Vec<(i64, i64, Vec<u8>)> = Self::sqlite(c, |c| {
+                    let mut st = c.prepare_cached(&sqlite_sql(NEXT))?;
+                    let rows = st.query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                    rows.collect()
                 })?;
-                n += body.readings.len() + body.transitions.len();
-                out.push(FeedRecord {
-                    seq,
-                    committed: from_ms(r.get(1)?),
-                    readings: body.readings,
-                    transitions: body.transitions,
-                });
-                if n >= readings {
-                    break;
-                }
+                let records = rows
+                    .iter()
+                    .map(|(s, c, b)| record(*s, *c, b))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                Ok(take_until(records.into_iter(), readings))
             }
-            Ok(out)
-        })
+            Db::Postgres(c) => {
+                let rows = c.with(|c| c.query(NEXT, &[&after]))?;
+                let records = rows
+                    .iter()
+                    .map(|r| record(r.get(0), r.get(1), r.get(2)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
+                Ok(take_until(records.into_iter(), readings))
+            }
+        }
     }
 
     /// Drops every record up to and including `seq`: delivered.
     pub fn done(&self, seq: i64) -> Result<(), StoreError> {
-        self.with(|c| c.execute("DELETE FROM feed WHERE seq <= ?1", [seq]).map(|_| ()))
+        match &self.db {
+            Db::Sqlite(c) => Self::sqlite(c, |c| c.execute(&sqlite_sql(DONE), [seq]).map(|_| ())),
+            Db::Postgres(c) => c.with(|c| c.execute(DONE, &[&seq]).map(|_| ())),
+        }
     }
 
     pub fn pending(&self) -> Result<Pending, StoreError> {
-        self.with(|c| {
-            c.query_row(
-                "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(transitions), 0), min(committed) FROM feed",
-                [],
-                |r| {
-                    Ok(Pending {
-                        records: r.get::<_, i64>(0)? as u64,
-                        readings: r.get::<_, i64>(1)? as u64,
-                        transitions: r.get::<_, i64>(2)? as u64,
-                        oldest: r.get::<_, Option<i64>>(3)?.map(from_ms),
-                    })
-                },
-            )
+        let (records, readings, transitions, oldest) = match &self.db {
+            Db::Sqlite(c) => Self::sqlite(c, |c| {
+                c.query_row(PENDING, [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                    ))
+                })
+            })?,
+            Db::Postgres(c) => c.with(|c| {
+                let r = c.query_one(PENDING, &[])?;
+                Ok((
+                    r.get::<_, i64>(0),
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(2),
+                    r.get::<_, Option<i64>>(3),
+                ))
+            })?,
+        };
+        Ok(Pending {
+            records: records as u64,
+            readings: readings as u64,
+            transitions: transitions as u64,
+            oldest: oldest.map(from_ms),
         })
     }
 }

@@ -191,13 +191,8 @@ impl Store {
                 Self::start(w, Arc::new(r), queue, retention, metrics, quarantine).map(|s| (s, restored))
             }
             Location::Postgres(url) => {
-                if feed {
-                    return Err(StoreError::Query(
-                        "the InfluxDB export feed is not available on PostgreSQL yet".into(),
-                    ));
-                }
                 // Connected off the async runtime (see postgres::off_runtime).
-                let (w, r, restored) = super::postgres::off_runtime(|| super::postgres::open(url))?;
+                let (w, r, restored) = super::postgres::off_runtime(|| super::postgres::open(url, feed))?;
                 Self::start(w, Arc::new(r), queue, retention, metrics, quarantine).map(|s| (s, restored))
             }
         }

@@ -75,7 +75,7 @@ fn connect(url: &str) -> Result<Client, postgres::Error> {
 
 /// Connects, migrates the schema to this build's, and returns the writer,
 /// the readers' pool and what the service needs back after a restart.
-pub(super) fn open(url: &str) -> Result<(PgWriter, PgReader, Restored), StoreError> {
+pub(super) fn open(url: &str, feed: bool) -> Result<(PgWriter, PgReader, Restored), StoreError> {
     let place = redacted(url);
     let pg = |e| StoreError::Postgres {
         place: place.clone(),
@@ -95,6 +95,7 @@ pub(super) fn open(url: &str) -> Result<(PgWriter, PgReader, Restored), StoreErr
         .map_err(|e| StoreError::Query(format!("store {place}: read pool: {e}")))?;
     let writer = PgWriter {
         url: url.to_string(),
+        feed,
         place: place.clone(),
         c: Some(c),
         ids: FxHashMap::default(),
@@ -191,6 +192,8 @@ impl Failure for PgError {
 /// and the point ids that follow its transactions.
 pub(super) struct PgWriter {
     url: String,
+    /// Append each commit's export record (a sink is configured).
+    feed: bool,
     place: String,
     c: Option<Client>,
     ids: FxHashMap<Box<str>, i64>,
@@ -588,9 +591,17 @@ impl Backend for PgWriter {
         // the table and must not be counted twice).
         let mut added: FxHashSet<(i64, i64)> = added.into_iter().collect();
         let mut minutes: FxHashMap<(i64, i64), (&str, Rollup)> = FxHashMap::default();
+        // The export feed's record of this commit (only with a sink configured).
+        let mut export = super::feed::Body::default();
         for (p, r) in &rows.readings {
             let t = ms(r.t);
-            if !added.remove(&(*p, t)) || r.quality == Quality::Bad {
+            if !added.remove(&(*p, t)) {
+                continue;
+            }
+            if self.feed {
+                export.readings.push(super::feed::FeedReading::of(r));
+            }
+            if r.quality == Quality::Bad {
                 continue;
             }
             if let Some(v) = r.value.filter(|v| v.is_finite()) {
@@ -669,6 +680,25 @@ impl Backend for PgWriter {
                 &mut rejects,
                 |tx, r| upsert_rollups(tx, table, r),
             )?;
+        }
+        if self.feed {
+            export.transitions = batches
+                .iter()
+                .flat_map(|b| &b.transitions)
+                .map(super::feed::FeedTransition::of)
+                .collect();
+            if !export.readings.is_empty() || !export.transitions.is_empty() {
+                let body = serde_json::to_vec(&export).map_err(|e| PgError::Encode(format!("feed record: {e}")))?;
+                tx.execute(
+                    "INSERT INTO feed (committed, readings, transitions, body) VALUES ($1, $2, $3, $4)",
+                    &[
+                        &ms(Utc::now()),
+                        &(export.readings.len() as i32),
+                        &(export.transitions.len() as i32),
+                        &body,
+                    ],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(())
@@ -793,6 +823,57 @@ impl Drop for PgReader {
             let _ = std::thread::Builder::new()
                 .name("store-read-pool-drop".into())
                 .spawn(move || drop(pool));
+        }
+    }
+}
+
+/// One blocking client for a reader beside the writer (the export feed's
+/// sink): usable from any thread, re-made when the connection was lost, and
+/// dropped off the async runtime.
+pub(super) struct Blocking {
+    url: String,
+    place: String,
+    c: std::sync::Mutex<Option<Client>>,
+}
+
+impl Blocking {
+    pub(super) fn connect(url: &str) -> Result<Self, StoreError> {
+        let place = redacted(url);
+        let c = off_runtime(|| connect(url)).map_err(|e| StoreError::Postgres {
+            place: place.clone(),
+            source: e,
+        })?;
+        Ok(Self {
+            url: url.to_string(),
+            place,
+            c: std::sync::Mutex::new(Some(c)),
+        })
+    }
+
+    pub(super) fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T, StoreError> {
+        blocking(|| {
+            let mut c = self
+                .c
+                .lock()
+                .map_err(|_| StoreError::Query(format!("store {}: connection poisoned", self.place)))?;
+            if c.as_ref().is_none_or(|c| c.is_closed()) {
+                *c = Some(connect(&self.url).map_err(|e| StoreError::Query(format!("store {}: {e}", self.place)))?);
+            }
+            let client = c.as_mut().ok_or(StoreError::Closed)?;
+            f(client).map_err(|e| StoreError::Query(format!("store {}: {}", self.place, PgError::Db(e))))
+        })
+    }
+}
+
+impl Drop for Blocking {
+    fn drop(&mut self) {
+        if let Some(c) = self.c.get_mut().ok().and_then(Option::take) {
+            let _ = std::thread::Builder::new()
+                .name("store-client-drop".into())
+                .spawn(move || drop(c));
         }
     }
 }

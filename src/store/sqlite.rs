@@ -502,12 +502,7 @@ fn apply(
             let added = matches!(res, Ok(1));
             row(res, "readings", &|| format!("{} at {}", r.point, r.t.to_rfc3339()))?;
             if added && feed {
-                export.readings.push(super::feed::FeedReading {
-                    point: r.point.as_str().to_string(),
-                    t: ms(r.t),
-                    value: r.value,
-                    quality: r.quality,
-                });
+                export.readings.push(super::feed::FeedReading::of(r));
             }
             if let (true, Some(v)) = (added && r.quality != Quality::Bad, r.value.filter(|v| v.is_finite())) {
                 let t = ms(r.t);
@@ -556,18 +551,7 @@ fn apply(
                     &key,
                 )?;
                 if feed {
-                    export.transitions.push(super::feed::FeedTransition {
-                        at: ms(t.at),
-                        alarm_id: a.id.clone(),
-                        site: a.site.as_str().to_string(),
-                        source: a.source.clone(),
-                        condition: a.condition.clone(),
-                        priority: a.priority.as_str().to_string(),
-                        action: t.action.as_str().to_string(),
-                        state: t.to.as_str().to_string(),
-                        active: a.active,
-                        acked: a.acked,
-                    });
+                    export.transitions.push(super::feed::FeedTransition::of(t));
                 }
             }
             for (k, v) in &b.rule_states {
@@ -810,59 +794,7 @@ impl Backend for SqliteWriter {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::reading;
-    use super::super::Store;
     use super::*;
-    use crate::telemetry::quarantine::Quarantine;
-    use crate::telemetry::Metrics;
-    use std::sync::Arc;
-
-    #[tokio::test]
-    async fn every_commit_is_in_the_export_feed_in_order_until_delivered() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.db");
-        let metrics = Arc::new(Metrics::new());
-        let q = Arc::new(Quarantine::new(10));
-        let (store, _) = Store::open(&path, 8, Retention::default(), true, metrics.clone(), q).unwrap();
-        let feed = super::super::feed::Feed::open(&path).unwrap();
-        for (site, t) in [("DM-01", 1_000), ("DM-02", 2_000), ("DM-01", 3_000), ("DM-01", 1_000)] {
-            let b = Batch {
-                readings: vec![reading(site, t)],
-                ..Default::default()
-            };
-            store.submit(b, &metrics).await.unwrap();
-            store.flush().await.unwrap();
-        }
-        let got: Vec<(String, i64)> = feed
-            .next(0, 5000)
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.readings.iter().map(|x| (x.point.clone(), x.t)))
-            .collect();
-        // The duplicate (DM-01 at 1 s again) was not stored, so not exported.
-        let want = [("DM-01.flow", 1_000), ("DM-02.flow", 2_000), ("DM-01.flow", 3_000)];
-        assert_eq!(got, want.map(|(p, t)| (p.to_string(), t)));
-        let p = feed.pending().unwrap();
-        assert_eq!((p.records, p.readings), (3, 3));
-        let records = feed.next(0, 1).unwrap();
-        assert_eq!(records.len(), 1, "a record at a time when one fills the request");
-        feed.done(records[0].seq).unwrap();
-        assert_eq!(feed.pending().unwrap().readings, 2);
-        assert_eq!(feed.next(0, 5000).unwrap()[0].readings[0].point, "DM-02.flow");
-        // Emptied, the feed goes on after its last sequence, never behind a
-        // sink's cursor.
-        let last = feed.next(0, 5000).unwrap().last().unwrap().seq;
-        feed.done(last).unwrap();
-        let b = Batch {
-            readings: vec![reading("DM-03", 4_000)],
-            ..Default::default()
-        };
-        store.submit(b, &metrics).await.unwrap();
-        store.flush().await.unwrap();
-        let after = feed.next(last, 5000).unwrap();
-        assert_eq!(after.len(), 1);
-        assert!(after[0].seq > last);
-    }
 
     #[test]
     fn the_write_connection_syncs_every_commit() {

@@ -129,7 +129,7 @@ impl Db {
                 w.prune(keep, now).unwrap()
             }
             Location::Postgres(url) => super::postgres::off_runtime(|| {
-                let (mut w, _, _) = super::postgres::open(url).unwrap();
+                let (mut w, _, _) = super::postgres::open(url, false).unwrap();
                 w.prune(keep, now).unwrap()
             }),
         }
@@ -155,7 +155,7 @@ impl super::Ack for Count {
     }
 }
 
-pub(super) fn reading(site: &str, t: i64) -> Reading {
+fn reading(site: &str, t: i64) -> Reading {
     let site = SiteId::new(site).unwrap();
     Reading {
         point: PointId::new(&site, "flow").unwrap(),
@@ -185,6 +185,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    every_commit_is_in_the_export_feed_in_order_until_delivered,
     a_row_that_can_never_commit_is_quarantined_and_the_rest_commits,
     each_commit_is_published_after_it_is_durable_with_its_transitions,
     rollups_agree_with_the_raw_readings_through_late_duplicate_and_bad_data,
@@ -487,4 +488,49 @@ async fn retention_drops_only_what_is_past_it_per_table(kind: Kind) {
         .rollups(&point, Resolution::Hour, from_ms(now - 40 * day), from_ms(now), 1000)
         .unwrap();
     assert_eq!((raw.len(), hours.len()), (40, 160));
+}
+
+async fn every_commit_is_in_the_export_feed_in_order_until_delivered(kind: Kind) {
+    let Some(db) = Db::new(kind) else { return };
+    let metrics = Arc::new(Metrics::new());
+    let q = Arc::new(Quarantine::new(10));
+    let (store, _) = Store::open_at(&db.at, 8, Retention::default(), true, metrics.clone(), q).unwrap();
+    let feed = super::feed::Feed::open_at(&db.at).unwrap();
+    for (site, t) in [("DM-01", 1_000), ("DM-02", 2_000), ("DM-01", 3_000), ("DM-01", 1_000)] {
+        let b = Batch {
+            readings: vec![reading(site, t)],
+            ..Default::default()
+        };
+        store.submit(b, &metrics).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    let got: Vec<(String, i64)> = feed
+        .next(0, 5000)
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.readings.iter().map(|x| (x.point.clone(), x.t)))
+        .collect();
+    // The duplicate (DM-01 at 1 s again) was not stored, so not exported.
+    let want = [("DM-01.flow", 1_000), ("DM-02.flow", 2_000), ("DM-01.flow", 3_000)];
+    assert_eq!(got, want.map(|(p, t)| (p.to_string(), t)));
+    let p = feed.pending().unwrap();
+    assert_eq!((p.records, p.readings), (3, 3));
+    let records = feed.next(0, 1).unwrap();
+    assert_eq!(records.len(), 1, "a record at a time when one fills the request");
+    feed.done(records[0].seq).unwrap();
+    assert_eq!(feed.pending().unwrap().readings, 2);
+    assert_eq!(feed.next(0, 5000).unwrap()[0].readings[0].point, "DM-02.flow");
+    // Emptied, the feed goes on after its last sequence, never behind a
+    // sink's cursor.
+    let last = feed.next(0, 5000).unwrap().last().unwrap().seq;
+    feed.done(last).unwrap();
+    let b = Batch {
+        readings: vec![reading("DM-03", 4_000)],
+        ..Default::default()
+    };
+    store.submit(b, &metrics).await.unwrap();
+    store.flush().await.unwrap();
+    let after = feed.next(last, 5000).unwrap();
+    assert_eq!(after.len(), 1);
+    assert!(after[0].seq > last);
 }

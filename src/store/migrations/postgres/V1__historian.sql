@@ -1,6 +1,5 @@
 -- mizuban's store on PostgreSQL, version 1: the tables SQLite reached at its
--- version 10, minus the notification outbox and the export feed (not yet on
--- PostgreSQL). Times are milliseconds since the Unix epoch, UTC, as on
+-- version 10, minus the notification outbox (not yet on PostgreSQL). Times are milliseconds since the Unix epoch, UTC, as on
 -- SQLite, so both stores hold the same numbers.
 
 -- Points by name; readings and rollups are keyed by the integer id.
@@ -48,3 +47,11 @@ CREATE TABLE inputs (
     id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, arrived BIGINT NOT NULL, site TEXT,
     source SMALLINT NOT NULL, topic TEXT, body BYTEA NOT NULL);
 CREATE INDEX inputs_arrived ON inputs (arrived);
+
+-- The export feed: one row per commit while a sink is configured, deleted
+-- once delivered. One writer per database today; with several, a reader by
+-- seq could pass a row a slower writer commits later with a lower seq, so
+-- each node will keep a feed of its own sites.
+CREATE TABLE feed (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, committed BIGINT NOT NULL,
+    readings INTEGER NOT NULL, transitions INTEGER NOT NULL, body BYTEA NOT NULL);

@@ -55,9 +55,6 @@ async fn with_users(h: &mut Harness) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn board_in_headless_chromium() {
-    if not_on_postgres_yet("alerts (the outbox), which this board test shows") {
-        return;
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let Some(out) = browser_ready() else { return };
     let mut h = Harness::start("browser", &[mps("MP-0701", "AKT-MPN-0701")]).await;

@@ -319,9 +319,6 @@ async fn replay_of_an_exported_span_finds_what_the_live_service_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_capture_replays_to_the_same_bytes_and_a_wider_deadband_is_measured() {
-    if not_on_postgres_yet("alerts (the outbox)") {
-        return;
-    }
     let h = Harness::start("replay-det", &[mps("MP-0001", "AKT-MPN-0001")]).await;
     let start = t0();
     let mp = h.spawn_mps(quiet_mps("MP-0001", "AKT-MPN-0001"), start).await;
@@ -514,9 +511,6 @@ async fn accepting_hook() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_runs_notification_routing_dry_and_pages_whom_live_paged() {
-    if not_on_postgres_yet("alerts (the outbox)") {
-        return;
-    }
     let mut h = Harness::start("replay-notify", &[mps("MP-0005", "AKT-MPN-0005")]).await;
     let hook = accepting_hook().await;
     write_notify(

@@ -828,13 +828,6 @@ impl Config {
                         },
                     )),
                 }
-                // Not built on PostgreSQL yet: refused here, not failing later.
-                if notify.is_some() {
-                    errors.push(fe(
-                        "kind",
-                        "alerts ([notify]) need the SQLite store in this version: their outbox is not on PostgreSQL yet".into(),
-                    ));
-                }
             }
         }
         let Some(raw) = raw.filter(|_| errors.is_empty()) else {

@@ -94,7 +94,7 @@ impl Notifier {
         mut commits: crate::store::Commits,
         cancel: CancellationToken,
     ) -> anyhow::Result<(Self, JoinHandle<()>)> {
-        let outbox = Outbox::open(&cfg.store_path)?;
+        let outbox = Outbox::open_at(&cfg.store_location())?;
         let paged = outbox.sent_alarm_ids()?;
         let smtp = match &n.smtp {
             None => None,

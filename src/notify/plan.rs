@@ -138,7 +138,7 @@ impl Planner<'_> {
     /// One planning step at `now`: the new journal rows, then the groups and
     /// escalations that are due, then held messages that may go out as a
     /// summary. `open` holds the open incidents and is updated in place.
-    pub fn step<L: Ledger>(
+    pub fn step<L: Ledger + ?Sized>(
         &mut self,
         l: &mut L,
         rows: &[JournalRow],
@@ -170,7 +170,7 @@ impl Planner<'_> {
             .min()
     }
 
-    fn members<L: Ledger>(l: &L, inc: &Incident) -> Result<Vec<Alarm>, L::Error> {
+    fn members<L: Ledger + ?Sized>(l: &L, inc: &Incident) -> Result<Vec<Alarm>, L::Error> {
         let mut v = Vec::with_capacity(inc.alarms.len());
         for id in &inc.alarms {
             if let Some(a) = l.alarm(id)? {
@@ -215,7 +215,7 @@ impl Planner<'_> {
     }
 
     /// Handles new journal rows against the open incidents.
-    fn follow<L: Ledger>(
+    fn follow<L: Ledger + ?Sized>(
         &mut self,
         l: &mut L,
         rows: &[JournalRow],
@@ -361,7 +361,7 @@ impl Planner<'_> {
     }
 
     /// The first message of a group after its wait, or an update to an open incident.
-    fn flush<L: Ledger>(&mut self, l: &mut L, inc: &mut Incident, now: Timestamp) -> Result<(), L::Error> {
+    fn flush<L: Ledger + ?Sized>(&mut self, l: &mut L, inc: &mut Incident, now: Timestamp) -> Result<(), L::Error> {
         inc.flush_at = None;
         let members = Self::members(l, inc)?;
         if inc.first_sent_at.is_none() {
@@ -393,7 +393,7 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn brief<L: Ledger>(
+    fn brief<L: Ledger + ?Sized>(
         &mut self,
         l: &mut L,
         inc: &Incident,
@@ -418,7 +418,7 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn escalate<L: Ledger>(&mut self, l: &mut L, inc: &mut Incident, now: Timestamp) -> Result<(), L::Error> {
+    fn escalate<L: Ledger + ?Sized>(&mut self, l: &mut L, inc: &mut Incident, now: Timestamp) -> Result<(), L::Error> {
         let members = Self::members(l, inc)?;
         let Some(policy) = self.n.policy(&inc.policy) else {
             inc.next_level_at = None;
@@ -454,7 +454,7 @@ impl Planner<'_> {
         Ok(())
     }
 
-    fn tell_notified<L: Ledger>(
+    fn tell_notified<L: Ledger + ?Sized>(
         &mut self,
         l: &mut L,
         inc: &Incident,
@@ -469,7 +469,7 @@ impl Planner<'_> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn enqueue<L: Ledger>(
+    fn enqueue<L: Ledger + ?Sized>(
         &mut self,
         l: &mut L,
         inc: &Incident,
@@ -557,7 +557,7 @@ impl Planner<'_> {
 
     /// Held messages (over a person's rate limit) go out as one summary once
     /// the window allows another message.
-    fn summarise<L: Ledger>(&mut self, l: &mut L, now: Timestamp) -> Result<(), L::Error> {
+    fn summarise<L: Ledger + ?Sized>(&mut self, l: &mut L, now: Timestamp) -> Result<(), L::Error> {
         let held = l.held()?;
         if held.is_empty() {
             return Ok(());

@@ -10,6 +10,7 @@
 pub mod feed;
 mod handle;
 pub mod outbox;
+mod outbox_pg;
 mod postgres;
 mod rollup;
 pub mod schema;

@@ -16,7 +16,7 @@ use crate::model::Timestamp;
 use crate::notify::message::{Kind, Message};
 use crate::notify::plan::{Grant, JournalRow, Ledger};
 use rusqlite::{params, Connection, OptionalExtension};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 #[derive(Debug, Clone)]
 pub struct Incident {
@@ -424,21 +424,44 @@ pub enum TokenKey<'a> {
     Code(&'a str),
 }
 
-/// The notification tables, on their own connection.
+/// The notification tables, on their own connection to either store.
 pub struct Outbox {
-    conn: Mutex<Connection>,
+    db: Db,
+}
+
+enum Db {
+    Sqlite(Mutex<Connection>),
+    Postgres(super::outbox_pg::PgOutbox),
 }
 
 impl Outbox {
-    /// Opens (and creates) the tables in the store's file.
+    /// Opens (and creates) the tables in the SQLite store's file.
     pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        Ok(Self {
-            conn: Mutex::new(connect(path)?),
-        })
+        Self::open_at(&super::Location::Sqlite(path.to_path_buf()))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Opens the tables in the store at `at` (migrated by whichever opens
+    /// it first).
+    pub fn open_at(at: &super::Location) -> Result<Self, StoreError> {
+        let db = match at {
+            super::Location::Sqlite(path) => Db::Sqlite(Mutex::new(connect(path)?)),
+            super::Location::Postgres(url) => Db::Postgres(super::outbox_pg::PgOutbox::open(url)?),
+        };
+        Ok(Self { db })
+    }
+
+    fn sqlite<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Option<Result<T, StoreError>> {
+        match &self.db {
+            Db::Sqlite(c) => Some(f(&mut c.lock().unwrap_or_else(|p| p.into_inner()))),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    fn pg(&self) -> &super::outbox_pg::PgOutbox {
+        match &self.db {
+            Db::Postgres(p) => p,
+            Db::Sqlite(_) => unreachable!("asked after the SQLite arm"),
+        }
     }
 
     /// One planning step in one transaction: `step` gets the ledger, the
@@ -449,9 +472,13 @@ impl Outbox {
     pub fn plan(
         &self,
         now: Timestamp,
-        step: impl FnOnce(&mut SqlLedger<'_>, &[JournalRow], &mut Vec<Incident>) -> Result<(), StoreError>,
+        step: impl FnOnce(&mut dyn Ledger<Error = StoreError>, &[JournalRow], &mut Vec<Incident>) -> Result<(), StoreError>
+            + Send,
     ) -> Result<i64, StoreError> {
-        let mut c = self.lock();
+        let Db::Sqlite(c) = &self.db else {
+            return self.pg().plan(now, step);
+        };
+        let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
         let (work, pending) = work_due(&c, now).map_err(q)?;
         if !work {
             return Ok(pending);
@@ -476,54 +503,53 @@ impl Outbox {
 
     /// Messages due now (see `due`).
     pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        due(&self.lock(), now, limit).map_err(q)
+        self.sqlite(|c| due(c, now, limit).map_err(q))
+            .unwrap_or_else(|| self.pg().due(now, limit))
     }
 
     /// The peer accepted the message.
     pub fn mark_sent(&self, id: &str, now: Timestamp) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "UPDATE outbox SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-                params![id, ms(now)],
-            )
-            .map_err(q)?;
-        Ok(())
+        const SQL: &str =
+            "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1";
+        self.sqlite(|c| c.execute(&lite(SQL), params![id, ms(now)]).map(|_| ()).map_err(q))
+            .unwrap_or_else(|| self.pg().execute(SQL, &[&id, &ms(now)]))
     }
 
     /// Not delivered; tried again at `next_at`.
     pub fn retry_at(&self, id: &str, attempts: u32, err: &str, next_at: Timestamp) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "UPDATE outbox SET attempts = ?2, last_error = ?3, next_at = ?4 WHERE id = ?1",
-                params![id, attempts, err, ms(next_at)],
-            )
-            .map_err(q)?;
-        Ok(())
+        const SQL: &str = "UPDATE outbox SET attempts = $2, last_error = $3, next_at = $4 WHERE id = $1";
+        self.sqlite(|c| {
+            c.execute(&lite(SQL), params![id, attempts, err, ms(next_at)])
+                .map(|_| ())
+                .map_err(q)
+        })
+        .unwrap_or_else(|| self.pg().execute(SQL, &[&id, &(attempts as i64), &err, &ms(next_at)]))
     }
 
     /// Not delivered, and no more tries by this contact method.
     pub fn mark_failed(&self, id: &str, attempts: u32, err: &str) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "UPDATE outbox SET state = 'failed', attempts = ?2, last_error = ?3 WHERE id = ?1",
-                params![id, attempts, err],
-            )
-            .map_err(q)?;
-        Ok(())
+        const SQL: &str = "UPDATE outbox SET state = 'failed', attempts = $2, last_error = $3 WHERE id = $1";
+        self.sqlite(|c| c.execute(&lite(SQL), params![id, attempts, err]).map(|_| ()).map_err(q))
+            .unwrap_or_else(|| self.pg().execute(SQL, &[&id, &(attempts as i64), &err]))
     }
 
     /// A new message (kept as it is if its id exists: ids are idempotency keys).
     pub fn insert(&self, row: &OutboxRow) -> Result<(), StoreError> {
-        insert_outbox(&self.lock(), row).map_err(q)
+        self.sqlite(|c| insert_outbox(c, row).map_err(q))
+            .unwrap_or_else(|| self.pg().insert(row))
     }
 
     pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
-        incident(&self.lock(), id).map_err(q)
+        self.sqlite(|c| incident(c, id).map_err(q))
+            .unwrap_or_else(|| self.pg().incident(id))
     }
 
     /// An ack token, with the alarms of its incident as they are now.
     pub fn ack_token(&self, key: TokenKey<'_>) -> Result<Option<(AckToken, Vec<Alarm>)>, StoreError> {
-        let c = self.lock();
+        let Db::Sqlite(c) = &self.db else {
+            return self.pg().ack_token(key);
+        };
+        let c = c.lock().unwrap_or_else(|p| p.into_inner());
         let (column, value) = match key {
             TokenKey::Hash(h) => ("token_hash", h),
             TokenKey::Code(code) => ("code", code),
@@ -562,33 +588,42 @@ impl Outbox {
 
     /// The person's links and codes for the incident are spent.
     pub fn tokens_used(&self, incident: &str, person: &str, now: Timestamp) -> Result<(), StoreError> {
-        self.lock()
-            .execute(
-                "UPDATE ack_tokens SET used_at = ?3 WHERE incident_id = ?1 AND person = ?2",
-                params![incident, person, ms(now)],
-            )
-            .map_err(q)?;
-        Ok(())
+        const SQL: &str = "UPDATE ack_tokens SET used_at = $3 WHERE incident_id = $1 AND person = $2";
+        self.sqlite(|c| {
+            c.execute(&lite(SQL), params![incident, person, ms(now)])
+                .map(|_| ())
+                .map_err(q)
+        })
+        .unwrap_or_else(|| self.pg().execute(SQL, &[&incident, &person, &ms(now)]))
     }
 
     /// Every message about an alarm, oldest first.
     pub fn for_alarm(&self, alarm_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         let like = format!("%\"{}\"%", alarm_id.replace('"', ""));
-        outbox_where(&self.lock(), "alarm_ids LIKE ?1", &like).map_err(q)
+        self.sqlite(|c| outbox_where(c, "alarm_ids LIKE ?1", &like).map_err(q))
+            .unwrap_or_else(|| self.pg().for_alarm(alarm_id))
     }
 
     /// `(person, sent_at)` of every message sent in `[from, to)`.
     pub fn sent_between(&self, from: Timestamp, to: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {
-        sent_between(&self.lock(), from, to).map_err(q)
+        self.sqlite(|c| sent_between(c, from, to).map_err(q))
+            .unwrap_or_else(|| self.pg().sent_between(from, to))
     }
 
     /// The newest `limit` messages, of one state or all.
     pub fn recent(&self, state: Option<&str>, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        recent(&self.lock(), state, limit).map_err(q)
+        self.sqlite(|c| recent(c, state, limit).map_err(q))
+            .unwrap_or_else(|| self.pg().recent(state, limit))
     }
 
     /// Every alarm a delivered message was about.
     pub fn sent_alarm_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        sent_alarm_ids(&self.lock()).map_err(q)
+        self.sqlite(|c| sent_alarm_ids(c).map_err(q))
+            .unwrap_or_else(|| self.pg().sent_alarm_ids())
     }
+}
+
+/// A statement written for PostgreSQL (`$n`) in SQLite's spelling (`?n`).
+fn lite(sql: &str) -> String {
+    sql.replace('$', "?")
 }

@@ -159,13 +159,19 @@ pub(super) enum PgError {
 impl std::fmt::Display for PgError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PgError::Db(e) => match e.as_db_error() {
-                Some(d) => write!(f, "{}: {}", d.code().code(), d.message()),
-                None => write!(f, "{e}"),
-            },
+            PgError::Db(e) => f.write_str(&describe(e)),
             PgError::Disconnected(e) => write!(f, "not connected: {e}"),
             PgError::Encode(e) => write!(f, "cannot encode {e}"),
         }
+    }
+}
+
+/// A server error as its SQLSTATE and message (the driver's own Display
+/// says only "db error").
+pub(super) fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => format!("{}: {}", d.code().code(), d.message()),
+        None => e.to_string(),
     }
 }
 
@@ -854,6 +860,14 @@ impl Blocking {
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
     ) -> Result<T, StoreError> {
+        self.try_with(|c| f(c).map_err(|e| StoreError::Query(format!("store {}: {}", self.place, describe(&e)))))
+    }
+
+    /// As [`Blocking::with`], for a call that says its own errors.
+    pub(super) fn try_with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
         blocking(|| {
             let mut c = self
                 .c
@@ -862,8 +876,7 @@ impl Blocking {
             if c.as_ref().is_none_or(|c| c.is_closed()) {
                 *c = Some(connect(&self.url).map_err(|e| StoreError::Query(format!("store {}: {e}", self.place)))?);
             }
-            let client = c.as_mut().ok_or(StoreError::Closed)?;
-            f(client).map_err(|e| StoreError::Query(format!("store {}: {}", self.place, PgError::Db(e))))
+            f(c.as_mut().ok_or(StoreError::Closed)?)
         })
     }
 }

@@ -254,16 +254,6 @@ fn store_section() -> String {
     format!("[store]\nkind = \"postgres\"\nurl = \"{base}/{name}\"\npath = \"data/test.db\"\n")
 }
 
-/// True (and says so) when the suite runs on PostgreSQL and the test needs
-/// `what`, which is not on PostgreSQL yet: the test is for the SQLite run.
-pub fn not_on_postgres_yet(what: &str) -> bool {
-    let pg = std::env::var("MIZUBAN_TEST_STORE").as_deref() == Ok("postgres");
-    if pg {
-        eprintln!("not run on PostgreSQL: {what} is not on PostgreSQL yet (runs on SQLite)");
-    }
-    pg
-}
-
 /// One number from a query on the service's store, whichever it is.
 pub fn store_count(cfg: &mizuban::config::Config, sql: &str) -> i64 {
     match cfg.store_location() {

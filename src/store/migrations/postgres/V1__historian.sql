@@ -1,5 +1,5 @@
 -- mizuban's store on PostgreSQL, version 1: the tables SQLite reached at its
--- version 10, minus the notification outbox (not yet on PostgreSQL). Times are milliseconds since the Unix epoch, UTC, as on
+-- version 10. Times are milliseconds since the Unix epoch, UTC, as on
 -- SQLite, so both stores hold the same numbers.
 
 -- Points by name; readings and rollups are keyed by the integer id.
@@ -55,3 +55,26 @@ CREATE INDEX inputs_arrived ON inputs (arrived);
 CREATE TABLE feed (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, committed BIGINT NOT NULL,
     readings INTEGER NOT NULL, transitions INTEGER NOT NULL, body BYTEA NOT NULL);
+
+-- Alerts: the notify engine's cursor into the journal, incidents, the
+-- outbox of messages (written before anything is sent) and ack tokens.
+CREATE TABLE notify_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE incidents (
+    id TEXT PRIMARY KEY, group_key TEXT NOT NULL, policy TEXT NOT NULL, site TEXT NOT NULL,
+    opened_at BIGINT NOT NULL, first_sent_at BIGINT, flush_at BIGINT, last_msg_at BIGINT,
+    level BIGINT NOT NULL DEFAULT 0, next_level_at BIGINT, closed BOOLEAN NOT NULL DEFAULT FALSE,
+    announced BIGINT NOT NULL DEFAULT 0, alarms TEXT NOT NULL);
+CREATE INDEX incidents_open ON incidents (closed, group_key);
+CREATE TABLE outbox (
+    id TEXT PRIMARY KEY, incident_id TEXT NOT NULL, kind TEXT NOT NULL, person TEXT NOT NULL,
+    contact_idx BIGINT NOT NULL, channel TEXT NOT NULL, level BIGINT NOT NULL,
+    created_at BIGINT NOT NULL, state TEXT NOT NULL, attempts BIGINT NOT NULL DEFAULT 0,
+    next_at BIGINT NOT NULL, last_error TEXT, sent_at BIGINT, alarm_ids TEXT NOT NULL, body TEXT NOT NULL,
+    seq BIGINT NOT NULL DEFAULT 0);
+CREATE INDEX outbox_due ON outbox (state, next_at);
+CREATE INDEX outbox_person ON outbox (person, created_at);
+CREATE INDEX outbox_incident_seq ON outbox (incident_id, person, seq);
+CREATE TABLE ack_tokens (
+    token_hash TEXT PRIMARY KEY, code TEXT NOT NULL, incident_id TEXT NOT NULL, person TEXT NOT NULL,
+    channel TEXT NOT NULL, expires_at BIGINT NOT NULL, used_at BIGINT);
+CREATE INDEX ack_code ON ack_tokens (code);

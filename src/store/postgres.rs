@@ -208,6 +208,13 @@ pub(super) struct PgWriter {
 }
 
 impl PgWriter {
+    /// A setting of the writer's own session, as the server reports it.
+    #[cfg(test)]
+    pub(super) fn setting(&mut self, name: &str) -> String {
+        let c = self.c.as_mut().expect("connected");
+        c.query_one(&format!("SHOW {name}"), &[]).unwrap().get(0)
+    }
+
     fn client(&mut self) -> Result<&mut Client, PgError> {
         self.c
             .as_mut()

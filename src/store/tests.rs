@@ -534,3 +534,14 @@ async fn every_commit_is_in_the_export_feed_in_order_until_delivered(kind: Kind)
     assert_eq!(after.len(), 1);
     assert!(after[0].seq > last);
 }
+
+/// What a PUBACK promises on PostgreSQL: the writer's commits wait for the
+/// server's WAL flush (and the server itself does flush).
+#[test]
+fn the_postgres_writer_commits_only_once_the_wal_is_flushed() {
+    let Some(db) = Db::new(Kind::Postgres) else { return };
+    let Location::Postgres(url) = &db.at else { unreachable!() };
+    let (mut w, _, _) = super::postgres::open(url, false).unwrap();
+    assert_eq!(w.setting("synchronous_commit"), "on");
+    assert_eq!(w.setting("fsync"), "on", "the server flushes what it commits");
+}

@@ -36,7 +36,8 @@ pub fn fresh_postgres(admin: &str, name: &str) -> mizuban::store::Location {
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("PostgreSQL for the bench");
-            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .unwrap();
             c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
         })
         .join()

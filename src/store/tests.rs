@@ -540,7 +540,9 @@ async fn every_commit_is_in_the_export_feed_in_order_until_delivered(kind: Kind)
 #[test]
 fn the_postgres_writer_commits_only_once_the_wal_is_flushed() {
     let Some(db) = Db::new(Kind::Postgres) else { return };
-    let Location::Postgres(url) = &db.at else { unreachable!() };
+    let Location::Postgres(url) = &db.at else {
+        unreachable!()
+    };
     let (mut w, _, _) = super::postgres::open(url, false).unwrap();
     assert_eq!(w.setting("synchronous_commit"), "on");
     assert_eq!(w.setting("fsync"), "on", "the server flushes what it commits");

@@ -11,7 +11,9 @@
 //!   ended.
 //!
 //! Requests of 5,000 lines, gzipped, as configured by default.
-//! `cargo bench --bench sink -- [DAYS]` (default 3).
+//! `cargo bench --bench sink -- [DAYS] [postgres]` (default 3 days, on
+//! SQLite; with `postgres`, on the server `MIZUBAN_BENCH_POSTGRES` names, in
+//! a database `mizuban_bench_sink` made afresh).
 
 #[path = "support/fleet.rs"]
 mod fleet;
@@ -66,9 +68,21 @@ async fn main() {
     }
 
     let path = dir.join("sink.db");
-    let (store, metrics) = fleet::open(&path, true);
+    let at = match std::env::args().any(|a| a == "postgres") {
+        true => fleet::fresh_postgres(
+            &std::env::var("MIZUBAN_BENCH_POSTGRES")
+                .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into()),
+            "mizuban_bench_sink",
+        ),
+        false => {
+            let _ = std::fs::remove_file(&path);
+            mizuban::store::Location::Sqlite(path.clone())
+        }
+    };
+    println!("store: {at}");
+    let (store, metrics) = fleet::open_at(&at, true);
     let sites = fleet::sites();
-    let feed = Feed::open(&path).unwrap();
+    let feed = Feed::open_at(&at).unwrap();
     let influx = InfluxSection {
         url: format!("http://127.0.0.1:{port}"),
         org: "akita".into(),
@@ -94,13 +108,7 @@ async fn main() {
     fleet::ingest(&store, &metrics, &sites, 0, hours).await;
     let waiting = feed.pending().unwrap();
     let cancel = CancellationToken::new();
-    let sink = Sink::open(
-        &mizuban::store::Location::Sqlite(path.clone()),
-        &influx,
-        lines(),
-        metrics.clone(),
-    )
-    .unwrap();
+    let sink = Sink::open(&at, &influx, lines(), metrics.clone()).unwrap();
     let task = sink.start(store.subscribe(), cancel.clone());
     let took = drained(&feed).await;
     println!(

@@ -428,3 +428,64 @@ fn replay_and_export_from_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `[store] kind = "postgres"`: check-config says what is missing or
+/// unreachable, at the store's lines, and accepts a server that answers.
+#[test]
+fn check_config_checks_a_postgres_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = repo().join("config/akita.toml");
+    let text = std::fs::read_to_string(&main).unwrap();
+    let cfg = repo().join("config");
+    let base = text
+        .replace(
+            "\"../devices\"",
+            &format!("{:?}", repo().join("devices").display().to_string()),
+        )
+        .replace(
+            "\"akita-sites.toml\"",
+            &format!("{:?}", cfg.join("akita-sites.toml").display().to_string()),
+        )
+        .replace(
+            "\"akita-rules.toml\"",
+            &format!("{:?}", cfg.join("akita-rules.toml").display().to_string()),
+        );
+    let check = |store: &str| {
+        let p = dir.path().join("main.toml");
+        std::fs::write(&p, base.replace("path = \"../data/mizuban.db\"", store)).unwrap();
+        let out = mizuban().args(["check-config", "--config"]).arg(&p).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, err) = check("kind = \"postgres\"\npath = \"x.db\"");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("kind: kind = \"postgres\" needs `url` (or `url_env`)"),
+        "{err}"
+    );
+    let (code, err) = check("kind = \"postgres\"\nurl_env = \"MIZUBAN_NO_SUCH_VAR\"\npath = \"x.db\"");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("environment variable MIZUBAN_NO_SUCH_VAR is not set"),
+        "{err}"
+    );
+    let (code, err) =
+        check("kind = \"postgres\"\nurl = \"postgres://mizuban:secret@127.0.0.1:1/mizuban\"\npath = \"x.db\"");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cannot reach PostgreSQL: postgres://mizuban:***@127.0.0.1:1/mizuban"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "the password is never printed: {err}");
+    // A server that answers (the one the store's tests use).
+    let admin =
+        std::env::var("MIZUBAN_TEST_POSTGRES").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/postgres".into());
+    let up = std::net::TcpStream::connect("127.0.0.1:5432").is_ok();
+    assert!(
+        up || std::env::var("CI").as_deref() != Ok("true"),
+        "PostgreSQL is required under CI=true"
+    );
+    if up {
+        let (code, err) = check(&format!("kind = \"postgres\"\nurl = \"{admin}\"\npath = \"x.db\""));
+        assert_eq!(code, Some(0), "{err}");
+    }
+}

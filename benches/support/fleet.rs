@@ -22,6 +22,7 @@ pub fn base() -> DateTime<Utc> {
 }
 
 /// A fresh store at `path`; with `feed`, commits also fill the export feed.
+#[allow(dead_code)]
 pub fn open(path: &Path, feed: bool) -> (Store, Arc<Metrics>) {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("db-wal"));

@@ -818,7 +818,7 @@ impl Config {
             let fe = |needle: &str, msg: String| SourceError::field(path, &text, needle, msg);
             if raw.store.kind == StoreKind::Postgres {
                 match raw.store.postgres_url() {
-                    Some(u) if u.parse::<postgres::Config>().is_ok() => {}
+                    Some(u) if crate::store::is_postgres_url(&u) => {}
                     Some(_) => errors.push(fe("url", "store url is not a PostgreSQL connection URL".into())),
                     None => errors.push(fe(
                         "kind",

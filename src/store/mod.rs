@@ -56,6 +56,11 @@ pub enum Location {
     Postgres(String),
 }
 
+/// Whether `url` is a PostgreSQL connection string the store can use.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.parse::<::postgres::Config>().is_ok()
+}
+
 /// Whether a PostgreSQL store at `url` answers (for check-config): connects
 /// with a 5-second timeout and disconnects. The error names the server, not
 /// the password.

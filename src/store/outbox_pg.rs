@@ -237,6 +237,43 @@ impl Ledger for PgLedger<'_, '_> {
     }
 }
 
+/// The highest journal seq below which nothing can still appear: taken
+/// under a SHARE lock on the journal, which waits for every transaction
+/// inserting into it to end (and holds new inserts back for the moment of
+/// one `max`). With several writers a row can commit after a higher seq is
+/// already visible; reading only up to this seq, the cursor never passes a
+/// row that a slower writer has yet to commit. When the lock is not had
+/// within `LOCK_WAIT` (a writer's commit is slow), the step reads nothing
+/// new and the next one tries again.
+fn final_seq(c: &mut impl GenericClient) -> Result<Option<i64>, StoreError> {
+    let mut tx = c.transaction().map_err(q)?;
+    tx.batch_execute(LOCK_WAIT).map_err(q)?;
+    let seq = match tx.batch_execute("LOCK TABLE journal IN SHARE MODE") {
+        Ok(()) => Some(
+            tx.query_one("SELECT COALESCE(MAX(seq), 0) FROM journal", &[])
+                .map_err(q)?
+                .get(0),
+        ),
+        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => None,
+        Err(e) => return Err(q(e)),
+    };
+    tx.commit().map_err(q)?;
+    Ok(seq)
+}
+
+const LOCK_WAIT: &str = "SET LOCAL lock_timeout = '1s'";
+
+/// The engine's cursor into the journal: the seq of the last row planned.
+fn cursor(c: &mut impl GenericClient) -> Result<i64, StoreError> {
+    Ok(c.query_opt(
+        "SELECT CAST(value AS BIGINT) FROM notify_meta WHERE key = 'cursor'",
+        &[],
+    )
+    .map_err(q)?
+    .map(|r| r.get(0))
+    .unwrap_or(0))
+}
+
 /// The notification tables on their own PostgreSQL connection.
 pub struct PgOutbox {
     c: Blocking,
@@ -257,16 +294,17 @@ impl PgOutbox {
             + Send,
     ) -> Result<i64, StoreError> {
         self.c.try_with(|c| {
+            let before = cursor(c)?;
+            let upto = final_seq(c)?.unwrap_or(before);
             let (work, pending) = {
                 let r = c
                     .query_one(
                         "SELECT
-                           (SELECT COALESCE(MAX(seq), 0) FROM journal)
-                             > COALESCE((SELECT CAST(value AS BIGINT) FROM notify_meta WHERE key = 'cursor'), 0)
-                           OR EXISTS (SELECT 1 FROM incidents WHERE NOT closed AND (flush_at <= $1 OR next_level_at <= $1))
+                           $1::int8 > $2::int8
+                           OR EXISTS (SELECT 1 FROM incidents WHERE NOT closed AND (flush_at <= $3 OR next_level_at <= $3))
                            OR EXISTS (SELECT 1 FROM outbox WHERE state = 'held'),
                          (SELECT COUNT(*) FROM outbox WHERE state = 'pending')",
-                        &[&ms(now)],
+                        &[&upto, &before, &ms(now)],
                     )
                     .map_err(q)?;
                 (r.get::<_, bool>(0), r.get::<_, i64>(1))
@@ -282,17 +320,15 @@ impl PgOutbox {
                 .iter()
                 .map(incident_row)
                 .collect();
-            let cursor: i64 = tx
-                .query_opt("SELECT CAST(value AS BIGINT) FROM notify_meta WHERE key = 'cursor'", &[])
-                .map_err(q)?
-                .map(|r| r.get(0))
-                .unwrap_or(0);
+            // Read again under the lock: another planner may have moved it.
+            let from = cursor(&mut tx)?;
             let mut last = None;
             let mut journal = Vec::new();
             for r in tx
                 .query(
-                    "SELECT seq, alarm_id, action, notify FROM journal WHERE seq > $1 ORDER BY seq LIMIT 1000",
-                    &[&cursor],
+                    "SELECT seq, alarm_id, action, notify FROM journal WHERE seq > $1 AND seq <= $2
+                     ORDER BY seq LIMIT 1000",
+                    &[&from, &upto],
                 )
                 .map_err(q)?
             {

@@ -547,3 +547,60 @@ fn the_postgres_writer_commits_only_once_the_wal_is_flushed() {
     assert_eq!(w.setting("synchronous_commit"), "on");
     assert_eq!(w.setting("fsync"), "on", "the server flushes what it commits");
 }
+
+/// Two writers on one PostgreSQL journal (later, two nodes): a row whose
+/// transaction commits after a later row's is not passed over; the engine
+/// waits until that part of the journal is final (its step reads nothing
+/// new while a writer holds the journal longer than the lock wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notify_cursor_passes_no_row_a_slower_writer_commits_later() {
+    let Some(db) = Db::new(Kind::Postgres) else { return };
+    let Location::Postgres(url) = db.at.clone() else {
+        unreachable!()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (_store, _) = Store::open_at(
+        &db.at,
+        8,
+        Retention::default(),
+        false,
+        metrics,
+        Arc::new(Quarantine::new(4)),
+    )
+    .unwrap();
+    let outbox = super::outbox::Outbox::open_at(&db.at).unwrap();
+    let row = |id: &str| {
+        format!(
+            "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, notify, late)
+             VALUES (1000, '{id}', 'MP-0001', 'dev', 'DOOR_OPEN', 'raise', 'normal', 'unack_active', 'test', false, false)"
+        )
+    };
+    let connect = || super::postgres::off_runtime(|| postgres::Client::connect(&url, postgres::NoTls).unwrap());
+    let (mut slow, mut fast) = (connect(), connect());
+    // The slow writer takes its seq first and commits last.
+    super::postgres::off_runtime(|| slow.batch_execute(&format!("BEGIN; {}", row("slow"))).unwrap());
+    super::postgres::off_runtime(|| fast.batch_execute(&row("fast")).unwrap());
+    let planned = |outbox: &super::outbox::Outbox| {
+        let mut seen = Vec::new();
+        outbox
+            .plan(from_ms(2_000), |_, journal, _| {
+                seen.extend(journal.iter().map(|j| j.alarm_id.clone()));
+                Ok(())
+            })
+            .unwrap();
+        seen
+    };
+    assert_eq!(
+        planned(&outbox),
+        Vec::<String>::new(),
+        "nothing is final while the slow writer is open"
+    );
+    super::postgres::off_runtime(|| slow.batch_execute("COMMIT").unwrap());
+    assert_eq!(
+        planned(&outbox),
+        ["slow", "fast"],
+        "both, in transaction order, once final"
+    );
+    assert_eq!(planned(&outbox), Vec::<String>::new(), "and never again");
+    super::postgres::off_runtime(move || drop((slow, fast)));
+}

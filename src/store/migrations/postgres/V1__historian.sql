@@ -28,6 +28,9 @@ CREATE TABLE journal (
     site TEXT NOT NULL, source TEXT NOT NULL, condition TEXT NOT NULL, action TEXT NOT NULL,
     from_state TEXT NOT NULL, to_state TEXT NOT NULL, who TEXT NOT NULL, why TEXT, event_time BIGINT,
     notify BOOLEAN NOT NULL, late BOOLEAN NOT NULL, priority TEXT NOT NULL DEFAULT '');
+-- With several writers, seq order is not commit order (a row can commit
+-- after a higher seq is visible). The notify engine therefore reads only up
+-- to a seq it knows is final: see outbox_pg.rs, final_seq.
 CREATE INDEX journal_alarm ON journal (alarm_id);
 CREATE INDEX journal_site ON journal (site, at);
 

@@ -120,6 +120,7 @@ enum Db {
 
 /// The SQL of the feed, the same on both stores but for placeholders.
 const NEXT: &str = "SELECT seq, committed, body FROM feed WHERE seq > $1 ORDER BY seq LIMIT 256";
+const NEXT_UPTO: &str = "SELECT seq, committed, body FROM feed WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 256";
 const DONE: &str = "DELETE FROM feed WHERE seq <= $1";
 const PENDING: &str =
     "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(transitions), 0), min(committed) FROM feed";
@@ -192,7 +193,15 @@ impl Feed {
                 Ok(take_until(records.into_iter(), readings))
             }
             Db::Postgres(c) => {
-                let rows = c.with(|c| c.query(NEXT, &[&after]))?;
+                // Only as far as no slower writer can still add to (see
+                // postgres::final_seq); nothing new when that is not known.
+                let rows = c.try_with(|c| {
+                    let Some(upto) = super::postgres::final_seq(c, "feed")? else {
+                        return Ok(Vec::new());
+                    };
+                    c.query(NEXT_UPTO, &[&after, &upto])
+                        .map_err(|e| StoreError::Query(super::postgres::describe(&e)))
+                })?;
                 let records = rows
                     .iter()
                     .map(|r| record(r.get(0), r.get(1), r.get(2)))

@@ -237,32 +237,6 @@ impl Ledger for PgLedger<'_, '_> {
     }
 }
 
-/// The highest journal seq below which nothing can still appear: taken
-/// under a SHARE lock on the journal, which waits for every transaction
-/// inserting into it to end (and holds new inserts back for the moment of
-/// one `max`). With several writers a row can commit after a higher seq is
-/// already visible; reading only up to this seq, the cursor never passes a
-/// row that a slower writer has yet to commit. When the lock is not had
-/// within `LOCK_WAIT` (a writer's commit is slow), the step reads nothing
-/// new and the next one tries again.
-fn final_seq(c: &mut impl GenericClient) -> Result<Option<i64>, StoreError> {
-    let mut tx = c.transaction().map_err(q)?;
-    tx.batch_execute(LOCK_WAIT).map_err(q)?;
-    let seq = match tx.batch_execute("LOCK TABLE journal IN SHARE MODE") {
-        Ok(()) => Some(
-            tx.query_one("SELECT COALESCE(MAX(seq), 0) FROM journal", &[])
-                .map_err(q)?
-                .get(0),
-        ),
-        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => None,
-        Err(e) => return Err(q(e)),
-    };
-    tx.commit().map_err(q)?;
-    Ok(seq)
-}
-
-const LOCK_WAIT: &str = "SET LOCAL lock_timeout = '1s'";
-
 /// The engine's cursor into the journal: the seq of the last row planned.
 fn cursor(c: &mut impl GenericClient) -> Result<i64, StoreError> {
     Ok(c.query_opt(
@@ -295,7 +269,7 @@ impl PgOutbox {
     ) -> Result<i64, StoreError> {
         self.c.try_with(|c| {
             let before = cursor(c)?;
-            let upto = final_seq(c)?.unwrap_or(before);
+            let upto = super::postgres::final_seq(c, "journal")?.unwrap_or(before);
             let (work, pending) = {
                 let r = c
                     .query_one(

@@ -898,6 +898,33 @@ impl Drop for Blocking {
     }
 }
 
+/// The highest `seq` of `table` (the journal, the export feed) below which
+/// nothing can still appear: taken under a SHARE lock on the table, which
+/// waits for every transaction inserting into it to end (and holds new
+/// inserts back for the moment of one `max`). With several writers a row
+/// can commit after a higher seq is already visible; a reader that goes only
+/// up to this seq never passes a row a slower writer has yet to commit.
+/// `None` when the lock is not had within `LOCK_WAIT` (a writer's commit is
+/// slow): the reader takes nothing new this time and tries again.
+pub(super) fn final_seq(c: &mut impl postgres::GenericClient, table: &str) -> Result<Option<i64>, StoreError> {
+    let q = |e: postgres::Error| StoreError::Query(describe(&e));
+    let mut tx = c.transaction().map_err(q)?;
+    tx.batch_execute(LOCK_WAIT).map_err(q)?;
+    let seq = match tx.batch_execute(&format!("LOCK TABLE {table} IN SHARE MODE")) {
+        Ok(()) => Some(
+            tx.query_one(&format!("SELECT COALESCE(MAX(seq), 0) FROM {table}"), &[])
+                .map_err(q)?
+                .get(0),
+        ),
+        Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => None,
+        Err(e) => return Err(q(e)),
+    };
+    tx.commit().map_err(q)?;
+    Ok(seq)
+}
+
+const LOCK_WAIT: &str = "SET LOCAL lock_timeout = '1s'";
+
 /// Runs a blocking client's call wherever the caller is: as it is on a
 /// plain or blocking-pool thread (the API reads from `spawn_blocking`),
 /// inside `block_in_place` on a multi-threaded runtime's worker, and on a

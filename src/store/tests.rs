@@ -604,3 +604,35 @@ async fn the_notify_cursor_passes_no_row_a_slower_writer_commits_later() {
     assert_eq!(planned(&outbox), Vec::<String>::new(), "and never again");
     super::postgres::off_runtime(move || drop((slow, fast)));
 }
+
+/// The export feed on PostgreSQL, with two writers: the sink is never given
+/// a record past one a slower writer has yet to commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_passes_no_record_a_slower_writer_commits_later() {
+    let Some(db) = Db::new(Kind::Postgres) else { return };
+    let Location::Postgres(url) = db.at.clone() else {
+        unreachable!()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (_store, _) = Store::open_at(
+        &db.at,
+        8,
+        Retention::default(),
+        true,
+        metrics,
+        Arc::new(Quarantine::new(4)),
+    )
+    .unwrap();
+    let feed = super::feed::Feed::open_at(&db.at).unwrap();
+    let row = "INSERT INTO feed (committed, readings, transitions, body)
+               VALUES (1000, 0, 0, convert_to('{\"readings\":[],\"transitions\":[]}', 'UTF8'))";
+    let connect = || super::postgres::off_runtime(|| postgres::Client::connect(&url, postgres::NoTls).unwrap());
+    let (mut slow, mut fast) = (connect(), connect());
+    super::postgres::off_runtime(|| slow.batch_execute(&format!("BEGIN; {row}")).unwrap());
+    super::postgres::off_runtime(|| fast.batch_execute(row).unwrap());
+    let seqs = |feed: &super::feed::Feed| feed.next(0, 5000).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&feed), Vec::<i64>::new(), "nothing while the slow writer is open");
+    super::postgres::off_runtime(|| slow.batch_execute("COMMIT").unwrap());
+    assert_eq!(seqs(&feed), [1, 2], "both, in order, once final");
+    super::postgres::off_runtime(move || drop((slow, fast)));
+}

@@ -52,9 +52,8 @@ CREATE TABLE inputs (
 CREATE INDEX inputs_arrived ON inputs (arrived);
 
 -- The export feed: one row per commit while a sink is configured, deleted
--- once delivered. One writer per database today; with several, a reader by
--- seq could pass a row a slower writer commits later with a lower seq, so
--- each node will keep a feed of its own sites.
+-- once delivered. Read, like the journal, only up to a seq known to be final
+-- (postgres.rs, final_seq), so several writers can share it.
 CREATE TABLE feed (
     seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, committed BIGINT NOT NULL,
     readings INTEGER NOT NULL, transitions INTEGER NOT NULL, body BYTEA NOT NULL);

@@ -1,11 +1,13 @@
-//! Historian and journal persistence in SQLite (WAL). One writer thread owns the
-//! write connection and commits whatever the pipeline sent in one transaction;
-//! only after the commit are the MQTT messages behind it acknowledged to the
+//! Persistence, behind one boundary: the historian (readings and their
+//! rollups), the journal and alarms, the state the pipeline resumes from, the
+//! recorded inputs, the notification tables and the export feed, on SQLite
+//! (embedded) or PostgreSQL (deployed). One writer thread owns the write
+//! connection and commits whatever the pipeline sent in one transaction; only
+//! after the commit are the MQTT messages behind it acknowledged to the
 //! broker, so nothing acknowledged to a device can be lost. Readers use their
-//! own connection. Schema: `readings` (event and arrival time), `alarms` (every
-//! occurrence, open or closed, as JSON), `journal` (every transition), and the
-//! state needed to resume after a restart (`rule_state`, `device_state`,
-//! `msg_seen`).
+//! own connections. What a commit made durable is published on the
+//! committed-change stream ([`Committed`]), the only way anything in the
+//! pipeline becomes visible outside it.
 
 pub mod feed;
 mod handle;
@@ -17,8 +19,9 @@ pub mod schema;
 mod sqlite;
 mod writer;
 
-/// How both stores encode times and qualities: milliseconds since the Unix
-/// epoch (UTC), and 0 good, 1 uncertain, 2 bad.
+/// How both stores encode what they keep: times as milliseconds since the
+/// Unix epoch (UTC), qualities as 0 good, 1 uncertain, 2 bad, recorded inputs
+/// as a source code with topic and body, rollups in a table per resolution.
 mod codec {
     use crate::model::{Quality, Timestamp};
 
@@ -40,6 +43,40 @@ mod codec {
             0 => Quality::Good,
             1 => Quality::Uncertain,
             _ => Quality::Bad,
+        }
+    }
+
+    /// The table that holds `res`'s buckets.
+    pub fn rollup_table(res: super::Resolution) -> Result<&'static str, super::StoreError> {
+        match res {
+            super::Resolution::Minute => Ok("rollup_1m"),
+            super::Resolution::Hour => Ok("rollup_1h"),
+            super::Resolution::Raw => Err(super::StoreError::Query("raw readings are not rollups".into())),
+        }
+    }
+
+    /// An input's recorded source column: 0 MQTT (topic + payload), 1 a poll
+    /// (its JSON), 2 a failed poll (the error text).
+    pub fn input_columns(body: &super::InputBody) -> (i16, Option<&str>, std::borrow::Cow<'_, [u8]>) {
+        match body {
+            super::InputBody::Mqtt { topic, payload } => (0, Some(topic), payload.as_ref().into()),
+            super::InputBody::Poll(p) => (1, None, serde_json::to_vec(p).unwrap_or_default().into()),
+            super::InputBody::PollError(e) => (2, None, e.as_bytes().into()),
+        }
+    }
+
+    /// The recorded input back from its columns.
+    pub fn input_body(source: i64, topic: Option<String>, body: Vec<u8>) -> super::InputBody {
+        match source {
+            0 => super::InputBody::Mqtt {
+                topic: topic.unwrap_or_default(),
+                payload: body.into(),
+            },
+            1 => match serde_json::from_slice(&body) {
+                Ok(p) => super::InputBody::Poll(p),
+                Err(e) => super::InputBody::PollError(format!("recorded poll unreadable: {e}")),
+            },
+            _ => super::InputBody::PollError(String::from_utf8_lossy(&body).into_owned()),
         }
     }
 }

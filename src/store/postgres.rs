@@ -329,7 +329,7 @@ impl<'a> Rows<'a> {
                 });
             }
             for i in &b.inputs {
-                let (source, topic, body) = super::sqlite::input_columns(&i.body);
+                let (source, topic, body) = super::codec::input_columns(&i.body);
                 rows.inputs
                     .push((ms(i.arrived), i.site.as_deref(), source, topic, body.into_owned()));
             }
@@ -983,7 +983,7 @@ impl Reader for PgReader {
         to: Timestamp,
         limit: usize,
     ) -> Result<Vec<Bucket>, StoreError> {
-        let table = super::sqlite::rollup_table(res)?;
+        let table = super::codec::rollup_table(res)?;
         self.with(|c| {
             let rows = c.query(
                 &format!(
@@ -1147,7 +1147,7 @@ fn stream_inputs(
         if !f.keeps(site.as_deref(), topic.as_deref()) {
             continue;
         }
-        let body = super::sqlite::input_body(r.get::<_, i16>(2) as i64, topic, r.get(4));
+        let body = super::codec::input_body(r.get::<_, i16>(2) as i64, topic, r.get(4));
         each(RecordedInput {
             arrived: from_ms(r.get(0)),
             site,

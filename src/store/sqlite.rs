@@ -1,7 +1,7 @@
 use super::handle::{InputFilter, JournalFilter, JournalRow, Reader, ReadingRow, Restored, StoreError};
 use super::rollup::{hours_of, Rollup, MINUTE_MS};
 use super::writer::{Backend, Failure, Rejected, SmallWrite};
-use super::{Batch, Bucket, InputBody, RecordedInput, Resolution, Retention};
+use super::{Batch, Bucket, RecordedInput, Resolution, Retention};
 use crate::alarm::{Action, Alarm};
 use crate::model::{PointId, Quality, Timestamp};
 use chrono::Utc;
@@ -81,6 +81,7 @@ pub(super) fn action(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Action> {
 }
 
 pub(super) use super::codec::{from_ms, int_q, ms, q_int};
+use super::codec::{input_body, input_columns, rollup_table};
 
 /// How long message identities are remembered for dedup after a restart. A
 /// device's QoS 1 redelivery happens within its reconnects; a backlog after a
@@ -314,40 +315,6 @@ impl Reader for SqliteReader {
             )
             .optional()
         })
-    }
-}
-
-/// The table that holds `res`'s buckets.
-pub(super) fn rollup_table(res: Resolution) -> Result<&'static str, StoreError> {
-    match res {
-        Resolution::Minute => Ok("rollup_1m"),
-        Resolution::Hour => Ok("rollup_1h"),
-        Resolution::Raw => Err(StoreError::Query("raw readings are not rollups".into())),
-    }
-}
-
-/// An input's recorded source column: 0 MQTT (topic + payload), 1 a poll
-/// (its JSON), 2 a failed poll (the error text).
-pub(super) fn input_columns(body: &InputBody) -> (i16, Option<&str>, std::borrow::Cow<'_, [u8]>) {
-    match body {
-        InputBody::Mqtt { topic, payload } => (0, Some(topic), payload.as_ref().into()),
-        InputBody::Poll(p) => (1, None, serde_json::to_vec(p).unwrap_or_default().into()),
-        InputBody::PollError(e) => (2, None, e.as_bytes().into()),
-    }
-}
-
-/// The recorded input back from its columns.
-pub(super) fn input_body(source: i64, topic: Option<String>, body: Vec<u8>) -> InputBody {
-    match source {
-        0 => InputBody::Mqtt {
-            topic: topic.unwrap_or_default(),
-            payload: body.into(),
-        },
-        1 => match serde_json::from_slice(&body) {
-            Ok(p) => InputBody::Poll(p),
-            Err(e) => InputBody::PollError(format!("recorded poll unreadable: {e}")),
-        },
-        _ => InputBody::PollError(String::from_utf8_lossy(&body).into_owned()),
     }
 }
 

@@ -6,6 +6,7 @@
 //! once delivered. Nothing here is on the ingest path but that append, and
 //! only when a sink is configured.
 
+use super::codec::sqlite_placeholders;
 use super::sqlite::{from_ms, ms};
 use super::StoreError;
 use crate::model::{Quality, Timestamp};
@@ -119,15 +120,10 @@ enum Db {
 }
 
 /// The SQL of the feed, the same on both stores but for placeholders.
-const NEXT: &str = "SELECT seq, committed, body FROM feed WHERE seq > $1 ORDER BY seq LIMIT 256";
-const NEXT_UPTO: &str = "SELECT seq, committed, body FROM feed WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 256";
+const NEXT: &str = "SELECT seq, committed, body FROM feed WHERE seq > $1 AND seq <= $2 ORDER BY seq LIMIT 256";
 const DONE: &str = "DELETE FROM feed WHERE seq <= $1";
 const PENDING: &str =
     "SELECT count(*), coalesce(sum(readings), 0), coalesce(sum(transitions), 0), min(committed) FROM feed";
-
-fn sqlite_sql(sql: &str) -> String {
-    sql.replace('$', "?")
-}
 
 fn record(seq: i64, committed: i64, body: &[u8]) -> Result<FeedRecord, serde_json::Error> {
     let body: Body = serde_json::from_slice(body)?;
@@ -154,10 +150,6 @@ fn take_until(records: impl Iterator<Item = FeedRecord>, n: usize) -> Vec<FeedRe
 }
 
 impl Feed {
-    pub fn open(path: &std::path::Path) -> Result<Self, StoreError> {
-        Self::open_at(&super::Location::Sqlite(path.to_path_buf()))
-    }
-
     pub fn open_at(at: &super::Location) -> Result<Self, StoreError> {
         let db = match at {
             super::Location::Sqlite(path) => Db::Sqlite(Mutex::new(super::outbox::connect(path)?)),
@@ -177,45 +169,38 @@ impl Feed {
     /// least `readings` readings and transitions (always at least one record
     /// when any waits; a record is never split here).
     pub fn next(&self, after: i64, readings: usize) -> Result<Vec<FeedRecord>, StoreError> {
-        let bad = |e: serde_json::Error| StoreError::Query(format!("feed record unreadable: {e}"));
-        match &self.db {
-            Db::Sqlite(c) => {
-                let rows: Vec<(i64, i64, Vec<u8>)> = Self::sqlite(c, |c| {
-                    let mut st = c.prepare_cached(&sqlite_sql(NEXT))?;
-                    let rows = st.query_map([after], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                    rows.collect()
-                })?;
-                let records = rows
-                    .iter()
-                    .map(|(s, c, b)| record(*s, *c, b))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(bad)?;
-                Ok(take_until(records.into_iter(), readings))
-            }
-            Db::Postgres(c) => {
-                // Only as far as no slower writer can still add to (see
-                // postgres::final_seq); nothing new when that is not known.
-                let rows = c.try_with(|c| {
-                    let Some(upto) = super::postgres::final_seq(c, "feed")? else {
-                        return Ok(Vec::new());
-                    };
-                    c.query(NEXT_UPTO, &[&after, &upto])
-                        .map_err(|e| StoreError::Query(super::postgres::describe(&e)))
-                })?;
-                let records = rows
-                    .iter()
-                    .map(|r| record(r.get(0), r.get(1), r.get(2)))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(bad)?;
-                Ok(take_until(records.into_iter(), readings))
-            }
-        }
+        let rows: Vec<(i64, i64, Vec<u8>)> = match &self.db {
+            // One writer: every committed record is final.
+            Db::Sqlite(c) => Self::sqlite(c, |c| {
+                let mut st = c.prepare_cached(&sqlite_placeholders(NEXT))?;
+                let rows = st.query_map([after, i64::MAX], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect()
+            })?,
+            // Only as far as no slower writer can still add to (see
+            // postgres::final_seq); nothing new when that is not known.
+            Db::Postgres(c) => c.try_with(|c| {
+                let upto = super::postgres::final_seq(c, "feed", after)?.unwrap_or(after);
+                if upto <= after {
+                    return Ok(Vec::new());
+                }
+                let rows = c
+                    .query(NEXT, &[&after, &upto])
+                    .map_err(|e| StoreError::Query(super::postgres::describe(&e)))?;
+                Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+            })?,
+        };
+        let records = rows
+            .iter()
+            .map(|(seq, committed, body)| record(*seq, *committed, body))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Query(format!("feed record unreadable: {e}")))?;
+        Ok(take_until(records.into_iter(), readings))
     }
 
     /// Drops every record up to and including `seq`: delivered.
     pub fn done(&self, seq: i64) -> Result<(), StoreError> {
         match &self.db {
-            Db::Sqlite(c) => Self::sqlite(c, |c| c.execute(&sqlite_sql(DONE), [seq]).map(|_| ())),
+            Db::Sqlite(c) => Self::sqlite(c, |c| c.execute(&sqlite_placeholders(DONE), [seq]).map(|_| ())),
             Db::Postgres(c) => c.with(|c| c.execute(DONE, &[&seq]).map(|_| ())),
         }
     }

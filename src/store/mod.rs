@@ -65,6 +65,28 @@ mod codec {
         }
     }
 
+    /// A stored bucket (its start, count, sum, min and max) as served.
+    pub fn bucket(t: i64, n: i64, sum: f64, min: f64, max: f64) -> super::Bucket {
+        super::Bucket {
+            t: from_ms(t),
+            mean: sum / n.max(1) as f64,
+            min,
+            max,
+            count: n as u64,
+        }
+    }
+
+    /// A statement written with PostgreSQL's placeholders (`$1`) in SQLite's
+    /// spelling (`?1`): the statements both stores share are written once.
+    pub fn sqlite_placeholders(sql: &str) -> String {
+        sql.replace('$', "?")
+    }
+
+    /// How long message identities are remembered for dedup after a
+    /// restart. A device's QoS 1 redelivery happens within its reconnects; a
+    /// backlog after a 72 h outage carries new seqs, so 7 days is ample.
+    pub const SEEN_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
+
     /// The recorded input back from its columns.
     pub fn input_body(source: i64, topic: Option<String>, body: Vec<u8>) -> super::InputBody {
         match source {

@@ -9,6 +9,7 @@
 //! journal rows not yet handled are handled, unsent messages are sent, sent
 //! ones are not sent again.
 
+use super::codec::sqlite_placeholders;
 use super::sqlite::{from_ms, ms};
 use super::StoreError;
 use crate::alarm::Alarm;
@@ -424,6 +425,16 @@ pub enum TokenKey<'a> {
     Code(&'a str),
 }
 
+impl<'a> TokenKey<'a> {
+    /// The `ack_tokens` column it is looked up by, and the value.
+    pub(super) fn column(&self) -> (&'static str, &'a str) {
+        match *self {
+            TokenKey::Hash(h) => ("token_hash", h),
+            TokenKey::Code(code) => ("code", code),
+        }
+    }
+}
+
 /// The notification tables, on their own connection to either store.
 pub struct Outbox {
     db: Db,
@@ -450,20 +461,6 @@ impl Outbox {
         Ok(Self { db })
     }
 
-    fn sqlite<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Option<Result<T, StoreError>> {
-        match &self.db {
-            Db::Sqlite(c) => Some(f(&mut c.lock().unwrap_or_else(|p| p.into_inner()))),
-            Db::Postgres(_) => None,
-        }
-    }
-
-    fn pg(&self) -> &super::outbox_pg::PgOutbox {
-        match &self.db {
-            Db::Postgres(p) => p,
-            Db::Sqlite(_) => unreachable!("asked after the SQLite arm"),
-        }
-    }
-
     /// One planning step in one transaction: `step` gets the ledger, the
     /// journal rows past the engine's cursor (oldest first) and the open
     /// incidents; the cursor moves past those rows when it returns. Returns
@@ -475,10 +472,11 @@ impl Outbox {
         step: impl FnOnce(&mut dyn Ledger<Error = StoreError>, &[JournalRow], &mut Vec<Incident>) -> Result<(), StoreError>
             + Send,
     ) -> Result<i64, StoreError> {
-        let Db::Sqlite(c) = &self.db else {
-            return self.pg().plan(now, step);
+        let c = match &self.db {
+            Db::Sqlite(c) => c,
+            Db::Postgres(p) => return p.plan(now, step),
         };
-        let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = lock(c);
         let (work, pending) = work_due(&c, now).map_err(q)?;
         if !work {
             return Ok(pending);
@@ -503,57 +501,71 @@ impl Outbox {
 
     /// Messages due now (see `due`).
     pub fn due(&self, now: Timestamp, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        self.sqlite(|c| due(c, now, limit).map_err(q))
-            .unwrap_or_else(|| self.pg().due(now, limit))
+        match &self.db {
+            Db::Sqlite(c) => due(&lock(c), now, limit).map_err(q),
+            Db::Postgres(p) => p.due(now, limit),
+        }
     }
 
     /// The peer accepted the message.
     pub fn mark_sent(&self, id: &str, now: Timestamp) -> Result<(), StoreError> {
         const SQL: &str =
             "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1";
-        self.sqlite(|c| c.execute(&lite(SQL), params![id, ms(now)]).map(|_| ()).map_err(q))
-            .unwrap_or_else(|| self.pg().execute(SQL, &[&id, &ms(now)]))
+        match &self.db {
+            Db::Sqlite(c) => lock(c)
+                .execute(&sqlite_placeholders(SQL), params![id, ms(now)])
+                .map(|_| ())
+                .map_err(q),
+            Db::Postgres(p) => p.execute(SQL, &[&id, &ms(now)]),
+        }
     }
 
     /// Not delivered; tried again at `next_at`.
     pub fn retry_at(&self, id: &str, attempts: u32, err: &str, next_at: Timestamp) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE outbox SET attempts = $2, last_error = $3, next_at = $4 WHERE id = $1";
-        self.sqlite(|c| {
-            c.execute(&lite(SQL), params![id, attempts, err, ms(next_at)])
+        match &self.db {
+            Db::Sqlite(c) => lock(c)
+                .execute(&sqlite_placeholders(SQL), params![id, attempts, err, ms(next_at)])
                 .map(|_| ())
-                .map_err(q)
-        })
-        .unwrap_or_else(|| self.pg().execute(SQL, &[&id, &(attempts as i64), &err, &ms(next_at)]))
+                .map_err(q),
+            Db::Postgres(p) => p.execute(SQL, &[&id, &(attempts as i64), &err, &ms(next_at)]),
+        }
     }
 
     /// Not delivered, and no more tries by this contact method.
     pub fn mark_failed(&self, id: &str, attempts: u32, err: &str) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE outbox SET state = 'failed', attempts = $2, last_error = $3 WHERE id = $1";
-        self.sqlite(|c| c.execute(&lite(SQL), params![id, attempts, err]).map(|_| ()).map_err(q))
-            .unwrap_or_else(|| self.pg().execute(SQL, &[&id, &(attempts as i64), &err]))
+        match &self.db {
+            Db::Sqlite(c) => lock(c)
+                .execute(&sqlite_placeholders(SQL), params![id, attempts, err])
+                .map(|_| ())
+                .map_err(q),
+            Db::Postgres(p) => p.execute(SQL, &[&id, &(attempts as i64), &err]),
+        }
     }
 
     /// A new message (kept as it is if its id exists: ids are idempotency keys).
     pub fn insert(&self, row: &OutboxRow) -> Result<(), StoreError> {
-        self.sqlite(|c| insert_outbox(c, row).map_err(q))
-            .unwrap_or_else(|| self.pg().insert(row))
+        match &self.db {
+            Db::Sqlite(c) => insert_outbox(&lock(c), row).map_err(q),
+            Db::Postgres(p) => p.insert(row),
+        }
     }
 
     pub fn incident(&self, id: &str) -> Result<Option<Incident>, StoreError> {
-        self.sqlite(|c| incident(c, id).map_err(q))
-            .unwrap_or_else(|| self.pg().incident(id))
+        match &self.db {
+            Db::Sqlite(c) => incident(&lock(c), id).map_err(q),
+            Db::Postgres(p) => p.incident(id),
+        }
     }
 
     /// An ack token, with the alarms of its incident as they are now.
     pub fn ack_token(&self, key: TokenKey<'_>) -> Result<Option<(AckToken, Vec<Alarm>)>, StoreError> {
-        let Db::Sqlite(c) = &self.db else {
-            return self.pg().ack_token(key);
+        let c = match &self.db {
+            Db::Sqlite(c) => lock(c),
+            Db::Postgres(p) => return p.ack_token(key),
         };
-        let c = c.lock().unwrap_or_else(|p| p.into_inner());
-        let (column, value) = match key {
-            TokenKey::Hash(h) => ("token_hash", h),
-            TokenKey::Code(code) => ("code", code),
-        };
+        let (column, value) = key.column();
         let row: Option<(String, String, String, i64, Option<i64>)> = c
             .query_row(
                 &format!(
@@ -589,41 +601,49 @@ impl Outbox {
     /// The person's links and codes for the incident are spent.
     pub fn tokens_used(&self, incident: &str, person: &str, now: Timestamp) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE ack_tokens SET used_at = $3 WHERE incident_id = $1 AND person = $2";
-        self.sqlite(|c| {
-            c.execute(&lite(SQL), params![incident, person, ms(now)])
+        match &self.db {
+            Db::Sqlite(c) => lock(c)
+                .execute(&sqlite_placeholders(SQL), params![incident, person, ms(now)])
                 .map(|_| ())
-                .map_err(q)
-        })
-        .unwrap_or_else(|| self.pg().execute(SQL, &[&incident, &person, &ms(now)]))
+                .map_err(q),
+            Db::Postgres(p) => p.execute(SQL, &[&incident, &person, &ms(now)]),
+        }
     }
 
     /// Every message about an alarm, oldest first.
     pub fn for_alarm(&self, alarm_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         let like = format!("%\"{}\"%", alarm_id.replace('"', ""));
-        self.sqlite(|c| outbox_where(c, "alarm_ids LIKE ?1", &like).map_err(q))
-            .unwrap_or_else(|| self.pg().for_alarm(alarm_id))
+        match &self.db {
+            Db::Sqlite(c) => outbox_where(&lock(c), "alarm_ids LIKE ?1", &like).map_err(q),
+            Db::Postgres(p) => p.for_alarm(&like),
+        }
     }
 
     /// `(person, sent_at)` of every message sent in `[from, to)`.
     pub fn sent_between(&self, from: Timestamp, to: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {
-        self.sqlite(|c| sent_between(c, from, to).map_err(q))
-            .unwrap_or_else(|| self.pg().sent_between(from, to))
+        match &self.db {
+            Db::Sqlite(c) => sent_between(&lock(c), from, to).map_err(q),
+            Db::Postgres(p) => p.sent_between(from, to),
+        }
     }
 
     /// The newest `limit` messages, of one state or all.
     pub fn recent(&self, state: Option<&str>, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        self.sqlite(|c| recent(c, state, limit).map_err(q))
-            .unwrap_or_else(|| self.pg().recent(state, limit))
+        match &self.db {
+            Db::Sqlite(c) => recent(&lock(c), state, limit).map_err(q),
+            Db::Postgres(p) => p.recent(state, limit),
+        }
     }
 
     /// Every alarm a delivered message was about.
     pub fn sent_alarm_ids(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        self.sqlite(|c| sent_alarm_ids(c).map_err(q))
-            .unwrap_or_else(|| self.pg().sent_alarm_ids())
+        match &self.db {
+            Db::Sqlite(c) => sent_alarm_ids(&lock(c)).map_err(q),
+            Db::Postgres(p) => p.sent_alarm_ids(),
+        }
     }
 }
 
-/// A statement written for PostgreSQL (`$n`) in SQLite's spelling (`?n`).
-fn lite(sql: &str) -> String {
-    sql.replace('$', "?")
+fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    c.lock().unwrap_or_else(|p| p.into_inner())
 }

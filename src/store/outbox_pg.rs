@@ -269,7 +269,7 @@ impl PgOutbox {
     ) -> Result<i64, StoreError> {
         self.c.try_with(|c| {
             let before = cursor(c)?;
-            let upto = super::postgres::final_seq(c, "journal")?.unwrap_or(before);
+            let upto = super::postgres::final_seq(c, "journal", before)?.unwrap_or(before);
             let (work, pending) = {
                 let r = c
                     .query_one(
@@ -365,10 +365,7 @@ impl PgOutbox {
     }
 
     pub fn ack_token(&self, key: TokenKey<'_>) -> Result<Option<(AckToken, Vec<Alarm>)>, StoreError> {
-        let (column, value) = match key {
-            TokenKey::Hash(h) => ("token_hash", h),
-            TokenKey::Code(code) => ("code", code),
-        };
+        let (column, value) = key.column();
         self.c.try_with(|c| {
             let Some(r) = c
                 .query_opt(
@@ -402,9 +399,9 @@ impl PgOutbox {
         })
     }
 
-    pub fn for_alarm(&self, alarm_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
-        let like = format!("%\"{}\"%", alarm_id.replace('"', ""));
-        self.c.try_with(|c| outbox_where(c, "alarm_ids LIKE $1", &like))
+    /// Messages whose alarm ids match `like` (the caller's LIKE pattern).
+    pub fn for_alarm(&self, like: &str) -> Result<Vec<OutboxRow>, StoreError> {
+        self.c.try_with(|c| outbox_where(c, "alarm_ids LIKE $1", like))
     }
 
     pub fn sent_between(&self, from: Timestamp, to: Timestamp) -> Result<Vec<(String, Timestamp)>, StoreError> {

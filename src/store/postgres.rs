@@ -35,10 +35,6 @@ mod embedded {
     refinery::embed_migrations!("src/store/migrations/postgres");
 }
 
-/// How long message identities are remembered for dedup after a restart (as
-/// on SQLite).
-const SEEN_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
-
 /// Reader connections kept.
 const READ_POOL: u32 = 4;
 
@@ -56,7 +52,7 @@ pub(super) fn redacted(url: &str) -> String {
     }
 }
 
-use super::codec::{from_ms, int_q, ms, q_int};
+use super::codec::{bucket, from_ms, int_q, ms, q_int, SEEN_RETENTION_MS};
 
 /// The writer's session: durable commits (see the module's opening).
 const SESSION: &str = "SET synchronous_commit = on";
@@ -905,17 +901,23 @@ impl Drop for Blocking {
 /// can commit after a higher seq is already visible; a reader that goes only
 /// up to this seq never passes a row a slower writer has yet to commit.
 /// `None` when the lock is not had within `LOCK_WAIT` (a writer's commit is
-/// slow): the reader takes nothing new this time and tries again.
-pub(super) fn final_seq(c: &mut impl postgres::GenericClient, table: &str) -> Result<Option<i64>, StoreError> {
+/// slow): the reader takes nothing new this time and tries again. A reader
+/// whose cursor is at `after` and sees nothing past it gets `after` back
+/// without the lock, so an idle reader never holds up the writers.
+pub(super) fn final_seq(
+    c: &mut impl postgres::GenericClient,
+    table: &str,
+    after: i64,
+) -> Result<Option<i64>, StoreError> {
     let q = |e: postgres::Error| StoreError::Query(describe(&e));
+    let max = format!("SELECT COALESCE(MAX(seq), 0) FROM {table}");
+    if c.query_one(&max, &[]).map_err(q)?.get::<_, i64>(0) <= after {
+        return Ok(Some(after));
+    }
     let mut tx = c.transaction().map_err(q)?;
     tx.batch_execute(LOCK_WAIT).map_err(q)?;
     let seq = match tx.batch_execute(&format!("LOCK TABLE {table} IN SHARE MODE")) {
-        Ok(()) => Some(
-            tx.query_one(&format!("SELECT COALESCE(MAX(seq), 0) FROM {table}"), &[])
-                .map_err(q)?
-                .get(0),
-        ),
+        Ok(()) => Some(tx.query_one(&max, &[]).map_err(q)?.get(0)),
         Err(e) if e.code() == Some(&postgres::error::SqlState::LOCK_NOT_AVAILABLE) => None,
         Err(e) => return Err(q(e)),
     };
@@ -994,16 +996,7 @@ impl Reader for PgReader {
             )?;
             Ok(rows
                 .iter()
-                .map(|r| {
-                    let n: i64 = r.get(1);
-                    Bucket {
-                        t: from_ms(r.get(0)),
-                        mean: r.get::<_, f64>(2) / n.max(1) as f64,
-                        min: r.get(3),
-                        max: r.get(4),
-                        count: n as u64,
-                    }
-                })
+                .map(|r| bucket(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
                 .collect())
         })
     }

@@ -80,13 +80,8 @@ pub(super) fn action(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Action> {
     })
 }
 
+use super::codec::{bucket, input_body, input_columns, rollup_table, SEEN_RETENTION_MS};
 pub(super) use super::codec::{from_ms, int_q, ms, q_int};
-use super::codec::{input_body, input_columns, rollup_table};
-
-/// How long message identities are remembered for dedup after a restart. A
-/// device's QoS 1 redelivery happens within its reconnects; a backlog after a
-/// 72 h outage carries new seqs, so 7 days is ample.
-const SEEN_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Opens (creating if needed) the database at `path`, migrates it, and
 /// returns its writer, a reader on a connection of its own, and what the
@@ -225,14 +220,7 @@ impl Reader for SqliteReader {
                 "SELECT t, n, sum, min, max FROM {table} WHERE point = {POINT_ID} AND t >= ?2 AND t <= ?3 ORDER BY t LIMIT ?4"
             ))?;
             let rows = st.query_map(params![point.as_str(), ms(start), ms(to), limit as i64 + 1], |r| {
-                let n: i64 = r.get(1)?;
-                Ok(Bucket {
-                    t: from_ms(r.get(0)?),
-                    mean: r.get::<_, f64>(2)? / n.max(1) as f64,
-                    min: r.get(3)?,
-                    max: r.get(4)?,
-                    count: n as u64,
-                })
+                Ok(bucket(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?;
             rows.collect()
         })

@@ -136,6 +136,43 @@ impl Db {
     }
 }
 
+impl Db {
+    /// The store on this database (with the export feed when `feed`), its
+    /// metrics and its quarantine.
+    fn store(&self, feed: bool) -> (Store, Arc<Metrics>, Arc<Quarantine>) {
+        let metrics = Arc::new(Metrics::new());
+        let q = Arc::new(Quarantine::new(10));
+        let (store, _) = Store::open_at(&self.at, 8, Retention::default(), feed, metrics.clone(), q.clone()).unwrap();
+        (store, metrics, q)
+    }
+
+    /// A second and a third writer on a PostgreSQL store, as other nodes
+    /// would be: `row` is inserted by the slow one in a transaction left open
+    /// (so it takes the lower seq) and then by the fast one, committed.
+    fn slow_and_fast(&self, row: impl Fn(&str) -> String) -> (postgres::Client, postgres::Client) {
+        let Location::Postgres(url) = &self.at else {
+            unreachable!("two writers are PostgreSQL's case")
+        };
+        let (slow_row, fast_row) = (row("slow"), row("fast"));
+        super::postgres::off_runtime(|| {
+            let mut slow = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            let mut fast = postgres::Client::connect(url, postgres::NoTls).unwrap();
+            slow.batch_execute(&format!("BEGIN; {slow_row}")).unwrap();
+            fast.batch_execute(&fast_row).unwrap();
+            (slow, fast)
+        })
+    }
+}
+
+/// Ends the slow writer's transaction; both clients are dropped off the
+/// async runtime.
+fn commit_and_drop(mut slow: postgres::Client, fast: postgres::Client) {
+    super::postgres::off_runtime(move || {
+        slow.batch_execute("COMMIT").unwrap();
+        drop((slow, fast));
+    })
+}
+
 impl Drop for Db {
     fn drop(&mut self) {
         if let Some((admin, name)) = self.pg.take() {
@@ -194,9 +231,7 @@ on_both!(
 
 async fn a_row_that_can_never_commit_is_quarantined_and_the_rest_commits(kind: Kind) {
     let Some(db) = Db::new(kind) else { return };
-    let metrics = Arc::new(Metrics::new());
-    let q = Arc::new(Quarantine::new(10));
-    let (store, _) = Store::open_at(&db.at, 8, Retention::default(), false, metrics.clone(), q.clone()).unwrap();
+    let (store, metrics, q) = db.store(false);
     // A constraint the bad row breaks (as a schema change or a corrupt
     // value would): a trigger that refuses one site's readings.
     db.poison_readings_of("BAD%");
@@ -253,16 +288,7 @@ async fn each_commit_is_published_after_it_is_durable_with_its_transitions(kind:
     use crate::alarm::{AlarmOrigin, RaiseSpec, Registry};
     use crate::model::DeviceId;
     let Some(db) = Db::new(kind) else { return };
-    let metrics = Arc::new(Metrics::new());
-    let (store, _) = Store::open_at(
-        &db.at,
-        8,
-        Retention::default(),
-        false,
-        metrics.clone(),
-        Arc::new(Quarantine::new(4)),
-    )
-    .unwrap();
+    let (store, metrics, _) = db.store(false);
     let mut commits = store.subscribe();
     store
         .submit(
@@ -310,20 +336,6 @@ async fn each_commit_is_published_after_it_is_durable_with_its_transitions(kind:
     assert_eq!(n, 1, "the transition is in the journal when it is published");
 }
 
-fn open_store(db: &Db) -> (Store, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::new());
-    let (store, _) = Store::open_at(
-        &db.at,
-        8,
-        Retention::default(),
-        false,
-        metrics.clone(),
-        Arc::new(Quarantine::new(4)),
-    )
-    .unwrap();
-    (store, metrics)
-}
-
 async fn submit_readings(store: &Store, metrics: &Metrics, readings: Vec<Reading>) {
     let b = Batch {
         readings,
@@ -342,7 +354,7 @@ fn at(site: &str, t: i64, v: Option<f64>, q: Quality) -> Reading {
 
 async fn rollups_agree_with_the_raw_readings_through_late_duplicate_and_bad_data(kind: Kind) {
     let Some(db) = Db::new(kind) else { return };
-    let (store, metrics) = open_store(&db);
+    let (store, metrics, _) = db.store(false);
     // Three hours of a reading every 20 s, in shuffled batches, with
     // every tenth sent twice (a QoS 1 redelivery), some bad or without a
     // value, and the first hour arriving last (a backlog).
@@ -444,7 +456,7 @@ async fn rollups_agree_with_the_raw_readings_through_late_duplicate_and_bad_data
 
 async fn retention_drops_only_what_is_past_it_per_table(kind: Kind) {
     let Some(db) = Db::new(kind) else { return };
-    let (store, metrics) = open_store(&db);
+    let (store, metrics, _) = db.store(false);
     let day = 86_400_000;
     let now = 1_764_633_600_000;
     // Three points, a reading every 6 hours over 40 days.
@@ -492,9 +504,7 @@ async fn retention_drops_only_what_is_past_it_per_table(kind: Kind) {
 
 async fn every_commit_is_in_the_export_feed_in_order_until_delivered(kind: Kind) {
     let Some(db) = Db::new(kind) else { return };
-    let metrics = Arc::new(Metrics::new());
-    let q = Arc::new(Quarantine::new(10));
-    let (store, _) = Store::open_at(&db.at, 8, Retention::default(), true, metrics.clone(), q).unwrap();
+    let (store, metrics, _) = db.store(true);
     let feed = super::feed::Feed::open_at(&db.at).unwrap();
     for (site, t) in [("DM-01", 1_000), ("DM-02", 2_000), ("DM-01", 3_000), ("DM-01", 1_000)] {
         let b = Batch {
@@ -555,31 +565,14 @@ fn the_postgres_writer_commits_only_once_the_wal_is_flushed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_notify_cursor_passes_no_row_a_slower_writer_commits_later() {
     let Some(db) = Db::new(Kind::Postgres) else { return };
-    let Location::Postgres(url) = db.at.clone() else {
-        unreachable!()
-    };
-    let metrics = Arc::new(Metrics::new());
-    let (_store, _) = Store::open_at(
-        &db.at,
-        8,
-        Retention::default(),
-        false,
-        metrics,
-        Arc::new(Quarantine::new(4)),
-    )
-    .unwrap();
+    let (_store, _, _) = db.store(false);
     let outbox = super::outbox::Outbox::open_at(&db.at).unwrap();
-    let row = |id: &str| {
+    let (slow, fast) = db.slow_and_fast(|id| {
         format!(
             "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, notify, late)
              VALUES (1000, '{id}', 'MP-0001', 'dev', 'DOOR_OPEN', 'raise', 'normal', 'unack_active', 'test', false, false)"
         )
-    };
-    let connect = || super::postgres::off_runtime(|| postgres::Client::connect(&url, postgres::NoTls).unwrap());
-    let (mut slow, mut fast) = (connect(), connect());
-    // The slow writer takes its seq first and commits last.
-    super::postgres::off_runtime(|| slow.batch_execute(&format!("BEGIN; {}", row("slow"))).unwrap());
-    super::postgres::off_runtime(|| fast.batch_execute(&row("fast")).unwrap());
+    });
     let planned = |outbox: &super::outbox::Outbox| {
         let mut seen = Vec::new();
         outbox
@@ -595,14 +588,9 @@ async fn the_notify_cursor_passes_no_row_a_slower_writer_commits_later() {
         Vec::<String>::new(),
         "nothing is final while the slow writer is open"
     );
-    super::postgres::off_runtime(|| slow.batch_execute("COMMIT").unwrap());
-    assert_eq!(
-        planned(&outbox),
-        ["slow", "fast"],
-        "both, in transaction order, once final"
-    );
+    commit_and_drop(slow, fast);
+    assert_eq!(planned(&outbox), ["slow", "fast"], "both, in journal order, once final");
     assert_eq!(planned(&outbox), Vec::<String>::new(), "and never again");
-    super::postgres::off_runtime(move || drop((slow, fast)));
 }
 
 /// The export feed on PostgreSQL, with two writers: the sink is never given
@@ -610,29 +598,15 @@ async fn the_notify_cursor_passes_no_row_a_slower_writer_commits_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_feed_passes_no_record_a_slower_writer_commits_later() {
     let Some(db) = Db::new(Kind::Postgres) else { return };
-    let Location::Postgres(url) = db.at.clone() else {
-        unreachable!()
-    };
-    let metrics = Arc::new(Metrics::new());
-    let (_store, _) = Store::open_at(
-        &db.at,
-        8,
-        Retention::default(),
-        true,
-        metrics,
-        Arc::new(Quarantine::new(4)),
-    )
-    .unwrap();
+    let (_store, _, _) = db.store(true);
     let feed = super::feed::Feed::open_at(&db.at).unwrap();
-    let row = "INSERT INTO feed (committed, readings, transitions, body)
-               VALUES (1000, 0, 0, convert_to('{\"readings\":[],\"transitions\":[]}', 'UTF8'))";
-    let connect = || super::postgres::off_runtime(|| postgres::Client::connect(&url, postgres::NoTls).unwrap());
-    let (mut slow, mut fast) = (connect(), connect());
-    super::postgres::off_runtime(|| slow.batch_execute(&format!("BEGIN; {row}")).unwrap());
-    super::postgres::off_runtime(|| fast.batch_execute(row).unwrap());
+    let (slow, fast) = db.slow_and_fast(|_| {
+        "INSERT INTO feed (committed, readings, transitions, body)
+         VALUES (1000, 0, 0, convert_to('{\"readings\":[],\"transitions\":[]}', 'UTF8'))"
+            .to_string()
+    });
     let seqs = |feed: &super::feed::Feed| feed.next(0, 5000).unwrap().iter().map(|r| r.seq).collect::<Vec<_>>();
     assert_eq!(seqs(&feed), Vec::<i64>::new(), "nothing while the slow writer is open");
-    super::postgres::off_runtime(|| slow.batch_execute("COMMIT").unwrap());
+    commit_and_drop(slow, fast);
     assert_eq!(seqs(&feed), [1, 2], "both, in order, once final");
-    super::postgres::off_runtime(move || drop((slow, fast)));
 }

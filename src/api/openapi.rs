@@ -196,7 +196,7 @@ pub fn document() -> Value {
                 json!({"description": "JavaScript or CSS", "content": {"text/javascript": {}, "text/css": {}}}), &[("404", "no such asset")])},
             "/metrics": {"get": op("Prometheus metrics", None, json!([]), None, json!({"description": "Prometheus text format", "content": {"text/plain": {}}}), &[])},
             "/api/v1/health": {"get": op("Service health", None, json!([]), None,
-                ok_json("running", json!({"type": "object", "properties": {"status": {"type": "string"}, "reasons": {"type": "array"}}})),
+                ok_json("running", json!({"type": "object", "properties": {"status": {"type": "string"}, "reasons": {"type": "array"}, "ingest_lag_s": {"type": "number", "description": "arrival minus the device's sent_at of the latest message that had one: the broker's and mizuban's delay (never makes data late)"}}})),
                 &[("503", "a collector or the store is down; reasons says which")])},
             "/api/v1/openapi.json": {"get": op("This document", Some("viewer"), json!([]), None, ok_json("OpenAPI", json!({"type": "object"})), &[])},
             "/api/v1/login": {"post": op("Log in (sets the session cookie)", None, json!([]),

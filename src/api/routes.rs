@@ -130,6 +130,10 @@ pub async fn health(State(st): State<AppState>) -> Response {
         "sites": st.cfg.sites.len(),
         "shards": st.pipeline.shard_count(),
         "open_alarms": st.pipeline.open_alarms().len(),
+        // How far behind the devices' send times mizuban is receiving (the
+        // latest message that said when it was sent); lateness of data is
+        // judged from the device's own clock, so this lag never makes data late.
+        "ingest_lag_s": st.metrics.ingest_lag_last.get(),
     });
     let code = if reasons.is_empty() {
         StatusCode::OK

@@ -80,6 +80,11 @@ pub struct Decoded {
     /// The device's own statement of when it will report next, in seconds.
     pub interval_s: Option<u32>,
     pub backlog: Option<u64>,
+    /// When the device first sent the message (`sent_at`; a resend is
+    /// byte-identical), if the payload says. Lateness is judged from it, so
+    /// a message the broker held while mizuban was behind or restarting is
+    /// not late data from the device.
+    pub sent_at: Option<Timestamp>,
     pub problems: Vec<(SampleProblem, String)>,
 }
 
@@ -314,6 +319,7 @@ pub fn decode(
             .and_then(Json::as_u64)
             .map(|s| s.min(u32::MAX as u64) as u32),
         backlog: u64_field(&v, "backlog"),
+        sent_at: None,
         problems: Vec::new(),
     };
     if spec.kind == MessageKind::Will {
@@ -331,6 +337,7 @@ pub fn decode(
         (_, None) => return Err(DecodeError::MissingField { field: "seq".into() }),
     };
     let sent_at = parse_time(v.get("sent_at"));
+    out.sent_at = sent_at.filter(|t| plausible(*t, arrived));
 
     match spec.kind {
         MessageKind::Samples => {

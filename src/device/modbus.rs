@@ -562,6 +562,8 @@ pub fn poll_decoded(
         events: vec![],
         bits: bits.map(|b| (now, b)),
         online: Some(true),
+        // Read now by mizuban itself: sent and received at once.
+        sent_at: Some(now),
         // Comm loss follows the profile's `comm.expected_interval_s`, which
         // states the poll cadence the station is engineered for.
         interval_s: None,

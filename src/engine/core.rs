@@ -510,10 +510,14 @@ impl Engine {
 
         self.device_conditions(&site_id, &m, now, step);
 
+        // Late is the device's own delay: from its send time where the
+        // payload has one (a message the broker held while mizuban was
+        // behind or restarting is not late data), else from arrival.
+        let sent = m.decoded.sent_at.unwrap_or(m.arrived);
         let late_msg = m
             .decoded
             .t
-            .is_some_and(|t| m.arrived - t > Duration::seconds(self.cfg.service.late_after_s as i64));
+            .is_some_and(|t| sent - t > Duration::seconds(self.cfg.service.late_after_s as i64));
         self.finish_late(&mut step.transitions, late_msg, now);
         if !late_msg && m.decoded.kind != MessageKind::Will {
             step.transitions.extend(self.registry.confirm_late(&device, now));
@@ -758,6 +762,18 @@ mod tests {
 
     /// One `dma-telemetry/1` upload of B17 with pressures at 5-minute steps.
     fn upload(cfg: &Config, seq: u64, start: &str, pressures: &[f64], arrived: Timestamp) -> Input {
+        upload_sent(cfg, seq, start, pressures, arrived, arrived)
+    }
+
+    /// The same, first sent by the logger at `sent`.
+    fn upload_sent(
+        cfg: &Config,
+        seq: u64,
+        start: &str,
+        pressures: &[f64],
+        sent: Timestamp,
+        arrived: Timestamp,
+    ) -> Input {
         let t0 = at(start);
         let samples: Vec<String> = pressures
             .iter()
@@ -771,7 +787,7 @@ mod tests {
             r#"{{"schema":"dma-telemetry/1","device_id":"AKT-DMA-017","block_id":"B17","boot":3,"seq":{seq},
                 "sent_at":"{}","log_interval_s":300,"upload_interval_s":3600,"backlog":0,
                 "units":{{"q":"m3/h","p":"MPa","tot":"m3"}},"samples":[{}]}}"#,
-            arrived.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            sent.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             samples.join(",")
         );
         let topic = format!("{}akita/v1/dma/B17/AKT-DMA-017/telemetry", cfg.mqtt.topic_prefix);
@@ -781,6 +797,35 @@ mod tests {
 
     fn engine(cfg: &Arc<Config>, now: Timestamp) -> Engine {
         Engine::new(cfg.clone(), |s| s.as_str() == "B17", &mut Resume::default(), now)
+    }
+
+    #[test]
+    fn a_message_the_broker_held_is_judged_by_the_devices_send_time() {
+        let cfg = cfg();
+        let dip = [0.40, 0.10, 0.10, 0.10];
+        // Sent promptly by the logger at 02:25:05, received two hours later
+        // (mizuban was stopped; the broker held it): current data, told.
+        let sent = at("2026-12-01T02:25:05Z");
+        let now = sent + Duration::hours(2);
+        let mut e = engine(&cfg, now);
+        let s = e.step(upload_sent(&cfg, 1, "2026-12-01T02:10:00Z", &dip, sent, now), now);
+        let raised: Vec<_> = s.transitions.iter().filter(|t| t.action == Action::Raise).collect();
+        assert_eq!(raised.len(), 2, "{:?}", s.transitions);
+        assert!(raised.iter().all(|t| t.notify && !t.alarm.late), "not late: {raised:?}");
+        assert_eq!(
+            raised[1].alarm.raised_at,
+            at("2026-12-01T02:20:00Z"),
+            "the device's timing"
+        );
+        assert!(!s.transitions.iter().any(|t| t.action == Action::Late));
+
+        // The same samples sent by the logger itself two hours after it
+        // logged them (its own backlog): late data, journaled for review.
+        let mut e = engine(&cfg, now);
+        let s = e.step(upload_sent(&cfg, 1, "2026-12-01T02:10:00Z", &dip, now, now), now);
+        let raised: Vec<_> = s.transitions.iter().filter(|t| t.action == Action::Raise).collect();
+        assert_eq!(raised.len(), 2);
+        assert!(raised.iter().all(|t| !t.notify && t.alarm.late), "late: {raised:?}");
     }
 
     #[test]

@@ -107,6 +107,12 @@ pub struct Smtp {
     pub password: Option<String>,
     #[serde(default = "d_smtp_timeout")]
     pub timeout_s: u64,
+    /// Mails handed to the relay at once.
+    #[serde(default = "d_smtp_in_flight")]
+    pub max_in_flight: usize,
+}
+fn d_smtp_in_flight() -> usize {
+    4
 }
 fn d_smtp_port() -> u16 {
     25
@@ -137,6 +143,13 @@ pub struct Webhook {
     pub format: WebhookFormat,
     #[serde(default = "d_hook_timeout")]
     pub timeout_s: u64,
+    /// Messages to this receiver in flight at once (its own connection
+    /// pool): a storm queues in the outbox, never in sockets without bound.
+    #[serde(default = "d_in_flight")]
+    pub max_in_flight: usize,
+}
+fn d_in_flight() -> usize {
+    16
 }
 fn d_format() -> WebhookFormat {
     WebhookFormat::Mizuban
@@ -323,6 +336,24 @@ impl NotifyConfig {
         let areas: HashSet<&str> = sites.iter().map(|s| s.area.as_str()).collect();
         let persons: HashSet<&str> = self.persons.iter().map(|p| p.id.as_str()).collect();
         let teams: HashSet<&str> = self.teams.iter().map(|t| t.id.as_str()).collect();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if w.max_in_flight == 0 {
+                e.push(Problem::at(
+                    "webhook",
+                    i,
+                    "max_in_flight",
+                    format!("webhook {}: max_in_flight must be at least 1", w.name),
+                ));
+            }
+        }
+        if self.smtp.as_ref().is_some_and(|s| s.max_in_flight == 0) {
+            e.push(Problem::at(
+                "smtp",
+                0,
+                "max_in_flight",
+                "smtp: max_in_flight must be at least 1".into(),
+            ));
+        }
         for (i, p) in self.persons.iter().enumerate() {
             if !matches!(p.language.as_str(), "ja" | "en") {
                 e.push(Problem::at(

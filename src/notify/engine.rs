@@ -19,8 +19,26 @@ use std::sync::{Arc, Mutex};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How often the engine looks at the journal, its timers and the outbox.
+/// How often the engine looks at its timers (group waits, escalations,
+/// retries) when nothing was committed.
 const STEP: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Messages being delivered at once, all receivers together; more wait in
+/// the outbox (durable), not in memory.
+const IN_FLIGHT_MAX: usize = 1024;
+
+/// How long a stopping engine waits for deliveries under way, so what was
+/// delivered is recorded and not sent again after the restart.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// One receiver's own connection pool and its bound on messages in flight.
+struct Lane {
+    http: reqwest::Client,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// A delivery that finished, waiting to be recorded.
+type Finished = (OutboxRow, Result<(), String>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AckError {
@@ -65,8 +83,14 @@ struct Inner {
     pipeline: Pipeline,
     metrics: Arc<Metrics>,
     outbox: Outbox,
-    http: reqwest::Client,
+    /// Per webhook (by name): a pool and a bound of its own, so a slow
+    /// receiver does not hold up the others.
+    hooks: HashMap<String, Lane>,
     smtp: Option<AsyncSmtpTransport<Tokio1Executor>>,
+    mail_slots: Arc<tokio::sync::Semaphore>,
+    /// Messages being sent now: not handed out again until their outcome
+    /// is recorded.
+    in_flight: Mutex<std::collections::HashSet<String>>,
     public_url: String,
     /// People whose delivery failed with every contact method, and the site
     /// the `notification_failed` alarm was raised on (cleared on the next success).
@@ -116,6 +140,18 @@ impl Notifier {
                 Some(b.build())
             }
         };
+        let mut hooks = HashMap::new();
+        for h in &n.webhooks {
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(h.max_in_flight.max(1))
+                .tcp_nodelay(true)
+                .build()?;
+            let slots = Arc::new(tokio::sync::Semaphore::new(h.max_in_flight.max(1)));
+            hooks.insert(h.name.clone(), Lane { http, slots });
+        }
+        let mail_slots = Arc::new(tokio::sync::Semaphore::new(
+            n.smtp.as_ref().map_or(1, |s| s.max_in_flight.max(1)),
+        ));
         let me = Self {
             inner: Arc::new(Inner {
                 cfg,
@@ -124,8 +160,10 @@ impl Notifier {
                 pipeline,
                 metrics,
                 outbox,
-                http: reqwest::Client::builder().build()?,
+                hooks,
                 smtp,
+                mail_slots,
+                in_flight: Mutex::new(Default::default()),
                 public_url: public_url.trim_end_matches('/').to_string(),
                 failing: Mutex::new(HashMap::new()),
                 paged: Mutex::new(paged),
@@ -135,6 +173,8 @@ impl Notifier {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(STEP);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+            let mut finished: Vec<Finished> = Vec::new();
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -146,8 +186,21 @@ impl Notifier {
                         Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     },
+                    // A delivery finished: record it, and let what waited
+                    // behind it (the same person's next message) go.
+                    Some(d) = done_rx.recv() => finished.push(d),
                     // Time-driven work: group waits, escalations, retries.
                     _ = tick.tick() => {}
+                }
+                // Whatever else finished or was committed meanwhile is
+                // handled in this same round: under load the rounds grow,
+                // their number does not.
+                while let Ok(d) = done_rx.try_recv() {
+                    finished.push(d);
+                }
+                while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = commits.try_recv() {}
+                if !finished.is_empty() {
+                    engine.record(std::mem::take(&mut finished)).await;
                 }
                 // SQLite work off the async workers: it may wait for the
                 // store's writer (busy timeout).
@@ -163,7 +216,23 @@ impl Notifier {
                         continue;
                     }
                 }
-                engine.deliver().await;
+                engine.dispatch(&done_tx).await;
+            }
+            // Let deliveries under way finish and be recorded, so they are
+            // not sent again after a restart (if they are, the receiver sees
+            // the same id).
+            let deadline = tokio::time::Instant::now() + DRAIN;
+            while !engine
+                .inner
+                .in_flight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+            {
+                match tokio::time::timeout_at(deadline, done_rx.recv()).await {
+                    Ok(Some(d)) => engine.record(vec![d]).await,
+                    _ => break,
+                }
             }
         });
         Ok((me, task))
@@ -187,59 +256,106 @@ impl Notifier {
         Ok(())
     }
 
-    /// Sends what is due, concurrently, and records each outcome. A message is
-    /// marked sent only after the peer accepted it, so a crash in between
+    /// Hands out what is due: each message is sent by a task of its own,
+    /// bounded by its receiver's lane, and reports back on `done`. A message
+    /// is marked sent only after the peer accepted it, so a crash in between
     /// sends it again with the same `id` (the receiver's idempotency key).
-    async fn deliver(&self) {
+    /// A person's messages about one incident go one at a time, in order
+    /// (the outbox does not hand out the next before the last is recorded).
+    async fn dispatch(&self, done: &tokio::sync::mpsc::UnboundedSender<Finished>) {
+        let busy = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if busy >= IN_FLIGHT_MAX {
+            return;
+        }
         let now = self.inner.clock.now();
-        let due = match self.inner.outbox.due(now, 32) {
-            Ok(d) => d,
-            Err(e) => {
+        let me = self.clone();
+        // Rows in flight are still pending, so ask for enough to see past them.
+        let due = match tokio::task::spawn_blocking(move || me.inner.outbox.due(now, IN_FLIGHT_MAX)).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
                 tracing::error!(error = %e, "cannot read the outbox");
                 return;
             }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the outbox panicked");
+                return;
+            }
         };
-        if due.is_empty() {
-            return;
+        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for row in due {
+            if in_flight.len() >= IN_FLIGHT_MAX {
+                break;
+            }
+            if !in_flight.insert(row.id.clone()) {
+                continue;
+            }
+            let me = self.clone();
+            let done = done.clone();
+            tokio::spawn(async move {
+                let res = me.send(&row).await;
+                let _ = done.send((row, res));
+            });
         }
-        let results = futures::future::join_all(due.iter().map(|r| self.send(r))).await;
+    }
+
+    /// Records what finished: every success in one transaction, failures
+    /// one by one (retry, next contact method, or give up).
+    async fn record(&self, finished: Vec<Finished>) {
         let now = self.inner.clock.now();
-        for (row, res) in due.into_iter().zip(results) {
-            let channel = row.channel.split(':').next().unwrap_or("").to_string();
-            let label = |result: &str| ChannelResultLabel {
-                channel: channel.clone(),
-                result: result.into(),
-            };
+        let (ok, failed): (Vec<_>, Vec<_>) = finished.into_iter().partition(|(_, r)| r.is_ok());
+        if !ok.is_empty() {
+            let ids: Vec<String> = ok.iter().map(|(r, _)| r.id.clone()).collect();
+            let me = self.clone();
+            let res = tokio::task::spawn_blocking(move || me.inner.outbox.mark_sent_all(&ids, now)).await;
             match res {
-                Ok(()) => {
-                    self.inner.metrics.notify_attempts.get_or_create(&label("ok")).inc();
-                    if let Err(e) = self.inner.outbox.mark_sent(&row.id, now) {
-                        tracing::error!(error = %e, id = %row.id, "sent but cannot record it; it may be sent again with the same id");
-                    }
-                    self.inner
-                        .paged
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend(row.alarm_ids.iter().cloned());
-                    let cleared = self
-                        .inner
-                        .failing
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&row.person);
-                    if let Some(site) = cleared {
-                        self.report_failure(&row.person, site, false, "").await;
-                    }
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, messages = ok.len(), "sent but cannot record it; they may be sent again with the same ids")
                 }
-                Err(e) => {
-                    self.inner.metrics.notify_attempts.get_or_create(&label("error")).inc();
-                    tracing::warn!(id = %row.id, to = %row.person, channel = %row.channel, attempt = row.attempts + 1, error = %e, "notification not delivered");
-                    if let Err(e) = self.after_failure(&row, &e, now).await {
-                        tracing::error!(error = %e, "cannot record a delivery failure");
-                    }
-                }
+                Err(e) => tracing::error!(error = %e, "recording deliveries panicked"),
             }
         }
+        for (row, _) in &ok {
+            self.count_attempt(row, "ok");
+            self.inner
+                .paged
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(row.alarm_ids.iter().cloned());
+            let cleared = self
+                .inner
+                .failing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&row.person);
+            if let Some(site) = cleared {
+                self.report_failure(&row.person, site, false, "").await;
+            }
+        }
+        for (row, res) in &failed {
+            let e = res.as_ref().err().map(String::as_str).unwrap_or("");
+            self.count_attempt(row, "error");
+            tracing::warn!(id = %row.id, to = %row.person, channel = %row.channel, attempt = row.attempts + 1, error = %e, "notification not delivered");
+            if let Err(e) = self.after_failure(row, e, now).await {
+                tracing::error!(error = %e, "cannot record a delivery failure");
+            }
+        }
+        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for (row, _) in ok.iter().chain(&failed) {
+            in_flight.remove(&row.id);
+        }
+    }
+
+    fn count_attempt(&self, row: &OutboxRow, result: &str) {
+        let channel = row.channel.split(':').next().unwrap_or("").to_string();
+        self.inner
+            .metrics
+            .notify_attempts
+            .get_or_create(&ChannelResultLabel {
+                channel,
+                result: result.into(),
+            })
+            .inc();
     }
 
     async fn after_failure(&self, row: &OutboxRow, err: &str, now: Timestamp) -> Result<(), StoreError> {
@@ -342,6 +458,7 @@ impl Notifier {
 
     async fn send_webhook(&self, name: &str, body: &Message, person: &Person) -> Result<(), String> {
         let hook = self.inner.n.webhook(name).ok_or("webhook no longer configured")?;
+        let lane = self.inner.hooks.get(name).ok_or("webhook no longer configured")?;
         let ja = person.language == "ja";
         let tz = self.inner.cfg.service.utc_offset_hours;
         let payload = match hook.format {
@@ -351,8 +468,8 @@ impl Notifier {
         };
         let bytes = serde_json::to_vec(&payload).map_err(|e| e.to_string())?;
         let sig = hmac_sha256_hex(hook.secret.as_bytes(), &bytes);
-        let r = self
-            .inner
+        let _slot = lane.slots.acquire().await.map_err(|e| e.to_string())?;
+        let r = lane
             .http
             .post(&hook.url)
             .timeout(std::time::Duration::from_secs(hook.timeout_s))
@@ -394,6 +511,7 @@ impl Notifier {
             let _ = std::fs::create_dir_all(dir);
             let _ = std::fs::write(std::path::Path::new(dir).join(format!("{id}.eml")), msg.formatted());
         }
+        let _slot = self.inner.mail_slots.acquire().await.map_err(|e| e.to_string())?;
         smtp.send(msg).await.map(|_| ()).map_err(|e| format!("smtp: {e}"))
     }
 

@@ -123,6 +123,24 @@ fn unseen_episode(a: &Alarm) -> bool {
     !a.active && !a.acked && a.suppressed_by.is_none() && !a.out_of_service
 }
 
+impl Planner<'_> {
+    /// Over before anyone was paged, but only because mizuban saw its start
+    /// and its end together (it was behind, or restarting): by the device's
+    /// own clock the episode outlasted the group wait, so an instant master
+    /// station would have paged it. It is paged now, raise then clear, as
+    /// it happened — a page is never lost because mizuban was slow. An
+    /// episode the device itself reported late (`late`) or that ended more
+    /// than `late_after_s` ago is history by now and goes into a brief.
+    fn owed_page(&self, a: &Alarm, now: Timestamp) -> bool {
+        let wait = Duration::seconds(self.n.settings.group_wait_s as i64);
+        let history = Duration::seconds(self.cfg.service.late_after_s as i64);
+        unseen_episode(a)
+            && !a.late
+            && a.cleared_at
+                .is_some_and(|c| c - a.raised_at >= wait && now - c <= history)
+    }
+}
+
 fn mins(m: f64) -> Duration {
     Duration::milliseconds((m * 60_000.0) as i64)
 }
@@ -314,9 +332,14 @@ impl Planner<'_> {
                                 Kind::IncidentClosed
                             };
                             self.tell_notified(l, inc, kind, &members, now)?;
-                        } else if inc.flush_at.is_some() && members.iter().any(unseen_episode) && self.briefs(inc) {
+                        } else if inc.flush_at.is_some()
+                            && members
+                                .iter()
+                                .any(|m| self.owed_page(m, now) || (unseen_episode(m) && self.briefs(inc)))
+                        {
                             // Over within the group wait and nobody saw it:
-                            // kept open so its wait ends in one brief.
+                            // kept open so its wait ends in one brief (or in
+                            // the page it is owed, see `owed_page`).
                         } else {
                             inc.closed = true;
                             inc.flush_at = None;
@@ -369,6 +392,20 @@ impl Planner<'_> {
                 inc.first_sent_at = Some(now);
                 inc.level = 0;
                 inc.next_level_at = Some(now);
+            } else if members.iter().all(|m| !m.active) && members.iter().any(|m| self.owed_page(m, now)) {
+                // Over only in mizuban's view: paged as it happened, then
+                // at once told that it is back to normal.
+                inc.first_sent_at = Some(now);
+                inc.level = 0;
+                self.page_level(l, inc, &members, now)?;
+                let kind = if members.len() == 1 {
+                    Kind::AlarmCleared
+                } else {
+                    Kind::IncidentClosed
+                };
+                self.tell_notified(l, inc, kind, &members, now)?;
+                inc.next_level_at = None;
+                inc.closed = true;
             } else if members.iter().all(|m| !m.active) {
                 // All over before anyone was paged: one short brief to the
                 // first level, unless everything was seen on the board.
@@ -428,6 +465,25 @@ impl Planner<'_> {
             inc.next_level_at = None;
             return Ok(());
         }
+        self.page_level(l, inc, &members, now)
+    }
+
+    /// Sends the incident's current escalation level and moves it on.
+    fn page_level<L: Ledger + ?Sized>(
+        &mut self,
+        l: &mut L,
+        inc: &mut Incident,
+        members: &[Alarm],
+        now: Timestamp,
+    ) -> Result<(), L::Error> {
+        let Some(policy) = self.n.policy(&inc.policy) else {
+            inc.next_level_at = None;
+            return Ok(());
+        };
+        if policy.levels.is_empty() {
+            inc.next_level_at = None;
+            return Ok(());
+        }
         let idx = inc.level.min(policy.levels.len() - 1);
         let tz = self.cfg.service.utc_offset_hours;
         let people = roster::resolve(self.n, &policy.levels[idx].notify, now, tz);
@@ -437,7 +493,7 @@ impl Planner<'_> {
             _ => Kind::AlarmEscalated,
         };
         for p in &people {
-            self.enqueue(l, inc, p, kind, idx + 1, &members, now)?;
+            self.enqueue(l, inc, p, kind, idx + 1, members, now)?;
         }
         if people.is_empty() {
             tracing::error!(incident = %inc.id, level = idx + 1, "escalation level resolves to nobody");
@@ -777,5 +833,151 @@ impl Ledger for MemLedger {
     fn summarized(&mut self, id: &str) -> Result<(), Self::Error> {
         self.held.retain(|r| r.id != id);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alarm::{AlarmOrigin, RaiseSpec, Registry};
+    use chrono::{DateTime, Utc};
+
+    fn at(s: &str) -> Timestamp {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn notify(group_wait_s: u64) -> NotifyConfig {
+        toml::from_str(&format!(
+            r#"
+[settings]
+group_wait_s = {group_wait_s}
+group_window_s = 0
+group_by = ["site", "condition"]
+[[webhook]]
+name = "hook"
+url = "http://127.0.0.1:9/hook"
+secret = "s"
+[[person]]
+id = "tanaka"
+name = "田中"
+contact = [{{kind = "webhook", to = "hook"}}]
+[[policy]]
+id = "p"
+repeat_minutes = 1440
+level = [{{after_minutes = 0, notify = ["person:tanaka"]}}]
+[[route]]
+policy = "p"
+"#
+        ))
+        .expect("notify config parses")
+    }
+
+    /// One pressure episode of B17 from `from` to `to`, as the engine
+    /// journals it: the raise and the clear, both told.
+    fn episode(from: &str, to: &str, now: Timestamp) -> (Alarm, Vec<JournalRow>) {
+        let cfg = Config::load_embedded().unwrap();
+        let site = cfg.site("B17").unwrap().clone();
+        let mut reg = Registry::new();
+        let spec = RaiseSpec {
+            site: site.id.clone(),
+            device: site.device.clone(),
+            source: "B17.p".into(),
+            condition: "pressure_low".into(),
+            origin: AlarmOrigin::Rule,
+            priority: crate::device::Priority::High,
+            value: Some(0.1),
+            limit: Some(0.15),
+            message: "Pressure low".into(),
+            message_ja: "配水圧 低".into(),
+            suppressed_by: vec![],
+        };
+        let key = spec.key();
+        let raised = reg.raise(spec, at(from), now);
+        let cleared = reg.clear(&key, at(to), now, Some(0.4));
+        let a = cleared.last().unwrap().alarm.clone();
+        let rows = raised
+            .iter()
+            .chain(&cleared)
+            .map(|t| JournalRow {
+                alarm_id: t.alarm.id.clone(),
+                action: t.action,
+                notify: t.notify,
+            })
+            .collect();
+        (a, rows)
+    }
+
+    /// What the planner sends when it first sees an episode (raise and clear
+    /// read together, as when mizuban was behind) at `now`.
+    fn sent(group_wait_s: u64, from: &str, to: &str, now: &str) -> Vec<Kind> {
+        let cfg = Config::load_embedded().unwrap();
+        let n = notify(group_wait_s);
+        let now = at(now);
+        let (a, rows) = episode(from, to, now);
+        let mut ledger = MemLedger::new(&n);
+        ledger.update(&a);
+        let mut ids = CountedIds::default();
+        let mut planner = Planner {
+            cfg: &cfg,
+            n: &n,
+            public_url: "http://x",
+            ids: &mut ids,
+        };
+        let mut open = Vec::new();
+        let Ok(()) = planner.step(&mut ledger, &rows, &mut open, now);
+        // The group wait runs its course.
+        let later = now + Duration::seconds(group_wait_s as i64 + 1);
+        let Ok(()) = planner.step(&mut ledger, &[], &mut open, later);
+        ledger.sent.iter().map(|m| m.kind).collect()
+    }
+
+    #[test]
+    fn an_episode_seen_late_because_mizuban_was_behind_is_paged_as_it_happened() {
+        // 40 s by the device's clock, no group wait: an instant master station
+        // would have paged the raise and the clear; so do we, though both
+        // were read in one step.
+        assert_eq!(
+            sent(
+                0,
+                "2026-12-01T02:10:00Z",
+                "2026-12-01T02:10:40Z",
+                "2026-12-01T02:10:41Z"
+            ),
+            [Kind::AlarmRaised, Kind::AlarmCleared]
+        );
+        // It outlasted a 30 s group wait too.
+        assert_eq!(
+            sent(
+                30,
+                "2026-12-01T02:10:00Z",
+                "2026-12-01T02:10:40Z",
+                "2026-12-01T02:10:41Z"
+            ),
+            [Kind::AlarmRaised, Kind::AlarmCleared]
+        );
+    }
+
+    #[test]
+    fn a_blip_inside_the_group_wait_or_long_over_is_a_brief() {
+        // Over within the group wait by the device's own clock: a brief.
+        assert_eq!(
+            sent(
+                60,
+                "2026-12-01T02:10:00Z",
+                "2026-12-01T02:10:40Z",
+                "2026-12-01T02:10:41Z"
+            ),
+            [Kind::AlarmBrief]
+        );
+        // Ended longer ago than late_after_s (900 s) when first seen: history.
+        assert_eq!(
+            sent(
+                0,
+                "2026-12-01T02:10:00Z",
+                "2026-12-01T02:10:40Z",
+                "2026-12-01T03:10:00Z"
+            ),
+            [Kind::AlarmBrief]
+        );
     }
 }

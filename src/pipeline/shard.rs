@@ -120,6 +120,13 @@ impl Shard {
                     input,
                 } = *m;
                 received = Some(r);
+                if let Some(sent) = decoded.sent_at {
+                    // Ours and the broker's delay, reported apart from the
+                    // device's (which decides lateness).
+                    let lag = ((arrived - sent).num_milliseconds().max(0) as f64) / 1000.0;
+                    self.metrics.ingest_lag.observe(lag);
+                    self.metrics.ingest_lag_last.set(lag);
+                }
                 acks.extend(ack);
                 inputs.push(input);
                 let msg = Message {

@@ -520,6 +520,34 @@ impl Outbox {
         }
     }
 
+    /// The peers accepted these messages: recorded in one transaction (one
+    /// sync for a whole round of deliveries).
+    pub fn mark_sent_all(&self, ids: &[String], now: Timestamp) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite(c) => {
+                let mut c = lock(c);
+                let tx = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(q)?;
+                {
+                    let mut st = tx
+                        .prepare_cached(
+                            "UPDATE outbox SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
+                        )
+                        .map_err(q)?;
+                    for id in ids {
+                        st.execute(params![id, ms(now)]).map_err(q)?;
+                    }
+                }
+                tx.commit().map_err(q)
+            }
+            Db::Postgres(p) => p.execute(
+                "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
+                &[&ids, &ms(now)],
+            ),
+        }
+    }
+
     /// Not delivered; tried again at `next_at`.
     pub fn retry_at(&self, id: &str, attempts: u32, err: &str, next_at: Timestamp) -> Result<(), StoreError> {
         const SQL: &str = "UPDATE outbox SET attempts = $2, last_error = $3, next_at = $4 WHERE id = $1";

@@ -66,6 +66,10 @@ pub struct Metrics {
     pub alarm_transitions: Family<ActionLabel, Counter>,
     pub alarms: Family<StateLabel, Gauge>,
     pub pipeline_latency: Histogram,
+    /// The master station's own lag: message arrival minus the device's send time.
+    pub ingest_lag: Histogram,
+    /// The same, of the latest message that carried a send time.
+    pub ingest_lag_last: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub store_commit_seconds: Histogram,
     pub store_errors: Counter,
     pub mqtt_connected: Gauge,
@@ -115,6 +119,8 @@ impl Metrics {
             alarm_transitions: Family::default(),
             alarms: Family::default(),
             pipeline_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 18)),
+            ingest_lag: Histogram::new(exponential_buckets(0.001, 2.0, 22)),
+            ingest_lag_last: Gauge::default(),
             store_commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             store_errors: Counter::default(),
             mqtt_connected: Gauge::default(),
@@ -185,6 +191,16 @@ impl Metrics {
             "pipeline_latency_seconds",
             "From message arrival to alarms evaluated and stored",
             m.pipeline_latency.clone(),
+        );
+        r.register(
+            "ingest_lag_seconds",
+            "From the device's send time (sent_at) to mizuban receiving the message: the broker's and mizuban's delay, not the device's",
+            m.ingest_lag.clone(),
+        );
+        r.register(
+            "ingest_lag_last_seconds",
+            "ingest_lag_seconds of the latest message that carried a send time",
+            m.ingest_lag_last.clone(),
         );
         r.register(
             "store_commit_seconds",

@@ -948,3 +948,182 @@ async fn a_route_without_briefs_sends_nothing_and_nothing_claims_paged() {
     }
     h.stop().await;
 }
+
+/// mizuban stopped while the loggers go on sending promptly: the broker holds
+/// their messages, and they reach mizuban long after they were sent. That is
+/// mizuban's delay, not the devices': judged by the devices' own send times
+/// (`sent_at`), a dip still going on is paged as current, and a dip that was
+/// over is journaled with the devices' timing, not as late data (and, being
+/// over by the time mizuban could tell anyone, told as a brief). The
+/// deployed binary, real time; `late_after_s` is 2 s so a short stop
+/// outlasts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_held_by_the_broker_while_stopped_is_not_late_data() {
+    let hook = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("t{}-held/", std::process::id());
+    let rules = r#"
+[[rule]]
+id = "p-limits"
+type = "hourly_limits"
+applies_to = { kind = "dma" }
+point = "p"
+condition = "pressure"
+unit = "MPa"
+en = "Pressure"
+ja = "配水圧"
+high = [0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74, 0.74]
+low = [0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15, 0.15]
+deadband = 0.01
+on_delay_s = 0
+off_delay_s = 0
+priority = "high"
+"#;
+    let cfg = write_config(
+        dir.path(),
+        "held",
+        &prefix,
+        &[dma("B01", "AKT-DMA-001"), dma("B02", "AKT-DMA-002")],
+        Some(rules),
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replacen("[service]\n", "[service]\nlate_after_s = 2\n", 1)).unwrap();
+    let http = pin_http_port(&cfg);
+    write_notify(
+        &cfg,
+        &format!(
+            r#"
+[settings]
+group_wait_s = 0
+group_by = ["site", "condition"]
+[[webhook]]
+name = "ops"
+url = "{url}"
+secret = "{SECRET}"
+[[person]]
+id = "chief"
+name = "課長"
+contact = [{{kind = "webhook", to = "ops"}}]
+[[policy]]
+id = "p"
+repeat_minutes = 60
+level = [{{after_minutes = 0, notify = ["person:chief"]}}]
+[[route]]
+policy = "p"
+"#,
+            url = hook.url()
+        ),
+    );
+    // Up once, so the broker keeps a session for it; then stopped.
+    let mut child = spawn_deployed(&cfg);
+    wait_deployed_up(http).await;
+    // Subscribed (the subscription follows the connection by a moment).
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+
+    let (host, port) = broker();
+    let mut o = rumqttc::MqttOptions::new(format!("held-dev-{}", std::process::id()), host, port);
+    o.set_keep_alive(std::time::Duration::from_secs(30));
+    o.set_credentials(MQTT_USER, MQTT_PASSWORD);
+    let (dev, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    let secs = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // Each sample sent one second after it was logged.
+    let publish = |block: &str, device: &str, seq: u64, t: chrono::DateTime<chrono::Utc>, p: f64| {
+        let body = serde_json::json!({"schema": "dma-telemetry/1", "device_id": device, "block_id": block,
+            "boot": 1, "seq": seq, "sent_at": secs(t + Duration::seconds(1)), "log_interval_s": 60,
+            "upload_interval_s": 60, "backlog": 0, "units": {"q": "m3/h", "p": "MPa", "tot": "m3"},
+            "samples": [{"t": secs(t), "q": 40.0, "p": p, "tot": 1000.0 + seq as f64}]});
+        let topic = format!("{prefix}akita/v1/dma/{block}/{device}/telemetry");
+        let dev = dev.clone();
+        async move {
+            dev.publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let now = chrono::Timelike::with_nanosecond(&chrono::Utc::now(), 0).unwrap();
+    let t1 = now - Duration::seconds(120);
+    // B01: a dip from t1, over a minute later.
+    publish("B01", "AKT-DMA-001", 1, t1, 0.10).await;
+    publish("B01", "AKT-DMA-001", 2, t1 + Duration::seconds(60), 0.40).await;
+    // B02: a dip that is still going on.
+    let t2 = now - Duration::seconds(30);
+    publish("B02", "AKT-DMA-002", 1, t2, 0.10).await;
+    // Held for longer than late_after_s.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert!(hook.all().is_empty(), "mizuban is stopped");
+
+    let mut child = spawn_deployed(&cfg);
+    wait_deployed_up(http).await;
+    for _ in 0..100 {
+        if hook.all().len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        hook.all().len() >= 2,
+        "the page for B02 and the brief for B01: {:?}",
+        hook.all()
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let got = hook.to("chief");
+    let of = |site: &str| -> Vec<&Value> { got.iter().filter(|m| m["alarm"]["site"] == site).collect() };
+    let b02 = of("B02");
+    assert_eq!(b02.len(), 1, "{got:?}");
+    assert_eq!(b02[0]["type"], "alarm.raised", "still active: paged");
+    assert_eq!(b02[0]["alarm"]["late"], false);
+    assert_eq!(b02[0]["alarm"]["raised_at"].as_str(), Some(secs(t2).as_str()));
+    let b01 = of("B01");
+    assert_eq!(b01.len(), 1, "{got:?}");
+    assert_eq!(b01[0]["type"], "alarm.brief", "over before anyone could be told");
+    assert_eq!(b01[0]["alarm"]["late"], false, "the device sent it promptly");
+
+    let client = reqwest::Client::new();
+    let j: Value = client
+        .get(format!("http://127.0.0.1:{http}/api/v1/journal?site=B01"))
+        .bearer_auth(VIEW_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = j.as_array().unwrap();
+    let action = |a: &str| {
+        rows.iter()
+            .find(|r| r["action"] == a)
+            .unwrap_or_else(|| panic!("{a} in {j}"))
+    };
+    assert_eq!(action("raise")["event_time"].as_str(), Some(secs(t1).as_str()), "{j}");
+    assert_eq!(
+        action("clear")["event_time"].as_str(),
+        Some(secs(t1 + Duration::seconds(60)).as_str()),
+        "{j}"
+    );
+    assert!(
+        rows.iter().all(|r| r["late"] == false && r["action"] != "late"),
+        "not late: {j}"
+    );
+    let health: Value = client
+        .get(format!("http://127.0.0.1:{http}/api/v1/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        health["ingest_lag_s"].as_f64().is_some_and(|s| s >= 4.0),
+        "mizuban's own lag is reported: {health}"
+    );
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+}

@@ -25,6 +25,24 @@ mod writer;
 mod codec {
     use crate::model::{Quality, Timestamp};
 
+    /// The last row of each key, in first-seen order: a commit group writes
+    /// a state row (rule, device, latest raw message, alarm) once, with its
+    /// newest value, however many of its batches touched it.
+    pub(super) fn last_by_key<T, K: std::hash::Hash + Eq>(rows: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+        let mut at: rustc_hash::FxHashMap<K, usize> = Default::default();
+        let mut out: Vec<Option<T>> = Vec::new();
+        for r in rows {
+            match at.get(&key(&r)) {
+                Some(&i) => out[i] = Some(r),
+                None => {
+                    at.insert(key(&r), out.len());
+                    out.push(Some(r));
+                }
+            }
+        }
+        out.into_iter().flatten().collect()
+    }
+
     pub fn ms(t: Timestamp) -> i64 {
         t.timestamp_millis()
     }

@@ -251,22 +251,6 @@ struct Rows<'a> {
     raw: Vec<(&'a str, &'a str, i64)>,
 }
 
-/// The last row of each key, in first-seen order.
-fn last_by_key<T, K: std::hash::Hash + Eq>(rows: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
-    let mut at: FxHashMap<K, usize> = FxHashMap::default();
-    let mut out: Vec<Option<T>> = Vec::new();
-    for r in rows {
-        match at.get(&key(&r)) {
-            Some(&i) => out[i] = Some(r),
-            None => {
-                at.insert(key(&r), out.len());
-                out.push(Some(r));
-            }
-        }
-    }
-    out.into_iter().flatten().collect()
-}
-
 impl<'a> Rows<'a> {
     fn of(batches: &'a [Box<Batch>], ids: &FxHashMap<Box<str>, i64>) -> Result<Self, PgError> {
         let mut rows = Rows::default();
@@ -335,6 +319,7 @@ impl<'a> Rows<'a> {
         }
         // In key order, as on SQLite: neighbouring rows share index pages.
         rows.readings.sort_unstable_by_key(|(p, r)| (*p, r.t));
+        use super::codec::last_by_key;
         rows.alarms = last_by_key(alarms, |(a, _, _)| a.id.clone());
         rows.rule_states = last_by_key(rule_states, |(k, _)| *k);
         rows.device_states = last_by_key(device_states, |(k, _)| *k);

@@ -468,23 +468,48 @@ fn apply(
                     .add(v);
             }
         }
+        // A group's state rows once each, with their newest values (a
+        // device reporting several times in one group is written once).
+        let mut alarms = Vec::new();
+        let (mut rule_states, mut device_states, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+        for b in ops {
+            alarms.extend(b.transitions.iter());
+            rule_states.extend(b.rule_states.iter());
+            device_states.extend(b.device_states.iter());
+            raw.extend(b.raw.iter());
+        }
+        for t in super::codec::last_by_key(alarms, |t| t.alarm.id.as_str()) {
+            let a = &t.alarm;
+            let key = || format!("alarm {} {}", a.id, t.action);
+            let json = serde_json::to_string(a).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
+            let upsert = json.and_then(|json| {
+                up_a.execute(params![
+                    a.id,
+                    a.site.as_str(),
+                    a.source,
+                    a.condition,
+                    !a.is_closed() as i64,
+                    ms(t.at),
+                    json
+                ])
+            });
+            row(upsert, "alarms", &key)?;
+        }
+        for (k, v) in super::codec::last_by_key(rule_states, |(k, _)| k.as_str()) {
+            row(up_rs.execute(params![k, v]), "rule_state", &|| k.clone())?;
+        }
+        for (k, v) in super::codec::last_by_key(device_states, |(k, _)| k.as_str()) {
+            row(up_ds.execute(params![k, v]), "device_state", &|| k.clone())?;
+        }
+        for (site, r, arrived) in super::codec::last_by_key(raw, |(s, _, _)| s.as_str()) {
+            row(up_raw.execute(params![site, r, ms(*arrived)]), "raw_latest", &|| {
+                site.clone()
+            })?;
+        }
         for b in ops {
             for t in &b.transitions {
                 let a = &t.alarm;
                 let key = || format!("alarm {} {}", a.id, t.action);
-                let json = serde_json::to_string(a).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)));
-                let upsert = json.and_then(|json| {
-                    up_a.execute(params![
-                        a.id,
-                        a.site.as_str(),
-                        a.source,
-                        a.condition,
-                        !a.is_closed() as i64,
-                        ms(t.at),
-                        json
-                    ])
-                });
-                row(upsert, "alarms", &key)?;
                 row(
                     ins_j.execute(params![
                         ms(t.at),
@@ -508,12 +533,6 @@ fn apply(
                 if feed {
                     export.transitions.push(super::feed::FeedTransition::of(t));
                 }
-            }
-            for (k, v) in &b.rule_states {
-                row(up_rs.execute(params![k, v]), "rule_state", &|| k.clone())?;
-            }
-            for (k, v) in &b.device_states {
-                row(up_ds.execute(params![k, v]), "device_state", &|| k.clone())?;
             }
             for (d, boot, seq, arrived) in &b.seen {
                 row(
@@ -551,11 +570,6 @@ fn apply(
                     "inputs",
                     &|| format!("input at {}", i.arrived.to_rfc3339()),
                 )?;
-            }
-            for (site, raw, arrived) in &b.raw {
-                row(up_raw.execute(params![site, raw, ms(*arrived)]), "raw_latest", &|| {
-                    site.clone()
-                })?;
             }
         }
     }

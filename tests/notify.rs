@@ -600,6 +600,17 @@ async fn a_flood_is_rate_limited_into_a_summary() {
     h.stop().await;
 }
 
+/// A device's own connection to the test broker, for publishing by hand.
+fn device_client(name: &str) -> rumqttc::AsyncClient {
+    let (host, port) = broker();
+    let mut o = rumqttc::MqttOptions::new(format!("{name}-{}", std::process::id()), host, port);
+    o.set_keep_alive(std::time::Duration::from_secs(30));
+    o.set_credentials(MQTT_USER, MQTT_PASSWORD);
+    let (dev, mut ev) = rumqttc::AsyncClient::new(o, 10);
+    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    dev
+}
+
 /// The deployed binary, killed with SIGKILL between escalation levels and
 /// started again: every level reaches the receiver once, none is skipped, none
 /// repeated. Real time here (a separate process): levels at 0, 6 and 12 s.
@@ -638,12 +649,7 @@ policy = "p"
     wait_deployed_up(http).await;
 
     // The station reports its door open, now.
-    let (host, port) = broker();
-    let mut o = rumqttc::MqttOptions::new(format!("kill9-dev-{}", std::process::id()), host, port);
-    o.set_keep_alive(std::time::Duration::from_secs(30));
-    o.set_credentials(MQTT_USER, MQTT_PASSWORD);
-    let (dev, mut ev) = rumqttc::AsyncClient::new(o, 10);
-    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    let dev = device_client("kill9-dev");
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let body = serde_json::json!({"schema": "mps-event/1", "station_id": "MP-0063", "device_id": "AKT-MPN-0063",
         "boot": 1, "seq": 1, "t": now, "code": "DOOR_OPEN", "bit": 12, "state": "raise", "level_cm": 40});
@@ -1022,12 +1028,7 @@ policy = "p"
     child.start_kill().unwrap();
     child.wait().await.unwrap();
 
-    let (host, port) = broker();
-    let mut o = rumqttc::MqttOptions::new(format!("held-dev-{}", std::process::id()), host, port);
-    o.set_keep_alive(std::time::Duration::from_secs(30));
-    o.set_credentials(MQTT_USER, MQTT_PASSWORD);
-    let (dev, mut ev) = rumqttc::AsyncClient::new(o, 10);
-    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    let dev = device_client("held-dev");
     let secs = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     // Each sample sent one second after it was logged.
     let publish = |block: &str, device: &str, seq: u64, t: chrono::DateTime<chrono::Utc>, p: f64| {

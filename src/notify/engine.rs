@@ -173,7 +173,9 @@ impl Notifier {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(STEP);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Finished>();
+            // Bounded by the in-flight cap: each delivery in flight reports
+            // once, so a report never waits for room (policy: never full).
+            let (done_tx, mut done_rx) = tokio::sync::mpsc::channel::<Finished>(IN_FLIGHT_MAX);
             let mut finished: Vec<Finished> = Vec::new();
             loop {
                 tokio::select! {
@@ -262,7 +264,7 @@ impl Notifier {
     /// sends it again with the same `id` (the receiver's idempotency key).
     /// A person's messages about one incident go one at a time, in order
     /// (the outbox does not hand out the next before the last is recorded).
-    async fn dispatch(&self, done: &tokio::sync::mpsc::UnboundedSender<Finished>) {
+    async fn dispatch(&self, done: &tokio::sync::mpsc::Sender<Finished>) {
         let busy = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
         if busy >= IN_FLIGHT_MAX {
             return;
@@ -293,7 +295,7 @@ impl Notifier {
             let done = done.clone();
             tokio::spawn(async move {
                 let res = me.send(&row).await;
-                let _ = done.send((row, res));
+                let _ = done.send((row, res)).await; // closed only when the engine stopped
             });
         }
     }

@@ -457,11 +457,7 @@ impl Planner<'_> {
 
     fn escalate<L: Ledger + ?Sized>(&mut self, l: &mut L, inc: &mut Incident, now: Timestamp) -> Result<(), L::Error> {
         let members = Self::members(l, inc)?;
-        let Some(policy) = self.n.policy(&inc.policy) else {
-            inc.next_level_at = None;
-            return Ok(());
-        };
-        if !members.iter().any(must_page) || policy.levels.is_empty() {
+        if !members.iter().any(must_page) {
             inc.next_level_at = None;
             return Ok(());
         }

@@ -509,20 +509,13 @@ impl Outbox {
 
     /// The peer accepted the message.
     pub fn mark_sent(&self, id: &str, now: Timestamp) -> Result<(), StoreError> {
-        const SQL: &str =
-            "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = $1";
-        match &self.db {
-            Db::Sqlite(c) => lock(c)
-                .execute(&sqlite_placeholders(SQL), params![id, ms(now)])
-                .map(|_| ())
-                .map_err(q),
-            Db::Postgres(p) => p.execute(SQL, &[&id, &ms(now)]),
-        }
+        self.mark_sent_all(&[id.to_string()], now)
     }
 
     /// The peers accepted these messages: recorded in one transaction (one
     /// sync for a whole round of deliveries).
     pub fn mark_sent_all(&self, ids: &[String], now: Timestamp) -> Result<(), StoreError> {
+        const SET: &str = "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL";
         match &self.db {
             Db::Sqlite(c) => {
                 let mut c = lock(c);
@@ -531,9 +524,7 @@ impl Outbox {
                     .map_err(q)?;
                 {
                     let mut st = tx
-                        .prepare_cached(
-                            "UPDATE outbox SET state = 'sent', sent_at = ?2, attempts = attempts + 1, last_error = NULL WHERE id = ?1",
-                        )
+                        .prepare_cached(&sqlite_placeholders(&format!("{SET} WHERE id = $1")))
                         .map_err(q)?;
                     for id in ids {
                         st.execute(params![id, ms(now)]).map_err(q)?;
@@ -541,10 +532,8 @@ impl Outbox {
                 }
                 tx.commit().map_err(q)
             }
-            Db::Postgres(p) => p.execute(
-                "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL WHERE id = ANY($1)",
-                &[&ids, &ms(now)],
-            ),
+            // All ids in one statement.
+            Db::Postgres(p) => p.execute(&format!("{SET} WHERE id = ANY($1)"), &[&ids, &ms(now)]),
         }
     }
 

@@ -226,8 +226,39 @@ on_both!(
     a_row_that_can_never_commit_is_quarantined_and_the_rest_commits,
     each_commit_is_published_after_it_is_durable_with_its_transitions,
     rollups_agree_with_the_raw_readings_through_late_duplicate_and_bad_data,
-    retention_drops_only_what_is_past_it_per_table
+    retention_drops_only_what_is_past_it_per_table,
+    deliveries_of_a_round_are_recorded_sent_together
 );
+
+/// The notify engine records a round of deliveries in one statement or
+/// transaction: exactly those messages are sent, the rest still due.
+async fn deliveries_of_a_round_are_recorded_sent_together(kind: Kind) {
+    use super::outbox::{Outbox, OutboxRow};
+    let Some(db) = Db::new(kind) else { return };
+    let (_store, _, _) = db.store(false);
+    let outbox = Outbox::open_at(&db.at).unwrap();
+    let now = from_ms(5_000);
+    for (id, incident) in [("m-1", "i-1"), ("m-2", "i-2"), ("m-3", "i-3")] {
+        let body = serde_json::from_value(serde_json::json!({"id": id, "type": "alarm.raised", "sent_at": null,
+            "recipient": "tanaka", "recipient_name": "田中", "language": "ja", "board_url": "http://x/"}))
+        .unwrap();
+        outbox
+            .insert(&OutboxRow {
+                incident_id: incident.into(),
+                channel: "webhook:ops".into(),
+                alarm_ids: vec![format!("al-{id}")],
+                ..OutboxRow::due(now, body)
+            })
+            .unwrap();
+    }
+    let due = |o: &Outbox| -> Vec<String> { o.due(now, 10).unwrap().into_iter().map(|r| r.id).collect() };
+    assert_eq!(due(&outbox), ["m-1", "m-2", "m-3"]);
+    outbox.mark_sent_all(&["m-1".into(), "m-3".into()], now).unwrap();
+    assert_eq!(due(&outbox), ["m-2"], "only the recorded ones are sent");
+    let mut sent: Vec<String> = outbox.sent_alarm_ids().unwrap().into_iter().collect();
+    sent.sort();
+    assert_eq!(sent, ["al-m-1", "al-m-3"]);
+}
 
 async fn a_row_that_can_never_commit_is_quarantined_and_the_rest_commits(kind: Kind) {
     let Some(db) = Db::new(kind) else { return };

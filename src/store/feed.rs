@@ -152,7 +152,7 @@ fn take_until(records: impl Iterator<Item = FeedRecord>, n: usize) -> Vec<FeedRe
 impl Feed {
     pub fn open_at(at: &super::Location) -> Result<Self, StoreError> {
         let db = match at {
-            super::Location::Sqlite(path) => Db::Sqlite(Mutex::new(super::outbox::connect(path)?)),
+            super::Location::Sqlite(path) => Db::Sqlite(Mutex::new(super::sqlite::side_connection(path)?)),
             super::Location::Postgres(url) => Db::Postgres(super::postgres::Blocking::connect(url)?),
         };
         Ok(Self { db })

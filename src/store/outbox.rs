@@ -1,6 +1,6 @@
 //! The notification tables (incidents, outbox, ack tokens, the engine's
-//! journal cursor), in the service's SQLite file on a connection of their own
-//! (WAL lets the store's writer and this one take turns). The notify engine
+//! journal cursor): on SQLite in a file of their own beside the store's (see
+//! [`connect`]), on PostgreSQL in the store's database. The notify engine
 //! reaches them only through [`Outbox`]: all their SQL is here.
 //!
 //! The journal is the durable log the engine reads (a cursor of its own); every
@@ -58,21 +58,63 @@ fn incident_row(r: &rusqlite::Row) -> rusqlite::Result<Incident> {
     })
 }
 
-/// The notification tables share the store's file and schema (migrated by
-/// whichever opens it first) and its durability: a message recorded as sent
-/// stays recorded across a power loss, so it is not sent again.
-pub(super) fn connect(path: &std::path::Path) -> Result<Connection, StoreError> {
-    let sq = |e| StoreError::Sqlite {
-        path: path.into(),
-        source: e,
+/// Where the notification tables live beside an SQLite store:
+/// `data/mizuban.db` → `data/mizuban-notify.db`.
+pub fn notify_path(store: &std::path::Path) -> std::path::PathBuf {
+    let stem = store
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = match store.extension() {
+        Some(ext) => format!("{stem}-notify.{}", ext.to_string_lossy()),
+        None => format!("{stem}-notify"),
     };
-    let mut c = Connection::open(path).map_err(sq)?;
-    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq)?;
-    c.execute_batch(super::sqlite::PRAGMAS).map_err(sq)?;
-    super::schema::migrate(&mut c).map_err(|e| StoreError::Schema {
-        path: path.into(),
-        source: e,
-    })?;
+    store.with_file_name(name)
+}
+
+/// A path as an SQLite URI filename (`%`, `?` and `#` escaped).
+fn uri(path: &std::path::Path) -> String {
+    let mut u = String::from("file:");
+    for ch in path.to_string_lossy().chars() {
+        match ch {
+            '%' => u.push_str("%25"),
+            '?' => u.push_str("%3f"),
+            '#' => u.push_str("%23"),
+            c => u.push(c),
+        }
+    }
+    u
+}
+
+/// The notification tables are in a file of their own beside the store's
+/// ([`notify_path`]), with the store's durability (a message recorded as
+/// sent stays recorded across a power loss, so it is not sent again). Their
+/// own file because SQLite has one writer per file: sharing the store's, the
+/// engine's every step waited for the store's writer, which commits
+/// hundreds of times a second under load, in SQLite's busy back-off of up to
+/// 100 ms a try (half a second from commit to webhook at 10,000 msg/s), and
+/// the store's writer waited for the engine's. The store's file is attached
+/// read-only as `store`, for the journal the engine follows and the alarms
+/// it pages: a planning step reads them in the same snapshot as its own
+/// tables and takes no lock on the store's file. The store's schema is
+/// migrated first (by whichever opens it first).
+pub(super) fn connect(path: &std::path::Path) -> Result<Connection, StoreError> {
+    let sq = |p: &std::path::Path| {
+        let p = p.to_path_buf();
+        move |e| StoreError::Sqlite { path: p, source: e }
+    };
+    let schema = |p: &std::path::Path| {
+        let p = p.to_path_buf();
+        move |e| StoreError::Schema { path: p, source: e }
+    };
+    drop(super::sqlite::side_connection(path)?);
+    let file = notify_path(path);
+    let mut c = Connection::open(&file).map_err(sq(&file))?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq(&file))?;
+    c.execute_batch(super::sqlite::PRAGMAS).map_err(sq(&file))?;
+    c.execute("ATTACH DATABASE ?1 AS store", [format!("{}?mode=ro", uri(path))])
+        .map_err(sq(path))?;
+    super::schema::migrate_notify(&mut c).map_err(schema(&file))?;
     Ok(c)
 }
 
@@ -313,7 +355,7 @@ fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::Resul
 fn work_due(c: &Connection, now: Timestamp) -> rusqlite::Result<(bool, i64)> {
     c.query_row(
         "SELECT
-           (SELECT COALESCE(MAX(seq), 0) FROM journal)
+           (SELECT COALESCE(MAX(seq), 0) FROM store.journal)
              > COALESCE((SELECT CAST(value AS INTEGER) FROM notify_meta WHERE key = 'cursor'), 0)
            OR EXISTS (SELECT 1 FROM incidents WHERE closed = 0 AND (flush_at <= ?1 OR next_level_at <= ?1))
            OR EXISTS (SELECT 1 FROM outbox WHERE state = 'held'),
@@ -329,8 +371,9 @@ fn pending_count(c: &Connection) -> rusqlite::Result<i64> {
 
 /// Journal rows past the engine's cursor, oldest first, with their `seq`.
 fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<Vec<(i64, JournalRow)>> {
-    let mut st =
-        c.prepare_cached("SELECT seq, alarm_id, action, notify FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+    let mut st = c.prepare_cached(
+        "SELECT seq, alarm_id, action, notify FROM store.journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
     let r = st.query_map(params![cursor, limit as i64], |r| {
         Ok((
             r.get(0)?,
@@ -346,7 +389,7 @@ fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<
 
 fn alarm(c: &Connection, id: &str) -> rusqlite::Result<Option<Alarm>> {
     let j: Option<String> = c
-        .query_row("SELECT json FROM alarms WHERE id = ?1", [id], |r| r.get(0))
+        .query_row("SELECT json FROM store.alarms WHERE id = ?1", [id], |r| r.get(0))
         .optional()?;
     Ok(j.and_then(|j| serde_json::from_str(&j).ok()))
 }
@@ -663,4 +706,66 @@ impl Outbox {
 
 fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
     c.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reason the tables have their own file: while the notify engine
+    /// holds its write lock, the store's writer commits without waiting, and
+    /// the other way round; and the engine still reads the store's journal.
+    #[test]
+    fn the_notify_file_and_the_store_never_wait_for_each_others_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut notify = connect(&path).unwrap();
+        assert!(notify_path(&path).exists());
+        assert_eq!(notify_path(&path).file_name().unwrap(), "store-notify.db");
+        let store = Connection::open(&path).unwrap();
+        // No waiting at all: a lock the other holds fails at once.
+        store.busy_timeout(std::time::Duration::ZERO).unwrap();
+        notify.busy_timeout(std::time::Duration::ZERO).unwrap();
+
+        let tx = notify
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .unwrap();
+        set_cursor(&tx, 7).unwrap();
+        store
+            .execute_batch(
+                "BEGIN IMMEDIATE;
+                 INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, notify, late, priority)
+                 VALUES (1, 'al-1', 'S', 'S.p', 'pressure_low', 'raise', 'normal', 'unack_active', 'rule', 1, 0, 'high');
+                 COMMIT;",
+            )
+            .expect("the store commits while the notify engine holds its lock");
+        tx.commit().unwrap();
+
+        store
+            .execute_batch("BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('k', 'v');")
+            .unwrap();
+        let tx = notify
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .expect("the notify engine writes while the store's writer holds its lock");
+        let rows = journal_after(&tx, 0, 10).unwrap();
+        assert_eq!(
+            rows.len(),
+            1,
+            "the committed journal row is read through the attachment"
+        );
+        assert_eq!(cursor(&tx).unwrap(), 7);
+        tx.commit().unwrap();
+        store.execute_batch("COMMIT").unwrap();
+    }
+
+    #[test]
+    fn a_store_path_with_uri_characters_still_attaches() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("a?b#c%d");
+        std::fs::create_dir_all(&sub).unwrap();
+        let path = sub.join("m.db");
+        let c = connect(&path).unwrap();
+        assert_eq!(journal_after(&c, 0, 1).unwrap().len(), 0);
+        assert!(sub.join("m-notify.db").exists());
+    }
 }

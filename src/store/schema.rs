@@ -73,15 +73,18 @@ pub enum MigrateError {
     Sqlite(#[from] rusqlite::Error),
     #[error("schema migration: {0}")]
     Migration(#[from] rusqlite_migration::Error),
-    #[error("the database has schema version {found}, newer than this build's {LATEST}: run the newer mizuban, or restore a backup")]
-    Newer { found: usize },
+    #[error("the database has schema version {found}, newer than this build's {latest}: run the newer mizuban, or restore a backup")]
+    Newer { found: usize, latest: usize },
 }
 
 /// Brings the database to [`LATEST`], each migration in its own transaction.
 pub fn migrate(c: &mut Connection) -> Result<(), MigrateError> {
     let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     if version > LATEST {
-        return Err(MigrateError::Newer { found: version });
+        return Err(MigrateError::Newer {
+            found: version,
+            latest: LATEST,
+        });
     }
     if version == 0 {
         let legacy = legacy_version(c)?;
@@ -94,6 +97,82 @@ pub fn migrate(c: &mut Connection) -> Result<(), MigrateError> {
         }
     }
     migrations().to_latest(c)?;
+    Ok(())
+}
+
+/// The notification tables' own file: its versions, kept in that file's
+/// `PRAGMA user_version`, apart from the store's.
+fn notify_migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up_with_hook(
+        include_str!("migrations/sqlite-notify/01-notify.sql"),
+        copy_notify_tables,
+    )])
+}
+
+/// The notify file's schema version this build writes.
+pub const NOTIFY_LATEST: usize = 1;
+
+/// The notification tables' columns, as both files have them.
+const NOTIFY_TABLES: [(&str, &str); 4] = [
+    ("notify_meta", "key, value"),
+    (
+        "incidents",
+        "id, group_key, policy, site, opened_at, first_sent_at, flush_at, last_msg_at, level, next_level_at, closed, announced, alarms",
+    ),
+    (
+        "outbox",
+        "id, incident_id, kind, person, contact_idx, channel, level, created_at, state, attempts, next_at, last_error, sent_at, alarm_ids, body, seq",
+    ),
+    (
+        "ack_tokens",
+        "token_hash, code, incident_id, person, channel, expires_at, used_at",
+    ),
+];
+
+/// The rows a release from before the move kept in the store's file (attached
+/// as `store`), copied in the transaction that creates the notify file's
+/// tables: nothing is sent twice or forgotten across the upgrade.
+fn copy_notify_tables(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
+    let attached: i64 = tx.query_row(
+        "SELECT count(*) FROM pragma_database_list WHERE name = 'store'",
+        [],
+        |r| r.get(0),
+    )?;
+    if attached == 0 {
+        return Ok(());
+    }
+    let legacy: i64 = tx.query_row(
+        "SELECT count(*) FROM store.sqlite_master WHERE type = 'table' AND name = 'outbox'",
+        [],
+        |r| r.get(0),
+    )?;
+    if legacy == 0 {
+        return Ok(());
+    }
+    let mut copied = 0;
+    for (table, cols) in NOTIFY_TABLES {
+        copied += tx.execute(
+            &format!("INSERT INTO main.{table} ({cols}) SELECT {cols} FROM store.{table}"),
+            [],
+        )?;
+    }
+    if copied > 0 {
+        tracing::info!(rows = copied, "notification tables moved to their own file");
+    }
+    Ok(())
+}
+
+/// Brings the notify file to [`NOTIFY_LATEST`]; the store must be attached
+/// as `store`, already migrated.
+pub fn migrate_notify(c: &mut Connection) -> Result<(), MigrateError> {
+    let version: usize = c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    if version > NOTIFY_LATEST {
+        return Err(MigrateError::Newer {
+            found: version,
+            latest: NOTIFY_LATEST,
+        });
+    }
+    notify_migrations().to_latest(c)?;
     Ok(())
 }
 
@@ -110,6 +189,11 @@ mod tests {
         assert_eq!(v as usize, LATEST);
         // Opening again is a no-op.
         migrate(&mut c).unwrap();
+        notify_migrations().validate().unwrap();
+        let mut c = Connection::open_in_memory().unwrap();
+        migrate_notify(&mut c).unwrap();
+        let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, NOTIFY_LATEST);
     }
 
     #[test]

@@ -40,6 +40,24 @@ const WRITER_PRAGMAS: &str = "PRAGMA cache_size = -32768; PRAGMA wal_autocheckpo
 /// so that freed space goes to the database first.
 const SHORT_WAL: &str = "PRAGMA wal_autocheckpoint = 1000;";
 
+/// A connection to the store's file beside the writer's (the export feed's
+/// cursor), with the writer's durability; migrates the schema if it is the
+/// first to open the file.
+pub(super) fn side_connection(path: &Path) -> Result<Connection, StoreError> {
+    let sq = |e| StoreError::Sqlite {
+        path: path.into(),
+        source: e,
+    };
+    let mut c = Connection::open(path).map_err(sq)?;
+    c.busy_timeout(std::time::Duration::from_secs(10)).map_err(sq)?;
+    c.execute_batch(PRAGMAS).map_err(sq)?;
+    super::schema::migrate(&mut c).map_err(|e| StoreError::Schema {
+        path: path.into(),
+        source: e,
+    })?;
+    Ok(c)
+}
+
 fn disk_full(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }

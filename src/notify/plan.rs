@@ -42,6 +42,65 @@ pub trait Ledger {
     fn summarized(&mut self, id: &str) -> Result<(), Self::Error>;
 }
 
+/// A step's view of its ledger that counts each person's messages against the
+/// rate limit once per step and then keeps the count itself: `now` is fixed
+/// within a step, so the window is too, and every message the step adds is
+/// inside it. Asking the ledger each time scanned the person's whole window
+/// per message (a tenth of the CPU at 10,000 msg/s with 100 alerts a second).
+struct Counted<'l, L: Ledger + ?Sized> {
+    inner: &'l mut L,
+    /// Per person: the window's start asked for, and the count in it.
+    counts: std::cell::RefCell<HashMap<String, (Timestamp, usize)>>,
+}
+
+impl<L: Ledger + ?Sized> Ledger for Counted<'_, L> {
+    type Error = L::Error;
+    fn alarm(&self, id: &str) -> Result<Option<Alarm>, L::Error> {
+        self.inner.alarm(id)
+    }
+    fn save_incident(&mut self, i: &Incident) -> Result<(), L::Error> {
+        self.inner.save_incident(i)
+    }
+    fn notified(&self, incident: &str) -> Result<Vec<String>, L::Error> {
+        self.inner.notified(incident)
+    }
+    fn last_contact(&self, incident: &str, person: &str) -> Result<Option<usize>, L::Error> {
+        self.inner.last_contact(incident, person)
+    }
+    fn counted_since(&self, person: &str, since: Timestamp) -> Result<usize, L::Error> {
+        if let Some((at, n)) = self.counts.borrow().get(person) {
+            if *at == since {
+                return Ok(*n);
+            }
+        }
+        let n = self.inner.counted_since(person, since)?;
+        self.counts.borrow_mut().insert(person.to_string(), (since, n));
+        Ok(n)
+    }
+    fn grant(&mut self, g: &Grant) -> Result<(), L::Error> {
+        self.inner.grant(g)
+    }
+    fn insert(&mut self, row: &OutboxRow, lead: Option<&str>) -> Result<(), L::Error> {
+        self.inner.insert(row, lead)?;
+        // What the ledger counts: every new message but a held one, and a
+        // new one is created inside any window that ends now.
+        if row.state != "held" {
+            if let Some((since, n)) = self.counts.get_mut().get_mut(&row.person) {
+                if row.created_at > *since {
+                    *n += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+    fn held(&self) -> Result<Vec<OutboxRow>, L::Error> {
+        self.inner.held()
+    }
+    fn summarized(&mut self, id: &str) -> Result<(), L::Error> {
+        self.inner.summarized(id)
+    }
+}
+
 /// An acknowledge link (its token's hash) and code for one person and incident.
 pub struct Grant {
     pub token_hash: String,
@@ -163,6 +222,10 @@ impl Planner<'_> {
         open: &mut Vec<Incident>,
         now: Timestamp,
     ) -> Result<(), L::Error> {
+        let l = &mut Counted {
+            inner: l,
+            counts: Default::default(),
+        };
         self.follow(l, rows, open, now)?;
         for inc in open.iter_mut().filter(|i| !i.closed) {
             if inc.flush_at.is_some_and(|t| t <= now) {
@@ -975,5 +1038,95 @@ policy = "p"
             ),
             [Kind::AlarmBrief]
         );
+    }
+
+    /// A ledger that only stores rows and counts how often it is asked.
+    #[derive(Default)]
+    struct Rows {
+        rows: Vec<OutboxRow>,
+        asked: std::cell::Cell<usize>,
+    }
+
+    impl Ledger for Rows {
+        type Error = std::convert::Infallible;
+        fn alarm(&self, _: &str) -> Result<Option<Alarm>, Self::Error> {
+            Ok(None)
+        }
+        fn save_incident(&mut self, _: &Incident) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn notified(&self, _: &str) -> Result<Vec<String>, Self::Error> {
+            Ok(vec![])
+        }
+        fn last_contact(&self, _: &str, _: &str) -> Result<Option<usize>, Self::Error> {
+            Ok(None)
+        }
+        fn counted_since(&self, person: &str, since: Timestamp) -> Result<usize, Self::Error> {
+            self.asked.set(self.asked.get() + 1);
+            Ok(self
+                .rows
+                .iter()
+                .filter(|r| r.person == person && r.created_at > since && r.state != "held")
+                .count())
+        }
+        fn grant(&mut self, _: &Grant) -> Result<(), Self::Error> {
+            Ok(())
+        }
+        fn insert(&mut self, row: &OutboxRow, _: Option<&str>) -> Result<(), Self::Error> {
+            self.rows.push(row.clone());
+            Ok(())
+        }
+        fn held(&self) -> Result<Vec<OutboxRow>, Self::Error> {
+            Ok(vec![])
+        }
+        fn summarized(&mut self, _: &str) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_step_asks_its_ledger_for_a_persons_count_once_and_keeps_it_exact() {
+        let now = at("2026-12-01T02:10:00Z");
+        let since = now - Duration::minutes(15);
+        let row = |person: &str, state: &str, created: Timestamp| {
+            let body = serde_json::from_value(serde_json::json!({"id": "m", "type": "alarm.raised", "sent_at": null,
+                "recipient": person, "recipient_name": person, "language": "en", "board_url": "http://x/"}))
+            .unwrap();
+            OutboxRow {
+                person: person.into(),
+                state: state.into(),
+                ..OutboxRow::due(created, body)
+            }
+        };
+        let mut inner = Rows::default();
+        // Before the step: two counted in the window, one too old, one held.
+        for (state, t) in [
+            ("sent", now - Duration::minutes(1)),
+            ("pending", now),
+            ("sent", now - Duration::minutes(20)),
+            ("held", now),
+        ] {
+            inner.rows.push(row("sato", state, t));
+        }
+        let mut l = Counted {
+            inner: &mut inner,
+            counts: Default::default(),
+        };
+        assert_eq!(l.counted_since("sato", since), Ok(2));
+        l.insert(&row("sato", "pending", now), None).unwrap();
+        l.insert(&row("sato", "held", now), None).unwrap();
+        l.insert(&row("sato", "pending", now), None).unwrap();
+        assert_eq!(
+            l.counted_since("sato", since),
+            Ok(4),
+            "the step's own messages, held ones not"
+        );
+        // Another person, and another window, are asked for afresh.
+        assert_eq!(l.counted_since("ito", since), Ok(0));
+        let wider = now - Duration::minutes(30);
+        assert_eq!(l.counted_since("sato", wider), Ok(5));
+        let asked = inner.asked.get();
+        assert_eq!(asked, 3, "once per person and window");
+        assert_eq!(inner.counted_since("sato", since), Ok(4), "what the ledger itself says");
     }
 }

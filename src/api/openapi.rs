@@ -15,7 +15,7 @@ fn webhooks() -> Value {
                     "type": "object", "required": ["id", "type", "sent_at", "recipient"],
                     "properties": {
                         "id": {"type": "string", "description": "n-…, the idempotency key"},
-                        "type": {"enum": ["alarm.raised", "alarm.cleared", "alarm.acknowledged", "alarm.escalated", "alarm.shelved", "incident.opened", "incident.updated", "incident.closed", "summary"]},
+                        "type": {"enum": crate::notify::message::Kind::ALL.map(|k| k.as_str())},
                         "sent_at": {"type": "string", "format": "date-time"},
                         "alarm": {"$ref": "#/components/schemas/Alarm"},
                         "incident": {"type": "object", "properties": {"id": {"type": "string"}, "count": {"type": "integer"}, "alarms": {"type": "array", "items": {"$ref": "#/components/schemas/Alarm"}}}},

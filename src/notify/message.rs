@@ -38,10 +38,16 @@ pub enum Kind {
     /// Messages held by a person's rate limit, sent as one.
     #[serde(rename = "summary")]
     Summary,
+    /// An occurrence that came back (chattered) after its return to normal
+    /// was told, now over: how many times (`alarm.reactivations`), from the
+    /// first raise to the last return. Its re-raises were not paged one by
+    /// one (one occurrence, one page); this is where they are counted.
+    #[serde(rename = "alarm.reactivated")]
+    AlarmReactivated,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::AlarmRaised,
         Kind::AlarmEscalated,
         Kind::AlarmCleared,
@@ -53,6 +59,7 @@ impl Kind {
         Kind::IncidentClosed,
         Kind::IncidentBrief,
         Kind::Summary,
+        Kind::AlarmReactivated,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +75,7 @@ impl Kind {
             Kind::IncidentClosed => "incident.closed",
             Kind::IncidentBrief => "incident.brief",
             Kind::Summary => "summary",
+            Kind::AlarmReactivated => "alarm.reactivated",
         }
     }
 

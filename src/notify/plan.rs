@@ -166,6 +166,8 @@ pub struct JournalRow {
     pub alarm_id: String,
     pub action: Action,
     pub notify: bool,
+    /// The transition ended the occurrence (to `normal`).
+    pub closes: bool,
 }
 
 /// Someone must still be paged about it: active and unacknowledged, and not
@@ -378,6 +380,10 @@ impl Planner<'_> {
                     }
                 }
                 Action::Ack | Action::Shelve | Action::OutOfService | Action::Suppress | Action::Clear => {
+                    if row.closes && a.told && a.reactivations > 0 && !a.late {
+                        // Its re-raises were one occurrence, one page: counted here.
+                        self.tell_reactivations(l, &a, pos.map(|p| &open[p]), now)?;
+                    }
                     let Some(p) = pos else { continue };
                     let inc = &mut open[p];
                     let members = Self::members(l, inc)?;
@@ -433,6 +439,50 @@ impl Planner<'_> {
                 | Action::Late
                 | Action::Command => {}
             }
+        }
+        Ok(())
+    }
+
+    /// An occurrence that came back after it first returned to normal (its
+    /// re-raises not paged one by one: nobody had acknowledged it, so it was
+    /// still the same occurrence), now over: one `alarm.reactivated` saying
+    /// how many times, from its first raise to its last return. To the people
+    /// of its incident if that is still open; else to the first level of its
+    /// route's policy, as on call now (the incident closed with the told
+    /// return to normal).
+    fn tell_reactivations<L: Ledger + ?Sized>(
+        &mut self,
+        l: &mut L,
+        a: &Alarm,
+        inc: Option<&Incident>,
+        now: Timestamp,
+    ) -> Result<(), L::Error> {
+        let members = std::slice::from_ref(a);
+        if let Some(inc) = inc {
+            for p in l.notified(&inc.id)? {
+                self.enqueue(l, inc, &p, Kind::AlarmReactivated, 0, members, now)?;
+            }
+            return Ok(());
+        }
+        let tz = self.cfg.service.utc_offset_hours;
+        let site = self.cfg.site(a.site.as_str()).map(|s| s.as_ref());
+        let Some(r) = route::find(self.n, a, site, now, tz) else {
+            return Ok(());
+        };
+        let Some(level) = self.n.policy(&r.policy).and_then(|p| p.levels.first()) else {
+            return Ok(());
+        };
+        let people = roster::resolve(self.n, &level.notify, now, tz);
+        let key = self.group_key(&r.policy, a);
+        let mut inc = self.new_incident(key, &r.policy, a, now);
+        // Told and over in one message.
+        inc.flush_at = None;
+        inc.first_sent_at = Some(now);
+        inc.last_msg_at = Some(now);
+        inc.closed = true;
+        l.save_incident(&inc)?;
+        for p in &people {
+            self.enqueue(l, &inc, p, Kind::AlarmReactivated, 0, members, now)?;
         }
         Ok(())
     }
@@ -931,13 +981,9 @@ policy = "p"
         .expect("notify config parses")
     }
 
-    /// One pressure episode of B17 from `from` to `to`, as the engine
-    /// journals it: the raise and the clear, both told.
-    fn episode(from: &str, to: &str, now: Timestamp) -> (Alarm, Vec<JournalRow>) {
-        let cfg = Config::load_embedded().unwrap();
-        let site = cfg.site("B17").unwrap().clone();
-        let mut reg = Registry::new();
-        let spec = RaiseSpec {
+    /// B17's pressure below its limit, as its rule raises it.
+    fn low_pressure(site: &crate::config::Site) -> RaiseSpec {
+        RaiseSpec {
             site: site.id.clone(),
             device: site.device.clone(),
             source: "B17.p".into(),
@@ -949,7 +995,16 @@ policy = "p"
             message: "Pressure low".into(),
             message_ja: "配水圧 低".into(),
             suppressed_by: vec![],
-        };
+        }
+    }
+
+    /// One pressure episode of B17 from `from` to `to`, as the engine
+    /// journals it: the raise and the clear, both told.
+    fn episode(from: &str, to: &str, now: Timestamp) -> (Alarm, Vec<JournalRow>) {
+        let cfg = Config::load_embedded().unwrap();
+        let site = cfg.site("B17").unwrap().clone();
+        let mut reg = Registry::new();
+        let spec = low_pressure(&site);
         let key = spec.key();
         let raised = reg.raise(spec, at(from), now);
         let cleared = reg.clear(&key, at(to), now, Some(0.4));
@@ -961,6 +1016,7 @@ policy = "p"
                 alarm_id: t.alarm.id.clone(),
                 action: t.action,
                 notify: t.notify,
+                closes: t.to == AlarmState::Normal,
             })
             .collect();
         (a, rows)
@@ -1128,5 +1184,102 @@ policy = "p"
         let asked = inner.asked.get();
         assert_eq!(asked, 3, "once per person and window");
         assert_eq!(inner.counted_since("sato", since), Ok(4), "what the ledger itself says");
+    }
+
+    /// A logger chattering after its return to normal was told: one page
+    /// and one return, then its re-raises (one occurrence, not paged one by
+    /// one) counted in one `alarm.reactivated` once it is over.
+    #[test]
+    fn a_chattering_occurrence_is_paged_once_and_its_comebacks_counted_when_over() {
+        let cfg = Config::load_embedded().unwrap();
+        let n = notify(0);
+        let site = cfg.site("B17").unwrap().clone();
+        let spec = || low_pressure(&site);
+        let key = spec().key();
+        let mut reg = Registry::new();
+        let mut ledger = MemLedger::new(&n);
+        let mut ids = CountedIds::default();
+        let mut open = Vec::new();
+        let t = |s: u32| at("2026-12-01T02:10:00Z") + Duration::seconds(s as i64);
+        let mut step = |ledger: &mut MemLedger,
+                        ids: &mut CountedIds,
+                        open: &mut Vec<Incident>,
+                        tr: Vec<crate::alarm::Transition>,
+                        now| {
+            let rows: Vec<JournalRow> = tr
+                .iter()
+                .map(|t| {
+                    ledger.update(&t.alarm);
+                    JournalRow {
+                        alarm_id: t.alarm.id.clone(),
+                        action: t.action,
+                        notify: t.notify,
+                        closes: t.to == AlarmState::Normal,
+                    }
+                })
+                .collect();
+            let mut planner = Planner {
+                cfg: &cfg,
+                n: &n,
+                public_url: "http://x",
+                ids,
+            };
+            let Ok(()) = planner.step(ledger, &rows, open, now);
+        };
+        step(&mut ledger, &mut ids, &mut open, reg.raise(spec(), t(0), t(0)), t(0));
+        step(
+            &mut ledger,
+            &mut ids,
+            &mut open,
+            reg.clear(&key, t(5), t(5), Some(0.4)),
+            t(5),
+        );
+        for k in 0..3 {
+            let s = 10 + 10 * k;
+            step(&mut ledger, &mut ids, &mut open, reg.raise(spec(), t(s), t(s)), t(s));
+            step(
+                &mut ledger,
+                &mut ids,
+                &mut open,
+                reg.clear(&key, t(s + 2), t(s + 2), Some(0.4)),
+                t(s + 2),
+            );
+        }
+        let kinds = |l: &MemLedger| l.sent.iter().map(|m| m.kind).collect::<Vec<_>>();
+        assert_eq!(
+            kinds(&ledger),
+            [Kind::AlarmRaised, Kind::AlarmCleared],
+            "the comebacks are not paged one by one"
+        );
+        let id = reg.get_key(&key).unwrap().id.clone();
+        let acked = reg.ack(&id, "sato", None, t(60)).unwrap();
+        assert_eq!(acked.alarm.reactivations, 3);
+        step(&mut ledger, &mut ids, &mut open, vec![acked], t(60));
+        assert_eq!(
+            kinds(&ledger),
+            [Kind::AlarmRaised, Kind::AlarmCleared, Kind::AlarmReactivated],
+            "once over, the comebacks are counted in one message"
+        );
+        let last = ledger.sent.last().unwrap();
+        assert_eq!(
+            (last.alarm.as_deref(), last.recipient.as_str()),
+            (Some(id.as_str()), "tanaka")
+        );
+        // Acknowledged at once after its first return: nothing to count.
+        let mut reg = Registry::new();
+        let mut ledger = MemLedger::new(&n);
+        let mut open = Vec::new();
+        step(&mut ledger, &mut ids, &mut open, reg.raise(spec(), t(0), t(0)), t(0));
+        step(
+            &mut ledger,
+            &mut ids,
+            &mut open,
+            reg.clear(&key, t(5), t(5), Some(0.4)),
+            t(5),
+        );
+        let id = reg.get_key(&key).unwrap().id.clone();
+        let acked = reg.ack(&id, "sato", None, t(6)).unwrap();
+        step(&mut ledger, &mut ids, &mut open, vec![acked], t(6));
+        assert_eq!(kinds(&ledger), [Kind::AlarmRaised, Kind::AlarmCleared]);
     }
 }

@@ -53,6 +53,7 @@ fn what(kind: Kind, ja: bool) -> &'static str {
         (Kind::IncidentClosed, true) => "一括障害 復旧",
         (Kind::Summary, true) => "通知のまとめ",
         (Kind::AlarmBrief | Kind::IncidentBrief, true) => "発生・復旧済みのお知らせ",
+        (Kind::AlarmReactivated, true) => "復旧後の再発生のまとめ",
         (Kind::AlarmRaised, false) => "Alarm",
         (Kind::AlarmEscalated, false) => "Alarm (unacknowledged, escalated)",
         (Kind::AlarmCleared, false) => "Back to normal",
@@ -63,6 +64,7 @@ fn what(kind: Kind, ja: bool) -> &'static str {
         (Kind::IncidentClosed, false) => "Incident over",
         (Kind::Summary, false) => "Summary of held notifications",
         (Kind::AlarmBrief | Kind::IncidentBrief, false) => "Over before anyone was paged",
+        (Kind::AlarmReactivated, false) => "Came back after returning to normal",
     }
 }
 
@@ -125,6 +127,14 @@ pub fn email(p: &Message, ja: bool, offset_h: i32, service: &str) -> (String, St
                 format!("[mizuban] {head}: {site} and others, {n} sites: {cond}")
             }
         }
+        Kind::AlarmReactivated => {
+            let k = lead.map(|a| a.reactivations).unwrap_or(0);
+            if ja {
+                format!("【水番】{head}: {site} {cond} 再発生{k}回・復旧済み")
+            } else {
+                format!("[mizuban] {head}: {site} {cond}, {k} times, now over")
+            }
+        }
         Kind::AlarmRaised
         | Kind::AlarmEscalated
         | Kind::AlarmCleared
@@ -174,6 +184,23 @@ pub fn email(p: &Message, ja: bool, offset_h: i32, service: &str) -> (String, St
                 alarm_line(Some(a), ja, offset_h),
                 local_hm(a.cleared_at, offset_h)
             ));
+        }
+    } else if kind == Kind::AlarmReactivated {
+        if let Some(a) = lead {
+            let k = a.reactivations;
+            let (from, to) = (local_hm(Some(a.raised_at), offset_h), local_hm(a.cleared_at, offset_h));
+            b.push_str(&if ja {
+                format!("{}\n復旧した後、{k}回再発生しました（{from}〜{to}、現在は復旧・確認済み）。\n", alarm_line(Some(a), ja, offset_h))
+            } else {
+                format!("{}\nAfter it first returned to normal it came back {k} times ({from}–{to}); it is over and acknowledged now.\n", alarm_line(Some(a), ja, offset_h))
+            });
+            if let Some(by) = a.acked_by.as_deref() {
+                b.push_str(&if ja {
+                    format!("確認者: {by}\n")
+                } else {
+                    format!("Acknowledged by: {by}\n")
+                });
+            }
         }
     } else if n > 1 {
         for a in p.alarms() {

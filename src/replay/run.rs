@@ -153,6 +153,7 @@ impl Run {
                         alarm_id: t.alarm.id.clone(),
                         action: t.action,
                         notify: t.notify,
+                        closes: t.to == crate::alarm::AlarmState::Normal,
                     }
                 })
                 .collect();

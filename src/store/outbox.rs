@@ -372,7 +372,7 @@ fn pending_count(c: &Connection) -> rusqlite::Result<i64> {
 /// Journal rows past the engine's cursor, oldest first, with their `seq`.
 fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<Vec<(i64, JournalRow)>> {
     let mut st = c.prepare_cached(
-        "SELECT seq, alarm_id, action, notify FROM store.journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, alarm_id, action, notify, to_state = 'normal' FROM store.journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let r = st.query_map(params![cursor, limit as i64], |r| {
         Ok((
@@ -381,6 +381,7 @@ fn journal_after(c: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<
                 alarm_id: r.get(1)?,
                 action: super::sqlite::action(r, 2)?,
                 notify: r.get::<_, i64>(3)? != 0,
+                closes: r.get::<_, i64>(4)? != 0,
             },
         ))
     })?;

@@ -300,7 +300,7 @@ impl PgOutbox {
             let mut journal = Vec::new();
             for r in tx
                 .query(
-                    "SELECT seq, alarm_id, action, notify FROM journal WHERE seq > $1 AND seq <= $2
+                    "SELECT seq, alarm_id, action, notify, to_state = 'normal' FROM journal WHERE seq > $1 AND seq <= $2
                      ORDER BY seq LIMIT 1000",
                     &[&from, &upto],
                 )
@@ -313,6 +313,7 @@ impl PgOutbox {
                     action: Action::parse(&name)
                         .ok_or_else(|| StoreError::Query(format!("unknown journal action {name:?}")))?,
                     notify: r.get(3),
+                    closes: r.get(4),
                 });
             }
             step(&mut PgLedger(RefCell::new(&mut tx)), &journal, &mut open)?;

@@ -170,6 +170,19 @@ pub struct JournalRow {
     pub closes: bool,
 }
 
+impl JournalRow {
+    /// The row a transition makes in the journal (the stores compute the
+    /// same from their columns).
+    pub fn of(t: &crate::alarm::Transition) -> Self {
+        Self {
+            alarm_id: t.alarm.id.clone(),
+            action: t.action,
+            notify: t.notify,
+            closes: t.to == AlarmState::Normal,
+        }
+    }
+}
+
 /// Someone must still be paged about it: active and unacknowledged, and not
 /// shelved, out of service or suppressed — exactly ISA-18.2's UNACK ACTIVE.
 /// (Not `Alarm::needs_attention`, which also keeps acknowledged and returned
@@ -459,10 +472,7 @@ impl Planner<'_> {
     ) -> Result<(), L::Error> {
         let members = std::slice::from_ref(a);
         if let Some(inc) = inc {
-            for p in l.notified(&inc.id)? {
-                self.enqueue(l, inc, &p, Kind::AlarmReactivated, 0, members, now)?;
-            }
-            return Ok(());
+            return self.tell_notified(l, inc, Kind::AlarmReactivated, members, now);
         }
         let tz = self.cfg.service.utc_offset_hours;
         let site = self.cfg.site(a.site.as_str()).map(|s| s.as_ref());
@@ -1009,16 +1019,7 @@ policy = "p"
         let raised = reg.raise(spec, at(from), now);
         let cleared = reg.clear(&key, at(to), now, Some(0.4));
         let a = cleared.last().unwrap().alarm.clone();
-        let rows = raised
-            .iter()
-            .chain(&cleared)
-            .map(|t| JournalRow {
-                alarm_id: t.alarm.id.clone(),
-                action: t.action,
-                notify: t.notify,
-                closes: t.to == AlarmState::Normal,
-            })
-            .collect();
+        let rows = raised.iter().chain(&cleared).map(JournalRow::of).collect();
         (a, rows)
     }
 
@@ -1194,92 +1195,90 @@ policy = "p"
         let cfg = Config::load_embedded().unwrap();
         let n = notify(0);
         let site = cfg.site("B17").unwrap().clone();
-        let spec = || low_pressure(&site);
-        let key = spec().key();
-        let mut reg = Registry::new();
-        let mut ledger = MemLedger::new(&n);
-        let mut ids = CountedIds::default();
-        let mut open = Vec::new();
-        let t = |s: u32| at("2026-12-01T02:10:00Z") + Duration::seconds(s as i64);
-        let mut step = |ledger: &mut MemLedger,
-                        ids: &mut CountedIds,
-                        open: &mut Vec<Incident>,
-                        tr: Vec<crate::alarm::Transition>,
-                        now| {
-            let rows: Vec<JournalRow> = tr
-                .iter()
-                .map(|t| {
-                    ledger.update(&t.alarm);
-                    JournalRow {
-                        alarm_id: t.alarm.id.clone(),
-                        action: t.action,
-                        notify: t.notify,
-                        closes: t.to == AlarmState::Normal,
-                    }
-                })
-                .collect();
-            let mut planner = Planner {
-                cfg: &cfg,
-                n: &n,
-                public_url: "http://x",
-                ids,
-            };
-            let Ok(()) = planner.step(ledger, &rows, open, now);
-        };
-        step(&mut ledger, &mut ids, &mut open, reg.raise(spec(), t(0), t(0)), t(0));
-        step(
-            &mut ledger,
-            &mut ids,
-            &mut open,
-            reg.clear(&key, t(5), t(5), Some(0.4)),
-            t(5),
-        );
-        for k in 0..3 {
-            let s = 10 + 10 * k;
-            step(&mut ledger, &mut ids, &mut open, reg.raise(spec(), t(s), t(s)), t(s));
-            step(
-                &mut ledger,
-                &mut ids,
-                &mut open,
-                reg.clear(&key, t(s + 2), t(s + 2), Some(0.4)),
-                t(s + 2),
-            );
+        let t = |s: i64| at("2026-12-01T02:10:00Z") + Duration::seconds(s);
+        /// One logger's alarm and the planner, stepped after each transition
+        /// as the live engine steps it.
+        struct Desk<'c> {
+            cfg: &'c Config,
+            n: &'c NotifyConfig,
+            spec: RaiseSpec,
+            reg: Registry,
+            ledger: MemLedger,
+            ids: CountedIds,
+            open: Vec<Incident>,
         }
-        let kinds = |l: &MemLedger| l.sent.iter().map(|m| m.kind).collect::<Vec<_>>();
+        impl Desk<'_> {
+            fn feed(&mut self, tr: Vec<crate::alarm::Transition>, now: Timestamp) {
+                let rows: Vec<JournalRow> = tr.iter().map(JournalRow::of).collect();
+                for t in &tr {
+                    self.ledger.update(&t.alarm);
+                }
+                let mut planner = Planner {
+                    cfg: self.cfg,
+                    n: self.n,
+                    public_url: "http://x",
+                    ids: &mut self.ids,
+                };
+                let Ok(()) = planner.step(&mut self.ledger, &rows, &mut self.open, now);
+            }
+            fn raise(&mut self, now: Timestamp) {
+                let tr = self.reg.raise(self.spec.clone(), now, now);
+                self.feed(tr, now);
+            }
+            fn clear(&mut self, now: Timestamp) {
+                let tr = self.reg.clear(&self.spec.key(), now, now, Some(0.4));
+                self.feed(tr, now);
+            }
+            /// Acknowledges it; how often it had come back.
+            fn ack(&mut self, now: Timestamp) -> (String, u32) {
+                let id = self.reg.get_key(&self.spec.key()).unwrap().id.clone();
+                let acked = self.reg.ack(&id, "sato", None, now).unwrap();
+                let n = acked.alarm.reactivations;
+                self.feed(vec![acked], now);
+                (id, n)
+            }
+            fn kinds(&self) -> Vec<Kind> {
+                self.ledger.sent.iter().map(|m| m.kind).collect()
+            }
+        }
+        let desk = || Desk {
+            cfg: &cfg,
+            n: &n,
+            spec: low_pressure(&site),
+            reg: Registry::new(),
+            ledger: MemLedger::new(&n),
+            ids: CountedIds::default(),
+            open: Vec::new(),
+        };
+        let mut d = desk();
+        d.raise(t(0));
+        d.clear(t(5));
+        for k in 0..3 {
+            d.raise(t(10 + 10 * k));
+            d.clear(t(12 + 10 * k));
+        }
         assert_eq!(
-            kinds(&ledger),
+            d.kinds(),
             [Kind::AlarmRaised, Kind::AlarmCleared],
             "the comebacks are not paged one by one"
         );
-        let id = reg.get_key(&key).unwrap().id.clone();
-        let acked = reg.ack(&id, "sato", None, t(60)).unwrap();
-        assert_eq!(acked.alarm.reactivations, 3);
-        step(&mut ledger, &mut ids, &mut open, vec![acked], t(60));
+        let (id, reactivations) = d.ack(t(60));
+        assert_eq!(reactivations, 3);
         assert_eq!(
-            kinds(&ledger),
+            d.kinds(),
             [Kind::AlarmRaised, Kind::AlarmCleared, Kind::AlarmReactivated],
             "once over, the comebacks are counted in one message"
         );
-        let last = ledger.sent.last().unwrap();
+        let last = d.ledger.sent.last().unwrap();
         assert_eq!(
             (last.alarm.as_deref(), last.recipient.as_str()),
             (Some(id.as_str()), "tanaka")
         );
         // Acknowledged at once after its first return: nothing to count.
-        let mut reg = Registry::new();
-        let mut ledger = MemLedger::new(&n);
-        let mut open = Vec::new();
-        step(&mut ledger, &mut ids, &mut open, reg.raise(spec(), t(0), t(0)), t(0));
-        step(
-            &mut ledger,
-            &mut ids,
-            &mut open,
-            reg.clear(&key, t(5), t(5), Some(0.4)),
-            t(5),
-        );
-        let id = reg.get_key(&key).unwrap().id.clone();
-        let acked = reg.ack(&id, "sato", None, t(6)).unwrap();
-        step(&mut ledger, &mut ids, &mut open, vec![acked], t(6));
-        assert_eq!(kinds(&ledger), [Kind::AlarmRaised, Kind::AlarmCleared]);
+        let mut d = desk();
+        d.raise(t(0));
+        d.clear(t(5));
+        d.ack(t(6));
+        assert_eq!(d.kinds(), [Kind::AlarmRaised, Kind::AlarmCleared]);
     }
 }

@@ -185,29 +185,21 @@ pub fn email(p: &Message, ja: bool, offset_h: i32, service: &str) -> (String, St
                 local_hm(a.cleared_at, offset_h)
             ));
         }
-    } else if kind == Kind::AlarmReactivated {
-        if let Some(a) = lead {
-            let k = a.reactivations;
-            let (from, to) = (local_hm(Some(a.raised_at), offset_h), local_hm(a.cleared_at, offset_h));
-            b.push_str(&if ja {
-                format!("{}\n復旧した後、{k}回再発生しました（{from}〜{to}、現在は復旧・確認済み）。\n", alarm_line(Some(a), ja, offset_h))
-            } else {
-                format!("{}\nAfter it first returned to normal it came back {k} times ({from}–{to}); it is over and acknowledged now.\n", alarm_line(Some(a), ja, offset_h))
-            });
-            if let Some(by) = a.acked_by.as_deref() {
-                b.push_str(&if ja {
-                    format!("確認者: {by}\n")
-                } else {
-                    format!("Acknowledged by: {by}\n")
-                });
-            }
-        }
     } else if n > 1 {
         for a in p.alarms() {
             b.push_str(&format!("・{}\n", alarm_line(Some(a), ja, offset_h)));
         }
     } else {
         b.push_str(&format!("{}\n", alarm_line(lead, ja, offset_h)));
+        if let Some(a) = lead.filter(|_| kind == Kind::AlarmReactivated) {
+            let k = a.reactivations;
+            let (from, to) = (local_hm(Some(a.raised_at), offset_h), local_hm(a.cleared_at, offset_h));
+            b.push_str(&if ja {
+                format!("復旧した後、{k}回再発生しました（{from}〜{to}、現在は復旧・確認済み）。\n")
+            } else {
+                format!("After it first returned to normal it came back {k} times ({from}–{to}); it is over and acknowledged now.\n")
+            });
+        }
         if let Some(by) = lead.and_then(|a| a.acked_by.as_deref()) {
             b.push_str(&if ja {
                 format!("確認者: {by}\n")
@@ -324,5 +316,24 @@ mod tests {
             "[mizuban] Over before anyone was paged: 2 sites, Pressure low 03:10–03:40, all back"
         );
         assert_eq!(body.matches("・").count(), 2, "{body}");
+    }
+
+    #[test]
+    fn a_reactivation_summary_says_how_often_and_who_acknowledged() {
+        let mut a = alarm("B22", false);
+        a.reactivations = 4;
+        a.acked_by = Some("sato".into());
+        let m = message(json!({"type": "alarm.reactivated", "alarm": a,
+            "incident": {"id": "i-1", "count": 1, "alarms": [a]}}));
+        let (subject, body) = email(&m, false, 9, "mizuban");
+        assert_eq!(
+            subject,
+            "[mizuban] Came back after returning to normal: B22 Pressure low, 4 times, now over"
+        );
+        assert!(body.contains("came back 4 times (03:10–03:40)"), "{body}");
+        assert!(body.contains("Acknowledged by: sato"), "{body}");
+        let (subject, body) = email(&m, true, 9, "水番");
+        assert!(subject.contains("再発生4回"), "{subject}");
+        assert!(body.contains("4回再発生") && body.contains("確認者: sato"), "{body}");
     }
 }

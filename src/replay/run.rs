@@ -149,12 +149,7 @@ impl Run {
                 .iter()
                 .map(|t| {
                     dry.ledger.update(&t.alarm);
-                    JournalRow {
-                        alarm_id: t.alarm.id.clone(),
-                        action: t.action,
-                        notify: t.notify,
-                        closes: t.to == crate::alarm::AlarmState::Normal,
-                    }
+                    JournalRow::of(t)
                 })
                 .collect();
             dry.step(&self.cfg, &rows, now);

@@ -118,6 +118,39 @@ pub(super) fn connect(path: &std::path::Path) -> Result<Connection, StoreError> 
     Ok(c)
 }
 
+/// The rows a release from before the split kept in the store's file
+/// (attached as `store`), copied in the transaction that creates the notify
+/// file's tables (its first migration): nothing is sent twice or forgotten
+/// across the upgrade.
+pub(super) fn copy_legacy(tx: &rusqlite::Transaction) -> rusqlite::Result<()> {
+    let has = |sql: &str| tx.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n > 0);
+    if !has("SELECT count(*) FROM pragma_database_list WHERE name = 'store'")?
+        || !has("SELECT count(*) FROM store.sqlite_master WHERE type = 'table' AND name = 'outbox'")?
+    {
+        return Ok(());
+    }
+    let outbox = format!("{OUTBOX_COLS}, seq");
+    let mut copied = 0;
+    for (table, cols) in [
+        ("notify_meta", "key, value"),
+        ("incidents", INCIDENT_COLS),
+        ("outbox", outbox.as_str()),
+        (
+            "ack_tokens",
+            "token_hash, code, incident_id, person, channel, expires_at, used_at",
+        ),
+    ] {
+        copied += tx.execute(
+            &format!("INSERT INTO main.{table} ({cols}) SELECT {cols} FROM store.{table}"),
+            [],
+        )?;
+    }
+    if copied > 0 {
+        tracing::info!(rows = copied, "notification tables moved to their own file");
+    }
+    Ok(())
+}
+
 fn cursor(c: &Connection) -> rusqlite::Result<i64> {
     Ok(
         c.query_row("SELECT value FROM notify_meta WHERE key = 'cursor'", [], |r| {

@@ -105,62 +105,12 @@ pub fn migrate(c: &mut Connection) -> Result<(), MigrateError> {
 fn notify_migrations() -> Migrations<'static> {
     Migrations::new(vec![M::up_with_hook(
         include_str!("migrations/sqlite-notify/01-notify.sql"),
-        copy_notify_tables,
+        |tx: &rusqlite::Transaction| Ok(super::outbox::copy_legacy(tx)?),
     )])
 }
 
 /// The notify file's schema version this build writes.
 pub const NOTIFY_LATEST: usize = 1;
-
-/// The notification tables' columns, as both files have them.
-const NOTIFY_TABLES: [(&str, &str); 4] = [
-    ("notify_meta", "key, value"),
-    (
-        "incidents",
-        "id, group_key, policy, site, opened_at, first_sent_at, flush_at, last_msg_at, level, next_level_at, closed, announced, alarms",
-    ),
-    (
-        "outbox",
-        "id, incident_id, kind, person, contact_idx, channel, level, created_at, state, attempts, next_at, last_error, sent_at, alarm_ids, body, seq",
-    ),
-    (
-        "ack_tokens",
-        "token_hash, code, incident_id, person, channel, expires_at, used_at",
-    ),
-];
-
-/// The rows a release from before the move kept in the store's file (attached
-/// as `store`), copied in the transaction that creates the notify file's
-/// tables: nothing is sent twice or forgotten across the upgrade.
-fn copy_notify_tables(tx: &rusqlite::Transaction) -> rusqlite_migration::HookResult {
-    let attached: i64 = tx.query_row(
-        "SELECT count(*) FROM pragma_database_list WHERE name = 'store'",
-        [],
-        |r| r.get(0),
-    )?;
-    if attached == 0 {
-        return Ok(());
-    }
-    let legacy: i64 = tx.query_row(
-        "SELECT count(*) FROM store.sqlite_master WHERE type = 'table' AND name = 'outbox'",
-        [],
-        |r| r.get(0),
-    )?;
-    if legacy == 0 {
-        return Ok(());
-    }
-    let mut copied = 0;
-    for (table, cols) in NOTIFY_TABLES {
-        copied += tx.execute(
-            &format!("INSERT INTO main.{table} ({cols}) SELECT {cols} FROM store.{table}"),
-            [],
-        )?;
-    }
-    if copied > 0 {
-        tracing::info!(rows = copied, "notification tables moved to their own file");
-    }
-    Ok(())
-}
 
 /// Brings the notify file to [`NOTIFY_LATEST`]; the store must be attached
 /// as `store`, already migrated.

@@ -220,6 +220,20 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || writer::run(backend, rx, retention, ends))
             .map_err(|e| StoreError::Query(format!("cannot start writer thread: {e}")))?;
+        // The writer's clock while no batches come. A weak sender: the
+        // writer still stops once every Store handle is gone.
+        let ticks = tx.downgrade();
+        std::thread::Builder::new()
+            .name("store-tick".into())
+            .spawn(move || loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                match ticks.upgrade() {
+                    // Full means the writer is busy, and so settles anyway.
+                    Some(tx) => drop(tx.try_send(Op::Tick)),
+                    None => return,
+                }
+            })
+            .map_err(|e| StoreError::Query(format!("cannot start writer clock: {e}")))?;
         Ok(Self {
             commits,
             tx,

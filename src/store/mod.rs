@@ -17,6 +17,7 @@ mod postgres;
 mod rollup;
 pub mod schema;
 mod sqlite;
+mod staging;
 mod writer;
 
 /// How both stores encode what they keep: times as milliseconds since the

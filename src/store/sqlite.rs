@@ -1,5 +1,6 @@
 use super::handle::{InputFilter, JournalFilter, JournalRow, Reader, ReadingRow, Restored, StoreError};
 use super::rollup::{hours_of, Rollup, MINUTE_MS};
+use super::staging::{Pending, Staged, Staging};
 use super::writer::{Backend, Failure, Rejected, SmallWrite};
 use super::{Batch, Bucket, RecordedInput, Resolution, Retention};
 use crate::alarm::{Action, Alarm};
@@ -8,7 +9,7 @@ use chrono::Utc;
 use rusqlite::{params, Connection, OptionalExtension};
 use rustc_hash::FxHashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// `synchronous = FULL`: in WAL mode every commit waits for the WAL to reach
 /// the disk, so a reading acknowledged to the broker (PUBACK after commit)
@@ -99,7 +100,7 @@ pub(super) fn action(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Action> {
 }
 
 use super::codec::{bucket, input_body, input_columns, rollup_table, SEEN_RETENTION_MS};
-pub(super) use super::codec::{from_ms, int_q, ms, q_int};
+pub(super) use super::codec::{from_ms, int_q, ms};
 
 /// Opens (creating if needed) the database at `path`, migrates it, and
 /// returns its writer, a reader on a connection of its own, and what the
@@ -128,15 +129,21 @@ pub(super) fn open(path: &Path, feed: bool) -> Result<(SqliteWriter, SqliteReade
     let read = Connection::open(path).map_err(sq)?;
     read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
     let restored = restore(&write).map_err(sq)?;
+    let staging = Staging::new(super::staging::restore(&write).map_err(sq)?);
+    let reader = SqliteReader {
+        read: Mutex::new(read),
+        staged: staging.pending.clone(),
+    };
     let writer = SqliteWriter {
         c: write,
         ids: PointIds::default(),
+        staging,
         feed,
         place: path.display().to_string(),
         short_wal: false,
         full: false,
     };
-    Ok((writer, SqliteReader { read: Mutex::new(read) }, restored))
+    Ok((writer, reader, restored))
 }
 
 fn restore(c: &Connection) -> rusqlite::Result<Restored> {
@@ -192,9 +199,17 @@ fn restore(c: &Connection) -> rusqlite::Result<Restored> {
 /// The API's reads, on one connection of their own.
 pub(super) struct SqliteReader {
     read: Mutex<Connection>,
+    /// Readings acknowledged but not merged into `readings` yet.
+    staged: Arc<Mutex<Pending>>,
 }
 
 impl SqliteReader {
+    /// A point's staged readings in `[from, to]` (ms).
+    fn staged(&self, point: &PointId, from: i64, to: i64) -> Vec<Staged> {
+        let p = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        p.rows_of(point.as_str(), from, to)
+    }
+
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         // A std Mutex: queries run on a blocking thread and nothing awaits while it is held.
         let c = self
@@ -213,15 +228,31 @@ impl Reader for SqliteReader {
         to: Timestamp,
         limit: usize,
     ) -> Result<Vec<ReadingRow>, StoreError> {
-        self.with(|c| {
+        // Staged first, then the database: a reading merged in between is in
+        // both (and kept once), never in neither.
+        let staged = self.staged(point, ms(from), ms(to));
+        let mut rows = self.with(|c| {
             let mut st = c.prepare_cached(
                 &format!("SELECT t, value, quality, arrived FROM readings WHERE point = {POINT_ID} AND t >= ?2 AND t <= ?3 ORDER BY t LIMIT ?4"),
             )?;
             let rows = st.query_map(params![point.as_str(), ms(from), ms(to), limit as i64 + 1], |r| {
                 Ok((from_ms(r.get(0)?), r.get::<_, Option<f64>>(1)?, int_q(r.get(2)?), from_ms(r.get(3)?)))
             })?;
-            rows.collect()
-        })
+            rows.collect::<rusqlite::Result<Vec<ReadingRow>>>()
+        })?;
+        if !staged.is_empty() {
+            // The first reading of a (point, t) is the one kept, as the merge
+            // keeps it: the database's, else the earliest staged.
+            let mut seen: rustc_hash::FxHashSet<i64> = rows.iter().map(|r| ms(r.0)).collect();
+            for s in staged {
+                if seen.insert(s.t) {
+                    rows.push((from_ms(s.t), s.value, s.quality(), from_ms(s.arrived)));
+                }
+            }
+            rows.sort_by_key(|r| r.0);
+            rows.truncate(limit + 1);
+        }
+        Ok(rows)
     }
 
     fn rollups(
@@ -233,14 +264,49 @@ impl Reader for SqliteReader {
         limit: usize,
     ) -> Result<Vec<Bucket>, StoreError> {
         let table = rollup_table(res)?;
+        let width = res.width_ms().unwrap_or(MINUTE_MS);
+        let staged = self.staged(point, ms(start), ms(to) + width);
         self.with(|c| {
-            let mut st = c.prepare_cached(&format!(
+            // One snapshot for both reads: a merge committing between them
+            // would otherwise count a staged reading twice.
+            let tx = c.unchecked_transaction()?;
+            // The staged readings' buckets as the merge will fold them in:
+            // the first of a (point, t) only, and none already stored.
+            let mut extra: std::collections::BTreeMap<i64, Rollup> = Default::default();
+            let mut seen = rustc_hash::FxHashSet::default();
+            let mut stored = tx.prepare_cached(&format!(
+                "SELECT count(*) FROM readings WHERE point = {POINT_ID} AND t = ?2"
+            ))?;
+            for s in staged {
+                let Some(v) = s.value.filter(|v| v.is_finite() && s.quality() != Quality::Bad) else {
+                    continue;
+                };
+                let b = s.t - s.t.rem_euclid(width);
+                if b < ms(start) || b > ms(to) || !seen.insert(s.t) {
+                    continue;
+                }
+                if stored.query_row(params![point.as_str(), s.t], |r| r.get::<_, i64>(0))? == 0 {
+                    extra.entry(b).or_insert_with(Rollup::empty).add(v);
+                }
+            }
+            let mut st = tx.prepare_cached(&format!(
                 "SELECT t, n, sum, min, max FROM {table} WHERE point = {POINT_ID} AND t >= ?2 AND t <= ?3 ORDER BY t LIMIT ?4"
             ))?;
             let rows = st.query_map(params![point.as_str(), ms(start), ms(to), limit as i64 + 1], |r| {
-                Ok(bucket(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((r.get::<_, i64>(0)?, Rollup { n: r.get(1)?, sum: r.get(2)?, min: r.get(3)?, max: r.get(4)? }))
             })?;
-            rows.collect()
+            let mut buckets = rows.collect::<rusqlite::Result<Vec<(i64, Rollup)>>>()?;
+            if !extra.is_empty() {
+                for (t, r) in buckets.iter_mut() {
+                    if let Some(e) = extra.remove(t) {
+                        r.merge(&e);
+                    }
+                }
+                buckets.extend(extra);
+                buckets.sort_by_key(|b| b.0);
+                buckets.truncate(limit + 1);
+            }
+            Ok(buckets.into_iter().map(|(t, r)| bucket(t, r.n, r.sum, r.min, r.max)).collect())
         })
     }
 
@@ -419,6 +485,7 @@ const POINT_ID: &str = "(SELECT id FROM points WHERE name = ?1)";
 fn apply(
     c: &mut Connection,
     ids: &mut PointIds,
+    staging: &mut Staging,
     feed: bool,
     ops: &[Box<Batch>],
     mut rejects: Option<&mut Vec<Rejected>>,
@@ -426,9 +493,13 @@ fn apply(
     let tx = c.transaction()?;
     // The export feed's record of this commit (only with a sink configured).
     let mut export = super::feed::Body::default();
-    // The rollups of what this transaction adds, summed per bucket first
-    // so a bucket is written once per commit, not once per reading.
-    let mut minutes: FxHashMap<(i64, i64), (&str, Rollup)> = FxHashMap::default();
+    // The staged points that are due go into `readings` first, then this
+    // commit's readings are logged (see super::staging).
+    let incoming = ops.iter().map(|b| b.readings.len()).sum();
+    let plan = staging.plan(incoming);
+    merge(&tx, &plan, feed, &mut export, rejects.as_deref_mut())?;
+    super::staging::trim(&tx, &plan)?;
+    let mut fresh = Vec::with_capacity(incoming);
     {
         let mut row = |r: rusqlite::Result<usize>, table: &'static str, key: &dyn Fn() -> String| match r {
             Ok(_) => Ok(()),
@@ -444,9 +515,6 @@ fn apply(
             }
             Err(e) => Err(e),
         };
-        let mut ins_r = tx.prepare_cached(
-            "INSERT OR IGNORE INTO readings (point, t, value, quality, arrived) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
         let mut up_a = tx.prepare_cached(
             "INSERT INTO alarms (id, site, source, condition, open, updated, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT(id) DO UPDATE SET open = excluded.open, updated = excluded.updated, json = excluded.json",
@@ -463,27 +531,13 @@ fn apply(
             tx.prepare_cached("INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)")?;
         let mut ins_in =
             tx.prepare_cached("INSERT INTO inputs (arrived, site, source, topic, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        // In key order: consecutive inserts land on the same leaf pages
-        // (hot in the cache) instead of hopping across the fleet's points.
-        let mut readings: Vec<&crate::model::Reading> = ops.iter().flat_map(|b| &b.readings).collect();
-        readings.sort_unstable_by(|a, b| (a.point.as_str(), a.t).cmp(&(b.point.as_str(), b.t)));
-        for r in readings {
+        for r in ops.iter().flat_map(|b| &b.readings) {
             let point = ids.id(&tx, r.point.as_str())?;
-            let res = ins_r.execute(params![point, ms(r.t), r.value, q_int(r.quality), ms(r.arrived)]);
-            // Only a reading actually added counts (a duplicate is
-            // ignored by the table and must not be counted twice).
-            let added = matches!(res, Ok(1));
-            row(res, "readings", &|| format!("{} at {}", r.point, r.t.to_rfc3339()))?;
-            if added && feed {
-                export.readings.push(super::feed::FeedReading::of(r));
-            }
-            if let (true, Some(v)) = (added && r.quality != Quality::Bad, r.value.filter(|v| v.is_finite())) {
-                let t = ms(r.t);
-                minutes
-                    .entry((point, t - t.rem_euclid(MINUTE_MS)))
-                    .or_insert_with(|| (r.point.as_str(), Rollup::empty()))
-                    .1
-                    .add(v);
+            let logged = super::staging::log(&tx, point, r);
+            let key = || format!("{} at {}", r.point, r.t.to_rfc3339());
+            match logged {
+                Ok(s) => fresh.push((Box::<str>::from(r.point.as_str()), point, s)),
+                Err(e) => row(Err(e), "readings", &key)?,
             }
         }
         // A group's state rows once each, with their newest values (a
@@ -591,13 +645,74 @@ fn apply(
             }
         }
     }
-    if !minutes.is_empty() {
-        write_rollups(&tx, &minutes, rejects)?;
-    }
     if !export.readings.is_empty() || !export.transitions.is_empty() {
         super::feed::append(&tx, Utc::now(), &export)?;
     }
-    tx.commit()
+    tx.commit()?;
+    staging.stage(plan, fresh);
+    Ok(())
+}
+
+/// Merges the planned points' staged readings into `readings`, in key order
+/// (a point's page is written once for all of them), and folds the ones it
+/// added into the 1-minute and 1-hour buckets they fall in: a duplicate
+/// `(point, t)` is ignored by the table and must not be counted twice, and a
+/// late reading corrects only its own buckets.
+fn merge(
+    tx: &rusqlite::Transaction,
+    plan: &super::staging::Plan,
+    feed: bool,
+    export: &mut super::feed::Body,
+    mut rejects: Option<&mut Vec<Rejected>>,
+) -> rusqlite::Result<()> {
+    if plan.merges.is_empty() {
+        return Ok(());
+    }
+    let mut ins = tx.prepare_cached(
+        "INSERT OR IGNORE INTO readings (point, t, value, quality, arrived) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    // Summed per bucket first, so a bucket is written once per merge.
+    let mut minutes: FxHashMap<(i64, i64), (&str, Rollup)> = FxHashMap::default();
+    let mut merges: Vec<&super::staging::Merge> = plan.merges.iter().collect();
+    merges.sort_unstable_by_key(|m| m.point);
+    for m in merges {
+        let mut rows: Vec<&Staged> = m.rows.iter().collect();
+        // Stable: of two readings at one t, the one logged first is kept.
+        rows.sort_by_key(|r| r.t);
+        for r in rows {
+            let res = ins.execute(params![m.point, r.t, r.value, r.quality, r.arrived]);
+            let added = matches!(res, Ok(1));
+            match res {
+                Ok(_) => {}
+                Err(e) if permanent(&e) && rejects.is_some() => {
+                    if let Some(list) = rejects.as_deref_mut() {
+                        list.push(Rejected {
+                            table: "readings",
+                            key: format!("{} at {}", m.name, from_ms(r.t).to_rfc3339()),
+                            error: e.to_string(),
+                        });
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+            if added && feed {
+                export.readings.push(super::feed::FeedReading {
+                    point: m.name.to_string(),
+                    t: r.t,
+                    value: r.value,
+                    quality: r.quality(),
+                });
+            }
+            if let (true, Some(v)) = (added && r.quality() != Quality::Bad, r.value.filter(|v| v.is_finite())) {
+                minutes
+                    .entry((m.point, r.t - r.t.rem_euclid(MINUTE_MS)))
+                    .or_insert_with(|| (&m.name, Rollup::empty()))
+                    .1
+                    .add(v);
+            }
+        }
+    }
+    write_rollups(tx, &minutes, rejects)
 }
 
 /// Folds the transaction's new values into the 1-minute and 1-hour buckets
@@ -709,6 +824,8 @@ fn prune_by_point(c: &Connection, table: &str, cutoff: i64) -> rusqlite::Result<
 pub(super) struct SqliteWriter {
     c: Connection,
     ids: PointIds,
+    /// Readings logged and not yet merged (see super::staging).
+    staging: Staging,
     feed: bool,
     place: String,
     /// The WAL checkpoint interval has been shortened (see [`SHORT_WAL`]).
@@ -727,15 +844,33 @@ impl Backend for SqliteWriter {
     type Error = rusqlite::Error;
 
     fn apply(&mut self, batches: &[Box<Batch>], rejects: Option<&mut Vec<Rejected>>) -> rusqlite::Result<()> {
-        apply(&mut self.c, &mut self.ids, self.feed, batches, rejects)
+        apply(
+            &mut self.c,
+            &mut self.ids,
+            &mut self.staging,
+            self.feed,
+            batches,
+            rejects,
+        )
     }
 
     fn committed(&mut self) {
         self.ids.committed();
+        self.staging.committed();
     }
 
     fn rolled_back(&mut self) {
         self.ids.rolled_back();
+        self.staging.rolled_back();
+    }
+
+    fn due(&self) -> bool {
+        self.staging.due()
+    }
+
+    fn settle_next(&mut self) -> bool {
+        self.staging.all = self.staging.len() > 0;
+        self.staging.all
     }
 
     fn recover(&mut self, e: &rusqlite::Error) {
@@ -782,6 +917,103 @@ impl Backend for SqliteWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Reading, SiteId};
+
+    fn reading(point: &str, t: i64, v: f64) -> Reading {
+        Reading {
+            point: PointId::new(&SiteId::new("S").unwrap(), point).unwrap(),
+            t: from_ms(t),
+            value: Some(v),
+            quality: Quality::Good,
+            arrived: from_ms(t),
+        }
+    }
+
+    fn commit(w: &mut SqliteWriter, readings: Vec<Reading>) {
+        let b = Box::new(Batch {
+            readings,
+            ..Default::default()
+        });
+        w.apply(&[b], None).unwrap();
+        w.committed();
+    }
+
+    fn count(w: &SqliteWriter, sql: &str) -> i64 {
+        w.c.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// What a reader of the point gets: raw values, and the 1-minute buckets' counts.
+    fn read(r: &SqliteReader, point: &str) -> (Vec<Option<f64>>, Vec<u64>) {
+        let p = PointId::new(&SiteId::new("S").unwrap(), point).unwrap();
+        let raw = r.readings(&p, from_ms(0), from_ms(10_000_000), 100).unwrap();
+        let min = r
+            .rollups(&p, Resolution::Minute, from_ms(0), from_ms(10_000_000), 100)
+            .unwrap();
+        (raw.iter().map(|r| r.1).collect(), min.iter().map(|b| b.count).collect())
+    }
+
+    #[test]
+    fn staged_readings_are_read_at_once_merged_once_and_survive_a_restart_unmerged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (mut w, r, _) = open(&path, false).unwrap();
+        w.staging.policy = super::super::staging::Policy {
+            age: std::time::Duration::from_secs(3600),
+            cap: 4,
+        };
+        // a, b, a: a is staged with log rows 1 and 3, b with row 2.
+        commit(&mut w, vec![reading("a", 1_000, 1.0)]);
+        commit(&mut w, vec![reading("b", 1_000, 10.0)]);
+        commit(&mut w, vec![reading("a", 2_000, 2.0), reading("a", 2_000, 99.0)]);
+        // Nothing merged yet, and a reader sees it all; the duplicate at
+        // t = 2 s is not a reading of its own, the first one is kept.
+        assert_eq!(count(&w, "SELECT count(*) FROM readings"), 0);
+        assert_eq!(read(&r, "a"), (vec![Some(1.0), Some(2.0)], vec![2]));
+        // One more reading is over the cap: a (staged first) is merged; b's
+        // row 2 is the oldest left, so the log keeps rows 2.. and with them
+        // a's rows 3 and 4, already merged.
+        commit(&mut w, vec![reading("c", 1_000, 100.0)]);
+        assert_eq!(count(&w, "SELECT count(*) FROM readings"), 2);
+        assert_eq!(count(&w, "SELECT count(*) FROM readings_log"), 4);
+        assert_eq!(read(&r, "a"), (vec![Some(1.0), Some(2.0)], vec![2]));
+        assert_eq!(read(&r, "b"), (vec![Some(10.0)], vec![1]));
+        // A crash now: the log is staged again on restart, and merging it
+        // adds b and c and changes nothing of a (its rollup still counts 2).
+        drop((w, r));
+        let (mut w, r, _) = open(&path, false).unwrap();
+        assert_eq!(w.staging.len(), 4);
+        assert_eq!(read(&r, "b"), (vec![Some(10.0)], vec![1]));
+        assert!(w.settle_next());
+        w.apply(&[], None).unwrap();
+        w.committed();
+        assert_eq!(w.staging.len(), 0);
+        assert_eq!(count(&w, "SELECT count(*) FROM readings_log"), 0);
+        assert_eq!(count(&w, "SELECT count(*) FROM readings"), 4);
+        assert_eq!(count(&w, "SELECT sum(n) FROM rollup_1m"), 4);
+        assert_eq!(count(&w, "SELECT sum(n) FROM rollup_1h"), 4);
+        for (p, want) in [
+            ("a", (vec![Some(1.0), Some(2.0)], vec![2])),
+            ("b", (vec![Some(10.0)], vec![1])),
+            ("c", (vec![Some(100.0)], vec![1])),
+        ] {
+            assert_eq!(read(&r, p), want, "{p}");
+        }
+    }
+
+    #[test]
+    fn a_commit_that_rolls_back_stages_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, r, _) = open(&dir.path().join("s.db"), false).unwrap();
+        let b = Box::new(Batch {
+            readings: vec![reading("a", 1_000, 1.0)],
+            ..Default::default()
+        });
+        w.apply(&[b], None).unwrap();
+        // The writer was told it failed after all (the ack path never ran).
+        w.rolled_back();
+        assert_eq!(w.staging.len(), 0);
+        assert_eq!(read(&r, "a"), (vec![], vec![]));
+    }
 
     #[test]
     fn the_write_connection_syncs_every_commit() {

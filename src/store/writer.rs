@@ -19,6 +19,9 @@ pub(super) enum Op {
     Batch(Box<Batch>),
     Flush(oneshot::Sender<()>),
     Write(SmallWrite, oneshot::Sender<Result<(), String>>),
+    /// Once a second: a chance to settle what is due (see [`Backend::due`])
+    /// when no batches come.
+    Tick,
 }
 
 /// A small write outside the pipeline's batches, committed by the writer in
@@ -65,6 +68,19 @@ pub(super) trait Backend: Send + 'static {
     /// Drops what is past its retention; rows dropped per table.
     fn prune(&mut self, retention: Retention, now: Timestamp) -> Result<Vec<(&'static str, usize)>, Self::Error>;
     fn write(&mut self, w: &SmallWrite) -> Result<(), Self::Error>;
+    /// Asks the next [`Backend::apply`] to bring everything committed into
+    /// its final tables (SQLite merges all staged readings, see
+    /// super::staging), as before a flush is answered and when the writer
+    /// stops; false when there is nothing to do. Committed data is durable
+    /// either way.
+    fn settle_next(&mut self) -> bool {
+        false
+    }
+    /// Something committed is due to be settled by the next apply, so an
+    /// idle writer should run one.
+    fn due(&self) -> bool {
+        false
+    }
     /// Where it writes, for the log (a path, or a URL without its password).
     fn place(&self) -> &str;
 }
@@ -82,12 +98,7 @@ pub(super) struct Ends {
 
 /// Runs on its own thread until the queue's senders are gone.
 pub(super) fn run<B: Backend>(mut db: B, mut rx: mpsc::Receiver<Op>, retention: Retention, ends: Ends) {
-    let Ends {
-        metrics,
-        healthy,
-        quarantine,
-        commits,
-    } = ends;
+    let Ends { metrics, commits, .. } = &ends;
     let mut backoff_ms = 50u64;
     let mut pruned: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
@@ -125,43 +136,13 @@ pub(super) fn run<B: Backend>(mut db: B, mut rx: mpsc::Receiver<Op>, retention: 
                 Op::Batch(b) => batches.push(b),
                 Op::Flush(tx) => flushes.push(tx),
                 Op::Write(w, tx) => writes.push((w, tx)),
+                Op::Tick => {}
             }
         }
-        loop {
-            let started = std::time::Instant::now();
-            let mut result = db.apply(&batches, None);
-            if result.as_ref().is_err_and(|e| e.permanent()) {
-                // Some row can never commit: retrying would stall every site
-                // for ever. Commit the rest and quarantine that row.
-                db.rolled_back();
-                let mut rejects = Vec::new();
-                result = db.apply(&batches, Some(&mut rejects));
-                if result.is_ok() {
-                    reject(&rejects, &metrics, &quarantine);
-                }
-            }
-            match result {
-                Ok(()) => {
-                    db.committed();
-                    metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
-                    healthy.store(true, Ordering::Relaxed);
-                    backoff_ms = 50;
-                    break;
-                }
-                Err(e) => {
-                    db.rolled_back();
-                    // Nothing is acknowledged until it commits: keep the batch
-                    // and retry; the broker keeps the messages meanwhile.
-                    metrics.store_errors.inc();
-                    healthy.store(false, Ordering::Relaxed);
-                    tracing::error!(store = db.place(), error = %e, retry_in_ms = backoff_ms, "store commit failed");
-                    db.recover(&e);
-                    std::thread::sleep(std::time::Duration::from_millis(backoff_ms));
-                    backoff_ms = (backoff_ms * 2).min(5_000);
-                    db.before_retry();
-                }
-            }
+        if batches.is_empty() && flushes.is_empty() && writes.is_empty() && !db.due() {
+            continue;
         }
+        commit(&mut db, &batches, &mut backoff_ms, &ends);
         // Durable now: acknowledge (MQTT PUBACKs, command replies, the
         // shards' views), then publish what was committed.
         let mut committed = Committed::default();
@@ -190,11 +171,61 @@ pub(super) fn run<B: Backend>(mut db: B, mut rx: mpsc::Receiver<Op>, retention: 
             });
             let _ = reply.send(r); // the requester may have gone; the write stands
         }
+        if !flushes.is_empty() && db.settle_next() {
+            commit(&mut db, &[], &mut backoff_ms, &ends);
+        }
         for f in flushes {
             let _ = f.send(()); // the flusher may have given up waiting; nothing to undo
         }
     }
+    if db.settle_next() {
+        commit(&mut db, &[], &mut backoff_ms, &ends);
+    }
     tracing::info!("store writer stopped");
+}
+
+/// Commits one group, retrying until it does: nothing behind it is
+/// acknowledged before, and the broker keeps the messages meanwhile.
+fn commit<B: Backend>(db: &mut B, batches: &[Box<Batch>], backoff_ms: &mut u64, ends: &Ends) {
+    let Ends {
+        metrics,
+        healthy,
+        quarantine,
+        ..
+    } = ends;
+    loop {
+        let started = std::time::Instant::now();
+        let mut result = db.apply(batches, None);
+        if result.as_ref().is_err_and(|e| e.permanent()) {
+            // Some row can never commit: retrying would stall every site
+            // for ever. Commit the rest and quarantine that row.
+            db.rolled_back();
+            let mut rejects = Vec::new();
+            result = db.apply(batches, Some(&mut rejects));
+            if result.is_ok() {
+                reject(&rejects, metrics, quarantine);
+            }
+        }
+        match result {
+            Ok(()) => {
+                db.committed();
+                metrics.store_commit_seconds.observe(started.elapsed().as_secs_f64());
+                healthy.store(true, Ordering::Relaxed);
+                *backoff_ms = 50;
+                return;
+            }
+            Err(e) => {
+                db.rolled_back();
+                metrics.store_errors.inc();
+                healthy.store(false, Ordering::Relaxed);
+                tracing::error!(store = db.place(), error = %e, retry_in_ms = *backoff_ms, "store commit failed");
+                db.recover(&e);
+                std::thread::sleep(std::time::Duration::from_millis(*backoff_ms));
+                *backoff_ms = (*backoff_ms * 2).min(5_000);
+                db.before_retry();
+            }
+        }
+    }
 }
 
 fn reject(rows: &[Rejected], metrics: &Metrics, quarantine: &Quarantine) {

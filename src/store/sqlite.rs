@@ -129,7 +129,7 @@ pub(super) fn open(path: &Path, feed: bool) -> Result<(SqliteWriter, SqliteReade
     let read = Connection::open(path).map_err(sq)?;
     read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
     let restored = restore(&write).map_err(sq)?;
-    let staging = Staging::new(super::staging::restore(&write).map_err(sq)?);
+    let staging = super::staging::restore(&write).map_err(sq)?;
     let reader = SqliteReader {
         read: Mutex::new(read),
         staged: staging.pending.clone(),
@@ -498,7 +498,7 @@ fn apply(
     let incoming = ops.iter().map(|b| b.readings.len()).sum();
     let plan = staging.plan(incoming);
     merge(&tx, &plan, feed, &mut export, rejects.as_deref_mut())?;
-    super::staging::trim(&tx, &plan)?;
+    staging.trim(&tx, &plan)?;
     let mut fresh = Vec::with_capacity(incoming);
     {
         let mut row = |r: rusqlite::Result<usize>, table: &'static str, key: &dyn Fn() -> String| match r {
@@ -969,25 +969,28 @@ mod tests {
         // t = 2 s is not a reading of its own, the first one is kept.
         assert_eq!(count(&w, "SELECT count(*) FROM readings"), 0);
         assert_eq!(read(&r, "a"), (vec![Some(1.0), Some(2.0)], vec![2]));
-        // One more reading is over the cap: a (staged first) is merged; b's
-        // row 2 is the oldest left, so the log keeps rows 2.. and with them
-        // a's rows 3 and 4, already merged.
+        // One more reading is over the cap: a (staged first) is merged. The
+        // log keeps every row (it is trimmed in steps of thousands), a's
+        // rows 1, 3 and 4 with them, already merged.
         commit(&mut w, vec![reading("c", 1_000, 100.0)]);
         assert_eq!(count(&w, "SELECT count(*) FROM readings"), 2);
-        assert_eq!(count(&w, "SELECT count(*) FROM readings_log"), 4);
+        assert_eq!(count(&w, "SELECT count(*) FROM readings_log"), 5);
         assert_eq!(read(&r, "a"), (vec![Some(1.0), Some(2.0)], vec![2]));
         assert_eq!(read(&r, "b"), (vec![Some(10.0)], vec![1]));
         // A crash now: the log is staged again on restart, and merging it
         // adds b and c and changes nothing of a (its rollup still counts 2).
         drop((w, r));
         let (mut w, r, _) = open(&path, false).unwrap();
-        assert_eq!(w.staging.len(), 4);
+        assert_eq!(w.staging.len(), 5);
         assert_eq!(read(&r, "b"), (vec![Some(10.0)], vec![1]));
         assert!(w.settle_next());
         w.apply(&[], None).unwrap();
         w.committed();
         assert_eq!(w.staging.len(), 0);
-        assert_eq!(count(&w, "SELECT count(*) FROM readings_log"), 0);
+        // Settling trims all but the newest row, kept so that no log id is
+        // ever handed out twice.
+        assert_eq!(count(&w, "SELECT max(id) FROM readings_log"), 5);
+        assert_eq!(count(&w, "SELECT count(*) FROM readings_log"), 1);
         assert_eq!(count(&w, "SELECT count(*) FROM readings"), 4);
         assert_eq!(count(&w, "SELECT sum(n) FROM rollup_1m"), 4);
         assert_eq!(count(&w, "SELECT sum(n) FROM rollup_1h"), 4);

@@ -22,9 +22,9 @@
 //! and from the database, see [`Pending::rows_of`]); a duplicate `(point, t)`
 //! keeps the first reading and is counted in the rollups once, because the
 //! merge is `INSERT OR IGNORE` and only rows it added are rolled up. The log
-//! is trimmed behind the oldest staged reading, so a row there may already be
-//! merged; after a restart the whole log is staged again and such a row is
-//! ignored by the merge, changing nothing.
+//! is trimmed behind the oldest staged reading, thousands of rows at a time,
+//! so a row there may already be merged; after a restart the whole log is
+//! staged again and such a row is ignored by the merge, changing nothing.
 
 use super::codec::{int_q, ms, q_int};
 use crate::model::Quality;
@@ -189,15 +189,30 @@ pub(super) struct Staging {
     pub policy: Policy,
     /// The next transaction merges everything staged (a flush, a shutdown).
     pub all: bool,
+    /// Log rows below this id are gone.
+    trimmed: i64,
+    /// The newest log row's id. It is never deleted, so SQLite never hands
+    /// out an id again (a rowid table's next id is its largest plus one).
+    newest: i64,
+    /// The transaction under way deletes the log rows below this.
+    trim_to: Option<i64>,
     outcome: Option<(Plan, Vec<(Box<str>, i64, Staged)>)>,
 }
 
+/// The log is trimmed once this many of its rows are merged: deleting at the
+/// log's front changes the free-page list and the database header, pages a
+/// commit would otherwise write for every few rows it frees.
+const TRIM_ROWS: i64 = 4096;
+
 impl Staging {
-    pub fn new(pending: Pending) -> Self {
+    fn new(pending: Pending, trimmed: i64, newest: i64) -> Self {
         Self {
             pending: Arc::new(Mutex::new(pending)),
             policy: Policy::default(),
             all: false,
+            trimmed,
+            newest,
+            trim_to: None,
             outcome: None,
         }
     }
@@ -219,7 +234,13 @@ impl Staging {
     }
 
     pub fn committed(&mut self) {
+        if let Some(to) = self.trim_to.take() {
+            self.trimmed = to;
+        }
         if let Some((plan, fresh)) = self.outcome.take() {
+            if let Some(last) = fresh.last() {
+                self.newest = last.2.id;
+            }
             self.lock().commit(&plan, fresh, Instant::now());
             self.all = false;
         }
@@ -227,6 +248,20 @@ impl Staging {
 
     pub fn rolled_back(&mut self) {
         self.outcome = None;
+        self.trim_to = None;
+    }
+
+    /// Drops the log rows `plan` leaves merged (and any merged earlier), once
+    /// there are [`TRIM_ROWS`] of them or everything is being settled; the
+    /// newest row always stays.
+    pub fn trim(&mut self, tx: &rusqlite::Transaction, plan: &Plan) -> rusqlite::Result<()> {
+        let below = plan.keep_from.unwrap_or(self.newest).min(self.newest);
+        if below - self.trimmed >= TRIM_ROWS || (self.all && below > self.trimmed) {
+            tx.prepare_cached("DELETE FROM readings_log WHERE id < ?1")?
+                .execute([below])?;
+            self.trim_to = Some(below);
+        }
+        Ok(())
     }
 
     /// Whether the next transaction would merge something.
@@ -255,20 +290,9 @@ pub(super) fn log(tx: &rusqlite::Transaction, point: i64, r: &crate::model::Read
     })
 }
 
-/// Drops the log rows `plan` has merged (and any merged earlier).
-pub(super) fn trim(tx: &rusqlite::Transaction, plan: &Plan) -> rusqlite::Result<()> {
-    match plan.keep_from {
-        Some(id) => tx
-            .prepare_cached("DELETE FROM readings_log WHERE id < ?1")?
-            .execute([id])?,
-        None => tx.prepare_cached("DELETE FROM readings_log")?.execute([])?,
-    };
-    Ok(())
-}
-
 /// The log as left by the last run, staged again (nothing of it is lost, and
 /// what was already merged is ignored when it is merged again).
-pub(super) fn restore(c: &rusqlite::Connection) -> rusqlite::Result<Pending> {
+pub(super) fn restore(c: &rusqlite::Connection) -> rusqlite::Result<Staging> {
     let mut st = c.prepare(
         "SELECT l.id, p.name, l.point, l.t, l.value, l.quality, l.arrived
          FROM readings_log l JOIN points p ON p.id = l.point ORDER BY l.id",
@@ -295,8 +319,10 @@ pub(super) fn restore(c: &rusqlite::Connection) -> rusqlite::Result<Pending> {
         merges: Vec::new(),
         keep_from: None,
     };
+    let oldest = fresh.first().map_or(0, |f| f.2.id);
+    let newest = fresh.last().map_or(0, |f| f.2.id);
     pending.commit(&empty, fresh, Instant::now());
-    Ok(pending)
+    Ok(Staging::new(pending, oldest, newest))
 }
 
 #[cfg(test)]

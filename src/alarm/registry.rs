@@ -117,6 +117,10 @@ pub struct Registry {
     /// suppressing the others) looks at that device's alarms, not at every
     /// open one (a replay of a year, nobody acknowledging, holds thousands).
     by_device: FxHashMap<DeviceId, Vec<AlarmKey>>,
+    /// Keys of the open occurrences per site: a site's status after each of
+    /// its messages reads its own alarms, not every open one (a scan of all
+    /// was per message, and the fleet's open alarms grow into thousands).
+    by_site: FxHashMap<SiteId, Vec<AlarmKey>>,
     /// Parent conditions per (device, child condition), from the profiles.
     parents: FxHashMap<(DeviceId, String), Vec<String>>,
     /// Ids issued in the processing millisecond `.0` (closed occurrences
@@ -181,6 +185,7 @@ impl Registry {
             }
             self.unindex(&old.device, &key);
         }
+        self.by_site.entry(key.site.clone()).or_default().push(key.clone());
         self.by_device.entry(device).or_default().push(key);
     }
 
@@ -192,14 +197,24 @@ impl Registry {
     }
 
     fn unindex(&mut self, device: &DeviceId, key: &AlarmKey) {
-        if let Some(keys) = self.by_device.get_mut(device) {
-            if let Some(i) = keys.iter().position(|k| k == key) {
-                keys.swap_remove(i);
-            }
-            if keys.is_empty() {
-                self.by_device.remove(device);
+        fn drop_key<K: std::hash::Hash + Eq>(index: &mut FxHashMap<K, Vec<AlarmKey>>, at: &K, key: &AlarmKey) {
+            if let Some(keys) = index.get_mut(at) {
+                if let Some(i) = keys.iter().position(|k| k == key) {
+                    keys.swap_remove(i);
+                }
+                if keys.is_empty() {
+                    index.remove(at);
+                }
             }
         }
+        drop_key(&mut self.by_device, device, key);
+        drop_key(&mut self.by_site, &key.site, key);
+    }
+
+    /// `site`'s open occurrences, in no particular order.
+    pub fn of_site<'a>(&'a self, site: &SiteId) -> impl Iterator<Item = &'a Alarm> + 'a {
+        let keys = self.by_site.get(site).map(|k| k.as_slice()).unwrap_or_default();
+        keys.iter().filter_map(move |k| self.open.get(k))
     }
 
     /// The keys of `device`'s open occurrences that pass `f`, in key order
@@ -708,9 +723,10 @@ mod tests {
             .collect()
     }
 
-    /// The per-device index is what confirm_late and suppression look at:
-    /// through raises, clears, acks, late findings and a restore it holds
-    /// exactly the open occurrences of each device.
+    /// The per-device index is what confirm_late and suppression look at,
+    /// the per-site one what a site's status reads: through raises, clears,
+    /// acks, late findings and a restore they hold exactly the open
+    /// occurrences of each device and site.
     #[test]
     fn the_device_index_follows_every_open_occurrence() {
         let check = |r: &Registry| {
@@ -728,6 +744,17 @@ mod tests {
             got.sort();
             assert_eq!(got, want);
             assert_eq!(r.by_id.len(), r.open.len());
+            // And the per-site index, as the site's status reads it.
+            let mut want: Vec<&str> = r.open.values().map(|a| a.id.as_str()).collect();
+            let mut got: Vec<&str> = r
+                .by_site
+                .keys()
+                .flat_map(|site| r.of_site(site).map(|a| a.id.as_str()))
+                .collect();
+            want.sort();
+            got.sort();
+            assert_eq!(got, want);
+            assert_eq!(r.by_site.values().map(Vec::len).sum::<usize>(), r.open.len());
         };
         let on = |dev: usize, cond: &str| {
             let mut s = spec(cond, &[]);

@@ -245,7 +245,7 @@ impl Engine {
     pub fn site_statuses(&self) -> Vec<SiteStatus> {
         self.sites
             .iter()
-            .map(|(id, s)| s.status(id, self.registry.iter()))
+            .map(|(id, s)| s.status(id, self.registry.of_site(id)))
             .collect()
     }
 
@@ -303,7 +303,7 @@ impl Engine {
         touched.dedup();
         for id in touched {
             if let Some(s) = self.sites.get(&id) {
-                step.sites.push(s.status(&id, self.registry.iter()));
+                step.sites.push(s.status(&id, self.registry.of_site(&id)));
             }
         }
         step

@@ -429,6 +429,30 @@ pub(super) fn inputs(
     Ok(n)
 }
 
+/// A statement's outcome in a transaction that may quarantine: with
+/// `rejects`, a failure retrying cannot cure is recorded there (the row under
+/// `table` and `key`) and skipped as `Ok(None)`; anything else, and any
+/// failure without `rejects`, fails the transaction.
+fn or_reject<T>(
+    res: rusqlite::Result<T>,
+    rejects: &mut Option<&mut Vec<Rejected>>,
+    table: &'static str,
+    key: impl FnOnce() -> String,
+) -> rusqlite::Result<Option<T>> {
+    match (res, rejects) {
+        (Ok(v), _) => Ok(Some(v)),
+        (Err(e), Some(list)) if permanent(&e) => {
+            list.push(Rejected {
+                table,
+                key: key(),
+                error: e.to_string(),
+            });
+            Ok(None)
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
 /// Errors that retrying cannot cure. Everything else (disk full, I/O, busy,
 /// locked) is transient: the batch is kept and retried with backoff.
 fn permanent(e: &rusqlite::Error) -> bool {
@@ -500,20 +524,16 @@ fn apply(
     merge(&tx, &plan, feed, &mut export, rejects.as_deref_mut())?;
     staging.trim(&tx, &plan)?;
     let mut fresh = Vec::with_capacity(incoming);
+    for r in ops.iter().flat_map(|b| &b.readings) {
+        let point = ids.id(&tx, r.point.as_str())?;
+        let key = || format!("{} at {}", r.point, r.t.to_rfc3339());
+        if let Some(s) = or_reject(super::staging::log(&tx, point, r), &mut rejects, "readings", key)? {
+            fresh.push((Box::<str>::from(r.point.as_str()), point, s));
+        }
+    }
     {
-        let mut row = |r: rusqlite::Result<usize>, table: &'static str, key: &dyn Fn() -> String| match r {
-            Ok(_) => Ok(()),
-            Err(e) if permanent(&e) && rejects.is_some() => {
-                if let Some(list) = rejects.as_deref_mut() {
-                    list.push(Rejected {
-                        table,
-                        key: key(),
-                        error: e.to_string(),
-                    });
-                }
-                Ok(())
-            }
-            Err(e) => Err(e),
+        let mut row = |r: rusqlite::Result<usize>, table: &'static str, key: &dyn Fn() -> String| {
+            or_reject(r, &mut rejects, table, key).map(|_| ())
         };
         let mut up_a = tx.prepare_cached(
             "INSERT INTO alarms (id, site, source, condition, open, updated, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -531,15 +551,6 @@ fn apply(
             tx.prepare_cached("INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)")?;
         let mut ins_in =
             tx.prepare_cached("INSERT INTO inputs (arrived, site, source, topic, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-        for r in ops.iter().flat_map(|b| &b.readings) {
-            let point = ids.id(&tx, r.point.as_str())?;
-            let logged = super::staging::log(&tx, point, r);
-            let key = || format!("{} at {}", r.point, r.t.to_rfc3339());
-            match logged {
-                Ok(s) => fresh.push((Box::<str>::from(r.point.as_str()), point, s)),
-                Err(e) => row(Err(e), "readings", &key)?,
-            }
-        }
         // A group's state rows once each, with their newest values (a
         // device reporting several times in one group is written once).
         let mut alarms = Vec::new();
@@ -681,20 +692,10 @@ fn merge(
         rows.sort_by_key(|r| r.t);
         for r in rows {
             let res = ins.execute(params![m.point, r.t, r.value, r.quality, r.arrived]);
-            let added = matches!(res, Ok(1));
-            match res {
-                Ok(_) => {}
-                Err(e) if permanent(&e) && rejects.is_some() => {
-                    if let Some(list) = rejects.as_deref_mut() {
-                        list.push(Rejected {
-                            table: "readings",
-                            key: format!("{} at {}", m.name, from_ms(r.t).to_rfc3339()),
-                            error: e.to_string(),
-                        });
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+            let key = || format!("{} at {}", m.name, from_ms(r.t).to_rfc3339());
+            // Only a reading actually added counts (a duplicate is ignored
+            // by the table and must not be counted twice).
+            let added = or_reject(res, &mut rejects, "readings", key)? == Some(1);
             if added && feed {
                 export.readings.push(super::feed::FeedReading {
                     point: m.name.to_string(),
@@ -734,19 +735,10 @@ fn write_rollups(
         let mut buckets: Vec<_> = buckets.iter().collect();
         buckets.sort_unstable_by_key(|(k, _)| *k);
         for ((p, t), (name, r)) in buckets {
-            match up.execute(params![p, t, r.n, r.sum, r.min, r.max]) {
-                Ok(_) => {}
-                Err(e) if permanent(&e) && rejects.is_some() => {
-                    if let Some(list) = rejects.as_deref_mut() {
-                        list.push(Rejected {
-                            table,
-                            key: format!("{name} at {}", from_ms(*t).to_rfc3339()),
-                            error: e.to_string(),
-                        });
-                    }
-                }
-                Err(e) => return Err(e),
-            }
+            let res = up.execute(params![p, t, r.n, r.sum, r.min, r.max]);
+            or_reject(res, &mut rejects, table, || {
+                format!("{name} at {}", from_ms(*t).to_rfc3339())
+            })?;
         }
     }
     Ok(())

@@ -47,6 +47,14 @@ pub(super) struct Policy {
     pub cap: usize,
 }
 
+impl Policy {
+    /// Whether a point whose oldest reading has `waited` is merged now, with
+    /// `staged` readings staged in all.
+    fn due(&self, waited: Duration, staged: usize) -> bool {
+        waited >= self.age || staged > self.cap
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Self {
@@ -112,9 +120,8 @@ impl Pending {
         let mut merges = Vec::new();
         let mut keep_from = None;
         for (since, name) in &self.order {
-            let due = all || now.duration_since(*since) >= policy.age || left > policy.cap;
             let p = &self.points[name];
-            if !due {
+            if !all && !policy.due(now.duration_since(*since), left) {
                 keep_from = p.rows.first().map(|r| r.id);
                 break;
             }
@@ -130,11 +137,9 @@ impl Pending {
 
     /// Whether the point staged longest is due at `now`.
     fn due(&self, now: Instant, policy: Policy) -> bool {
-        self.total > policy.cap
-            || self
-                .order
-                .front()
-                .is_some_and(|(since, _)| now.duration_since(*since) >= policy.age)
+        self.order
+            .front()
+            .is_some_and(|(since, _)| policy.due(now.duration_since(*since), self.total))
     }
 
     /// A committed transaction's outcome: its merged points leave, its logged
@@ -151,6 +156,11 @@ impl Pending {
                 self.total -= p.rows.len();
             }
         }
+        self.stage(fresh, now);
+    }
+
+    /// Logged readings, `(point name, point id, row)` in log order, staged at `now`.
+    fn stage(&mut self, fresh: Vec<(Box<str>, i64, Staged)>, now: Instant) {
         for (name, point, row) in fresh {
             self.total += 1;
             match self.points.get_mut(&name) {
@@ -314,14 +324,10 @@ pub(super) fn restore(c: &rusqlite::Connection) -> rusqlite::Result<Staging> {
     for row in rows {
         fresh.push(row?);
     }
-    let mut pending = Pending::default();
-    let empty = Plan {
-        merges: Vec::new(),
-        keep_from: None,
-    };
     let oldest = fresh.first().map_or(0, |f| f.2.id);
     let newest = fresh.last().map_or(0, |f| f.2.id);
-    pending.commit(&empty, fresh, Instant::now());
+    let mut pending = Pending::default();
+    pending.stage(fresh, Instant::now());
     Ok(Staging::new(pending, oldest, newest))
 }
 
@@ -344,11 +350,7 @@ mod tests {
             .iter()
             .map(|(n, id, t)| (Box::<str>::from(*n), n.len() as i64, row(*id, *t)))
             .collect();
-        let none = Plan {
-            merges: Vec::new(),
-            keep_from: None,
-        };
-        p.commit(&none, fresh, at);
+        p.stage(fresh, at);
     }
 
     #[test]

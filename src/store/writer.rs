@@ -171,6 +171,8 @@ pub(super) fn run<B: Backend>(mut db: B, mut rx: mpsc::Receiver<Op>, retention: 
             });
             let _ = reply.send(r); // the requester may have gone; the write stands
         }
+        // A flush is answered with everything in its final tables. A
+        // transaction of its own: the group's own readings were only logged.
         if !flushes.is_empty() && db.settle_next() {
             commit(&mut db, &[], &mut backoff_ms, &ends);
         }

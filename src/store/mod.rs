@@ -18,6 +18,7 @@ mod rollup;
 pub mod schema;
 mod sqlite;
 mod staging;
+mod state_log;
 mod writer;
 
 /// How both stores encode what they keep: times as milliseconds since the

@@ -25,11 +25,12 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("migrations/sqlite/09-point-ids.sql")),
         M::up(include_str!("migrations/sqlite/10-feed.sql")),
         M::up(include_str!("migrations/sqlite/11-readings-log.sql")),
+        M::up(include_str!("migrations/sqlite/12-state-log.sql")),
     ])
 }
 
 /// The schema version this build writes.
-pub const LATEST: usize = 11;
+pub const LATEST: usize = 12;
 
 fn has_table(c: &Connection, name: &str) -> rusqlite::Result<bool> {
     c.query_row(

@@ -1,6 +1,7 @@
 use super::handle::{InputFilter, JournalFilter, JournalRow, Reader, ReadingRow, Restored, StoreError};
 use super::rollup::{hours_of, Rollup, MINUTE_MS};
 use super::staging::{Pending, Staged, Staging};
+use super::state_log::{Kind, StateLog};
 use super::writer::{Backend, Failure, Rejected, SmallWrite};
 use super::{Batch, Bucket, RecordedInput, Resolution, Retention};
 use crate::alarm::{Action, Alarm};
@@ -128,6 +129,8 @@ pub(super) fn open(path: &Path, feed: bool) -> Result<(SqliteWriter, SqliteReade
     write.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
     let read = Connection::open(path).map_err(sq)?;
     read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
+    // The state log first: restore reads the tables it folds into.
+    let states = super::state_log::open(&mut write).map_err(sq)?;
     let restored = restore(&write).map_err(sq)?;
     let staging = super::staging::restore(&write).map_err(sq)?;
     let reader = SqliteReader {
@@ -138,6 +141,7 @@ pub(super) fn open(path: &Path, feed: bool) -> Result<(SqliteWriter, SqliteReade
         c: write,
         ids: PointIds::default(),
         staging,
+        states,
         feed,
         place: path.display().to_string(),
         short_wal: false,
@@ -380,11 +384,9 @@ impl Reader for SqliteReader {
 
     fn latest_raw(&self, site: &str) -> Result<Option<(String, Timestamp)>, StoreError> {
         self.with(|c| {
-            c.query_row(
-                "SELECT topic_payload, arrived FROM raw_latest WHERE site = ?1",
-                [site],
-                |r| Ok((r.get(0)?, from_ms(r.get(1)?))),
-            )
+            c.query_row(super::state_log::LATEST_RAW, [site], |r| {
+                Ok((r.get(0)?, from_ms(r.get(1)?)))
+            })
             .optional()
         })
     }
@@ -510,6 +512,7 @@ fn apply(
     c: &mut Connection,
     ids: &mut PointIds,
     staging: &mut Staging,
+    states: &mut StateLog,
     feed: bool,
     ops: &[Box<Batch>],
     mut rejects: Option<&mut Vec<Rejected>>,
@@ -524,6 +527,7 @@ fn apply(
     merge(&tx, &plan, feed, &mut export, rejects.as_deref_mut())?;
     staging.trim(&tx, &plan)?;
     let mut fresh = Vec::with_capacity(incoming);
+    let mut logged = 0;
     for r in ops.iter().flat_map(|b| &b.readings) {
         let point = ids.id(&tx, r.point.as_str())?;
         let key = || format!("{} at {}", r.point, r.t.to_rfc3339());
@@ -543,12 +547,9 @@ fn apply(
             "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late, priority)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
-        let mut up_rs = tx.prepare_cached("INSERT OR REPLACE INTO rule_state (key, json) VALUES (?1, ?2)")?;
-        let mut up_ds = tx.prepare_cached("INSERT OR REPLACE INTO device_state (device, json) VALUES (?1, ?2)")?;
-        let mut ins_s =
-            tx.prepare_cached("INSERT OR IGNORE INTO msg_seen (device, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4)")?;
-        let mut up_raw =
-            tx.prepare_cached("INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)")?;
+        // Rule and device state, the latest raw message and the accepted
+        // ids go to the state log (see super::state_log).
+        let mut ins_log = tx.prepare_cached(super::state_log::LOG)?;
         let mut ins_in =
             tx.prepare_cached("INSERT INTO inputs (arrived, site, source, topic, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         // A group's state rows once each, with their newest values (a
@@ -578,16 +579,21 @@ fn apply(
             });
             row(upsert, "alarms", &key)?;
         }
+        let none = Option::<i64>::None;
         for (k, v) in super::codec::last_by_key(rule_states, |(k, _)| k.as_str()) {
-            row(up_rs.execute(params![k, v]), "rule_state", &|| k.clone())?;
+            let res = ins_log.execute(params![Kind::RuleState as i64, k, v, none, none, none]);
+            row(res, "rule_state", &|| k.clone())?;
+            logged += 1;
         }
         for (k, v) in super::codec::last_by_key(device_states, |(k, _)| k.as_str()) {
-            row(up_ds.execute(params![k, v]), "device_state", &|| k.clone())?;
+            let res = ins_log.execute(params![Kind::DeviceState as i64, k, v, none, none, none]);
+            row(res, "device_state", &|| k.clone())?;
+            logged += 1;
         }
         for (site, r, arrived) in super::codec::last_by_key(raw, |(s, _, _)| s.as_str()) {
-            row(up_raw.execute(params![site, r, ms(*arrived)]), "raw_latest", &|| {
-                site.clone()
-            })?;
+            let res = ins_log.execute(params![Kind::RawLatest as i64, site, r, none, none, ms(*arrived)]);
+            row(res, "raw_latest", &|| site.clone())?;
+            logged += 1;
         }
         for b in ops {
             for t in &b.transitions {
@@ -618,11 +624,16 @@ fn apply(
                 }
             }
             for (d, boot, seq, arrived) in &b.seen {
-                row(
-                    ins_s.execute(params![d, *boot as i64, *seq as i64, ms(*arrived)]),
-                    "msg_seen",
-                    &|| format!("{d} boot {boot} seq {seq}"),
-                )?;
+                let res = ins_log.execute(params![
+                    Kind::Seen as i64,
+                    d,
+                    Option::<&str>::None,
+                    *boot as i64,
+                    *seq as i64,
+                    ms(*arrived)
+                ]);
+                row(res, "msg_seen", &|| format!("{d} boot {boot} seq {seq}"))?;
+                logged += 1;
             }
             for c in &b.commands {
                 row(
@@ -656,6 +667,7 @@ fn apply(
             }
         }
     }
+    states.logged(&tx, logged)?;
     if !export.readings.is_empty() || !export.transitions.is_empty() {
         super::feed::append(&tx, Utc::now(), &export)?;
     }
@@ -818,6 +830,8 @@ pub(super) struct SqliteWriter {
     ids: PointIds,
     /// Readings logged and not yet merged (see super::staging).
     staging: Staging,
+    /// State rows logged and not yet folded (see super::state_log).
+    states: StateLog,
     feed: bool,
     place: String,
     /// The WAL checkpoint interval has been shortened (see [`SHORT_WAL`]).
@@ -840,6 +854,7 @@ impl Backend for SqliteWriter {
             &mut self.c,
             &mut self.ids,
             &mut self.staging,
+            &mut self.states,
             self.feed,
             batches,
             rejects,
@@ -849,20 +864,23 @@ impl Backend for SqliteWriter {
     fn committed(&mut self) {
         self.ids.committed();
         self.staging.committed();
+        self.states.committed();
     }
 
     fn rolled_back(&mut self) {
         self.ids.rolled_back();
         self.staging.rolled_back();
+        self.states.rolled_back();
     }
 
     fn due(&self) -> bool {
-        self.staging.due()
+        self.staging.due() || self.states.due()
     }
 
     fn settle_next(&mut self) -> bool {
         self.staging.all = self.staging.len() > 0;
-        self.staging.all
+        self.states.all = self.states.len() > 0;
+        self.staging.all || self.states.all
     }
 
     fn recover(&mut self, e: &rusqlite::Error) {
@@ -993,6 +1011,108 @@ mod tests {
         ] {
             assert_eq!(read(&r, p), want, "{p}");
         }
+    }
+
+    /// One message's state rows: rule state, device state, the site's raw
+    /// message and its accepted id.
+    fn state_batch(device: &str, n: u64) -> Box<Batch> {
+        let at = from_ms(n as i64 * 1_000);
+        Box::new(Batch {
+            rule_states: vec![(format!("{device}/p_low"), format!("{{\"n\":{n}}}"))],
+            device_states: vec![(device.to_string(), format!("{{\"seq\":{n}}}"))],
+            // Now: a restart forgets ids older than the dedup window.
+            seen: vec![(device.to_string(), 7, n, Utc::now())],
+            raw: vec![(format!("site-{device}"), format!("raw {n}"), at)],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn state_rows_are_logged_read_at_once_and_folded_newest_first_even_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let (mut w, r, _) = open(&path, false).unwrap();
+        // Two messages of d1 in one commit, then one of d2 and a third of d1.
+        w.apply(&[state_batch("d1", 1), state_batch("d1", 2)], None).unwrap();
+        w.committed();
+        for b in [state_batch("d2", 1), state_batch("d1", 3)] {
+            w.apply(&[b], None).unwrap();
+            w.committed();
+        }
+        // Logged, not folded: in one commit a key is logged once (its newest
+        // value), the accepted ids all (5 rows for the first commit, 4 for
+        // each other); the keyed tables are untouched.
+        assert_eq!(w.states.len(), 5 + 4 + 4);
+        assert_eq!(count(&w, "SELECT count(*) FROM state_log"), 13);
+        for t in ["rule_state", "device_state", "raw_latest", "msg_seen"] {
+            assert_eq!(count(&w, &format!("SELECT count(*) FROM {t}")), 0, "{t}");
+        }
+        // A reader of the latest raw message sees the newest at once.
+        let raw = |r: &SqliteReader, site: &str| r.latest_raw(site).unwrap().map(|(m, at)| (m, ms(at)));
+        assert_eq!(raw(&r, "site-d1"), Some(("raw 3".to_string(), 3_000)));
+        assert_eq!(raw(&r, "site-d2"), Some(("raw 1".to_string(), 1_000)));
+        assert_eq!(raw(&r, "site-d3"), None);
+        // A crash now: the restart folds the log before it reads the state
+        // back, and gets each key's newest row and every accepted id.
+        drop((w, r));
+        let (mut w, r, restored) = open(&path, false).unwrap();
+        assert_eq!(count(&w, "SELECT count(*) FROM state_log"), 0);
+        assert_eq!(restored.rule_states["d1/p_low"], "{\"n\":3}");
+        assert_eq!(restored.rule_states["d2/p_low"], "{\"n\":1}");
+        assert_eq!(restored.device_states["d1"], "{\"seq\":3}");
+        let mut seen: Vec<(String, u64)> = restored.seen.iter().map(|(d, _, s)| (d.clone(), *s)).collect();
+        seen.sort();
+        let want = [("d1", 1), ("d1", 2), ("d1", 3), ("d2", 1)].map(|(d, s)| (d.to_string(), s));
+        assert_eq!(seen, want);
+        assert_eq!(raw(&r, "site-d1"), Some(("raw 3".to_string(), 3_000)));
+        // Logged again and read over the folded row; a flush folds it.
+        w.apply(&[state_batch("d1", 4)], None).unwrap();
+        w.committed();
+        assert_eq!(raw(&r, "site-d1"), Some(("raw 4".to_string(), 4_000)));
+        assert!(w.settle_next());
+        w.apply(&[], None).unwrap();
+        w.committed();
+        assert_eq!((w.states.len(), count(&w, "SELECT count(*) FROM state_log")), (0, 0));
+        let folded: String =
+            w.c.query_row("SELECT json FROM rule_state WHERE key = 'd1/p_low'", [], |r| r.get(0))
+                .unwrap();
+        assert_eq!(folded, "{\"n\":4}");
+        assert_eq!(raw(&r, "site-d1"), Some(("raw 4".to_string(), 4_000)));
+        assert!(!w.settle_next(), "nothing left to fold");
+    }
+
+    #[test]
+    fn the_state_log_is_folded_once_its_oldest_row_has_waited_and_not_on_a_rolled_back_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _r, _) = open(&dir.path().join("s.db"), false).unwrap();
+        w.states.policy = super::super::staging::Policy {
+            age: std::time::Duration::from_millis(50),
+            cap: 1_000,
+        };
+        w.apply(&[state_batch("d1", 1)], None).unwrap();
+        w.rolled_back();
+        assert_eq!(w.states.len(), 0, "a rolled-back commit logged nothing");
+        assert!(!w.due());
+        w.apply(&[state_batch("d1", 1)], None).unwrap();
+        w.committed();
+        assert!(!w.due(), "not waited yet");
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        // Due: the idle writer's tick folds it, with no new rows.
+        assert!(w.due());
+        w.apply(&[], None).unwrap();
+        w.committed();
+        assert_eq!(count(&w, "SELECT count(*) FROM state_log"), 0);
+        assert_eq!(count(&w, "SELECT count(*) FROM msg_seen"), 1);
+        assert!(!w.due());
+        // Over the cap a commit folds at once, its own rows with the rest.
+        w.states.policy.cap = 5;
+        w.apply(&[state_batch("d1", 2)], None).unwrap();
+        w.committed();
+        assert_eq!(w.states.len(), 4);
+        w.apply(&[state_batch("d2", 2)], None).unwrap();
+        w.committed();
+        assert_eq!((w.states.len(), count(&w, "SELECT count(*) FROM state_log")), (0, 0));
+        assert_eq!(count(&w, "SELECT count(*) FROM msg_seen"), 3);
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub(super) struct Policy {
 impl Policy {
     /// Whether a point whose oldest reading has `waited` is merged now, with
     /// `staged` readings staged in all.
-    fn due(&self, waited: Duration, staged: usize) -> bool {
+    pub fn due(&self, waited: Duration, staged: usize) -> bool {
         waited >= self.age || staged > self.cap
     }
 }

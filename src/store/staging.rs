@@ -82,19 +82,32 @@ impl Staged {
 }
 
 struct PointRows {
-    id: i64,
+    name: Box<str>,
     /// In log order (the order they were acknowledged).
     rows: Vec<Staged>,
 }
 
 /// The staged readings, shared by the writer (which alone changes them, and
-/// only once a transaction has committed) and the readers.
+/// only once a transaction has committed) and the readers. Keyed by point
+/// id: a reading is staged without copying its point's name.
 #[derive(Default)]
 pub(super) struct Pending {
-    points: FxHashMap<Box<str>, PointRows>,
+    points: FxHashMap<i64, PointRows>,
+    /// The id of every point ever staged, by name (for the readers) and the
+    /// other way round: as many as the fleet has points, and never dropped.
+    ids: FxHashMap<Box<str>, i64>,
+    names: FxHashMap<i64, Box<str>>,
     /// Points in the order their oldest staged reading was logged, with when.
-    order: VecDeque<(Instant, Box<str>)>,
+    order: VecDeque<(Instant, i64)>,
     total: usize,
+}
+
+/// A transaction's logged readings: `(point id, row)` in log order, and the
+/// names of points it staged for the first time.
+#[derive(Default)]
+pub(super) struct Logged {
+    pub rows: Vec<(i64, Staged)>,
+    pub names: Vec<(i64, Box<str>)>,
 }
 
 /// A point's staged readings, taken for a merge.
@@ -119,16 +132,16 @@ impl Pending {
         let mut left = self.total + incoming;
         let mut merges = Vec::new();
         let mut keep_from = None;
-        for (since, name) in &self.order {
-            let p = &self.points[name];
+        for (since, id) in &self.order {
+            let p = &self.points[id];
             if !all && !policy.due(now.duration_since(*since), left) {
                 keep_from = p.rows.first().map(|r| r.id);
                 break;
             }
             left -= p.rows.len();
             merges.push(Merge {
-                name: name.clone(),
-                point: p.id,
+                name: p.name.clone(),
+                point: *id,
                 rows: p.rows.clone(),
             });
         }
@@ -144,36 +157,39 @@ impl Pending {
 
     /// A committed transaction's outcome: its merged points leave, its logged
     /// readings are staged.
-    fn commit(&mut self, plan: &Plan, fresh: Vec<(Box<str>, i64, Staged)>, now: Instant) {
+    fn commit(&mut self, plan: &Plan, fresh: Logged, now: Instant) {
         for m in &plan.merges {
             let front = self.order.pop_front();
             debug_assert_eq!(
-                front.as_ref().map(|f| &f.1),
-                Some(&m.name),
+                front.as_ref().map(|f| f.1),
+                Some(m.point),
                 "merges are taken from the front"
             );
-            if let Some(p) = self.points.remove(&m.name) {
+            if let Some(p) = self.points.remove(&m.point) {
                 self.total -= p.rows.len();
             }
         }
         self.stage(fresh, now);
     }
 
-    /// Logged readings, `(point name, point id, row)` in log order, staged at `now`.
-    fn stage(&mut self, fresh: Vec<(Box<str>, i64, Staged)>, now: Instant) {
-        for (name, point, row) in fresh {
+    /// Logged readings, staged at `now`.
+    fn stage(&mut self, fresh: Logged, now: Instant) {
+        for (id, name) in fresh.names {
+            self.ids.insert(name.clone(), id);
+            self.names.insert(id, name);
+        }
+        for (point, row) in fresh.rows {
             self.total += 1;
-            match self.points.get_mut(&name) {
+            match self.points.get_mut(&point) {
                 Some(p) => p.rows.push(row),
                 None => {
-                    self.order.push_back((now, name.clone()));
-                    self.points.insert(
-                        name,
-                        PointRows {
-                            id: point,
-                            rows: vec![row],
-                        },
-                    );
+                    self.order.push_back((now, point));
+                    let name = self.names.get(&point).cloned().unwrap_or_else(|| {
+                        // Never so: the writer names every point it stages first.
+                        debug_assert!(false, "point {point} staged without its name");
+                        point.to_string().into()
+                    });
+                    self.points.insert(point, PointRows { name, rows: vec![row] });
                 }
             }
         }
@@ -181,8 +197,9 @@ impl Pending {
 
     /// A point's staged readings with `t` in `[from, to]` (ms), in log order.
     pub fn rows_of(&self, name: &str, from: i64, to: i64) -> Vec<Staged> {
-        self.points
+        self.ids
             .get(name)
+            .and_then(|id| self.points.get(id))
             .map(|p| p.rows.iter().filter(|r| r.t >= from && r.t <= to).copied().collect())
             .unwrap_or_default()
     }
@@ -206,7 +223,7 @@ pub(super) struct Staging {
     newest: i64,
     /// The transaction under way deletes the log rows below this.
     trim_to: Option<i64>,
-    outcome: Option<(Plan, Vec<(Box<str>, i64, Staged)>)>,
+    outcome: Option<(Plan, Logged)>,
 }
 
 /// The log is trimmed once this many of its rows are merged: deleting at the
@@ -239,7 +256,7 @@ impl Staging {
 
     /// The transaction that merged `plan` and logged `fresh` has committed
     /// (its changes are applied by [`Staging::committed`]).
-    pub fn stage(&mut self, plan: Plan, fresh: Vec<(Box<str>, i64, Staged)>) {
+    pub fn stage(&mut self, plan: Plan, fresh: Logged) {
         self.outcome = Some((plan, fresh));
     }
 
@@ -248,8 +265,8 @@ impl Staging {
             self.trimmed = to;
         }
         if let Some((plan, fresh)) = self.outcome.take() {
-            if let Some(last) = fresh.last() {
-                self.newest = last.2.id;
+            if let Some(last) = fresh.rows.last() {
+                self.newest = last.1.id;
             }
             self.lock().commit(&plan, fresh, Instant::now());
             self.all = false;
@@ -307,7 +324,8 @@ pub(super) fn restore(c: &rusqlite::Connection) -> rusqlite::Result<Staging> {
         "SELECT l.id, p.name, l.point, l.t, l.value, l.quality, l.arrived
          FROM readings_log l JOIN points p ON p.id = l.point ORDER BY l.id",
     )?;
-    let mut fresh = Vec::new();
+    let mut fresh = Logged::default();
+    let mut named = rustc_hash::FxHashSet::default();
     let rows = st.query_map([], |r| {
         Ok((
             r.get::<_, String>(1)?.into_boxed_str(),
@@ -322,10 +340,14 @@ pub(super) fn restore(c: &rusqlite::Connection) -> rusqlite::Result<Staging> {
         ))
     })?;
     for row in rows {
-        fresh.push(row?);
+        let (name, point, row) = row?;
+        if named.insert(point) {
+            fresh.names.push((point, name));
+        }
+        fresh.rows.push((point, row));
     }
-    let oldest = fresh.first().map_or(0, |f| f.2.id);
-    let newest = fresh.last().map_or(0, |f| f.2.id);
+    let oldest = fresh.rows.first().map_or(0, |f| f.1.id);
+    let newest = fresh.rows.last().map_or(0, |f| f.1.id);
     let mut pending = Pending::default();
     pending.stage(fresh, Instant::now());
     Ok(Staging::new(pending, oldest, newest))
@@ -345,11 +367,15 @@ mod tests {
         }
     }
 
+    /// Stages `(point name, log id, t)` rows; a point's id is its name's length.
     fn staged(p: &mut Pending, at: Instant, rows: &[(&str, i64, i64)]) {
-        let fresh = rows
-            .iter()
-            .map(|(n, id, t)| (Box::<str>::from(*n), n.len() as i64, row(*id, *t)))
-            .collect();
+        let fresh = Logged {
+            rows: rows.iter().map(|(n, id, t)| (n.len() as i64, row(*id, *t))).collect(),
+            names: rows
+                .iter()
+                .map(|(n, _, _)| (n.len() as i64, Box::<str>::from(*n)))
+                .collect(),
+        };
         p.stage(fresh, at);
     }
 
@@ -377,7 +403,7 @@ mod tests {
             .collect();
         assert_eq!(merged, vec![("a", vec![1, 3]), ("bb", vec![2])]);
         assert_eq!(plan.keep_from, Some(4));
-        p.commit(&plan, Vec::new(), t0 + Duration::from_secs(6));
+        p.commit(&plan, Logged::default(), t0 + Duration::from_secs(6));
         assert_eq!(p.len(), 1);
         assert_eq!(p.rows_of("a", 0, 100), Vec::new());
         assert_eq!(p.rows_of("ccc", 0, 100), vec![row(4, 20)]);

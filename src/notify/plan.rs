@@ -292,7 +292,28 @@ impl Planner<'_> {
         k
     }
 
+    /// How long the first message about an alarm waits (beyond the group
+    /// wait) when mizuban learned of it late: see [`Planner::first_flush`].
+    const CATCH_UP_S: i64 = 2;
+
+    /// When a new incident's first message goes out: after the group wait;
+    /// and when mizuban learned of the alarm more than `late_after_s` after
+    /// it began (a backlog after an outage or a restart, an hourly upload),
+    /// not before [`Self::CATCH_UP_S`] either. The rest of that backlog is
+    /// already at the broker and lands within it, so an episode the backlog
+    /// shows over is told as it was (a brief), whatever the order in which
+    /// its raise and its clear happened to be committed. A live alarm is
+    /// not held.
+    fn first_flush(&self, a: &Alarm, now: Timestamp) -> Timestamp {
+        let mut wait = Duration::seconds(self.n.settings.group_wait_s as i64);
+        if a.detected_at - a.raised_at > Duration::seconds(self.cfg.service.late_after_s as i64) {
+            wait = wait.max(Duration::seconds(Self::CATCH_UP_S));
+        }
+        now + wait
+    }
+
     fn new_incident(&mut self, key: String, policy: &str, a: &Alarm, now: Timestamp) -> Incident {
+        let flush_at = self.first_flush(a, now);
         Incident {
             id: self.ids.incident(now),
             group_key: key,
@@ -300,7 +321,7 @@ impl Planner<'_> {
             site: a.site.as_str().to_string(),
             opened_at: now,
             first_sent_at: None,
-            flush_at: Some(now + Duration::seconds(self.n.settings.group_wait_s as i64)),
+            flush_at: Some(flush_at),
             last_msg_at: None,
             level: 0,
             next_level_at: None,
@@ -1041,8 +1062,9 @@ policy = "p"
         };
         let mut open = Vec::new();
         let Ok(()) = planner.step(&mut ledger, &rows, &mut open, now);
-        // The group wait runs its course.
-        let later = now + Duration::seconds(group_wait_s as i64 + 1);
+        // The group wait runs its course (and the catch-up of an alarm
+        // learned late, see Planner::first_flush).
+        let later = now + Duration::seconds(group_wait_s as i64 + Planner::CATCH_UP_S + 1);
         let Ok(()) = planner.step(&mut ledger, &[], &mut open, later);
         ledger.sent.iter().map(|m| m.kind).collect()
     }
@@ -1094,6 +1116,57 @@ policy = "p"
                 "2026-12-01T03:10:00Z"
             ),
             [Kind::AlarmBrief]
+        );
+    }
+
+    #[test]
+    fn an_alarm_learned_late_waits_for_the_rest_of_its_backlog_and_a_live_one_does_not() {
+        let cfg = Config::load_embedded().unwrap();
+        let n = notify(0);
+        let site = cfg.site("B17").unwrap().clone();
+        // (raised, cleared, read at): the raise is read at `now`, the clear
+        // a moment later in the next commit; what went out by `now` + 1 s,
+        // and after the catch-up.
+        let run = |raised: &str, cleared: &str, now: &str| {
+            let now = at(now);
+            let mut reg = Registry::new();
+            let spec = low_pressure(&site);
+            let key = spec.key();
+            let raise = reg.raise(spec, at(raised), now);
+            let mut ledger = MemLedger::new(&n);
+            ledger.update(&raise.last().unwrap().alarm);
+            let mut ids = CountedIds::default();
+            let mut planner = Planner {
+                cfg: &cfg,
+                n: &n,
+                public_url: "http://x",
+                ids: &mut ids,
+            };
+            let mut open = Vec::new();
+            let rows: Vec<JournalRow> = raise.iter().map(JournalRow::of).collect();
+            let Ok(()) = planner.step(&mut ledger, &rows, &mut open, now);
+            let soon = now + Duration::milliseconds(50);
+            let clear = reg.clear(&key, at(cleared), soon, Some(0.4));
+            ledger.update(&clear.last().unwrap().alarm);
+            let rows: Vec<JournalRow> = clear.iter().map(JournalRow::of).collect();
+            let Ok(()) = planner.step(&mut ledger, &rows, &mut open, soon);
+            let early: Vec<Kind> = ledger.sent.iter().map(|m| m.kind).collect();
+            let Ok(()) = planner.step(&mut ledger, &[], &mut open, now + Duration::seconds(3));
+            (early, ledger.sent.iter().map(|m| m.kind).collect::<Vec<Kind>>())
+        };
+        // Learned an hour after it began (late_after_s is 900 s), over 50 min
+        // ago by the device's clock: held, then told as the brief it is.
+        assert_eq!(
+            run("2026-12-01T02:10:00Z", "2026-12-01T02:20:00Z", "2026-12-01T03:10:00Z"),
+            (vec![], vec![Kind::AlarmBrief])
+        );
+        // Live: paged at once, then cleared.
+        assert_eq!(
+            run("2026-12-01T03:10:00Z", "2026-12-01T03:10:40Z", "2026-12-01T03:10:00Z"),
+            (
+                vec![Kind::AlarmRaised, Kind::AlarmCleared],
+                vec![Kind::AlarmRaised, Kind::AlarmCleared]
+            )
         );
     }
 

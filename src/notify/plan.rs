@@ -1044,29 +1044,40 @@ policy = "p"
         (a, rows)
     }
 
-    /// What the planner sends when it first sees an episode (raise and clear
-    /// read together, as when mizuban was behind) at `now`.
-    fn sent(group_wait_s: u64, from: &str, to: &str, now: &str) -> Vec<Kind> {
+    /// Planning steps, each `(the alarm as it now stands, the journal rows
+    /// read, at)`: what had been sent after each step.
+    fn steps(n: &NotifyConfig, steps: Vec<(Option<Alarm>, Vec<JournalRow>, Timestamp)>) -> Vec<Vec<Kind>> {
         let cfg = Config::load_embedded().unwrap();
-        let n = notify(group_wait_s);
-        let now = at(now);
-        let (a, rows) = episode(from, to, now);
-        let mut ledger = MemLedger::new(&n);
-        ledger.update(&a);
+        let mut ledger = MemLedger::new(n);
         let mut ids = CountedIds::default();
         let mut planner = Planner {
             cfg: &cfg,
-            n: &n,
+            n,
             public_url: "http://x",
             ids: &mut ids,
         };
         let mut open = Vec::new();
-        let Ok(()) = planner.step(&mut ledger, &rows, &mut open, now);
+        let mut after = Vec::new();
+        for (a, rows, now) in steps {
+            if let Some(a) = a {
+                ledger.update(&a);
+            }
+            let Ok(()) = planner.step(&mut ledger, &rows, &mut open, now);
+            after.push(ledger.sent.iter().map(|m| m.kind).collect());
+        }
+        after
+    }
+
+    /// What the planner sends when it first sees an episode (raise and clear
+    /// read together, as when mizuban was behind) at `now`.
+    fn sent(group_wait_s: u64, from: &str, to: &str, now: &str) -> Vec<Kind> {
+        let now = at(now);
+        let (a, rows) = episode(from, to, now);
         // The group wait runs its course (and the catch-up of an alarm
         // learned late, see Planner::first_flush).
         let later = now + Duration::seconds(group_wait_s as i64 + Planner::CATCH_UP_S + 1);
-        let Ok(()) = planner.step(&mut ledger, &[], &mut open, later);
-        ledger.sent.iter().map(|m| m.kind).collect()
+        let mut after = steps(&notify(group_wait_s), vec![(Some(a), rows, now), (None, vec![], later)]);
+        after.pop().unwrap()
     }
 
     #[test]
@@ -1122,37 +1133,34 @@ policy = "p"
     #[test]
     fn an_alarm_learned_late_waits_for_the_rest_of_its_backlog_and_a_live_one_does_not() {
         let cfg = Config::load_embedded().unwrap();
-        let n = notify(0);
         let site = cfg.site("B17").unwrap().clone();
         // (raised, cleared, read at): the raise is read at `now`, the clear
-        // a moment later in the next commit; what went out by `now` + 1 s,
-        // and after the catch-up.
+        // a moment later in the next commit; what went out by then, and
+        // after the catch-up.
         let run = |raised: &str, cleared: &str, now: &str| {
             let now = at(now);
+            let soon = now + Duration::milliseconds(50);
             let mut reg = Registry::new();
             let spec = low_pressure(&site);
             let key = spec.key();
             let raise = reg.raise(spec, at(raised), now);
-            let mut ledger = MemLedger::new(&n);
-            ledger.update(&raise.last().unwrap().alarm);
-            let mut ids = CountedIds::default();
-            let mut planner = Planner {
-                cfg: &cfg,
-                n: &n,
-                public_url: "http://x",
-                ids: &mut ids,
-            };
-            let mut open = Vec::new();
-            let rows: Vec<JournalRow> = raise.iter().map(JournalRow::of).collect();
-            let Ok(()) = planner.step(&mut ledger, &rows, &mut open, now);
-            let soon = now + Duration::milliseconds(50);
             let clear = reg.clear(&key, at(cleared), soon, Some(0.4));
-            ledger.update(&clear.last().unwrap().alarm);
-            let rows: Vec<JournalRow> = clear.iter().map(JournalRow::of).collect();
-            let Ok(()) = planner.step(&mut ledger, &rows, &mut open, soon);
-            let early: Vec<Kind> = ledger.sent.iter().map(|m| m.kind).collect();
-            let Ok(()) = planner.step(&mut ledger, &[], &mut open, now + Duration::seconds(3));
-            (early, ledger.sent.iter().map(|m| m.kind).collect::<Vec<Kind>>())
+            let read = |ts: &[crate::alarm::Transition], t| {
+                (
+                    Some(ts.last().unwrap().alarm.clone()),
+                    ts.iter().map(JournalRow::of).collect(),
+                    t,
+                )
+            };
+            let after = steps(
+                &notify(0),
+                vec![
+                    read(&raise, now),
+                    read(&clear, soon),
+                    (None, vec![], now + Duration::seconds(3)),
+                ],
+            );
+            (after[1].clone(), after[2].clone())
         };
         // Learned an hour after it began (late_after_s is 900 s), over 50 min
         // ago by the device's clock: held, then told as the brief it is.

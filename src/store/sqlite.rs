@@ -285,11 +285,10 @@ impl Reader for SqliteReader {
             // The times already stored in the staged readings' span, in one
             // range read (a read per staged reading took 48 ms for a point
             // with a week staged).
-            let span = staged.iter().map(|s| s.t).fold(None, |acc: Option<(i64, i64)>, t| {
-                Some(acc.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))))
-            });
+            let lo = staged.iter().map(|s| s.t).min();
+            let hi = staged.iter().map(|s| s.t).max();
             let mut seen: rustc_hash::FxHashSet<i64> = Default::default();
-            if let Some((lo, hi)) = span {
+            if let (Some(lo), Some(hi)) = (lo, hi) {
                 let mut stored = tx.prepare_cached(&format!(
                     "SELECT t FROM readings WHERE point = {POINT_ID} AND t >= ?2 AND t <= ?3"
                 ))?;
@@ -546,7 +545,6 @@ fn apply(
         rows: Vec::with_capacity(incoming),
         names: Vec::new(),
     };
-    let mut logged = 0;
     for r in ops.iter().flat_map(|b| &b.readings) {
         let (point, new) = ids.id(&tx, r.point.as_str())?;
         let key = || format!("{} at {}", r.point, r.t.to_rfc3339());
@@ -571,9 +569,6 @@ fn apply(
             "INSERT INTO journal (at, alarm_id, site, source, condition, action, from_state, to_state, who, why, event_time, notify, late, priority)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
-        // Rule and device state, the latest raw message and the accepted
-        // ids go to the state log (see super::state_log).
-        let mut ins_log = tx.prepare_cached(super::state_log::LOG)?;
         let mut ins_in =
             tx.prepare_cached("INSERT INTO inputs (arrived, site, source, topic, body) VALUES (?1, ?2, ?3, ?4, ?5)")?;
         // A group's state rows once each, with their newest values (a
@@ -603,21 +598,19 @@ fn apply(
             });
             row(upsert, "alarms", &key)?;
         }
-        let none = Option::<i64>::None;
+        // Rule and device state, the latest raw message and the accepted
+        // ids go to the state log (see super::state_log).
         for (k, v) in super::codec::last_by_key(rule_states, |(k, _)| k.as_str()) {
-            let res = ins_log.execute(params![Kind::RuleState as i64, k, v, none, none, none]);
+            let res = states.append(&tx, Kind::RuleState, k, Some(v), None, None);
             row(res, "rule_state", &|| k.clone())?;
-            logged += 1;
         }
         for (k, v) in super::codec::last_by_key(device_states, |(k, _)| k.as_str()) {
-            let res = ins_log.execute(params![Kind::DeviceState as i64, k, v, none, none, none]);
+            let res = states.append(&tx, Kind::DeviceState, k, Some(v), None, None);
             row(res, "device_state", &|| k.clone())?;
-            logged += 1;
         }
         for (site, r, arrived) in super::codec::last_by_key(raw, |(s, _, _)| s.as_str()) {
-            let res = ins_log.execute(params![Kind::RawLatest as i64, site, r, none, none, ms(*arrived)]);
+            let res = states.append(&tx, Kind::RawLatest, site, Some(r), None, Some(ms(*arrived)));
             row(res, "raw_latest", &|| site.clone())?;
-            logged += 1;
         }
         for b in ops {
             for t in &b.transitions {
@@ -648,16 +641,8 @@ fn apply(
                 }
             }
             for (d, boot, seq, arrived) in &b.seen {
-                let res = ins_log.execute(params![
-                    Kind::Seen as i64,
-                    d,
-                    Option::<&str>::None,
-                    *boot as i64,
-                    *seq as i64,
-                    ms(*arrived)
-                ]);
+                let res = states.append(&tx, Kind::Seen, d, None, Some((*boot, *seq)), Some(ms(*arrived)));
                 row(res, "msg_seen", &|| format!("{d} boot {boot} seq {seq}"))?;
-                logged += 1;
             }
             for c in &b.commands {
                 row(
@@ -691,7 +676,7 @@ fn apply(
             }
         }
     }
-    states.logged(&tx, logged)?;
+    states.finish(&tx)?;
     if !export.readings.is_empty() || !export.transitions.is_empty() {
         super::feed::append(&tx, Utc::now(), &export)?;
     }

@@ -81,18 +81,14 @@ impl Staged {
     }
 }
 
-struct PointRows {
-    name: Box<str>,
-    /// In log order (the order they were acknowledged).
-    rows: Vec<Staged>,
-}
-
 /// The staged readings, shared by the writer (which alone changes them, and
 /// only once a transaction has committed) and the readers. Keyed by point
 /// id: a reading is staged without copying its point's name.
 #[derive(Default)]
 pub(super) struct Pending {
-    points: FxHashMap<i64, PointRows>,
+    /// Each staged point's readings, in log order (the order they were
+    /// acknowledged).
+    points: FxHashMap<i64, Vec<Staged>>,
     /// The id of every point ever staged, by name (for the readers) and the
     /// other way round: as many as the fleet has points, and never dropped.
     ids: FxHashMap<Box<str>, i64>,
@@ -133,16 +129,17 @@ impl Pending {
         let mut merges = Vec::new();
         let mut keep_from = None;
         for (since, id) in &self.order {
-            let p = &self.points[id];
+            let rows = &self.points[id];
             if !all && !policy.due(now.duration_since(*since), left) {
-                keep_from = p.rows.first().map(|r| r.id);
+                keep_from = rows.first().map(|r| r.id);
                 break;
             }
-            left -= p.rows.len();
+            left -= rows.len();
             merges.push(Merge {
-                name: p.name.clone(),
+                // Always there: the writer names every point it stages first.
+                name: self.names.get(id).cloned().unwrap_or_else(|| id.to_string().into()),
                 point: *id,
-                rows: p.rows.clone(),
+                rows: rows.clone(),
             });
         }
         Plan { merges, keep_from }
@@ -165,8 +162,8 @@ impl Pending {
                 Some(m.point),
                 "merges are taken from the front"
             );
-            if let Some(p) = self.points.remove(&m.point) {
-                self.total -= p.rows.len();
+            if let Some(rows) = self.points.remove(&m.point) {
+                self.total -= rows.len();
             }
         }
         self.stage(fresh, now);
@@ -181,15 +178,10 @@ impl Pending {
         for (point, row) in fresh.rows {
             self.total += 1;
             match self.points.get_mut(&point) {
-                Some(p) => p.rows.push(row),
+                Some(rows) => rows.push(row),
                 None => {
                     self.order.push_back((now, point));
-                    let name = self.names.get(&point).cloned().unwrap_or_else(|| {
-                        // Never so: the writer names every point it stages first.
-                        debug_assert!(false, "point {point} staged without its name");
-                        point.to_string().into()
-                    });
-                    self.points.insert(point, PointRows { name, rows: vec![row] });
+                    self.points.insert(point, vec![row]);
                 }
             }
         }
@@ -200,7 +192,7 @@ impl Pending {
         self.ids
             .get(name)
             .and_then(|id| self.points.get(id))
-            .map(|p| p.rows.iter().filter(|r| r.t >= from && r.t <= to).copied().collect())
+            .map(|rows| rows.iter().filter(|r| r.t >= from && r.t <= to).copied().collect())
             .unwrap_or_default()
     }
 

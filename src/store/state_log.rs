@@ -37,10 +37,6 @@ pub(super) enum Kind {
     Seen = 4,
 }
 
-/// Appends one row: `(kind, key, body, boot, seq, arrived)`.
-pub(super) const LOG: &str =
-    "INSERT INTO state_log (kind, key, body, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-
 /// Each kind into its table: the newest row of each key (SQLite takes the
 /// bare columns of an aggregate query from the row that has the `max`), in
 /// key order (the GROUP BY sorts by it). Accepted ids are a set, not a value
@@ -98,6 +94,8 @@ pub(super) struct StateLog {
     /// Rows in the log, and when the oldest of them was logged.
     rows: usize,
     since: Option<Instant>,
+    /// Rows the transaction under way has appended so far.
+    appended: usize,
     /// The transaction under way: rows it logged, and whether it folded.
     outcome: Option<(usize, bool)>,
 }
@@ -115,13 +113,37 @@ impl StateLog {
             all: false,
             rows: 0,
             since: None,
+            appended: 0,
             outcome: None,
         }
     }
 
-    /// The transaction under way has logged `logged` rows: folds the log in
-    /// it when that is due.
-    pub fn logged(&mut self, tx: &Connection, logged: usize) -> rusqlite::Result<()> {
+    /// Appends one row to the log in the transaction under way: a key's
+    /// `body` (rule or device state, a raw message), or an accepted
+    /// message's `(boot, seq)`.
+    pub fn append(
+        &mut self,
+        tx: &Connection,
+        kind: Kind,
+        key: &str,
+        body: Option<&str>,
+        boot_seq: Option<(u64, u64)>,
+        arrived: Option<i64>,
+    ) -> rusqlite::Result<usize> {
+        let (boot, seq) = boot_seq.map(|(b, s)| (b as i64, s as i64)).unzip();
+        let n = tx
+            .prepare_cached(
+                "INSERT INTO state_log (kind, key, body, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(rusqlite::params![kind as i64, key, body, boot, seq, arrived])?;
+        self.appended += 1;
+        Ok(n)
+    }
+
+    /// The transaction under way has appended all its rows: folds the log
+    /// in it when that is due.
+    pub fn finish(&mut self, tx: &Connection) -> rusqlite::Result<()> {
+        let logged = std::mem::take(&mut self.appended);
         let folds = self.rows + logged > 0 && (self.all || self.due_with(logged));
         if folds {
             fold(tx)?;
@@ -153,6 +175,7 @@ impl StateLog {
     }
 
     pub fn rolled_back(&mut self) {
+        self.appended = 0;
         self.outcome = None;
     }
 

@@ -97,6 +97,8 @@ struct Inner {
     failing: Mutex<HashMap<String, crate::model::SiteId>>,
     /// Alarms a delivered message was about (an alarm's `paged`).
     paged: Mutex<std::collections::HashSet<String>>,
+    /// Each person's rate-limit window, kept from step to step.
+    rates: Mutex<super::plan::RateWindow>,
 }
 
 /// Handle to the notification engine: the API acknowledges through it and
@@ -167,6 +169,7 @@ impl Notifier {
                 public_url: public_url.trim_end_matches('/').to_string(),
                 failing: Mutex::new(HashMap::new()),
                 paged: Mutex::new(paged),
+                rates: Mutex::new(Default::default()),
             }),
         };
         let engine = me.clone();
@@ -201,24 +204,36 @@ impl Notifier {
                     finished.push(d);
                 }
                 while let Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) = commits.try_recv() {}
-                if !finished.is_empty() {
-                    engine.record(std::mem::take(&mut finished)).await;
+                // Failures first, one by one (retry, next contact method, or
+                // give up); deliveries are recorded by the planning step.
+                let (ok, failed): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut finished).into_iter().partition(|(_, r)| r.is_ok());
+                if !failed.is_empty() {
+                    engine.record_failures(failed).await;
                 }
                 // SQLite work off the async workers: it may wait for the
-                // store's writer (busy timeout).
+                // store's writer (busy timeout). One transaction records what
+                // was delivered and plans; the due messages are read after it.
                 let e = engine.clone();
-                match tokio::task::spawn_blocking(move || e.plan()).await {
-                    Ok(Ok(())) => {}
+                let sent: Vec<String> = ok.iter().map(|(r, _)| r.id.clone()).collect();
+                let busy = engine.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let due = match tokio::task::spawn_blocking(move || e.plan(&sent, busy < IN_FLIGHT_MAX)).await {
+                    Ok(Ok(due)) => due,
                     Ok(Err(e)) => {
                         tracing::error!(error = %e, "notification engine step failed; retrying");
+                        // Not recorded yet: kept (and still in flight, so
+                        // not sent again) for the next round.
+                        finished = ok;
                         continue;
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "notification engine step panicked; retrying");
+                        finished = ok;
                         continue;
                     }
-                }
-                engine.dispatch(&done_tx).await;
+                };
+                engine.delivered(ok).await;
+                engine.dispatch(due, &done_tx);
             }
             // Let deliveries under way finish and be recorded, so they are
             // not sent again after a restart (if they are, the receiver sees
@@ -232,7 +247,7 @@ impl Notifier {
                 .is_empty()
             {
                 match tokio::time::timeout_at(deadline, done_rx.recv()).await {
-                    Ok(Some(d)) => engine.record(vec![d]).await,
+                    Ok(Some(d)) => engine.record(d).await,
                     _ => break,
                 }
             }
@@ -243,19 +258,36 @@ impl Notifier {
     /// Everything that decides what to send, in one transaction: follow the
     /// journal, flush groups, escalate, summarise held messages (the
     /// [`Planner`], over the outbox tables).
-    fn plan(&self) -> Result<(), StoreError> {
+    /// `sent` were delivered since the last step and are recorded in the
+    /// same transaction. Returns the messages due now (none when `room` is
+    /// false: everything that may be in flight is).
+    fn plan(&self, sent: &[String], room: bool) -> Result<Vec<OutboxRow>, StoreError> {
         let now = self.inner.clock.now();
-        let pending = self.inner.outbox.plan(now, |ledger, journal, open| {
+        let mut rates = self.inner.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let window: &mut super::plan::RateWindow = &mut rates;
+        let planned = self.inner.outbox.plan(now, sent, |ledger, journal, open| {
             let mut planner = Planner {
                 cfg: &self.inner.cfg,
                 n: &self.inner.n,
                 public_url: &self.inner.public_url,
                 ids: &mut RandomIds,
             };
-            planner.step(ledger, journal, open, now).map(|_| ())
-        })?;
+            planner.step(ledger, journal, open, now, window).map(|_| ())
+        });
+        let pending = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                // The step's counts were not committed with it.
+                rates.clear();
+                return Err(e);
+            }
+        };
         self.inner.metrics.notify_pending.set(pending);
-        Ok(())
+        if !room {
+            return Ok(Vec::new());
+        }
+        // Rows in flight are still pending, so ask for enough to see past them.
+        self.inner.outbox.due(now, IN_FLIGHT_MAX)
     }
 
     /// Hands out what is due: each message is sent by a task of its own,
@@ -264,25 +296,7 @@ impl Notifier {
     /// sends it again with the same `id` (the receiver's idempotency key).
     /// A person's messages about one incident go one at a time, in order
     /// (the outbox does not hand out the next before the last is recorded).
-    async fn dispatch(&self, done: &tokio::sync::mpsc::Sender<Finished>) {
-        let busy = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
-        if busy >= IN_FLIGHT_MAX {
-            return;
-        }
-        let now = self.inner.clock.now();
-        let me = self.clone();
-        // Rows in flight are still pending, so ask for enough to see past them.
-        let due = match tokio::task::spawn_blocking(move || me.inner.outbox.due(now, IN_FLIGHT_MAX)).await {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the outbox");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reading the outbox panicked");
-                return;
-            }
-        };
+    fn dispatch(&self, due: Vec<OutboxRow>, done: &tokio::sync::mpsc::Sender<Finished>) {
         let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
         for row in due {
             if in_flight.len() >= IN_FLIGHT_MAX {
@@ -300,23 +314,27 @@ impl Notifier {
         }
     }
 
-    /// Records what finished: every success in one transaction, failures
-    /// one by one (retry, next contact method, or give up).
-    async fn record(&self, finished: Vec<Finished>) {
-        let now = self.inner.clock.now();
-        let (ok, failed): (Vec<_>, Vec<_>) = finished.into_iter().partition(|(_, r)| r.is_ok());
-        if !ok.is_empty() {
-            let ids: Vec<String> = ok.iter().map(|(r, _)| r.id.clone()).collect();
-            let me = self.clone();
-            let res = tokio::task::spawn_blocking(move || me.inner.outbox.mark_sent_all(&ids, now)).await;
-            match res {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, messages = ok.len(), "sent but cannot record it; they may be sent again with the same ids")
-                }
-                Err(e) => tracing::error!(error = %e, "recording deliveries panicked"),
-            }
+    /// Records one delivery that finished while the engine stops.
+    async fn record(&self, d: Finished) {
+        if d.1.is_err() {
+            return self.record_failures(vec![d]).await;
         }
+        let now = self.inner.clock.now();
+        let me = self.clone();
+        let id = d.0.id.clone();
+        match tokio::task::spawn_blocking(move || me.inner.outbox.mark_sent(&id, now)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, id = %d.0.id, "sent but cannot record it; it may be sent again with the same id")
+            }
+            Err(e) => tracing::error!(error = %e, "recording a delivery panicked"),
+        }
+        self.delivered(vec![d]).await;
+    }
+
+    /// After deliveries were recorded: counted, their alarms paged, a
+    /// person's failure cleared, and out of flight.
+    async fn delivered(&self, ok: Vec<Finished>) {
         for (row, _) in &ok {
             self.count_attempt(row, "ok");
             self.inner
@@ -334,6 +352,15 @@ impl Notifier {
                 self.report_failure(&row.person, site, false, "").await;
             }
         }
+        let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for (row, _) in &ok {
+            in_flight.remove(&row.id);
+        }
+    }
+
+    /// Failed deliveries, one by one: retry, the next contact method, or give up.
+    async fn record_failures(&self, failed: Vec<Finished>) {
+        let now = self.inner.clock.now();
         for (row, res) in &failed {
             let e = res.as_ref().err().map(String::as_str).unwrap_or("");
             self.count_attempt(row, "error");
@@ -343,7 +370,7 @@ impl Notifier {
             }
         }
         let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        for (row, _) in ok.iter().chain(&failed) {
+        for (row, _) in &failed {
             in_flight.remove(&row.id);
         }
     }

@@ -12,7 +12,7 @@ use crate::device::Profile;
 use crate::engine::{decode_publish, profiles_in_order, Engine, Input, Message, Resume, Step};
 use crate::model::Timestamp;
 use crate::notify::config::NotifyConfig;
-use crate::notify::plan::{CountedIds, DryMessage, JournalRow, MemLedger, Planner};
+use crate::notify::plan::{CountedIds, DryMessage, JournalRow, MemLedger, Planner, RateWindow};
 use crate::notify::Incident;
 use crate::store::{InputBody, RecordedInput};
 use chrono::Duration;
@@ -73,6 +73,7 @@ struct Dry {
     ledger: MemLedger,
     open: Vec<Incident>,
     ids: CountedIds,
+    rates: RateWindow,
     /// The last planning step: the live engine steps every 100 ms, so work
     /// due at or before it is done at the next such step, never twice at one
     /// instant (which would not move the clock).
@@ -88,6 +89,7 @@ impl Dry {
             n,
             open: Vec::new(),
             ids: CountedIds::default(),
+            rates: Default::default(),
             last: None,
         })
     }
@@ -99,7 +101,7 @@ impl Dry {
             public_url: &self.public_url,
             ids: &mut self.ids,
         };
-        let Ok(()) = planner.step(&mut self.ledger, rows, &mut self.open, now);
+        let Ok(()) = planner.step(&mut self.ledger, rows, &mut self.open, now, &mut self.rates);
         self.ledger.forget(&self.open);
         self.last = Some(now);
     }

@@ -372,14 +372,29 @@ fn notified(c: &Connection, incident: &str) -> rusqlite::Result<Vec<String>> {
     rows.collect()
 }
 
-/// Messages counted against a person's rate limit since `since`.
-fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::Result<usize> {
-    c.query_row(
-        "SELECT COUNT(*) FROM outbox WHERE person = ?1 AND created_at > ?2 AND state NOT IN ('held', 'summarized') AND id NOT LIKE '%-c_'",
-        params![person, ms(since)],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n as usize)
+/// A delivered message, as recorded (`$1` its id, `$2` when).
+pub(super) const SET_SENT: &str =
+    "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL";
+
+fn set_sent(c: &Connection, ids: &[String], now: Timestamp) -> rusqlite::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut st = c.prepare_cached(&sqlite_placeholders(&format!("{SET_SENT} WHERE id = $1")))?;
+    for id in ids {
+        st.execute(params![id, ms(now)])?;
+    }
+    Ok(())
+}
+
+/// When each message counted against a person's rate limit since `since`
+/// was created.
+fn sent_since(c: &Connection, person: &str, since: Timestamp) -> rusqlite::Result<Vec<Timestamp>> {
+    let mut st = c.prepare_cached(
+        "SELECT created_at FROM outbox WHERE person = ?1 AND created_at > ?2 AND state NOT IN ('held', 'summarized') AND id NOT LIKE '%-c_'",
+    )?;
+    let rows = st.query_map(params![person, ms(since)], |r| r.get::<_, i64>(0).map(from_ms))?;
+    rows.collect()
 }
 
 /// Whether a planning step has anything to do (journal rows past the cursor,
@@ -460,7 +475,7 @@ impl Ledger for SqlLedger<'_> {
             .map_err(q)?
             .map(|i| i as usize))
     }
-    fn counted_since(&self, person: &str, since: Timestamp) -> Result<usize, StoreError> {
+    fn counted_times(&self, person: &str, since: Timestamp) -> Result<Vec<Timestamp>, StoreError> {
         sent_since(self.0, person, since).map_err(q)
     }
     fn grant(&mut self, g: &Grant) -> Result<(), StoreError> {
@@ -543,19 +558,23 @@ impl Outbox {
     /// incidents; the cursor moves past those rows when it returns. Returns
     /// how many messages wait to be sent. Most steps have nothing to do:
     /// that is found with a read, so the write lock is taken only for work.
+    /// `sent` are messages the peers accepted since the last step: recorded
+    /// first, in the same transaction (one sync for both, and what they
+    /// mean to the step, a person's next message on an incident, is seen).
     pub fn plan(
         &self,
         now: Timestamp,
+        sent: &[String],
         step: impl FnOnce(&mut dyn Ledger<Error = StoreError>, &[JournalRow], &mut Vec<Incident>) -> Result<(), StoreError>
             + Send,
     ) -> Result<i64, StoreError> {
         let c = match &self.db {
             Db::Sqlite(c) => c,
-            Db::Postgres(p) => return p.plan(now, step),
+            Db::Postgres(p) => return p.plan(now, sent, step),
         };
         let mut c = lock(c);
         let (work, pending) = work_due(&c, now).map_err(q)?;
-        if !work {
+        if !work && sent.is_empty() {
             return Ok(pending);
         }
         // IMMEDIATE: take the write lock up front. A deferred transaction that
@@ -564,6 +583,7 @@ impl Outbox {
         let tx = c
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(q)?;
+        set_sent(&tx, sent, now).map_err(q)?;
         let mut open = open_incidents(&tx).map_err(q)?;
         let rows = journal_after(&tx, cursor(&tx).map_err(q)?, 1000).map_err(q)?;
         let journal: Vec<JournalRow> = rows.iter().map(|(_, r)| r.clone()).collect();
@@ -592,25 +612,17 @@ impl Outbox {
     /// The peers accepted these messages: recorded in one transaction (one
     /// sync for a whole round of deliveries).
     pub fn mark_sent_all(&self, ids: &[String], now: Timestamp) -> Result<(), StoreError> {
-        const SET: &str = "UPDATE outbox SET state = 'sent', sent_at = $2, attempts = attempts + 1, last_error = NULL";
         match &self.db {
             Db::Sqlite(c) => {
                 let mut c = lock(c);
                 let tx = c
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(q)?;
-                {
-                    let mut st = tx
-                        .prepare_cached(&sqlite_placeholders(&format!("{SET} WHERE id = $1")))
-                        .map_err(q)?;
-                    for id in ids {
-                        st.execute(params![id, ms(now)]).map_err(q)?;
-                    }
-                }
+                set_sent(&tx, ids, now).map_err(q)?;
                 tx.commit().map_err(q)
             }
             // All ids in one statement.
-            Db::Postgres(p) => p.execute(&format!("{SET} WHERE id = ANY($1)"), &[&ids, &ms(now)]),
+            Db::Postgres(p) => p.execute(&format!("{SET_SENT} WHERE id = ANY($1)"), &[&ids, &ms(now)]),
         }
     }
 

@@ -192,17 +192,17 @@ impl Ledger for PgLedger<'_, '_> {
             .map_err(q)?
             .map(|r| r.get::<_, i64>(0) as usize))
     }
-    fn counted_since(&self, person: &str, since: Timestamp) -> Result<usize, StoreError> {
-        let r = self
+    fn counted_times(&self, person: &str, since: Timestamp) -> Result<Vec<Timestamp>, StoreError> {
+        let rows = self
             .0
             .borrow_mut()
-            .query_one(
-                "SELECT COUNT(*) FROM outbox WHERE person = $1 AND created_at > $2
+            .query(
+                "SELECT created_at FROM outbox WHERE person = $1 AND created_at > $2
                  AND state NOT IN ('held', 'summarized') AND id NOT LIKE '%-c_'",
                 &[&person, &ms(since)],
             )
             .map_err(q)?;
-        Ok(r.get::<_, i64>(0) as usize)
+        Ok(rows.iter().map(|r| from_ms(r.get::<_, i64>(0))).collect())
     }
     fn grant(&mut self, g: &Grant) -> Result<(), StoreError> {
         self.0
@@ -264,6 +264,7 @@ impl PgOutbox {
     pub fn plan(
         &self,
         now: Timestamp,
+        sent: &[String],
         step: impl FnOnce(&mut dyn Ledger<Error = StoreError>, &[JournalRow], &mut Vec<Incident>) -> Result<(), StoreError>
             + Send,
     ) -> Result<i64, StoreError> {
@@ -283,10 +284,14 @@ impl PgOutbox {
                     .map_err(q)?;
                 (r.get::<_, bool>(0), r.get::<_, i64>(1))
             };
-            if !work {
+            if !work && sent.is_empty() {
                 return Ok(pending);
             }
             let mut tx = c.transaction().map_err(q)?;
+            if !sent.is_empty() {
+                tx.execute(&format!("{} WHERE id = ANY($1)", super::outbox::SET_SENT), &[&sent, &ms(now)])
+                    .map_err(q)?;
+            }
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PLAN_LOCK]).map_err(q)?;
             let mut open: Vec<Incident> = tx
                 .query(&format!("SELECT {INCIDENT_COLS} FROM incidents WHERE NOT closed"), &[])

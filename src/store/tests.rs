@@ -607,7 +607,7 @@ async fn the_notify_cursor_passes_no_row_a_slower_writer_commits_later() {
     let planned = |outbox: &super::outbox::Outbox| {
         let mut seen = Vec::new();
         outbox
-            .plan(from_ms(2_000), |_, journal, _| {
+            .plan(from_ms(2_000), &[], |_, journal, _| {
                 seen.extend(journal.iter().map(|j| j.alarm_id.clone()));
                 Ok(())
             })

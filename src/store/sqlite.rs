@@ -132,6 +132,7 @@ pub(super) fn open(path: &Path, feed: bool) -> Result<(SqliteWriter, SqliteReade
         source: e,
     })?;
     write.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
+    write.set_prepared_statement_cache_capacity(super::outbox::STATEMENTS);
     let read = Connection::open(path).map_err(sq)?;
     read.busy_timeout(std::time::Duration::from_secs(5)).map_err(sq)?;
     // The state log first: restore reads the tables it folds into.

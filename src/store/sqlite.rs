@@ -1126,6 +1126,55 @@ mod tests {
     }
 
     #[test]
+    fn a_live_fold_writes_each_keys_newest_row_of_every_committed_commit_and_nothing_rolled_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, r, _) = open(&dir.path().join("s.db"), false).unwrap();
+        let raw = |r: &SqliteReader, site: &str| r.latest_raw(site).unwrap().map(|(m, at)| (m, ms(at)));
+        w.apply(&[state_batch("d1", 1), state_batch("d2", 1)], None).unwrap();
+        w.committed();
+        w.apply(&[state_batch("d1", 2)], None).unwrap();
+        w.committed();
+        // Rolled back: its rows are neither logged nor folded.
+        w.apply(&[state_batch("d1", 9), state_batch("d3", 9)], None).unwrap();
+        w.rolled_back();
+        // The folding commit's own rows are the newest.
+        assert!(w.settle_next());
+        w.apply(&[state_batch("d2", 3)], None).unwrap();
+        w.committed();
+        let text = |sql: &str| -> String { w.c.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(count(&w, "SELECT count(*) FROM state_log"), 0);
+        assert_eq!(text("SELECT json FROM rule_state WHERE key = 'd1/p_low'"), "{\"n\":2}");
+        assert_eq!(text("SELECT json FROM rule_state WHERE key = 'd2/p_low'"), "{\"n\":3}");
+        assert_eq!(text("SELECT json FROM device_state WHERE device = 'd1'"), "{\"seq\":2}");
+        assert_eq!(count(&w, "SELECT count(*) FROM device_state WHERE device = 'd3'"), 0);
+        assert_eq!(raw(&r, "site-d1"), Some(("raw 2".to_string(), 2_000)));
+        assert_eq!(raw(&r, "site-d2"), Some(("raw 3".to_string(), 3_000)));
+        assert_eq!(raw(&r, "site-d3"), None);
+        let seen: Vec<(String, i64)> = {
+            let mut st =
+                w.c.prepare("SELECT device, seq FROM msg_seen ORDER BY device, seq")
+                    .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+        };
+        let want: Vec<(String, i64)> = [("d1", 1), ("d1", 2), ("d2", 1), ("d2", 3)]
+            .iter()
+            .map(|(d, n)| (d.to_string(), *n))
+            .collect();
+        assert_eq!(seen, want);
+        // Nothing is held for the next fold.
+        w.apply(&[state_batch("d4", 1)], None).unwrap();
+        w.committed();
+        assert!(w.settle_next());
+        w.apply(&[], None).unwrap();
+        w.committed();
+        assert_eq!(count(&w, "SELECT count(*) FROM rule_state"), 3);
+        assert_eq!(count(&w, "SELECT count(*) FROM msg_seen"), 5);
+    }
+
+    #[test]
     fn a_commit_that_rolls_back_stages_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (mut w, r, _) = open(&dir.path().join("s.db"), false).unwrap();

@@ -12,11 +12,17 @@
 //! writer folds the log into the keyed tables once its oldest row has waited
 //! [`Policy::age`] (or [`Policy::cap`] rows wait): each key once, with its
 //! newest row, in key order, so a device's page is written once for all its
-//! messages of those seconds. The log is then emptied. The same folding as
-//! the readings' staging, without the memory: nothing is kept here but
-//! counts, because the only readers of these tables at run time are the
-//! site's latest raw message (read from the log first, see [`latest_raw`])
-//! and the restart, which folds the log before it reads anything (see
+//! messages of those seconds. The log is then emptied.
+//!
+//! The writer keeps each key's newest row since the last fold in memory
+//! (as many entries as the fleet has devices, rules and sites, and the
+//! accepted ids of those seconds), so a fold writes them straight from
+//! there, sorted. Folding with `INSERT … SELECT … GROUP BY` over the log
+//! read 65,536 rows four times and sorted them: 75 ms every 1.6 s at
+//! 10,000 msg/s, a stall that every message behind it waited out (the
+//! bench's p99). The only readers of these tables at run time are the site's
+//! latest raw message (read from the log first, see [`LATEST_RAW`]) and the
+//! restart, which folds the log with SQL before it reads anything (see
 //! [`open`]).
 //!
 //! What stays true: the rows are durable, in the log, in the same transaction
@@ -52,16 +58,77 @@ const FOLD: [&str; 4] = [
      SELECT key, boot, seq, arrived FROM state_log WHERE kind = 4 ORDER BY key, boot, seq",
 ];
 
-/// Folds the whole log into the keyed tables and empties it; how many rows
-/// it held.
+/// Folds the whole log into the keyed tables with SQL and empties it; how
+/// many rows it held. For the log a previous run left.
 fn fold(c: &Connection) -> rusqlite::Result<usize> {
     for sql in FOLD {
         c.prepare_cached(sql)?.execute([])?;
     }
-    // Without a WHERE, SQLite drops the table's pages at once rather than
-    // deleting row by row. The ids start again from 1, which is harmless:
-    // nothing refers to a log row once it is folded.
+    empty(c)
+}
+
+/// Without a WHERE, SQLite drops the table's pages at once rather than
+/// deleting row by row. The ids start again from 1, which is harmless:
+/// nothing refers to a log row once it is folded.
+fn empty(c: &Connection) -> rusqlite::Result<usize> {
     c.prepare_cached("DELETE FROM state_log")?.execute([])
+}
+
+/// Each kind's keyed row, written by a fold from memory.
+const UPSERT: [&str; 3] = [
+    "INSERT OR REPLACE INTO rule_state (key, json) VALUES (?1, ?2)",
+    "INSERT OR REPLACE INTO device_state (device, json) VALUES (?1, ?2)",
+    "INSERT OR REPLACE INTO raw_latest (site, topic_payload, arrived) VALUES (?1, ?2, ?3)",
+];
+
+/// A keyed row's newest value: its body and when its message arrived.
+type Newest = (Box<str>, Option<i64>);
+
+/// An accepted message id: device, boot, seq, arrived.
+type Seen = (Box<str>, i64, i64, Option<i64>);
+
+/// What the log holds, in memory: each key's newest row (by kind and key)
+/// and the accepted ids.
+#[derive(Default)]
+struct Held {
+    newest: rustc_hash::FxHashMap<(i64, Box<str>), Newest>,
+    seen: Vec<Seen>,
+}
+
+impl Held {
+    fn take(&mut self, other: Held) {
+        self.newest.extend(other.newest);
+        self.seen.extend(other.seen);
+    }
+}
+
+/// Writes what `held` and then `fresh` (the transaction under way, newer)
+/// hold into the keyed tables, each key once and in key order, and empties
+/// the log.
+fn fold_held(c: &Connection, held: &Held, fresh: &Held) -> rusqlite::Result<()> {
+    let mut rows: Vec<(&(i64, Box<str>), &Newest)> = held
+        .newest
+        .iter()
+        .filter(|(k, _)| !fresh.newest.contains_key(*k))
+        .chain(&fresh.newest)
+        .collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    for ((kind, key), (body, arrived)) in rows {
+        let mut st = c.prepare_cached(UPSERT[(*kind - 1) as usize])?;
+        if *kind == Kind::RawLatest as i64 {
+            st.execute(rusqlite::params![key, body, arrived])?;
+        } else {
+            st.execute(rusqlite::params![key, body])?;
+        }
+    }
+    let mut seen: Vec<&Seen> = held.seen.iter().chain(&fresh.seen).collect();
+    seen.sort_unstable_by(|a, b| (&a.0, a.1, a.2).cmp(&(&b.0, b.1, b.2)));
+    let mut st =
+        c.prepare_cached("INSERT OR IGNORE INTO msg_seen (device, boot, seq, arrived) VALUES (?1, ?2, ?3, ?4)")?;
+    for (device, boot, seq, arrived) in seen {
+        st.execute(rusqlite::params![device, boot, seq, arrived])?;
+    }
+    empty(c).map(|_| ())
 }
 
 /// Folds what the last run left in the log, before anything reads the keyed
@@ -96,6 +163,9 @@ pub(super) struct StateLog {
     since: Option<Instant>,
     /// Rows the transaction under way has appended so far.
     appended: usize,
+    /// What the committed log holds, and what the transaction under way added.
+    held: Held,
+    fresh: Held,
     /// The transaction under way: rows it logged, and whether it folded.
     outcome: Option<(usize, bool)>,
 }
@@ -114,6 +184,8 @@ impl StateLog {
             rows: 0,
             since: None,
             appended: 0,
+            held: Held::default(),
+            fresh: Held::default(),
             outcome: None,
         }
     }
@@ -137,6 +209,14 @@ impl StateLog {
             )?
             .execute(rusqlite::params![kind as i64, key, body, boot, seq, arrived])?;
         self.appended += 1;
+        match (kind, boot_seq) {
+            (Kind::Seen, Some((boot, seq))) => self.fresh.seen.push((key.into(), boot as i64, seq as i64, arrived)),
+            _ => {
+                self.fresh
+                    .newest
+                    .insert((kind as i64, key.into()), (body.unwrap_or_default().into(), arrived));
+            }
+        }
         Ok(n)
     }
 
@@ -146,7 +226,7 @@ impl StateLog {
         let logged = std::mem::take(&mut self.appended);
         let folds = self.rows + logged > 0 && (self.all || self.due_with(logged));
         if folds {
-            fold(tx)?;
+            fold_held(tx, &self.held, &self.fresh)?;
         }
         self.outcome = Some((logged, folds));
         Ok(())
@@ -164,18 +244,22 @@ impl StateLog {
 
     pub fn committed(&mut self) {
         if let Some((logged, folded)) = self.outcome.take() {
+            let fresh = std::mem::take(&mut self.fresh);
             if folded {
                 (self.rows, self.since) = (0, None);
                 self.all = false;
+                self.held = Held::default();
             } else if logged > 0 {
                 self.rows += logged;
                 self.since.get_or_insert_with(Instant::now);
+                self.held.take(fresh);
             }
         }
     }
 
     pub fn rolled_back(&mut self) {
         self.appended = 0;
+        self.fresh = Held::default();
         self.outcome = None;
     }
 

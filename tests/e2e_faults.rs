@@ -386,3 +386,32 @@ async fn an_overfull_intake_reconnects_on_purpose_and_loses_nothing() {
         .await;
     h.stop().await;
 }
+
+/// The same by bytes: a budget of a few messages' payloads, far below the
+/// queue's count. Every message still arrives, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intake_over_its_byte_budget_reconnects_on_purpose_and_loses_nothing() {
+    if !mosquitto::present() {
+        return;
+    }
+    let broker = Mosquitto::start("max_inflight_messages 100\n");
+    let h = start("intake-bytes", &broker, |dir| {
+        let p = dir.join("mizuban.toml");
+        let cfg = std::fs::read_to_string(&p)
+            .unwrap()
+            .replacen("[mqtt]\n", "[mqtt]\nintake_bytes = 4096\n", 1);
+        std::fs::write(&p, cfg).unwrap();
+    })
+    .await;
+    publish(broker.addr(), h.prefix.clone(), 0..500).await;
+    wait_stored(&h, 500).await;
+    assert!(
+        h.metric("mizuban_mqtt_forced_reconnects_total{reason=\"intake_full\"}")
+            .await
+            > 0.0,
+        "the byte budget overflowed and the connection was dropped on purpose"
+    );
+    h.wait_until("health ok again", || async { health(&h).await.0 == 200 })
+        .await;
+    h.stop().await;
+}

@@ -41,6 +41,7 @@ use crate::store::Ack;
 use crate::store::{InputBody, RecordedInput};
 use crate::telemetry::{events, Metrics};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Notify};
@@ -55,6 +56,31 @@ struct Shared {
     /// Asks the event loop to drop the connection, and why.
     reconnect: Mutex<Option<&'static str>>,
     reconnect_wake: Notify,
+    /// Payload bytes of the messages taken and not yet acknowledged (see [`Held`]).
+    taken_bytes: AtomicUsize,
+}
+
+/// A taken message's payload bytes, counted against `mqtt.intake_bytes`
+/// until its acknowledgement is handed to the ledger, or it is dropped.
+struct Held {
+    shared: Arc<Shared>,
+    bytes: usize,
+}
+
+impl Held {
+    fn new(shared: &Arc<Shared>, bytes: usize) -> Self {
+        shared.taken_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Self {
+            shared: shared.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.shared.taken_bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -79,6 +105,7 @@ struct MqttAck {
     shared: Arc<Shared>,
     ticket: Ticket,
     publish: Option<Publish>,
+    _held: Held,
 }
 
 impl Ack for MqttAck {
@@ -102,6 +129,7 @@ impl Drop for MqttAck {
 /// A PUBLISH on its way from the event loop to the intake task.
 struct Taken {
     ticket: Ticket,
+    held: Held,
     publish: Publish,
     arrived: Timestamp,
     received: Instant,
@@ -180,6 +208,7 @@ impl MqttCollector {
                 acks_ready: Notify::new(),
                 reconnect: Mutex::new(None),
                 reconnect_wake: Notify::new(),
+                taken_bytes: AtomicUsize::new(0),
             }),
         }
     }
@@ -325,22 +354,33 @@ impl MqttCollector {
     /// the broker redelivers them. Every round acknowledges what it took, so
     /// the intake always makes progress (a reconnect that dropped taken work
     /// could repeat for ever).
+    ///
+    /// The same holds for bytes: once the payloads taken and not yet
+    /// acknowledged would pass `mqtt.intake_bytes` (one message is always
+    /// taken, whatever its size).
     fn take(&self, intake: &mpsc::Sender<Taken>, publish: Publish) -> bool {
+        let full = || {
+            self.metrics
+                .queue_full
+                .get_or_create(&crate::telemetry::metrics_edge("mqtt->intake"))
+                .inc();
+            self.metrics.mqtt_deferred.inc();
+            false
+        };
+        let bytes = publish.payload.len();
+        let taken = self.shared.taken_bytes.load(Ordering::Relaxed);
+        if taken > 0 && taken + bytes > self.cfg.mqtt.intake_bytes {
+            return full();
+        }
         let permit = match intake.try_reserve() {
             Ok(p) => p,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                self.metrics
-                    .queue_full
-                    .get_or_create(&crate::telemetry::metrics_edge("mqtt->intake"))
-                    .inc();
-                self.metrics.mqtt_deferred.inc();
-                return false;
-            }
+            Err(mpsc::error::TrySendError::Full(())) => return full(),
             Err(mpsc::error::TrySendError::Closed(())) => return true,
         };
         let ticket = self.shared.ledger().register(Instant::now());
         permit.send(Taken {
             ticket,
+            held: Held::new(&self.shared, bytes),
             publish,
             arrived: self.clock.now(),
             received: Instant::now(),
@@ -433,6 +473,7 @@ impl MqttCollector {
     async fn on_publish(&self, taken: Taken) {
         let Taken {
             ticket,
+            held,
             publish: p,
             arrived,
             received,
@@ -443,6 +484,7 @@ impl MqttCollector {
             shared: self.shared.clone(),
             ticket,
             publish: Some(p),
+            _held: held,
         });
         let quarantine = |reason: &str, error: String| {
             events::Quarantined {

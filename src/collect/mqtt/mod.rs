@@ -356,8 +356,10 @@ impl MqttCollector {
     /// could repeat for ever).
     ///
     /// The same holds for bytes: once the payloads taken and not yet
-    /// acknowledged would pass `mqtt.intake_bytes` (one message is always
-    /// taken, whatever its size).
+    /// acknowledged would pass `mqtt.intake_bytes`. A message is always
+    /// taken when nothing of this connection is owed: payloads of the last
+    /// connection still in the pipeline must not defer the new one's first
+    /// message (a reconnect at once, again and again, until they are stored).
     fn take(&self, intake: &mpsc::Sender<Taken>, publish: Publish) -> bool {
         let full = || {
             self.metrics
@@ -369,7 +371,7 @@ impl MqttCollector {
         };
         let bytes = publish.payload.len();
         let taken = self.shared.taken_bytes.load(Ordering::Relaxed);
-        if taken > 0 && taken + bytes > self.cfg.mqtt.intake_bytes {
+        if taken > 0 && taken + bytes > self.cfg.mqtt.intake_bytes && self.shared.ledger().owed() > 0 {
             return full();
         }
         let permit = match intake.try_reserve() {

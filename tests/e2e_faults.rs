@@ -356,21 +356,18 @@ async fn kill_9_under_load_loses_nothing() {
     let _ = child.wait().await;
 }
 
-/// An intake queue smaller than the broker's in-flight window (Mosquitto's
-/// raised to 100 here): each overflow defers the rest, acknowledges what was
-/// taken and reconnects on purpose; the broker redelivers, and every message
-/// still arrives, once, with health recovering by itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_overfull_intake_reconnects_on_purpose_and_loses_nothing() {
-    if !mosquitto::present() {
-        return;
-    }
+/// 500 messages through an intake limited by `setting` (a `[mqtt]` line),
+/// with Mosquitto's in-flight window raised to 100: each overflow defers the
+/// rest, acknowledges what was taken and reconnects on purpose; the broker
+/// redelivers, and every message still arrives, once, with health
+/// recovering by itself.
+async fn an_overflowing_intake_loses_nothing(name: &str, setting: &str, why: &str) {
     let broker = Mosquitto::start("max_inflight_messages 100\n");
-    let h = start("intake-full", &broker, |dir| {
+    let h = start(name, &broker, |dir| {
         let p = dir.join("mizuban.toml");
         let cfg = std::fs::read_to_string(&p)
             .unwrap()
-            .replacen("[mqtt]\n", "[mqtt]\nintake_queue = 16\n", 1);
+            .replacen("[mqtt]\n", &format!("[mqtt]\n{setting}\n"), 1);
         std::fs::write(&p, cfg).unwrap();
     })
     .await;
@@ -380,38 +377,38 @@ async fn an_overfull_intake_reconnects_on_purpose_and_loses_nothing() {
         h.metric("mizuban_mqtt_forced_reconnects_total{reason=\"intake_full\"}")
             .await
             > 0.0,
-        "the small queue overflowed and the connection was dropped on purpose"
+        "{why}"
     );
     h.wait_until("health ok again", || async { health(&h).await.0 == 200 })
         .await;
     h.stop().await;
 }
 
+/// An intake queue smaller than the broker's in-flight window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overfull_intake_reconnects_on_purpose_and_loses_nothing() {
+    if !mosquitto::present() {
+        return;
+    }
+    an_overflowing_intake_loses_nothing(
+        "intake-full",
+        "intake_queue = 16",
+        "the small queue overflowed and the connection was dropped on purpose",
+    )
+    .await;
+}
+
 /// The same by bytes: a budget of a few messages' payloads, far below the
-/// queue's count. Every message still arrives, once.
+/// queue's count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intake_over_its_byte_budget_reconnects_on_purpose_and_loses_nothing() {
     if !mosquitto::present() {
         return;
     }
-    let broker = Mosquitto::start("max_inflight_messages 100\n");
-    let h = start("intake-bytes", &broker, |dir| {
-        let p = dir.join("mizuban.toml");
-        let cfg = std::fs::read_to_string(&p)
-            .unwrap()
-            .replacen("[mqtt]\n", "[mqtt]\nintake_bytes = 4096\n", 1);
-        std::fs::write(&p, cfg).unwrap();
-    })
+    an_overflowing_intake_loses_nothing(
+        "intake-bytes",
+        "intake_bytes = 4096",
+        "the byte budget overflowed and the connection was dropped on purpose",
+    )
     .await;
-    publish(broker.addr(), h.prefix.clone(), 0..500).await;
-    wait_stored(&h, 500).await;
-    assert!(
-        h.metric("mizuban_mqtt_forced_reconnects_total{reason=\"intake_full\"}")
-            .await
-            > 0.0,
-        "the byte budget overflowed and the connection was dropped on purpose"
-    );
-    h.wait_until("health ok again", || async { health(&h).await.0 == 200 })
-        .await;
-    h.stop().await;
 }

@@ -86,6 +86,10 @@ fn uri(path: &std::path::Path) -> String {
     u
 }
 
+/// More than the distinct statements a connection runs, so none is parsed
+/// again once it ran (an evicted one is prepared anew on its next use).
+pub(super) const STATEMENTS: usize = 64;
+
 /// The notification tables are in a file of their own beside the store's
 /// ([`notify_path`]), with the store's durability (a message recorded as
 /// sent stays recorded across a power loss, so it is not sent again). Their
@@ -98,10 +102,6 @@ fn uri(path: &std::path::Path) -> String {
 /// it pages: a planning step reads them in the same snapshot as its own
 /// tables and takes no lock on the store's file. The store's schema is
 /// migrated first (by whichever opens it first).
-/// More than the distinct statements a connection runs, so none is parsed
-/// again once it ran (an evicted one is prepared anew on its next use).
-pub(super) const STATEMENTS: usize = 64;
-
 pub(super) fn connect(path: &std::path::Path) -> Result<Connection, StoreError> {
     let sq = |p: &std::path::Path| {
         let p = p.to_path_buf();
